@@ -1,0 +1,70 @@
+"""In-place SUM all-reduce of covariance moments over torch.distributed ranks.
+
+torchmetrics' default sync all-gathers every state and stacks it, which needs
+``world_size x d^2`` memory per rank; the moments are plain sums, so an in-place
+``all_reduce(SUM)`` keeps the per-rank memory at about ``d^2`` whatever the world size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_NO_DIM = -(2**62)
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return (
+        torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    )
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """``(global rank, world size)``; ``(0, 1)`` outside torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def agree_on_dim(local_dim: int, device: torch.device, group: Any = None) -> int:
+    """The feature dimension all ranks share (0 if no rank has rows).
+
+    A rank that saw no rows does not know ``d`` yet; one small collective tells it. Every
+    rank raises the same error when two ranks saw different dimensions, so none hangs.
+    """
+    dist = torch.distributed
+    probe = torch.tensor([local_dim, -local_dim if local_dim else _NO_DIM], dtype=torch.int64, device=device)
+    dist.all_reduce(probe, op=dist.ReduceOp.MAX, group=group)
+    largest, smallest = int(probe[0]), -int(probe[1])
+    if largest and smallest != largest:
+        raise ValueError(
+            f"ranks accumulated features of different dimensions ({smallest} and {largest}); "
+            "every rank must measure the same layer of the same model."
+        )
+    return largest
+
+
+def all_reduce_moments(
+    n: Tensor, total: Tensor | None, second: Tensor | None, group: Any = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum ``n``, ``total`` (d,) and ``second`` (d, d) over ranks in place.
+
+    Empty or missing ``total``/``second`` (a rank with no rows) are replaced by zeros of
+    the agreed dimension before the reduction, so every rank enters the same collectives.
+    """
+    dist = torch.distributed
+    device = n.device
+    local_dim = 0 if total is None else total.numel()
+    d = agree_on_dim(local_dim, device, group)
+    if total is None or total.numel() != d:
+        total = torch.zeros(d, dtype=torch.float64, device=device)
+        second = torch.zeros(d, d, dtype=torch.float64, device=device)
+    assert second is not None
+    dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
+    if d:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(second, op=dist.ReduceOp.SUM, group=group)
+    return n, total, second

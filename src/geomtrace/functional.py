@@ -1,0 +1,206 @@
+"""Pure functions on a spectrum: eigenspectrum, RankMe and alpha-ReQ.
+
+No state and no framework beyond torch. The conventions follow the paper's scripts
+(see ``docs/concepts.md``):
+
+* eigenvalues sorted descending, tiny negative round-off clipped to 0 (never ``abs``),
+  truncated to ``k = min(N, d, max_components)``;
+* RankMe: ``p_i = lambda_i / sum_j lambda_j + eps`` (eps added to every p_i),
+  ``RankMe = exp(-sum_i p_i log p_i)``;
+* alpha-ReQ: weighted least squares of ``log lambda_r = -alpha log r + b`` over the
+  1-based ranks ``r`` in ``fit_range`` (inclusive), weights ``1/r``; R^2 is the plain
+  coefficient of determination of that fit in log space over the fit range.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from geomtrace._warnings import warn
+
+#: The paper's fit range for alpha-ReQ: ranks 12 to 100 (1-based, inclusive).
+DEFAULT_FIT_RANGE: tuple[int, int] = (12, 100)
+#: The epsilon the paper's RankMe adds to every normalised eigenvalue.
+DEFAULT_EPS: float = 1e-7
+#: A power-law fit on fewer points than this is not reported (NaN).
+MIN_FIT_POINTS: int = 5
+
+__all__ = [
+    "DEFAULT_EPS",
+    "DEFAULT_FIT_RANGE",
+    "MIN_FIT_POINTS",
+    "PowerLawFit",
+    "alpha_req",
+    "covariance_from_features",
+    "eigenspectrum",
+    "rankme",
+    "singular_spectrum",
+]
+
+
+class PowerLawFit(NamedTuple):
+    """Result of :func:`alpha_req`.
+
+    Attributes:
+        alpha: the decay exponent (``lambda_r ~ r^-alpha``); NaN if the fit was not possible.
+        r2: coefficient of determination of the fit in log space over the fitted ranks.
+        intercept: ``b`` in ``log lambda_r = -alpha log r + b``.
+        ranks: the 1-based ranks that entered the fit (int64).
+        fitted: the fitted eigenvalues ``exp(b) * ranks^-alpha`` at those ranks, for plots.
+    """
+
+    alpha: Tensor
+    r2: Tensor
+    intercept: Tensor
+    ranks: Tensor
+    fitted: Tensor
+
+
+def _num_components(d: int, n_samples: int | None, max_components: int | None) -> int:
+    k = d
+    if n_samples is not None:
+        k = min(k, int(n_samples))
+    if max_components is not None:
+        if max_components < 1:
+            raise ValueError(f"max_components must be a positive integer or None, got {max_components}.")
+        k = min(k, int(max_components))
+    return max(k, 0)
+
+
+def _check_square(matrix: Tensor, name: str) -> None:
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"`{name}` must be a square (d, d) matrix, got shape {tuple(matrix.shape)}.")
+    if not matrix.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating point tensor, got {matrix.dtype}.")
+
+
+def eigenspectrum(
+    covariance: Tensor,
+    max_components: int | None = None,
+    n_samples: int | None = None,
+) -> Tensor:
+    """Eigenvalues of a symmetric covariance matrix, descending, clipped at 0, truncated.
+
+    Args:
+        covariance: ``(d, d)`` symmetric matrix. It is decomposed in float64.
+        max_components: keep at most this many eigenvalues (``2048`` matches the paper's
+            scripts, which keep at most 2048 PCA components). ``None`` keeps all.
+        n_samples: the number of samples behind the covariance; the spectrum is truncated
+            to ``min(N, d)`` components as a PCA of ``N`` samples would be.
+
+    Returns:
+        float64 tensor of ``k = min(N, d, max_components)`` eigenvalues, largest first.
+    """
+    _check_square(covariance, "covariance")
+    eigenvalues = torch.linalg.eigvalsh(covariance.to(torch.float64))
+    # eigvalsh returns ascending order; round-off can make zero eigenvalues slightly
+    # negative. Clip (never abs: a -1e-12 is a zero, not a 1e-12).
+    eigenvalues = eigenvalues.flip(0).clamp_min(0.0)
+    k = _num_components(covariance.shape[0], n_samples, max_components)
+    return eigenvalues[:k]
+
+
+def singular_spectrum(
+    second_moment: Tensor,
+    max_components: int | None = None,
+    n_samples: int | None = None,
+) -> Tensor:
+    """Singular values of the uncentered feature matrix from its Gram ``sum x x^T``.
+
+    This is the spectrum of the original RankMe (Garrido et al., ICML 2023):
+    ``sigma_i = sqrt(eig(X^T X))`` with ``X`` *not* centered.
+    """
+    return eigenspectrum(second_moment, max_components=max_components, n_samples=n_samples).sqrt()
+
+
+def _as_spectrum(values: Tensor) -> Tensor:
+    if values.ndim != 1:
+        raise ValueError(f"Expected a 1-D spectrum, got shape {tuple(values.shape)}.")
+    return values.to(torch.float64)
+
+
+def rankme(spectrum: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """RankMe: the exponential of the entropy of the normalised spectrum.
+
+    ``p_i = v_i / sum_j v_j + eps`` and ``RankMe = exp(-sum_i p_i log p_i)``. Pass
+    covariance eigenvalues (the paper's convention) or singular values from
+    :func:`singular_spectrum` (Garrido et al.). Scale-invariant. Returns a float64
+    scalar; NaN when the spectrum is empty or sums to zero.
+    """
+    values = _as_spectrum(spectrum)
+    total = values.sum()
+    if values.numel() == 0 or not torch.isfinite(total) or total <= 0:
+        return torch.tensor(math.nan, dtype=torch.float64, device=values.device)
+    p = values / total + eps
+    return torch.exp(-(p * torch.log(p)).sum())
+
+
+def alpha_req(eigenvalues: Tensor, fit_range: tuple[int, int] = DEFAULT_FIT_RANGE) -> PowerLawFit:
+    """Fit ``log lambda_r = -alpha log r + b`` by weighted least squares (weights ``1/r``).
+
+    Args:
+        eigenvalues: descending eigenvalues (e.g. from :func:`eigenspectrum`).
+        fit_range: 1-based inclusive ranks ``(first, last)``; the paper uses ``(12, 100)``.
+            The range is clipped to the eigenvalues that exist and are positive.
+
+    Returns:
+        A :class:`PowerLawFit`. With fewer than :data:`MIN_FIT_POINTS` usable ranks,
+        alpha, r2 and intercept are NaN and one :class:`~geomtrace.GeometryWarning` is emitted.
+    """
+    first, last = _validate_fit_range(fit_range)
+    values = _as_spectrum(eigenvalues)
+    device = values.device
+    stop = min(last, values.numel())
+    ranks = torch.arange(first, stop + 1, device=device, dtype=torch.int64)
+    selected = values[first - 1 : stop] if stop >= first else values[:0]
+    usable = selected > 0  # log(0) is undefined; exact zeros are rank deficiency, not decay
+    ranks, selected = ranks[usable], selected[usable]
+    if ranks.numel() < MIN_FIT_POINTS:
+        warn(
+            f"alpha-ReQ needs at least {MIN_FIT_POINTS} positive eigenvalues in ranks "
+            f"{first}..{last}, found {ranks.numel()} (spectrum has {values.numel()} values). "
+            "Use more probe samples, a wider model, or a lower fit_range; alpha is NaN."
+        )
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+        return PowerLawFit(nan, nan.clone(), nan.clone(), ranks, torch.full_like(selected, math.nan))
+
+    x = torch.log(ranks.to(torch.float64))
+    y = torch.log(selected)
+    w = 1.0 / ranks.to(torch.float64)
+    w_sum = w.sum()
+    x_mean = (w * x).sum() / w_sum
+    y_mean = (w * y).sum() / w_sum
+    slope = (w * (x - x_mean) * (y - y_mean)).sum() / (w * (x - x_mean) ** 2).sum()
+    intercept = y_mean - slope * x_mean
+    prediction = intercept + slope * x
+    residual = ((y - prediction) ** 2).sum()
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = 1.0 - residual / total if total > 0 else torch.tensor(1.0, dtype=torch.float64, device=device)
+    return PowerLawFit(-slope, r2, intercept, ranks, torch.exp(prediction))
+
+
+def _validate_fit_range(fit_range: tuple[int, int]) -> tuple[int, int]:
+    try:
+        first, last = (int(v) for v in fit_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"fit_range must be two integers (first, last), got {fit_range!r}.") from None
+    if first < 1 or last < first:
+        raise ValueError(f"fit_range must satisfy 1 <= first <= last (1-based ranks), got {fit_range!r}.")
+    return first, last
+
+
+def covariance_from_features(features: Tensor) -> Tensor:
+    """Two-pass float64 covariance ``(X - mean)^T (X - mean) / (N - 1)`` of ``(N, d)`` features.
+
+    A straightforward reference route (it materialises a float64 copy of the features);
+    the streaming metrics in :mod:`geomtrace.metrics` give the same result without it.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"features must be (N, d), got shape {tuple(features.shape)}.")
+    x = features.to(torch.float64)
+    centered = x - x.mean(0, keepdim=True)
+    return centered.T @ centered / (x.shape[0] - 1)

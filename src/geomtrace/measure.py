@@ -1,0 +1,338 @@
+"""The one measuring path shared by the live callbacks and checkpoint replay.
+
+``measure_geometry(model, probes, config)`` runs the model over its shard of a fixed probe
+set, streams the selected hidden states into one covariance accumulator per layer, sums
+the moments over ranks, and returns RankMe, alpha-ReQ and the eigenspectrum per layer.
+Because the Lightning callback, the transformers callback and ``geomtrace replay`` all call
+this function, they give identical numbers for the same model and probe set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from geomtrace import functional as F
+from geomtrace._distributed import rank_and_world_size
+from geomtrace._warnings import warn
+from geomtrace.covariance import CovarianceAccumulator
+from geomtrace.features import (
+    FeatureSpec,
+    LayerSelection,
+    TokenSelection,
+    extract_features,
+    find_causal_lm,
+    num_hidden_layers,
+    resolve_layers,
+)
+from geomtrace.probes import ProbeSet
+
+__all__ = ["GeometryResult", "LayerGeometry", "MeasureConfig", "eval_mode", "measure_geometry", "metric_key"]
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How to measure: which states, how many per forward, which conventions.
+
+    Attributes:
+        layers: ``"last"`` (post final norm, default), ``"all"``, an index or a list of
+            indices into ``hidden_states`` (0 = embeddings).
+        tokens: ``"last"`` (last real token of each probe, default), ``"mean"`` or ``"all"``.
+        skip_first_token: leave out the first real token for ``tokens="all"``/``"mean"``.
+        batch_size: probe sequences per forward pass.
+        spectrum: RankMe on ``"covariance"`` eigenvalues (paper) or ``"singular"`` values.
+        eps: RankMe epsilon.
+        fit_range: alpha-ReQ ranks (1-based, inclusive).
+        max_components: keep at most this many eigenvalues (paper's scripts: 2048).
+        rows_per_update: feature rows buffered per layer before a covariance update, so a
+            few last-token rows per batch still make a matmul worth its d^2 merge.
+        padding_side: how probe batches are padded (features do not depend on it).
+    """
+
+    layers: LayerSelection = "last"
+    tokens: TokenSelection = "last"
+    skip_first_token: bool = False
+    batch_size: int = 32
+    spectrum: Literal["covariance", "singular"] = "covariance"
+    eps: float = F.DEFAULT_EPS
+    fit_range: tuple[int, int] = F.DEFAULT_FIT_RANGE
+    max_components: int | None = None
+    rows_per_update: int = 2048
+    padding_side: Literal["left", "right"] = "right"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "fit_range", tuple(self.fit_range))
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(layers=self.layers, tokens=self.tokens, skip_first_token=self.skip_first_token)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message on a bad option."""
+        self.feature_spec.validate()
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.spectrum not in ("covariance", "singular"):
+            raise ValueError(f"spectrum must be 'covariance' or 'singular', got {self.spectrum!r}")
+        if self.max_components is not None and (not isinstance(self.max_components, int) or self.max_components < 1):
+            raise ValueError(f"max_components must be a positive int or None, got {self.max_components!r}")
+        if self.rows_per_update < 1:
+            raise ValueError(f"rows_per_update must be >= 1, got {self.rows_per_update}")
+        F._validate_fit_range(self.fit_range)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
+        out["fit_range"] = list(self.fit_range)
+        return out
+
+
+@dataclass
+class LayerGeometry:
+    """Geometry of one layer's features over the probe set."""
+
+    layer: int
+    rankme: float
+    alpha: float
+    r2: float
+    n_samples: int
+    dim: int
+    n_dropped: int = 0
+    eigenvalues: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fit_ranks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fit_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def scalars(self) -> dict[str, float]:
+        """The logged numbers: rankme, alpha, alpha_r2, n_samples."""
+        return {"rankme": self.rankme, "alpha": self.alpha, "alpha_r2": self.r2, "n_samples": float(self.n_samples)}
+
+
+def metric_key(name: str, layer: int, last_layer: int, prefix: str = "geometry") -> str:
+    """Logging tag: ``geometry/<name>`` for the last layer, ``geometry/layer<L>/<name>`` else.
+
+    Shared by the callbacks and replay so that live and replayed runs overlay in TensorBoard.
+    """
+    if layer == last_layer:
+        return f"{prefix}/{name}"
+    return f"{prefix}/layer{layer}/{name}"
+
+
+@dataclass
+class GeometryResult:
+    """Result of one measurement: per-layer geometry plus provenance."""
+
+    layers: dict[int, LayerGeometry]
+    num_layers: int
+    probe_description: str
+    probe_fingerprint: str
+    n_probes: int
+    seconds: float
+    config: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def scalars(self, prefix: str = "geometry") -> dict[str, float]:
+        """Flat ``{tag: value}`` for loggers (see :func:`metric_key`)."""
+        out: dict[str, float] = {}
+        for index, layer in self.layers.items():
+            for name, value in layer.scalars().items():
+                out[metric_key(name, index, self.num_layers, prefix)] = value
+        return out
+
+    @property
+    def last(self) -> LayerGeometry:
+        """The deepest tracked layer."""
+        return self.layers[max(self.layers)]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _device_of(lm: nn.Module) -> torch.device:
+    for parameter in lm.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def _any_rank_failed(failed: bool, world_size: int, device: torch.device) -> bool:
+    if world_size == 1:
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _batch_count(n_local: int, batch_size: int, world_size: int, device: torch.device) -> int:
+    count = math.ceil(n_local / batch_size)
+    if world_size == 1:
+        return count
+    # Every rank runs the same number of forwards: FSDP / ZeRO-3 gather parameters inside
+    # each forward, so a rank that stopped early would leave the others waiting forever.
+    tensor = torch.tensor([count], device=device, dtype=torch.int64)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def _progress(total: int, enabled: bool, description: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are a nicety, not a requirement
+        return None
+    return tqdm(total=total, desc=description, unit="batch", leave=False)
+
+
+def measure_geometry(
+    model: nn.Module,
+    probes: ProbeSet,
+    config: MeasureConfig | None = None,
+    *,
+    distributed: bool | None = None,
+    progress: bool = False,
+) -> GeometryResult:
+    """Measure RankMe and alpha-ReQ of ``model`` on ``probes`` for each configured layer.
+
+    Args:
+        model: an HF causal LM, or a module holding one (Lightning module, DDP, PEFT...).
+            It is put in eval mode for the measurement; every module's mode is restored.
+        probes: the fixed probe set; under torch.distributed each rank runs its shard.
+        config: options (:class:`MeasureConfig`).
+        distributed: sum over torch.distributed ranks; default: when initialised with > 1 rank.
+            Every rank must call this function at the same point (it runs collectives).
+        progress: show a progress bar (rank 0 only).
+
+    Raises:
+        RuntimeError: when the forward failed on this or another rank (all ranks raise, none hang).
+    """
+    config = config or MeasureConfig()
+    config.validate()
+    if len(probes) == 0:
+        raise ValueError("the probe set is empty: give at least 2 probe sequences")
+    start = time.perf_counter()
+    lm = find_causal_lm(model)
+    n_layers = num_hidden_layers(lm)
+    layers = resolve_layers(config.layers, n_layers)
+    rank, world_size = rank_and_world_size()
+    if distributed is False:
+        rank, world_size = 0, 1
+    device = _device_of(lm)
+    shard = probes.shard(rank, world_size) if world_size > 1 else probes
+    accumulators = {layer: CovarianceAccumulator(device) for layer in layers}
+    n_batches = _batch_count(len(shard), config.batch_size, world_size, device)
+
+    error: BaseException | None = None
+    try:
+        _run_forwards(model, probes, shard, config, accumulators, n_batches, progress and rank == 0)
+    except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
+        error = err
+    if _any_rank_failed(error is not None, world_size, device):
+        if error is not None:
+            raise RuntimeError(f"geometry measurement failed: {type(error).__name__}: {error}") from error
+        raise RuntimeError("geometry measurement failed on another rank")
+    if world_size > 1:
+        for layer in layers:
+            accumulators[layer].all_reduce()
+            dropped = torch.tensor([float(accumulators[layer].n_dropped)], device=device)
+            torch.distributed.all_reduce(dropped)
+            accumulators[layer].n_dropped = int(dropped.item())
+
+    results = {layer: _layer_geometry(layer, accumulators[layer], config) for layer in layers}
+    return GeometryResult(
+        layers=results,
+        num_layers=n_layers,
+        probe_description=probes.description,
+        probe_fingerprint=probes.fingerprint(),
+        n_probes=len(probes),
+        seconds=time.perf_counter() - start,
+        config=config,
+    )
+
+
+def _run_forwards(
+    model: nn.Module,
+    probes: ProbeSet,
+    shard: ProbeSet,
+    config: MeasureConfig,
+    accumulators: dict[int, CovarianceAccumulator],
+    n_batches: int,
+    progress: bool,
+) -> None:
+    spec = config.feature_spec
+    pending: dict[int, list[torch.Tensor]] = {layer: [] for layer in accumulators}
+    pending_rows = 0
+
+    def flush() -> None:
+        nonlocal pending_rows
+        for layer, chunks in pending.items():
+            if chunks:
+                accumulators[layer].update(torch.cat(chunks))
+                chunks.clear()
+        pending_rows = 0
+
+    bar = _progress(n_batches, progress, "geometry")
+    batches = shard.batches(config.batch_size, padding_side=config.padding_side)
+    # A rank whose shard ran out repeats a one-sequence forward and discards it.
+    filler = ProbeSet([probes.sequences[0]], probes.description, probes.pad_token_id)
+    with eval_mode(model):
+        for _ in range(n_batches):
+            batch = next(batches, None)
+            real = batch is not None
+            if batch is None:
+                batch = next(filler.batches(1))
+            features = extract_features(model, batch["input_ids"], batch["attention_mask"], spec)
+            if real:
+                for layer, rows in features.items():
+                    pending[layer].append(rows.detach())
+                pending_rows += next(iter(features.values())).shape[0]
+                if pending_rows >= config.rows_per_update:
+                    flush()
+            if bar is not None:
+                bar.update(1)
+        flush()
+    if bar is not None:
+        bar.close()
+
+
+def _layer_geometry(layer: int, acc: CovarianceAccumulator, config: MeasureConfig) -> LayerGeometry:
+    n = int(acc.n.item())
+    dim = acc.dim or 0
+    if acc.n_dropped:
+        warn(f"layer {layer}: dropped {acc.n_dropped} feature row(s) containing NaN or Inf.")
+    if n < 2 or acc.second is None:
+        warn(f"layer {layer}: a spectrum needs at least 2 samples, got {n}; results are NaN.")
+        return LayerGeometry(layer, math.nan, math.nan, math.nan, n, dim, acc.n_dropped)
+    eigenvalues = F.eigenspectrum(acc.covariance(), config.max_components, n_samples=n)
+    if config.spectrum == "singular":
+        rankme = F.rankme(F.singular_spectrum(acc.second, config.max_components, n_samples=n), eps=config.eps)
+    else:
+        rankme = F.rankme(eigenvalues, eps=config.eps)
+    fit = F.alpha_req(eigenvalues, config.fit_range)
+    return LayerGeometry(
+        layer=layer,
+        rankme=float(rankme),
+        alpha=float(fit.alpha),
+        r2=float(fit.r2),
+        n_samples=n,
+        dim=dim,
+        n_dropped=acc.n_dropped,
+        eigenvalues=eigenvalues.cpu().numpy(),
+        fit_ranks=fit.ranks.cpu().numpy(),
+        fit_values=fit.fitted.cpu().numpy(),
+    )

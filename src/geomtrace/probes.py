@@ -1,0 +1,364 @@
+"""Fixed probe sets: token sequences measured at every step of a run.
+
+A probe set is built once (deterministically from its source, tokenizer and seed) and
+then only read: every measurement of a run uses exactly the same sequences, which is
+what makes values comparable across steps (RankMe and alpha-ReQ depend on N).
+
+Selection follows the paper's Pythia scripts: tokenize, keep sequences with at least
+``min_tokens`` tokens (11 = "more than 10"), truncate to ``max_tokens`` (128), and pick
+``num_sequences`` with a seeded shuffle. Texts are shuffled with
+``numpy.random.default_rng(seed)`` and the first ``num_sequences`` that pass the length
+filter are kept, in shuffled order; this tokenizes only as many texts as needed, so a
+million-line dataset costs little more than a small one.
+
+Tokenization uses the tokenizer's default special tokens (``add_special_tokens=True``):
+nothing for Pythia/GPT-NeoX/OLMo-2 tokenizers, a BOS for Llama-family ones, i.e. what the
+model saw in pre-training. The length filter counts those tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geomtrace._optional import require
+from geomtrace._warnings import warn
+
+__all__ = ["ProbeLoadError", "ProbeSet", "load_probes"]
+
+_FILE_SUFFIXES = (".txt", ".jsonl")
+# Hub datasets are streamed; only this many texts (at least) are read to pick the probes from.
+_STREAM_TEXTS_PER_PROBE = 8
+_MIN_STREAM_TEXTS = 10_000
+_TOKENIZE_CHUNK = 512
+
+
+class ProbeLoadError(RuntimeError):
+    """A probe source could not be loaded (e.g. a hub dataset while offline)."""
+
+
+class _ColumnError(ValueError):
+    """The dataset lacks the requested split or text column (a user error, not a load error)."""
+
+
+@dataclass
+class ProbeSet:
+    """A fixed, ordered list of token sequences used as probes.
+
+    Attributes:
+        sequences: token ids of each probe sequence (no padding).
+        description: human-readable provenance, e.g.
+            ``"embedded:pydoc_data.topics n=1024 len=11..128 seed=0"``.
+        pad_token_id: id used to pad batches (masked out, so its value never matters).
+    """
+
+    sequences: list[list[int]]
+    description: str
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def shard(self, rank: int, world_size: int) -> ProbeSet:
+        """The contiguous part of the probes that ``rank`` of ``world_size`` measures.
+
+        Shards cover every sequence exactly once; sizes differ by at most one and a shard is
+        empty when there are fewer sequences than ranks (that rank still joins the reduce).
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        n = len(self.sequences)
+        start, stop = rank * n // world_size, (rank + 1) * n // world_size
+        return ProbeSet(
+            sequences=self.sequences[start:stop],
+            description=f"{self.description} shard={rank}/{world_size}",
+            pad_token_id=self.pad_token_id,
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        padding_side: str = "right",
+        device: torch.device | str | None = None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Yield ``{"input_ids", "attention_mask"}`` long tensors, in probe order.
+
+        Each batch is padded to its own longest sequence on ``padding_side``. Features do
+        not depend on the padding side (see :mod:`geomtrace.features`).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        for start in range(0, len(self.sequences), batch_size):
+            chunk = self.sequences[start : start + batch_size]
+            width = max(len(seq) for seq in chunk)
+            input_ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(chunk):
+                cols = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
+                input_ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+                attention_mask[row, cols] = 1
+            yield {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+    def num_tokens(self) -> int:
+        """Total number of (unpadded) tokens."""
+        return sum(len(seq) for seq in self.sequences)
+
+    def fingerprint(self) -> str:
+        """Short SHA-256 of the token ids; equal fingerprints mean the same probes."""
+        digest = hashlib.sha256()
+        for seq in self.sequences:
+            digest.update(np.asarray(seq, dtype=np.int64).tobytes())
+            digest.update(b"|")  # separator: [1, 2] + [3] differs from [1] + [2, 3]
+        return digest.hexdigest()[:16]
+
+
+def load_probes(
+    tokenizer: Any,
+    source: Any = None,
+    *,
+    num_sequences: int = 1024,
+    min_tokens: int = 11,
+    max_tokens: int = 128,
+    seed: int = 0,
+    text_column: str = "text",
+    split: str = "train",
+    config_name: str | None = None,
+    chat_template: bool = False,
+    system_prompt: str | None = None,
+) -> ProbeSet:
+    """Build a deterministic probe set.
+
+    Args:
+        tokenizer: an HF tokenizer (the model's own).
+        source: ``None`` (the embedded corpus, :func:`geomtrace.tiny.embedded_corpus`), a list
+            of strings, a local ``.txt`` (one text per line) or ``.jsonl`` (field
+            ``text_column``) path, a ``datasets.Dataset`` / ``IterableDataset`` /
+            ``DatasetDict``, or a hub dataset name such as ``"wikitext"`` (with
+            ``config_name``, ``split``; streamed online, read from the local cache offline).
+        num_sequences: how many sequences to keep (all available, with a warning, if fewer).
+        min_tokens: keep sequences with at least this many tokens (11: "more than 10").
+        max_tokens: truncate longer sequences to this many tokens.
+        seed: seed of the shuffle that picks the sequences.
+        text_column: the text field of a dataset or jsonl file.
+        split: dataset split for hub names and ``DatasetDict``.
+        config_name: dataset config for hub names, e.g. ``"wikitext-103-raw-v1"``.
+        chat_template: wrap each text as a user message and apply the tokenizer's chat
+            template with ``add_generation_prompt=True`` (probes for post-trained models).
+        system_prompt: optional system message when ``chat_template=True``.
+
+    Raises:
+        FileNotFoundError: a ``.txt``/``.jsonl`` path that does not exist.
+        ProbeLoadError: a hub dataset that cannot be loaded (e.g. offline).
+        ValueError: bad arguments, or no text passes the filters.
+    """
+    if num_sequences < 1:
+        raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+    if min_tokens < 1 or max_tokens < min_tokens:
+        raise ValueError(f"need 1 <= min_tokens <= max_tokens, got min_tokens={min_tokens}, max_tokens={max_tokens}")
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True but the tokenizer has no chat template; set tokenizer.chat_template")
+    if system_prompt is not None and not chat_template:
+        raise ValueError("system_prompt is only used with chat_template=True")
+
+    texts, label = _read_texts(source, text_column=text_column, split=split, config_name=config_name,
+                               stream_limit=max(_MIN_STREAM_TEXTS, _STREAM_TEXTS_PER_PROBE * num_sequences))
+    order = np.random.default_rng(seed).permutation(len(texts))
+    encode = _encoder(tokenizer, max_tokens, chat_template, system_prompt)
+
+    sequences: list[list[int]] = []
+    seen = too_short = 0
+    pos = 0
+    while pos < len(order) and len(sequences) < num_sequences:
+        # Tokenize in chunks sized to what is still missing, so a small probe set from a big
+        # corpus stays cheap; the result does not depend on the chunking.
+        step = min(_TOKENIZE_CHUNK, max(16, 2 * (num_sequences - len(sequences))))
+        chunk = [texts[i] for i in order[pos : pos + step]]
+        pos += step
+        for ids, text_tokens in encode(chunk):
+            seen += 1
+            if text_tokens < min_tokens:
+                too_short += 1
+                continue
+            sequences.append(ids)
+            if len(sequences) == num_sequences:
+                break
+
+    if not sequences:
+        raise ValueError(
+            f"no probe sequence left from {label}: {len(texts)} texts read, {seen} tokenized, {too_short} had fewer "
+            f"than min_tokens={min_tokens} tokens. Use longer texts or lower min_tokens."
+        )
+    if len(sequences) < num_sequences:
+        warn(
+            f"only {len(sequences)} of the requested {num_sequences} probe sequences are available from {label} "
+            f"(texts with >= {min_tokens} tokens); using all of them"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    chat = " chat" if chat_template else ""
+    return ProbeSet(
+        sequences=sequences,
+        description=f"{label} n={len(sequences)} len={min_tokens}..{max_tokens} seed={seed}{chat}",
+        pad_token_id=int(pad) if pad is not None else 0,
+    )
+
+
+def _encoder(tokenizer: Any, max_tokens: int, chat_template: bool, system_prompt: str | None):
+    """A function mapping texts to ``(token ids, text length in tokens)`` pairs.
+
+    The length is what ``min_tokens`` filters on: the whole sequence for plain probes (its
+    special tokens included), the user text alone for chat probes (the template would
+    otherwise let every text pass).
+    """
+
+    def plain(texts: list[str]) -> list[tuple[list[int], int]]:
+        # Truncating before filtering is safe: max_tokens >= min_tokens.
+        encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
+        return [(list(ids), len(ids)) for ids in encoded]
+
+    prefix = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+
+    def render(text: str) -> list[int]:
+        prompt = tokenizer.apply_chat_template(
+            [*prefix, {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        # The template writes its own BOS/role markers: adding special tokens would double the BOS.
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def chat(texts: list[str]) -> list[tuple[list[int], int]]:
+        budget = max_tokens - len(render(""))
+        if budget < 1:
+            raise ValueError(
+                f"max_tokens={max_tokens} leaves no room for text inside the chat template "
+                f"({len(render(''))} tokens); raise max_tokens"
+            )
+        contents = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+        out = []
+        for text, content in zip(texts, contents):
+            if len(content) > budget:
+                # Shorten the user text, not the sequence, so the generation prompt stays last.
+                text = tokenizer.decode(content[:budget])
+            ids = render(text)
+            out.append((ids[:max_tokens], len(content)))
+        return out
+
+    return chat if chat_template else plain
+
+
+def _read_texts(source: Any, *, text_column: str, split: str, config_name: str | None,
+                stream_limit: int) -> tuple[list[str], str]:
+    """The candidate texts of a probe source and a short label describing it."""
+    if source is None:
+        from geomtrace.tiny import embedded_corpus
+
+        return embedded_corpus(), "embedded:pydoc_data.topics"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_file() or path.suffix in _FILE_SUFFIXES:
+            return _read_file(path, text_column), f"file:{path.name}"
+        if not isinstance(source, str):
+            raise FileNotFoundError(f"probe file {path} does not exist")
+        return _read_hub(source, text_column=text_column, split=split, config_name=config_name,
+                         limit=stream_limit)
+    if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
+        return _clean(source), "texts"
+    if _is_hf_dataset(source):
+        return _read_dataset(source, text_column=text_column, split=split, limit=stream_limit), "dataset"
+    raise TypeError(
+        f"unsupported probe source of type {type(source).__name__}: pass None, a list of strings, a .txt/.jsonl "
+        "path, a datasets.Dataset or a hub dataset name"
+    )
+
+
+def _clean(texts: Iterable[Any]) -> list[str]:
+    return [t.strip() for t in texts if isinstance(t, str) and t.strip()]
+
+
+def _read_file(path: Path, text_column: str) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"probe file {path} does not exist; check the path (--probe-file)")
+    if path.suffix == ".jsonl":
+        texts = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if text_column not in record:
+                    raise KeyError(
+                        f"{path}:{number} has no field {text_column!r} (fields: {sorted(record)}); "
+                        "pass text_column= to name the text field"
+                    )
+                texts.append(record[text_column])
+        return _clean(texts)
+    # Any other existing file is read as plain text, one probe per line.
+    return _clean(path.read_text(encoding="utf-8").splitlines())
+
+
+def _is_hf_dataset(source: Any) -> bool:
+    return type(source).__module__.startswith("datasets") and hasattr(source, "__iter__")
+
+
+def _read_dataset(dataset: Any, *, text_column: str, split: str, limit: int) -> list[str]:
+    datasets = require("datasets", "probe sets from datasets")
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split not in dataset:
+            raise _ColumnError(f"split {split!r} not in the dataset (splits: {sorted(dataset)}); pass split=")
+        dataset = dataset[split]
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and text_column not in columns:
+        raise _ColumnError(f"the dataset has no column {text_column!r} (columns: {columns}); pass text_column=")
+    if isinstance(dataset, datasets.Dataset):
+        return _clean(dataset[text_column])
+    texts = []  # IterableDataset: read a bounded prefix of the stream
+    for record in dataset:
+        if text_column not in record:
+            raise _ColumnError(f"the dataset has no field {text_column!r} (fields: {sorted(record)}); pass text_column=")
+        texts.append(record[text_column])
+        if len(texts) >= limit:
+            break
+    return _clean(texts)
+
+
+def _offline() -> bool:
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in flags)
+
+
+def _read_hub(name: str, *, text_column: str, split: str, config_name: str | None,
+              limit: int) -> tuple[list[str], str]:
+    datasets = require("datasets", "probe sets from hub datasets")
+    offline = _offline()
+    label = f"hub:{name}" + (f"/{config_name}" if config_name else "") + f":{split}"
+    try:
+        # Streaming reads only the texts we need; offline only a cached (non-streamed) copy can work.
+        dataset = datasets.load_dataset(name, config_name, split=split, streaming=not offline)
+        texts = _read_dataset(dataset, text_column=text_column, split=split, limit=limit)
+    except _ColumnError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
+        raise _hub_error(name, offline, err) from err
+    return texts, label
+
+
+def _hub_error(name: str, offline: bool, err: Exception) -> ProbeLoadError:
+    why = (
+        "the dataset isn't available offline (HF offline mode is on and it is not in the local cache)"
+        if offline
+        else "it could not be loaded from the Hugging Face Hub"
+    )
+    return ProbeLoadError(
+        f"cannot load probe dataset {name!r}: {why} ({type(err).__name__}: {err}). Use a local file instead "
+        "(--probe-file probes.txt, one text per line, or .jsonl), a list of strings, or source=None for the "
+        "embedded corpus."
+    )

@@ -1,0 +1,478 @@
+"""The replay results store: JSON lines + spectra under one output folder, safe to resume.
+
+Layout of ``output_dir``::
+
+    results.jsonl                       one record per (checkpoint, layer), strict JSON
+    failures.jsonl                      one line per failed checkpoint attempt
+    spectra/<safe-key>__layer<L>.npz    the eigenspectrum (array ``eigenspectrum``)
+
+Guarantees:
+
+* One checkpoint's records (one per layer) are appended as a unit with a single
+  ``write()`` on an ``O_APPEND`` descriptor (+ ``flush``/``fsync``), under an exclusive
+  ``fcntl.flock`` where available, so several processes (shards) can append to the same
+  file. Spectra are written first (tmp file + ``os.replace``), so a record never points at
+  a missing spectrum.
+* A process killed mid-write leaves at most one truncated last line; readers skip it,
+  :meth:`ResultsStore.done_keys` does not count that checkpoint as done, and the next
+  append starts on a fresh line.
+* NaN/Inf are written as JSON ``null`` (strict JSON, readable anywhere); the metric fields
+  (:data:`METRIC_FIELDS`) read back as ``nan``.
+
+The paper's result format (a pickled dict ``{step: {'rankme', 'alpha', 'eigenspectrum',
+'r2'}}`` saved with ``np.save``) is written by :func:`export_seed_npy` and read by
+:func:`import_seed_npy`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "ResultsStore",
+    "RECORD_FIELDS",
+    "METRIC_FIELDS",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "safe_key",
+    "export_seed_npy",
+    "import_seed_npy",
+    "export_csv",
+]
+
+#: The standard fields of a result record, in CSV column order.
+RECORD_FIELDS: tuple[str, ...] = (
+    "key", "step", "revision", "tokens", "stage", "layer", "rankme", "alpha", "r2",
+    "n_samples", "dim", "model", "probe", "probe_fingerprint", "seconds",
+)
+#: Float fields whose JSON ``null`` reads back as ``nan``.
+METRIC_FIELDS: tuple[str, ...] = ("rankme", "alpha", "r2", "rankme_singular", "loss", "seconds")
+
+
+# --------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a tmp file in the same folder, fsync, then
+    ``os.replace``. Readers see the old file or the new one, never a partial one. Parent
+    folders are created. Returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` for text."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def _npy_bytes(obj: Any, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# JSON helpers
+# --------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain-JSON version of value: NaN/Inf -> None, numpy/torch scalars -> Python."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    item = getattr(value, "item", None)  # torch scalars
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+def _decode(record: dict[str, Any]) -> dict[str, Any]:
+    for f in METRIC_FIELDS:
+        if f in record and record[f] is None:
+            record[f] = math.nan
+    return record
+
+
+def _parse_lines(data: bytes) -> list[dict[str, Any]]:
+    """Complete JSON-object lines of ``data``; a last line without '\\n' is ignored."""
+    out = []
+    lines = data.split(b"\n")
+    # the element after the last '\n' is either empty or a truncated line: drop it
+    for raw in lines[:-1]:
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def _locked_append(path: Path, data: bytes) -> None:
+    """Append ``data`` with one write on an O_APPEND fd, under flock, starting on a new line."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a killed writer left a partial line: don't glue onto it
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def safe_key(key: str) -> str:
+    """A file-name-safe version of a checkpoint key; keys that had to be changed get a short
+    hash suffix so that distinct keys never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._") or "_"
+    if safe != key:
+        safe = f"{safe}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return safe
+
+
+# --------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------
+
+
+class ResultsStore:
+    """Results of one replay run under ``output_dir`` (see the module doc for the layout).
+
+    Each record is one (checkpoint, layer): ``key, step, revision, tokens, stage, layer,
+    rankme, alpha, r2, n_samples, dim, model, probe, probe_fingerprint, seconds`` plus any
+    extras. :meth:`append` adds ``n_layers`` (the number of records in the unit) so that
+    :meth:`done_keys` can tell complete checkpoints from ones cut short.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.records_path = self.output_dir / "results.jsonl"
+        self.failures_path = self.output_dir / "failures.jsonl"
+        self.spectra_dir = self.output_dir / "spectra"
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.output_dir)!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def spectrum_path(self, key: str, layer: int) -> Path:
+        """Where the eigenspectrum of ``key`` at ``layer`` is stored."""
+        return self.spectra_dir / f"{safe_key(key)}__layer{int(layer)}.npz"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _raw_records(self) -> list[dict[str, Any]]:
+        try:
+            data = self.records_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return _parse_lines(data)
+
+    def records(self, *, dedupe: bool = True) -> list[dict[str, Any]]:
+        """All complete records, in file order; malformed or truncated lines are skipped.
+
+        With ``dedupe`` (default) only the last record of each (key, layer) is kept (a
+        checkpoint measured again, e.g. after an interrupted attempt, replaces the old one).
+        ``null`` metric fields read back as ``nan``.
+        """
+        raw = self._raw_records()
+        if dedupe:
+            last: dict[tuple[Any, Any], int] = {}
+            for i, r in enumerate(raw):
+                last[(r.get("key"), r.get("layer"))] = i
+            raw = [r for i, r in enumerate(raw) if last[(r.get("key"), r.get("layer"))] == i]
+        return [_decode(r) for r in raw]
+
+    def done_keys(self, probe_fingerprint: str | None = None) -> set[str]:
+        """Keys of checkpoints whose records are complete (every layer of the unit present).
+
+        Robust to a truncated last line (a killed process): that checkpoint is not done.
+        With ``probe_fingerprint``, only records measured with that probe set count.
+        """
+        layers: dict[str, set[Any]] = {}
+        expected: dict[str, int] = {}
+        for r in self._raw_records():
+            key = r.get("key")
+            if not isinstance(key, str):
+                continue
+            if probe_fingerprint is not None and r.get("probe_fingerprint") != probe_fingerprint:
+                continue
+            layers.setdefault(key, set()).add(r.get("layer"))
+            n = r.get("n_layers")
+            if isinstance(n, int):
+                expected[key] = max(expected.get(key, 0), n)
+        return {k for k, ls in layers.items() if len(ls) >= expected.get(k, 1)}
+
+    def failures(self) -> list[dict[str, Any]]:
+        """All failure records (complete lines only)."""
+        try:
+            return _parse_lines(self.failures_path.read_bytes())
+        except FileNotFoundError:
+            return []
+
+    def spectrum(self, key: str, layer: int) -> np.ndarray | None:
+        """The stored eigenspectrum of ``key`` at ``layer``, or None."""
+        p = self.spectrum_path(key, layer)
+        if not p.is_file():
+            return None
+        with np.load(p, allow_pickle=False) as z:
+            return np.array(z["eigenspectrum"])
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, records: Sequence[dict[str, Any]], spectra: dict[int, np.ndarray] | None = None) -> None:
+        """Append one checkpoint's records (one per layer) as a unit.
+
+        ``spectra`` maps layer -> eigenspectrum; they are written first (atomically), then
+        all JSON lines in one ``write()``. All records must share one ``key`` and have a
+        ``layer``.
+        """
+        records = list(records)
+        if not records:
+            raise ValueError("append() needs at least one record")
+        keys = {r.get("key") for r in records}
+        if len(keys) != 1 or not isinstance(next(iter(keys)), str):
+            raise ValueError(f"append() takes the records of exactly one checkpoint (one string 'key'), got keys {keys}")
+        key = next(iter(keys))
+        if any("layer" not in r for r in records):
+            raise ValueError("every record needs a 'layer' field")
+        if spectra:
+            self.spectra_dir.mkdir(parents=True, exist_ok=True)
+            for layer, spec in spectra.items():
+                arr = np.asarray(_to_numpy(spec), dtype=np.float64)
+                buf = io.BytesIO()
+                np.savez(buf, eigenspectrum=arr)
+                atomic_write_bytes(self.spectrum_path(key, layer), buf.getvalue())
+        n = len({r["layer"] for r in records})
+        lines = []
+        for r in records:
+            out = dict(r)
+            out.setdefault("n_layers", n)
+            lines.append(json.dumps(_jsonable(out), allow_nan=False, ensure_ascii=False))
+        _locked_append(self.records_path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+    def record_failure(self, key: str, error: str, **fields: Any) -> None:
+        """Log a failed checkpoint to ``failures.jsonl`` (key, error, time, extra fields).
+        Failures never count as done, so a resumed run retries them."""
+        rec = {"key": key, "error": str(error), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+        line = json.dumps(_jsonable(rec), allow_nan=False, ensure_ascii=False) + "\n"
+        _locked_append(self.failures_path, line.encode("utf-8"))
+
+
+def _to_numpy(x: Any) -> Any:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        return x.detach().cpu().double().numpy()
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# Export / import
+# --------------------------------------------------------------------------------------
+
+
+def _records_and_spectra(records_or_store: ResultsStore | Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], ResultsStore | None]:
+    if isinstance(records_or_store, ResultsStore):
+        return records_or_store.records(), records_or_store
+    return [dict(r) for r in records_or_store], None
+
+
+def _num(v: Any) -> float:
+    try:
+        return math.nan if v is None else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def export_seed_npy(
+    records_or_store: ResultsStore | Iterable[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    layer: int | None = None,
+    spectra: bool = True,
+) -> Path:
+    """Write the paper's result format for one layer: ``np.save(path, {step: {'rankme',
+    'alpha', 'eigenspectrum', 'r2', 'step', 'checkpoint', 'tokens', 'layer'}})``.
+
+    ``layer`` defaults to the highest layer index present. The eigenspectrum comes from the
+    store (or a record's ``eigenspectrum`` field); when missing an empty array is written.
+    ``spectra=False`` leaves ``'eigenspectrum'`` out. Dict keys are the steps (int); if steps
+    are missing or repeat (e.g. OLMo-2 stages) the checkpoint keys (str) are used instead,
+    with a warning. Written atomically to exactly ``path`` (no ``.npy`` is appended).
+    """
+    recs, store = _records_and_spectra(records_or_store)
+    if not recs:
+        raise ValueError("no records to export")
+    layers = {r.get("layer") for r in recs if r.get("layer") is not None}
+    if layer is None:
+        if not layers:
+            raise ValueError("records have no 'layer' field; pass layer=")
+        layer = max(layers)
+    sel = [r for r in recs if r.get("layer") == layer]
+    if not sel:
+        raise ValueError(f"no records for layer {layer}; layers present: {sorted(layers)}")
+    sel.sort(key=lambda r: (r.get("step") is None, r.get("step") or 0, str(r.get("key"))))
+    steps = [r.get("step") for r in sel]
+    use_steps = all(isinstance(s, int) for s in steps) and len(set(steps)) == len(steps)
+    if not use_steps:
+        warnings.warn(
+            "steps are missing or repeated (several stages?): the exported dict is keyed by "
+            "checkpoint key instead of step", stacklevel=2,
+        )
+    out: dict[Any, dict[str, Any]] = {}
+    for r in sel:
+        entry: dict[str, Any] = {
+            "rankme": _num(r.get("rankme")),
+            "alpha": _num(r.get("alpha")),
+            "r2": _num(r.get("r2")),
+            "step": r.get("step"),
+            "checkpoint": r.get("revision") or r.get("key"),
+            "tokens": r.get("tokens"),
+            "layer": layer,
+        }
+        if spectra:
+            spec = None
+            if store is not None:
+                spec = store.spectrum(r["key"], layer)
+            if spec is None and r.get("eigenspectrum") is not None:
+                spec = np.asarray(_to_numpy(r["eigenspectrum"]), dtype=np.float64)
+            entry["eigenspectrum"] = spec if spec is not None else np.zeros(0, dtype=np.float64)
+        out[r["step"] if use_steps else str(r.get("key"))] = entry
+    return atomic_write_bytes(path, _npy_bytes(out, allow_pickle=True))
+
+
+def import_seed_npy(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a paper-format ``.npy`` (``{step: {'rankme', 'alpha', 'eigenspectrum', 'r2'}}``)
+    into records sorted by step.
+
+    Security: this is the only place geomtrace uses ``allow_pickle=True``; unpickling can
+    execute arbitrary code, so only load files you trust.
+
+    Each record has ``key`` (the entry's ``checkpoint``, else ``step<N>``), ``step``,
+    ``revision``, ``tokens``, ``layer``, ``rankme``, ``alpha``, ``r2`` (nan when absent) and
+    ``eigenspectrum`` (an array, or None); other scalar fields of the entry are kept.
+    """
+    obj = np.load(path, allow_pickle=True)
+    data = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a pickled dict {{step: {{...}}}}, got {type(data).__name__}")
+    out = []
+    for k, v in data.items():
+        if not isinstance(v, dict):
+            continue
+        step = v.get("step")
+        if step is None and isinstance(k, (int, np.integer)):
+            step = int(k)
+        elif step is None and isinstance(k, str) and k.lstrip("-").isdigit():
+            step = int(k)
+        step = int(step) if isinstance(step, (int, np.integer)) else step
+        checkpoint = v.get("checkpoint")
+        key = str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else str(k))
+        spec = v.get("eigenspectrum")
+        rec: dict[str, Any] = {
+            "key": key,
+            "step": step,
+            "revision": str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else None),
+            "tokens": v.get("tokens"),
+            "layer": v.get("layer"),
+            "rankme": _num(v.get("rankme")),
+            "alpha": _num(v.get("alpha")),
+            "r2": _num(v.get("r2")),
+            "eigenspectrum": None if spec is None else np.asarray(spec, dtype=np.float64),
+        }
+        for name, value in v.items():
+            if name not in rec and name != "checkpoint" and np.ndim(value) == 0:
+                rec[name] = value.item() if isinstance(value, np.generic) else value
+        out.append(rec)
+    out.sort(key=lambda r: (not isinstance(r["step"], int), r["step"] if isinstance(r["step"], int) else 0, r["key"]))
+    return out
+
+
+def export_csv(records_or_store: ResultsStore | Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write records as CSV (atomically): the standard fields first, then extras sorted.
+    Array-valued fields (eigenspectra) are left out; None is an empty cell, NaN is ``nan``."""
+    recs, _ = _records_and_spectra(records_or_store)
+    extras: set[str] = set()
+    for r in recs:
+        for k, v in r.items():
+            if k not in RECORD_FIELDS and np.ndim(v) == 0 and not isinstance(v, (dict, list)):
+                extras.add(k)
+    columns = list(RECORD_FIELDS) + sorted(extras)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in recs:
+        row = []
+        for c in columns:
+            v = r.get(c)
+            if v is None:
+                row.append("")
+            elif isinstance(v, (float, np.floating)):
+                row.append(repr(float(v)) if math.isfinite(v) else str(float(v)))
+            else:
+                row.append(v if np.ndim(v) == 0 and not isinstance(v, (dict, list)) else "")
+        writer.writerow(row)
+    return atomic_write_text(path, buf.getvalue())

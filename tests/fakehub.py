@@ -1,0 +1,184 @@
+"""Build a fake Hugging Face hub cache so that hub loading works fully offline in tests.
+
+The layout written is the one ``huggingface_hub`` itself uses for its cache::
+
+    $HF_HOME/hub/models--ORG--NAME/
+        refs/<revision>                 # a text file holding the commit sha
+        snapshots/<sha>/config.json     # plain files (the real cache uses symlinks to blobs/)
+        snapshots/<sha>/model.safetensors
+        snapshots/<sha>/tokenizer.json, tokenizer_config.json, special_tokens_map.json
+
+With ``HF_HUB_OFFLINE=1`` (set by ``tests/conftest.py``),
+``AutoModelForCausalLM.from_pretrained("ORG/NAME", revision="step1000")`` resolves the
+revision through ``refs/step1000`` and loads from the snapshot, never touching the network.
+
+Usage in a test::
+
+    from fakehub import make_fake_hub_model
+
+    def test_x(hf_home):
+        shas = make_fake_hub_model(hf_home, "EleutherAI/pythia-tiny", revisions=("step0", "step1000"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["make_fake_hub_model", "tiny_tokenizer", "tiny_config", "build_tiny_model", "hub_repo_dir"]
+
+_SPECIALS = ["<|endoftext|>", "<|pad|>"]
+
+
+def hub_repo_dir(hf_home: str | os.PathLike, repo_id: str) -> Path:
+    """The cache folder of ``repo_id`` under ``$HF_HOME/hub``."""
+    return Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+
+
+def _corpus_lines(n: int = 400) -> list[str]:
+    """A few hundred lines of English text from CPython's bundled docs (no download)."""
+    try:
+        from pydoc_data.topics import topics
+
+        text = "\n".join(topics[k] for k in sorted(topics))
+        lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 20]
+        if len(lines) >= 50:
+            return lines[:n]
+    except Exception:  # pragma: no cover - pydoc_data missing on exotic builds
+        pass
+    base = "the quick brown fox jumps over the lazy dog while models learn representations"
+    return [f"{base} {i} {base[::-1]}" for i in range(n)]
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_json(vocab_size: int) -> str:
+    """Serialized tiny byte-level BPE (trained once per process and vocab size)."""
+    try:  # prefer the project's own helper when it exists
+        from geomtrace.tiny import train_bpe_tokenizer  # type: ignore[attr-defined]
+    except Exception:
+        train_bpe_tokenizer = None
+    if train_bpe_tokenizer is not None:
+        try:
+            tok = train_bpe_tokenizer(_corpus_lines(), vocab_size=vocab_size)
+            backend = getattr(tok, "backend_tokenizer", tok)
+            return backend.to_str()
+        except Exception:
+            pass  # fall back to our own below
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus_lines(), trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 512) -> Any:
+    """A ``PreTrainedTokenizerFast`` (byte-level BPE) with eos/pad set."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(_tokenizer_json(vocab_size))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|pad|>",
+    )
+    return tok
+
+
+def tiny_config(arch: str = "gpt_neox", hidden_size: int = 64, vocab_size: int = 512) -> Any:
+    """A tiny transformers config for ``arch`` ("gpt_neox" -> Pythia-like, "olmo2" -> OLMo-2-like)."""
+    if arch in ("gpt_neox", "pythia"):
+        from transformers import GPTNeoXConfig
+
+        return GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=hidden_size * 2,
+            max_position_embeddings=128,
+            eos_token_id=0,
+            bos_token_id=0,
+            pad_token_id=1,
+        )
+    if arch in ("olmo2", "olmo"):
+        from transformers import Olmo2Config
+
+        return Olmo2Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=hidden_size * 2,
+            max_position_embeddings=128,
+            eos_token_id=0,
+            bos_token_id=0,
+            pad_token_id=1,
+        )
+    raise ValueError(f"unknown arch {arch!r}; use 'gpt_neox' or 'olmo2'")
+
+
+def build_tiny_model(arch: str = "gpt_neox", hidden_size: int = 64, seed: int = 0, vocab_size: int = 512) -> Any:
+    """A randomly initialised tiny causal LM (deterministic for a given seed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch, hidden_size, vocab_size)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.eval()
+    return model
+
+
+def _fake_sha(repo_id: str, revision: str) -> str:
+    return hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+
+
+def make_fake_hub_model(
+    hf_home: str | os.PathLike,
+    repo_id: str = "EleutherAI/pythia-tiny",
+    revisions: Sequence[str] = ("step0", "step1000"),
+    arch: str = "gpt_neox",
+    hidden_size: int = 64,
+    with_tokenizer: bool = True,
+) -> dict[str, str]:
+    """Write tiny models for ``revisions`` of ``repo_id`` into the hub cache under ``hf_home``.
+
+    Each revision gets its own snapshot (a fake 40-hex commit sha) and weights drawn with a
+    different seed, so the revisions really differ. ``refs/main`` points at the last revision.
+    Returns ``{revision: sha}``. Calling it again for the same repo adds/overwrites revisions.
+    """
+    repo_dir = hub_repo_dir(hf_home, repo_id)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    tok = tiny_tokenizer() if with_tokenizer else None
+    shas: dict[str, str] = {}
+    for i, revision in enumerate(revisions):
+        sha = _fake_sha(repo_id, revision)
+        snap = repo_dir / "snapshots" / sha
+        snap.mkdir(parents=True, exist_ok=True)
+        seed = int(hashlib.sha1(revision.encode()).hexdigest()[:8], 16) % (2**31) + i
+        model = build_tiny_model(arch, hidden_size, seed=seed)
+        model.save_pretrained(snap, safe_serialization=True)
+        if tok is not None:
+            tok.save_pretrained(snap)
+        (repo_dir / "refs" / revision).write_text(sha)
+        shas[revision] = sha
+    if revisions:
+        (repo_dir / "refs" / "main").write_text(shas[revisions[-1]])
+    return shas

@@ -1,0 +1,54 @@
+"""Metrics synchronised across 2 gloo processes equal the single-process result."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchmetrics import MetricCollection
+
+from geomtrace import AlphaReQ, EigenSpectrum, RankMe
+
+WORKER = Path(__file__).parent / "workers" / "metrics_ddp.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def single_process_reference() -> dict:
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from metrics_ddp import features
+    finally:
+        sys.path.pop(0)
+    metrics = MetricCollection({"rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
+    metrics.update(features())
+    return metrics.compute()
+
+
+@pytest.mark.parametrize("split", [700, 900], ids=["uneven", "rank1-empty"])
+def test_two_gloo_ranks_match_single_process(tmp_path, split):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out), str(free_port()), str(split)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = single_process_reference()
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        assert got["rankme"] == pytest.approx(float(reference["rankme"]), rel=1e-6)
+        assert got["alpha"] == pytest.approx(float(reference["alpha"]), rel=1e-6)
+        assert got["r2"] == pytest.approx(float(reference["r2"]), rel=1e-6)
+        torch.testing.assert_close(torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0)
+        assert got["local_n"] == (split if rank == 0 else 900 - split)

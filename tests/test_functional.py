@@ -1,0 +1,135 @@
+"""geomtrace.functional against straightforward numpy implementations written here."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from geomtrace import GeometryWarning
+from geomtrace import functional as F
+
+
+def numpy_rankme(eigenvalues: np.ndarray, eps: float = 1e-7) -> float:
+    p = eigenvalues / eigenvalues.sum() + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def numpy_alpha(eigenvalues: np.ndarray, first: int, last: int) -> tuple[float, float]:
+    ranks = np.arange(first, min(last, len(eigenvalues)) + 1)
+    y = np.log(eigenvalues[ranks - 1])
+    x = np.log(ranks)
+    w = 1.0 / ranks
+    # Weighted normal equations for y = a x + b.
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    lhs = design.T @ (design * w[:, None])
+    rhs = design.T @ (w * y)
+    slope, intercept = np.linalg.solve(lhs, rhs)
+    prediction = slope * x + intercept
+    r2 = 1 - ((y - prediction) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return -float(slope), float(r2)
+
+
+def test_eigenspectrum_sorted_clipped_and_truncated():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 20))
+    cov = np.cov(x, rowvar=False)
+    expected = np.sort(np.linalg.eigvalsh(cov))[::-1].copy()
+    got = F.eigenspectrum(torch.tensor(cov)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert F.eigenspectrum(torch.tensor(cov), max_components=5).shape == (5,)
+    assert F.eigenspectrum(torch.tensor(cov), n_samples=7).shape == (7,)
+    assert F.eigenspectrum(torch.tensor(cov), max_components=5, n_samples=3).shape == (3,)
+
+
+def test_eigenspectrum_clips_negative_roundoff_to_zero_not_abs():
+    # A rank-1 PSD matrix plus a tiny negative perturbation on the null space.
+    v = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    cov = torch.outer(v, v) - 1e-12 * torch.eye(3, dtype=torch.float64)
+    values = F.eigenspectrum(cov)
+    assert values[0] > 13.9
+    assert torch.all(values[1:] == 0)
+
+
+def test_eigenspectrum_rejects_non_square():
+    with pytest.raises(ValueError, match="square"):
+        F.eigenspectrum(torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rankme_matches_numpy(seed):
+    rng = np.random.default_rng(seed)
+    values = np.sort(rng.exponential(size=64))[::-1].copy()
+    assert float(F.rankme(torch.tensor(values))) == pytest.approx(numpy_rankme(values), rel=1e-12)
+
+
+def test_rankme_is_scale_invariant_and_counts_equal_values():
+    values = torch.ones(10, dtype=torch.float64)
+    assert float(F.rankme(values)) == pytest.approx(10.0, rel=1e-5)
+    assert float(F.rankme(values * 1e6)) == pytest.approx(float(F.rankme(values)), rel=1e-12)
+
+
+def test_rankme_empty_or_zero_is_nan():
+    assert math.isnan(float(F.rankme(torch.zeros(0))))
+    assert math.isnan(float(F.rankme(torch.zeros(5))))
+
+
+def test_singular_rankme_uses_uncentered_singular_values():
+    rng = np.random.default_rng(3)
+    x = rng.normal(loc=0.5, size=(200, 16))
+    sigma = np.linalg.svd(x, compute_uv=False)
+    got = F.rankme(F.singular_spectrum(torch.tensor(x.T @ x)))
+    assert float(got) == pytest.approx(numpy_rankme(sigma), rel=1e-9)
+
+
+@pytest.mark.parametrize("decay", [0.5, 1.0, 2.0])
+def test_alpha_req_matches_numpy_weighted_fit(decay):
+    rng = np.random.default_rng(int(decay * 10))
+    ranks = np.arange(1, 201)
+    values = ranks ** (-decay) * np.exp(rng.normal(scale=0.05, size=ranks.size))
+    values = np.sort(values)[::-1].copy()
+    fit = F.alpha_req(torch.tensor(values))
+    alpha, r2 = numpy_alpha(values, 12, 100)
+    assert float(fit.alpha) == pytest.approx(alpha, rel=1e-10)
+    assert float(fit.r2) == pytest.approx(r2, rel=1e-10)
+    assert fit.ranks[0] == 12 and fit.ranks[-1] == 100 and fit.fitted.shape == (89,)
+
+
+def test_alpha_req_exact_power_law():
+    values = torch.arange(1, 301, dtype=torch.float64) ** -1.3
+    fit = F.alpha_req(values, fit_range=(5, 250))
+    assert float(fit.alpha) == pytest.approx(1.3, rel=1e-12)
+    assert float(fit.r2) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_alpha_req_clips_range_and_nan_with_warning_when_too_short():
+    values = torch.arange(1, 40, dtype=torch.float64) ** -1.0
+    fit = F.alpha_req(values)  # ranks 12..39 exist
+    assert fit.ranks[-1] == 39
+    with pytest.warns(GeometryWarning, match="at least 5"):
+        short = F.alpha_req(torch.arange(1, 15, dtype=torch.float64) ** -1.0)
+    assert math.isnan(float(short.alpha)) and math.isnan(float(short.r2))
+
+
+def test_alpha_req_skips_zero_eigenvalues():
+    values = torch.cat([torch.arange(1, 51, dtype=torch.float64) ** -1.0, torch.zeros(60, dtype=torch.float64)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = F.alpha_req(values)
+    assert fit.ranks[-1] == 50
+    assert float(fit.alpha) == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [(0, 10), (20, 10), ("a", 3), (1,)])
+def test_alpha_req_rejects_bad_fit_range(bad):
+    with pytest.raises(ValueError, match="fit_range"):
+        F.alpha_req(torch.ones(10), fit_range=bad)
+
+
+def test_covariance_from_features_matches_numpy():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 6))
+    np.testing.assert_allclose(F.covariance_from_features(torch.tensor(x)).numpy(), np.cov(x, rowvar=False), rtol=1e-12)

@@ -1,0 +1,183 @@
+"""Fixed probe sets: sources, selection, determinism, sharding, batching."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from geomtrace._warnings import GeometryWarning
+from geomtrace.probes import ProbeLoadError, ProbeSet, load_probes
+from geomtrace.tiny import train_bpe_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe_tokenizer()
+
+
+def _texts(n: int) -> list[str]:
+    # Distinct texts of varied length (all well above 11 tokens).
+    return [f"Probe text number {i}: " + ("the quick brown fox jumps over the lazy dog " * (1 + i % 4)).strip() for i in range(n)]
+
+
+def test_default_embedded_probes(tok):
+    probes = load_probes(tok)
+    assert len(probes) == 1024
+    assert probes.description == "embedded:pydoc_data.topics n=1024 len=11..128 seed=0"
+    lengths = [len(s) for s in probes.sequences]
+    assert min(lengths) >= 11 and max(lengths) == 128  # long paragraphs are truncated
+    assert probes.pad_token_id == tok.pad_token_id
+    assert len({tuple(s) for s in probes.sequences}) > 1000  # near-duplicates are rare
+
+
+def test_determinism_and_seed(tok):
+    a = load_probes(tok, num_sequences=64, seed=0)
+    b = load_probes(tok, num_sequences=64, seed=0)
+    c = load_probes(tok, num_sequences=64, seed=1)
+    assert a.sequences == b.sequences and a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
+    assert len(a.fingerprint()) == 16
+    # The selection does not depend on how many are asked for: 64 is a prefix of 128.
+    assert load_probes(tok, num_sequences=128, seed=0).sequences[:64] == a.sequences
+
+
+def test_fingerprint_sees_sequence_boundaries():
+    a = ProbeSet([[1, 2], [3]], "x", 0)
+    b = ProbeSet([[1], [2, 3]], "x", 0)
+    assert a.fingerprint() != b.fingerprint()
+
+
+def test_from_strings_with_length_filters(tok):
+    texts = ["too short", "a b"] + _texts(10)
+    with pytest.warns(GeometryWarning, match="only 10 of the requested 50"):
+        probes = load_probes(tok, texts, num_sequences=50, max_tokens=20)
+    assert len(probes) == 10 and probes.description.startswith("texts n=10 len=11..20")
+    assert all(11 <= len(s) <= 20 for s in probes.sequences)
+    assert max(len(s) for s in probes.sequences) == 20
+    expected = {tuple(tok(t)["input_ids"][:20]) for t in texts[2:]}
+    assert {tuple(s) for s in probes.sequences} == expected
+    # min_tokens decides what is kept.
+    lengths = sorted(len(tok(t)["input_ids"]) for t in _texts(10))
+    cut = lengths[5]
+    with pytest.warns(GeometryWarning):
+        kept = load_probes(tok, _texts(10), num_sequences=50, min_tokens=cut, max_tokens=500)
+    assert len(kept) == sum(n >= cut for n in lengths)
+
+
+def test_all_filtered_raises_with_counts(tok):
+    with pytest.raises(ValueError, match=r"3 texts read.*3 had fewer than min_tokens=11"):
+        load_probes(tok, ["a", "b c", "d"])
+    with pytest.raises(ValueError, match="min_tokens"):
+        load_probes(tok, _texts(3), min_tokens=20, max_tokens=10)
+
+
+def test_from_txt_and_jsonl_files(tok, tmp_path):
+    texts = _texts(6)
+    txt = tmp_path / "probes.txt"
+    txt.write_text("\n".join(texts) + "\n\n", encoding="utf-8")
+    jsonl = tmp_path / "probes.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(texts)), encoding="utf-8")
+    from_list = load_probes(tok, texts, num_sequences=6)
+    from_txt = load_probes(tok, str(txt), num_sequences=6)
+    from_jsonl = load_probes(tok, jsonl, num_sequences=6, text_column="body")
+    assert from_txt.fingerprint() == from_list.fingerprint() == from_jsonl.fingerprint()
+    assert from_txt.description.startswith("file:probes.txt n=6")
+    with pytest.raises(KeyError, match="text_column"):
+        load_probes(tok, jsonl)  # default column "text" is missing
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_probes(tok, str(tmp_path / "missing.txt"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_probes(tok, tmp_path / "missing.jsonl")
+
+
+def test_from_datasets_dataset(tok):
+    datasets = pytest.importorskip("datasets")
+    texts = _texts(8)
+    ds = datasets.Dataset.from_dict({"content": texts, "n": list(range(8))})
+    probes = load_probes(tok, ds, num_sequences=8, text_column="content")
+    assert probes.fingerprint() == load_probes(tok, texts, num_sequences=8).fingerprint()
+    dd = datasets.DatasetDict({"validation": ds})
+    assert load_probes(tok, dd, num_sequences=8, text_column="content", split="validation").fingerprint() == (
+        probes.fingerprint()
+    )
+    with pytest.raises(ValueError, match="no column 'text'"):
+        load_probes(tok, ds)
+    with pytest.raises(ValueError, match="split 'train'"):
+        load_probes(tok, dd, text_column="content")
+
+
+def test_offline_hub_name_fails_clearly(tok):
+    with pytest.raises(ProbeLoadError, match=r"isn't available offline.*--probe-file"):
+        load_probes(tok, "wikitext", config_name="wikitext-103-raw-v1")
+
+
+def test_unsupported_source_type(tok):
+    with pytest.raises(TypeError, match="unsupported probe source"):
+        load_probes(tok, 42)
+
+
+def test_chat_template_probes(tok):
+    probes = load_probes(tok, _texts(5), num_sequences=5, chat_template=True, system_prompt="Be brief.")
+    assert len(probes) == 5 and probes.description.endswith("chat")
+    gen_prompt = tok("<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    for seq in probes.sequences:
+        text = tok.decode(seq)
+        assert text.startswith("<|system|>\nBe brief.") and "<|user|>\nProbe text number" in text
+        assert seq[-len(gen_prompt):] == gen_prompt  # measured at the generation prompt
+    # A long text is shortened inside the template: the generation prompt survives truncation.
+    long = load_probes(tok, ["word " * 500], num_sequences=1, chat_template=True, max_tokens=40)
+    assert len(long.sequences[0]) <= 40 and long.sequences[0][-len(gen_prompt):] == gen_prompt
+    with pytest.raises(ValueError, match="system_prompt"):
+        load_probes(tok, _texts(5), system_prompt="x")
+
+
+def test_sharding_covers_everything_once():
+    probes = ProbeSet([[i, i + 1] for i in range(10)], "x", 0)
+    shards = [probes.shard(rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 4]
+    assert [seq for s in shards for seq in s.sequences] == probes.sequences
+    assert shards[1].description == "x shard=1/3"
+    tiny = ProbeSet([[1], [2]], "x", 0)
+    small = [tiny.shard(rank, 3) for rank in range(3)]
+    assert sorted(len(s) for s in small) == [0, 1, 1]
+    assert [seq for s in small for seq in s.sequences] == tiny.sequences
+    empty = next(s for s in small if len(s) == 0)
+    assert list(empty.batches(4)) == []
+    with pytest.raises(ValueError, match="rank"):
+        probes.shard(3, 3)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batches_padding(side):
+    probes = ProbeSet([[1, 2, 3], [4], [5, 6], [7, 8, 9, 10, 11]], "x", pad_token_id=0)
+    batches = list(probes.batches(3, padding_side=side))
+    assert [b["input_ids"].shape for b in batches] == [torch.Size([3, 3]), torch.Size([1, 5])]
+    first = batches[0]
+    assert first["input_ids"].dtype == torch.long and first["attention_mask"].dtype == torch.long
+    if side == "right":
+        assert first["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0]]
+        assert first["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    else:
+        assert first["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4], [0, 5, 6]]
+        assert first["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    # Unpadding the batches gives back the probes, in order.
+    rows = [ids[mask.bool()].tolist() for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+    assert rows == probes.sequences
+    with pytest.raises(ValueError, match="padding_side"):
+        next(probes.batches(2, padding_side="up"))
+
+
+def test_probe_batches_feed_feature_extraction(tok):
+    from geomtrace.features import FeatureSpec, extract_features
+    from geomtrace.tiny import build_tiny_model
+
+    model = build_tiny_model("gpt_neox", tokenizer=tok).eval()
+    probes = load_probes(tok, num_sequences=12)
+    rows = [extract_features(model, **b, spec=FeatureSpec())[2] for b in probes.batches(5, padding_side="left")]
+    assert sum(r.shape[0] for r in rows) == 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no stray warnings in the common path
+        list(probes.batches(5))

@@ -1,0 +1,56 @@
+"""Worker for tests/test_distributed.py: 2 gloo ranks, uneven shards, in-place all_reduce sync.
+
+Usage: python metrics_ddp.py OUT_JSON PORT SPLIT   (SPLIT: rows of rank 0; the rest go to rank 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def features() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(123)
+    return (torch.randn(900, 128, generator=gen) * torch.linspace(0.1, 3.0, 128) + 20.0).float()
+
+
+def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    from torchmetrics import MetricCollection
+
+    from geomtrace import AlphaReQ, EigenSpectrum, RankMe
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("all_gather must not be used to sync covariance states")
+
+    dist.all_gather = forbidden  # the sync must use all_reduce only
+    x = features()
+    shard = x[:split] if rank == 0 else x[split:]
+    metrics = MetricCollection({"rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
+    for batch in shard.split(64):
+        metrics.update(batch)
+    out_values = metrics.compute()
+    local_n = float(metrics["rankme"].n_samples)  # local state is restored after compute
+    result = {
+        "rankme": float(out_values["rankme"]),
+        "alpha": float(out_values["alpha"]),
+        "r2": float(out_values["r2"]),
+        "top": out_values["spectrum"][:20].tolist(),
+        "local_n": local_n,
+    }
+    with open(f"{out}.rank{rank}", "w") as handle:
+        json.dump(result, handle)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    out_path, port, split = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    mp.spawn(run, args=(2, port, split, out_path), nprocs=2, join=True)
