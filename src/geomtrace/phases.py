@@ -1,0 +1,825 @@
+"""Phase detection on RankMe / alpha-ReQ trajectories.
+
+Autoregressive pretraining passes through three geometric phases (Li et al., 2025):
+``"warmup"`` (early collapse: RankMe falls), ``"entropy-seeking"`` (RankMe rises, alpha
+typically falls) and ``"compression-seeking"`` (RankMe falls, alpha rises). Post-training
+moves geometry too: SFT/DPO are entropy-seeking, RLVR compression-seeking. Where neither
+metric moves beyond noise the run is ``"stable"``.
+
+:func:`detect_phases` segments a trajectory; :func:`current_phase` gives the latest
+segment for live logging; :func:`shift` classifies a before/after pair (one post-training
+run); :func:`format_segments` renders segments as a plain-text table.
+
+The algorithm (rules, defaults and limits: ``docs/concepts.md``, "Phase detection"):
+
+1. Time axis ``x = log(1 + step / first_interval)`` (``log(1 + step)`` for Pythia's
+   0, 1, 2, 4, ..., 512, 1000, ...); ``y = log(RankMe)``; alpha as is. Isolated spikes are
+   ignored (with a warning).
+2. Local linear fits over ``smoothing`` neighbouring measurements give a slope per point.
+   The noise sigma is a robust RMS of their leverage-corrected residuals (floored at
+   ``noise_floor``); slopes become t-statistics, so thresholds are in noise units and
+   independent of the step spacing.
+3. Hysteresis: a trend starts at ``|t| >= enter_threshold`` and ends below
+   ``exit_threshold``. RankMe decides; alpha fills in where RankMe is flat.
+4. Short runs (``min_segment_length``) are absorbed; a flat gap between opposite trends no
+   wider than the window (the blurred turning point) is closed.
+5. Each boundary is refined by a continuous two-piece linear ("hinge") fit of the raw
+   values (against log-step or index, whichever is straighter); at a rounded extremum the
+   extremum of the smoothed curve is used instead.
+6. Segment-level checks: a trend whose own fit is not significant becomes stable; a long
+   stable segment with a significant drift takes that direction; a stable segment next to
+   a trend survives only if the slope change between them is significant. Steps 4-6
+   repeat until nothing changes.
+7. Naming: a falling first segment is ``"warmup"`` (unless ``allow_warmup=False``); any
+   later fall is ``"compression-seeking"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from geomtrace._warnings import warn
+
+__all__ = [
+    "PHASES",
+    "PHASE_CODES",
+    "GeometryShift",
+    "PhaseSegment",
+    "current_phase",
+    "detect_phases",
+    "format_segments",
+    "log_step",
+    "shift",
+    "trajectory_shift",
+]
+
+PHASES = ("stable", "warmup", "entropy-seeking", "compression-seeking")
+#: Numeric phase codes for logging a phase as a scalar.
+PHASE_CODES = {"stable": 0, "warmup": 1, "entropy-seeking": 2, "compression-seeking": 3}
+
+# Direction convention used internally: +1 = entropy-seeking (RankMe up / alpha down),
+# -1 = compression (RankMe down / alpha up), 0 = stable.
+_UP, _DOWN, _FLAT = 1, -1, 0
+
+
+@dataclass(frozen=True)
+class PhaseSegment:
+    """One detected phase.
+
+    ``start_step``/``end_step`` are in the input's step units and inclusive; consecutive
+    segments share their boundary measurement (the turning point belongs to both).
+    ``start_index``/``end_index`` index the *input* arrays (NaN points dropped before
+    detection are never boundaries). ``rankme_change`` is the log ratio of fitted RankMe at
+    the end vs the start of the segment (``exp(x) - 1`` is the relative change);
+    ``alpha_change`` the fitted absolute change of alpha (None without alpha).
+    ``confidence`` is in [0, 1].
+    """
+
+    name: str
+    start_step: float
+    end_step: float
+    start_index: int
+    end_index: int
+    confidence: float
+    rankme_change: float
+    alpha_change: float | None = None
+    n_points: int = 0
+
+    @property
+    def code(self) -> int:
+        """The numeric code of this phase (:data:`PHASE_CODES`)."""
+        return PHASE_CODES[self.name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (JSON-serialisable)."""
+        d = asdict(self)
+        d["code"] = self.code
+        return d
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _as_1d(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _prepare(
+    steps: Any, rankme: Any, alpha: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Validate, drop non-finite points; return (steps, rankme, alpha, kept input indices)."""
+    s = _as_1d("steps", steps)
+    r = _as_1d("rankme", rankme)
+    if len(s) != len(r):
+        raise ValueError(f"steps and rankme lengths differ: {len(s)} != {len(r)}")
+    a = None
+    if alpha is not None:
+        a = _as_1d("alpha", alpha)
+        if len(a) != len(s):
+            raise ValueError(f"steps and alpha lengths differ: {len(s)} != {len(a)}")
+        if len(a) and not np.isfinite(a).any():
+            # alpha can be NaN throughout (e.g. d too small for the fit range): use RankMe only.
+            warn("alpha is NaN everywhere; detecting phases from RankMe alone")
+            a = None
+    keep = np.isfinite(s) & np.isfinite(r)
+    if a is not None:
+        keep &= np.isfinite(a)
+    idx = np.flatnonzero(keep)
+    if len(idx) < len(s):
+        warn(f"dropped {len(s) - len(idx)} of {len(s)} points with NaN/Inf steps or metrics")
+    s, r = s[idx], r[idx]
+    a = a[idx] if a is not None else None
+    if len(s) > 1 and np.any(np.diff(s) <= 0):
+        raise ValueError("steps must be strictly increasing")
+    if len(s) and s[0] < 0:
+        raise ValueError(f"steps must be >= 0, got {s[0]}")
+    if np.any(r <= 0):
+        raise ValueError("rankme must be positive")
+    return s, r, a, idx
+
+
+def _check_options(
+    smoothing: int,
+    enter_threshold: float,
+    exit_threshold: float,
+    min_segment_length: int,
+    noise_floor: float,
+    min_points: int,
+    outlier_threshold: float | None,
+) -> None:
+    if not isinstance(smoothing, (int, np.integer)) or smoothing < 3:
+        raise ValueError(f"smoothing must be an integer >= 3 (measurements), got {smoothing!r}")
+    if not enter_threshold > 0:
+        raise ValueError(f"enter_threshold must be > 0, got {enter_threshold!r}")
+    if not 0 <= exit_threshold <= enter_threshold:
+        raise ValueError(
+            f"exit_threshold must satisfy 0 <= exit_threshold <= enter_threshold, "
+            f"got {exit_threshold!r} (enter_threshold={enter_threshold!r})"
+        )
+    if not isinstance(min_segment_length, (int, np.integer)) or min_segment_length < 2:
+        raise ValueError(f"min_segment_length must be an integer >= 2, got {min_segment_length!r}")
+    if not noise_floor > 0:
+        raise ValueError(f"noise_floor must be > 0, got {noise_floor!r}")
+    if not isinstance(min_points, (int, np.integer)) or min_points < 3:
+        raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
+    if outlier_threshold is not None and not outlier_threshold > 0:
+        raise ValueError(f"outlier_threshold must be > 0 or None, got {outlier_threshold!r}")
+
+
+# ----------------------------------------------------------------------------- math
+
+
+def log_step(steps: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The detector's time axis: ``log(1 + step / unit)``, unit = the first step interval.
+
+    With a unit first interval (Pythia: 0, 1, 2, 4, ...) this is ``log(1 + step)``. Scaling
+    by the first interval makes it independent of the step unit (steps, tokens) and keeps
+    a linear schedule (0, 1000, 2000, ...) from putting a huge gap after step 0.
+    """
+    s = np.asarray(steps, dtype=np.float64)
+    if len(s) < 2:
+        return np.log1p(s)
+    return np.log1p((s - min(s[0], 0.0)) / (s[1] - s[0]))
+
+
+def _local_fits(x: np.ndarray, y: np.ndarray, w: int) -> tuple[np.ndarray, ...]:
+    """Linear fit over the ``w`` nearest measurements of each point.
+
+    Returns (slope, sqrt(Sxx), residual at the point, leverage of the point).
+    """
+    n = len(x)
+    start = np.clip(np.arange(n) - w // 2, 0, n - w)
+    win = start[:, None] + np.arange(w)[None, :]
+    xs, ys = x[win], y[win]
+    xm, ym = xs.mean(1), ys.mean(1)
+    dx = xs - xm[:, None]
+    sxx = (dx * dx).sum(1)
+    slope = (dx * (ys - ym[:, None])).sum(1) / sxx
+    fit = ym + slope * (x - xm)
+    lev = 1.0 / w + (x - xm) ** 2 / sxx
+    return slope, np.sqrt(sxx), y - fit, lev
+
+
+def _noise(resid: np.ndarray, lev: np.ndarray, floor: float) -> float:
+    """Robust noise sigma from the leverage-corrected residuals (variance sigma^2 each).
+
+    A MAD estimate flags outliers (e.g. the rounded vertex of a sharp turn); the RMS of the
+    rest is the estimate (much less variable than the MAD alone for short series).
+    """
+    ok = lev < 1 - 1e-9
+    if ok.sum() < 2:
+        return floor
+    z = resid[ok] / np.sqrt(1.0 - lev[ok])
+    z = z - np.median(z)
+    mad = 1.4826 * float(np.median(np.abs(z)))
+    kept = z[np.abs(z) <= 3.0 * mad] if mad > 0 else z
+    # 0.9866: the RMS of a normal sample truncated at 3 sigma, in sigmas.
+    rms = float(np.sqrt(np.mean(kept**2))) / 0.9866 if len(kept) else 0.0
+    # A short series gives a poor estimate; use a ~84% upper bound (chi-square, 1 sd) so
+    # an unlucky low estimate does not turn noise into trends.
+    df = max(len(z) - 2, 2)
+    return max(rms / (1.0 - 1.0 / math.sqrt(2.0 * df)), floor)
+
+
+def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
+    """(fitted change over the segment, t-statistic of its slope) for one segment.
+
+    A straight line against log-step or against measurement index, whichever fits better
+    (the same two time axes as the boundary refinement).
+    """
+    if len(x) < 2:
+        return 0.0, 0.0
+    best = (np.inf, 0.0, 0.0)
+    for axis in (x, np.arange(len(x), dtype=np.float64)):
+        dx = axis - axis.mean()
+        sxx = float(dx @ dx)
+        slope = float(dx @ (y - y.mean())) / sxx
+        sse = float(np.sum((y - y.mean() - slope * dx) ** 2))
+        if sse < best[0]:
+            best = (sse, slope * float(axis[-1] - axis[0]), slope * math.sqrt(sxx) / sigma)
+    return best[1], best[2]
+
+
+def _outliers(x: np.ndarray, y: np.ndarray, sigma: float, k: float) -> np.ndarray:
+    """Isolated spikes among the interior points.
+
+    A spike sits off, by more than ``k`` standard deviations and on the same side, from
+    the chord between its two neighbours *and* from the lines through the 3 neighbours on
+    each side extrapolated to it. A turning point lies on both side lines; a smoothly
+    curved stretch lies on opposite sides of the chord and of the side lines; neither is
+    flagged.
+    """
+    n, out = len(x), np.zeros(len(x), dtype=bool)
+    for i in range(2, n - 2):
+        lam = (x[i] - x[i - 1]) / (x[i + 1] - x[i - 1])
+        chord = (1 - lam) * y[i - 1] + lam * y[i + 1]
+        z = [(y[i] - chord) / (sigma * math.sqrt(1 + (1 - lam) ** 2 + lam**2))]
+        for side in (np.arange(max(0, i - 3), i), np.arange(i + 1, min(n, i + 4))):
+            xs, ys = x[side], y[side]
+            dx = xs - xs.mean()
+            sxx = float(dx @ dx)
+            slope = float(dx @ (ys - ys.mean())) / sxx
+            d = x[i] - xs.mean()
+            z.append((y[i] - ys.mean() - slope * d) / (sigma * math.sqrt(1.0 + 1.0 / len(xs) + d * d / sxx)))
+        zs = np.array(z)
+        out[i] = bool(np.all(np.abs(zs) > k) and (np.all(zs > 0) or np.all(zs < 0)))
+    return out
+
+
+def _hysteresis(t: np.ndarray, enter: float, exit_: float) -> np.ndarray:
+    """Per-point direction with hysteresis: enter at |t| >= enter, leave at |t| < exit."""
+    out = np.zeros(len(t), dtype=int)
+    state = _FLAT
+    for i, v in enumerate(t):
+        if state == _FLAT:
+            state = _UP if v >= enter else _DOWN if v <= -enter else _FLAT
+        elif state == _UP and v < exit_:
+            state = _DOWN if v <= -enter else _FLAT
+        elif state == _DOWN and v > -exit_:
+            state = _UP if v >= enter else _FLAT
+        out[i] = state
+    return out
+
+
+def _runs(labels: np.ndarray) -> list[list[int]]:
+    """[label, start, end] (inclusive) for each run of equal labels."""
+    runs: list[list[int]] = []
+    for i, lab in enumerate(labels.tolist()):
+        if runs and runs[-1][0] == lab:
+            runs[-1][2] = i
+        else:
+            runs.append([lab, i, i])
+    return runs
+
+
+def _sse(design: np.ndarray, y: np.ndarray) -> float:
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return float(np.sum((y - design @ coef) ** 2))
+
+
+def _hinge_knot(x: np.ndarray, y: np.ndarray, lo: int, hi: int, cands: range) -> tuple[int, float]:
+    """Knot (index) and SSE of the best continuous two-piece linear fit of y[lo:hi+1].
+
+    Fitted against log-step and against measurement index; the axis on which the two
+    pieces are straighter wins (trends are linear in log-step on log-spaced checkpoints,
+    closer to linear in step on an evenly spaced stretch).
+    """
+    ys = y[lo : hi + 1]
+    best, best_sse = cands[0], np.inf
+    for axis in (x, np.arange(len(x), dtype=np.float64)):
+        xs = axis[lo : hi + 1]
+        for j in cands:
+            d = xs - axis[j]
+            sse = _sse(np.column_stack([np.ones_like(d), np.minimum(d, 0.0), np.maximum(d, 0.0)]), ys)
+            if sse < best_sse:  # strict: the first minimum wins, deterministically
+                best, best_sse = j, sse
+    return best, best_sse
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def detect_phases(
+    steps: Sequence[float] | np.ndarray,
+    rankme: Sequence[float] | np.ndarray,
+    alpha: Sequence[float] | np.ndarray | None = None,
+    *,
+    smoothing: int = 7,
+    enter_threshold: float = 4.0,
+    exit_threshold: float = 2.0,
+    min_segment_length: int = 3,
+    noise_floor: float = 1e-3,
+    min_points: int = 5,
+    allow_warmup: bool = True,
+    outlier_threshold: float | None = 4.0,
+) -> list[PhaseSegment]:
+    """Segment a RankMe (and optionally alpha-ReQ) trajectory into geometric phases.
+
+    Args:
+        steps: measurement steps, strictly increasing, >= 0 (any spacing; log-spaced is fine).
+        rankme: RankMe at each step (> 0).
+        alpha: alpha-ReQ at each step, optional; it confirms (or contradicts) RankMe's
+            direction and decides where RankMe is flat.
+        smoothing: window, in measurements, of the local linear fits (clipped to the
+            number of points).
+        enter_threshold: a trend starts when its local slope reaches this many noise
+            standard errors.
+        exit_threshold: ...and ends when it falls below this many (hysteresis).
+        min_segment_length: shortest segment kept, in measurements.
+        noise_floor: lower bound on the noise sigma (in log RankMe, i.e. relative, and in
+            alpha units), so a noiseless trajectory does not make every wiggle significant.
+        min_points: fewer valid points than this give a single ``"stable"`` segment with
+            confidence 0 (an empty list for no points at all).
+        allow_warmup: name a fall at the start of the trajectory ``"warmup"``. Set False
+            for a trajectory that does not begin at initialisation (post-training, resumed
+            runs): the fall is then ``"compression-seeking"``.
+        outlier_threshold: an interior measurement off its neighbours' chord and off the
+            trends on both sides by more than this many standard deviations, all on the
+            same side, is an isolated spike and is ignored, with a warning. None keeps
+            every point.
+
+    Returns:
+        Segments in order, covering all valid points; consecutive segments share their
+        boundary measurement.
+
+    Raises:
+        ValueError: lengths differ, steps not strictly increasing or negative, RankMe not
+            positive, or an invalid option. NaN/Inf points are dropped with a warning.
+    """
+    _check_options(
+        smoothing,
+        enter_threshold,
+        exit_threshold,
+        min_segment_length,
+        noise_floor,
+        min_points,
+        outlier_threshold,
+    )
+    s, r, a, idx = _prepare(steps, rankme, alpha)
+    n = len(s)
+    if n == 0:
+        return []
+    if n < min_points:
+        # Not enough history to tell a trend from noise: report "no evidence", not a phase.
+        return [_make("stable", s, idx, 0, n - 1, 0.0, 0.0, None if a is None else 0.0)]
+
+    x = log_step(s)
+    y = np.log(r)
+    w = min(int(smoothing), n)
+
+    if outlier_threshold is not None:
+        bad = _outliers(x, y, _noise(*_local_fits(x, y, w)[2:], noise_floor), outlier_threshold)
+        if a is not None:
+            bad |= _outliers(x, a, _noise(*_local_fits(x, a, w)[2:], noise_floor), outlier_threshold)
+        if bad.any():
+            warn(f"ignored {int(bad.sum())} outlier measurement(s) at step(s) {s[bad].tolist()}")
+            keep = ~bad
+            s, x, y, idx = s[keep], x[keep], y[keep], idx[keep]
+            a = a[keep] if a is not None else None
+            n = len(s)
+            w = min(int(smoothing), n)
+
+    slope, rsxx, resid, lev = _local_fits(x, y, w)
+    sig_y = _noise(resid, lev, noise_floor)
+    labels = _hysteresis(slope * rsxx / sig_y, enter_threshold, exit_threshold)
+    sig_a = None
+    if a is not None:
+        slope_a, rsxx_a, resid_a, lev_a = _local_fits(x, a, w)
+        sig_a = _noise(resid_a, lev_a, noise_floor)
+        # Alpha falls in entropy-seeking, so its direction is the negated slope sign.
+        lab_a = _hysteresis(-slope_a * rsxx_a / sig_a, enter_threshold, exit_threshold)
+        labels = np.where(labels == _FLAT, lab_a, labels)
+
+    # From here segments share boundary points: segment k spans knots[k-1]..knots[k]
+    # (with 0 and n-1 at the ends). Tidy, then refine the knots and settle the labels
+    # until nothing changes.
+    runs = _runs(labels)
+    ctx = _Ctx(x, y, a, sig_y, sig_a, w, enter_threshold, exit_threshold, min_segment_length)
+    labs, knots = ctx.tidy([rr[0] for rr in runs], [rr[1] for rr in runs[1:]])
+    for _ in range(10):
+        knots = ctx.refine(labs, knots)
+        new_labs, new_knots = ctx.settle(labs, knots)
+        if (new_labs, new_knots) == (labs, knots):
+            break
+        labs, knots = new_labs, new_knots
+    bounds = [0, *knots, n - 1]
+    merged = [[labs[k], bounds[k], bounds[k + 1]] for k in range(len(labs))]
+
+    out = []
+    for k, (lab, i0, i1) in enumerate(merged):
+        xs, ys = x[i0 : i1 + 1], y[i0 : i1 + 1]
+        dy, t_y = _seg_fit(xs, ys, sig_y)
+        da, t_a = (None, 0.0)
+        if a is not None:
+            da, t_a = _seg_fit(xs, a[i0 : i1 + 1], sig_a)
+            t_a = -t_a  # entropy direction positive
+        if lab == _FLAT:
+            name = "stable"
+            conf = math.exp(-max(abs(t_y), abs(t_a)) / enter_threshold)
+        else:
+            if lab == _UP:
+                name = "entropy-seeking"
+            else:
+                name = "warmup" if (k == 0 and allow_warmup) else "compression-seeking"
+            conf = _trend_confidence(lab, t_y, t_a if a is not None else None, enter_threshold)
+        out.append(_make(name, s, idx, i0, i1, conf, dy, da))
+    return out
+
+
+class _Ctx:
+    """Data and settings shared by the boundary refinement and segment-level checks."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        a: np.ndarray | None,
+        sig_y: float,
+        sig_a: float | None,
+        w: int,
+        enter: float,
+        exit_: float,
+        min_len: int,
+    ) -> None:
+        self.x, self.y, self.a = x, y, a
+        self.sig_y, self.sig_a = sig_y, sig_a
+        self.y_smooth = y - _local_fits(x, y, w)[2]
+        self.a_smooth = None if a is None else a - _local_fits(x, a, w)[2]
+        self.w, self.enter, self.exit, self.min_len = w, enter, exit_, min_len
+        self.n = len(x)
+
+    def t_stats(self, i0: int, i1: int) -> tuple[float, float]:
+        """Segment-level t of log RankMe and of -alpha (entropy direction positive)."""
+        xs = self.x[i0 : i1 + 1]
+        _, t_y = _seg_fit(xs, self.y[i0 : i1 + 1], self.sig_y)
+        t_a = 0.0
+        if self.a is not None:
+            _, t_a = _seg_fit(xs, -self.a[i0 : i1 + 1], self.sig_a)
+        return t_y, t_a
+
+    def refine(self, labs: list[int], knots: list[int]) -> list[int]:
+        """Move each knot to the best hinge (two-piece linear) fit near it."""
+        w, bounds = self.w, [0, *knots, self.n - 1]
+        for k in range(1, len(bounds) - 1):
+            b, left, right = bounds[k], bounds[k - 1], bounds[k + 1]
+            lo_c, hi_c = max(left + 1, b - w), min(right - 1, b + w)
+            if lo_c > hi_c:
+                continue
+            lo, hi = max(left, b - 2 * w), min(right, b + 2 * w)
+            # Use RankMe unless neither side moves it (an alpha-only boundary).
+            t_left, t_right = self.t_stats(left, b)[0], self.t_stats(b, right)[0]
+            rankme = self.a is None or max(abs(t_left), abs(t_right)) >= self.enter
+            target, sig = (self.y, self.sig_y) if rankme else (self.a, self.sig_a)
+            knot, _ = _hinge_knot(self.x, target, lo, hi, range(lo_c, hi_c + 1))
+            # Misfit of the corner, judged just around it (neighbouring knots stay out).
+            lo2, hi2 = max(left, knot - w // 2 - 1), min(right, knot + w // 2 + 1)
+            _, sse = _hinge_knot(self.x, target, lo2, hi2, range(knot, knot + 1))
+            if labs[k - 1] == -labs[k] != _FLAT and hi2 - lo2 > 3 and sse > 4.0 * (hi2 - lo2 - 2) * sig**2:
+                # Two straight pieces do not describe this turn (a rounded extremum, not a
+                # corner): the turning point is the extremum of the smoothed curve.
+                smooth = (self.y_smooth if rankme else self.a_smooth)[lo_c : hi_c + 1]
+                # Direction of RankMe (or of -alpha) before the turn; -1: a minimum of RankMe.
+                ext = np.argmin(smooth) if (labs[k - 1] == _DOWN) == rankme else np.argmax(smooth)
+                knot = lo_c + int(ext)
+            bounds[k] = knot
+        return bounds[1:-1]
+
+    def knot_significant(self, bounds: list[int], knot: int) -> bool:
+        """Does a hinge at ``knot`` beat one straight line by enter_threshold^2 sigma^2?
+
+        Best line vs best hinge over both time axes (log-step, index), for RankMe and for
+        alpha (each in its own noise units).
+        """
+        k = bounds.index(knot)
+        lo, hi = max(bounds[k - 1], knot - 2 * self.w), min(bounds[k + 1], knot + 2 * self.w)
+        if hi - lo + 1 < 4:
+            return False
+        series = [(self.y, self.sig_y)] + ([(self.a, self.sig_a)] if self.a is not None else [])
+        for vals, sig in series:
+            ys = vals[lo : hi + 1]
+            line_sse = hinge_sse = np.inf
+            for axis in (self.x, np.arange(self.n, dtype=np.float64)):
+                d = axis[lo : hi + 1] - axis[knot]
+                one = np.ones_like(d)
+                line_sse = min(line_sse, _sse(np.column_stack([one, d]), ys))
+                hinge = np.column_stack([one, np.minimum(d, 0), np.maximum(d, 0)])
+                hinge_sse = min(hinge_sse, _sse(hinge, ys))
+            if line_sse - hinge_sse >= (self.enter * sig) ** 2:
+                return True
+        return False
+
+    def settle(self, labs: list[int], knots: list[int]) -> tuple[list[int], list[int]]:
+        """One round of segment-level checks; returns new (labels, knots)."""
+        labs, bounds = list(labs), [0, *knots, self.n - 1]
+        m = len(labs)
+        for k in range(m):
+            t_y, t_a = self.t_stats(bounds[k], bounds[k + 1])
+            length = bounds[k + 1] - bounds[k] + 1
+            if labs[k] != _FLAT:
+                if max(labs[k] * t_y, labs[k] * t_a) < self.enter:
+                    labs[k] = _FLAT  # the trend does not hold over the segment as a whole
+                continue
+            t_dir = t_y if abs(t_y) >= self.exit or self.a is None else t_a
+            if length >= 2 * self.w and abs(t_dir) >= self.enter:
+                labs[k] = _UP if t_dir > 0 else _DOWN  # slow drift, below the local resolution
+                continue
+            # A flat segment is only a plateau if the trend next to it really stops: the
+            # slope change at their knot must be significant, else the trend continues.
+            for j, knot in ((k - 1, bounds[k]), (k + 1, bounds[k + 1])):
+                if 0 <= j < m and labs[j] != _FLAT and not self.knot_significant(bounds, knot):
+                    labs[k] = labs[j]
+                    break
+        return self.tidy(labs, bounds[1:-1])
+
+    def tidy(self, labs: list[int], knots: list[int]) -> tuple[list[int], list[int]]:
+        """Merge equal neighbours, close turning gaps, absorb short segments (to a fixed point)."""
+        bounds = [0, *knots, self.n - 1]
+        while True:
+            new_labs, new_bounds = [labs[0]], [bounds[0]]
+            for k in range(1, len(labs)):
+                if labs[k] != new_labs[-1]:
+                    new_labs.append(labs[k])
+                    new_bounds.append(bounds[k])
+            labs, bounds = new_labs, [*new_bounds, bounds[-1]]
+            m = len(labs)
+
+            def length(k: int) -> int:
+                return bounds[k + 1] - bounds[k] + 1
+
+            # A flat gap between opposite trends no wider than the window is the turning
+            # point the local fits blur, not a plateau: close it at its middle.
+            gaps = [
+                k
+                for k in range(1, m - 1)
+                if labs[k] == _FLAT and labs[k - 1] == -labs[k + 1] != _FLAT and length(k) <= self.w
+            ]
+            if gaps:
+                k = gaps[0]
+                mid = (bounds[k] + bounds[k + 1]) // 2
+                labs, bounds = labs[:k] + labs[k + 1 :], bounds[:k] + [mid] + bounds[k + 2 :]
+                continue
+            short = [k for k in range(m) if length(k) < self.min_len]
+            if not short or m == 1:
+                return labs, bounds[1:-1]
+            k = min(short, key=lambda j: (length(j), j))
+            nb = [j for j in (k - 1, k + 1) if 0 <= j < m]
+            if len(nb) == 2 and labs[nb[0]] == labs[nb[1]]:
+                labs[k] = labs[nb[0]]
+            else:
+                labs[k] = labs[max(nb, key=lambda j: (length(j), -j))]
+
+
+def _trend_confidence(direction: int, t_y: float, t_a: float | None, enter: float) -> float:
+    """Strength of the primary evidence times a factor for alpha's agreement."""
+    s_y, s_a = direction * t_y, (direction * t_a if t_a is not None else None)
+    if s_y >= enter or s_a is None:
+        strength = 1.0 - math.exp(-max(s_y, 0.0) / enter)
+        if s_a is None:
+            factor = 0.75  # one metric, unconfirmed
+        else:
+            # 1.0 when alpha confirms (>= enter), 0.75 when flat, 0.5 when it contradicts.
+            factor = 0.75 + 0.25 * max(-1.0, min(1.0, s_a / enter))
+        return float(strength * factor)
+    # RankMe not significant over the segment: alpha alone carries it (secondary metric).
+    return float(0.5 * (1.0 - math.exp(-max(s_a, 0.0) / enter)))
+
+
+def _make(
+    name: str,
+    s: np.ndarray,
+    idx: np.ndarray,
+    i0: int,
+    i1: int,
+    conf: float,
+    dy: float,
+    da: float | None,
+) -> PhaseSegment:
+    return PhaseSegment(
+        name=name,
+        start_step=_step_value(s[i0]),
+        end_step=_step_value(s[i1]),
+        start_index=int(idx[i0]),
+        end_index=int(idx[i1]),
+        confidence=round(min(1.0, max(0.0, conf)), 6),
+        rankme_change=float(dy),
+        alpha_change=None if da is None else float(da),
+        n_points=i1 - i0 + 1,
+    )
+
+
+def _step_value(v: float) -> float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def current_phase(
+    steps: Sequence[float] | np.ndarray,
+    rankme: Sequence[float] | np.ndarray,
+    alpha: Sequence[float] | np.ndarray | None = None,
+    **options: Any,
+) -> PhaseSegment | None:
+    """The latest phase (last segment of :func:`detect_phases`), for live logging.
+
+    Returns None while fewer than ``min_points`` (default 5) valid measurements exist.
+    Note the last boundary is only as recent as the evidence: a new trend shows up after
+    about ``smoothing / 2`` measurements.
+    """
+    segs = detect_phases(steps, rankme, alpha, **options)
+    too_short = len(segs) == 1 and segs[0].n_points < options.get("min_points", 5)
+    return None if not segs or too_short else segs[-1]
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def format_segments(segments: Sequence[PhaseSegment]) -> str:
+    """Plain-text table of segments (for ``geomtrace phases``)."""
+    header = ("phase", "start step", "end step", "confidence", "RankMe change", "alpha change")
+    rows = [header]
+    for seg in segments:
+        alpha = "-" if seg.alpha_change is None else f"{seg.alpha_change:+.3f}"
+        rows.append(
+            (
+                seg.name,
+                f"{seg.start_step:g}",
+                f"{seg.end_step:g}",
+                f"{seg.confidence:.2f}",
+                f"{math.expm1(seg.rankme_change) * 100:+.1f}%",
+                alpha,
+            )
+        )
+    if len(rows) == 1:
+        return "no phases (no valid measurements)"
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * wd for wd in widths))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- shifts
+
+
+@dataclass(frozen=True)
+class GeometryShift:
+    """Direction of a geometry change between two measurements (e.g. before/after SFT).
+
+    ``rankme_change`` is absolute, ``rankme_rel_change`` relative (0.163 = +16.3%),
+    ``alpha_change`` absolute. Alpha fields are None when either side has no alpha.
+    """
+
+    direction: str
+    rankme_before: float
+    rankme_after: float
+    rankme_change: float
+    rankme_rel_change: float
+    alpha_before: float | None = None
+    alpha_after: float | None = None
+    alpha_change: float | None = None
+
+    def summary(self) -> str:
+        """One line, e.g. ``entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07)``."""
+        text = (
+            f"{self.direction}: RankMe {self.rankme_before:.1f} -> {self.rankme_after:.1f} "
+            f"({self.rankme_rel_change * 100:+.1f}%)"
+        )
+        if self.alpha_change is not None:
+            text += f", alpha {self.alpha_before:.2f} -> {self.alpha_after:.2f} ({self.alpha_change:+.2f})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (JSON-serialisable)."""
+        return asdict(self)
+
+
+def _get(obj: Any, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _finite_or_none(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def shift(
+    before: Mapping[str, float] | Any,
+    after: Mapping[str, float] | Any,
+    *,
+    tolerance: float = 0.01,
+    alpha_tolerance: float | None = None,
+) -> GeometryShift:
+    """Classify the geometry change from ``before`` to ``after``.
+
+    ``before``/``after`` are mappings or objects with ``rankme`` and (optionally) ``alpha``,
+    e.g. ``{"rankme": 44.0, "alpha": 0.8}``. For a trajectory use :func:`trajectory_shift`.
+
+    Rules (RankMe relative change vs ``tolerance``, default 1%; alpha absolute change vs
+    ``alpha_tolerance``, default = ``tolerance``):
+
+    - RankMe up and alpha not up -> ``"entropy-seeking"``; RankMe flat and alpha down too.
+    - RankMe down and alpha not down -> ``"compression-seeking"``; RankMe flat and alpha up too.
+    - both within tolerance (or alpha missing and RankMe flat) -> ``"none"``.
+    - RankMe and alpha both up, or both down -> ``"mixed"``.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    a_tol = tolerance if alpha_tolerance is None else alpha_tolerance
+    if a_tol < 0:
+        raise ValueError(f"alpha_tolerance must be >= 0, got {alpha_tolerance!r}")
+    r0, r1 = _finite_or_none(_get(before, "rankme")), _finite_or_none(_get(after, "rankme"))
+    if r0 is None or r1 is None:
+        raise ValueError("before and after need a finite 'rankme'")
+    if r0 <= 0:
+        raise ValueError(f"rankme before must be positive, got {r0}")
+    a0, a1 = _finite_or_none(_get(before, "alpha")), _finite_or_none(_get(after, "alpha"))
+    if a0 is None or a1 is None:
+        a0 = a1 = None
+
+    rel = (r1 - r0) / r0
+    dr = 0 if abs(rel) <= tolerance else (1 if rel > 0 else -1)
+    da_val = None if a0 is None else a1 - a0
+    da = 0 if da_val is None or abs(da_val) <= a_tol else (1 if da_val > 0 else -1)
+    if dr == 0 and da == 0:
+        direction = "none"
+    elif (dr == 1 and da <= 0) or (dr == 0 and da == -1):
+        direction = "entropy-seeking"
+    elif (dr == -1 and da >= 0) or (dr == 0 and da == 1):
+        direction = "compression-seeking"
+    else:
+        direction = "mixed"
+    return GeometryShift(
+        direction=direction,
+        rankme_before=r0,
+        rankme_after=r1,
+        rankme_change=r1 - r0,
+        rankme_rel_change=rel,
+        alpha_before=a0,
+        alpha_after=a1,
+        alpha_change=da_val,
+    )
+
+
+def trajectory_shift(
+    rankme: Sequence[float] | np.ndarray,
+    alpha: Sequence[float] | np.ndarray | None = None,
+    *,
+    edge: int = 1,
+    tolerance: float = 0.01,
+    alpha_tolerance: float | None = None,
+) -> GeometryShift:
+    """:func:`shift` between the start and the end of a trajectory.
+
+    The mean of the first ``edge`` finite values is compared with the mean of the last
+    ``edge`` (``edge > 1`` averages out measurement noise). NaN values are ignored.
+    """
+    if edge < 1:
+        raise ValueError(f"edge must be >= 1, got {edge!r}")
+
+    def ends(v: Any, name: str) -> tuple[float, float]:
+        arr = _as_1d(name, v)
+        arr = arr[np.isfinite(arr)]
+        if len(arr) < 2:
+            raise ValueError(f"{name} needs at least 2 finite values")
+        k = min(edge, len(arr) // 2)
+        return float(arr[:k].mean()), float(arr[-k:].mean())
+
+    r0, r1 = ends(rankme, "rankme")
+    before: dict[str, float | None] = {"rankme": r0, "alpha": None}
+    after: dict[str, float | None] = {"rankme": r1, "alpha": None}
+    if alpha is not None:
+        before["alpha"], after["alpha"] = ends(alpha, "alpha")
+    return shift(before, after, tolerance=tolerance, alpha_tolerance=alpha_tolerance)

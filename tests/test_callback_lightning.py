@@ -1,0 +1,205 @@
+"""GeometryMonitor in real (tiny, CPU) Lightning fits."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from geomtrace import GeometryWarning
+from geomtrace.callbacks import GeometryMonitor
+from geomtrace.measure import MeasureConfig, measure_geometry
+from geomtrace.probes import load_probes
+from geomtrace.tiny import train_bpe_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lightning_helpers import TinyLM, read_scalars, token_loader  # noqa: E402
+
+PROBES = 48
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer()
+
+
+def trainer(tmp_path, callbacks, max_steps=6, loggers=None, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=loggers if loggers is not None else TensorBoardLogger(str(tmp_path), name="tb", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
+        log_every_n_steps=1,
+        **kwargs,
+    )
+
+
+def test_fit_logs_geometry_to_tensorboard_at_exact_steps(tmp_path, tokenizer):
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, log_spectrum_every=2)
+    tb = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    csv = CSVLogger(str(tmp_path), name="csv", version="")
+    module = TinyLM(tokenizer)
+    trainer(tmp_path, [monitor], max_steps=5, loggers=[tb, csv]).fit(module, token_loader(tokenizer))
+    scalars = read_scalars(tmp_path / "tb")
+    assert [step for step, _ in scalars["geometry/rankme"]] == [0, 2, 4, 5]
+    assert [step for step, _ in scalars["geometry/n_samples"]] == [0, 2, 4, 5]
+    assert all(value == PROBES for _, value in scalars["geometry/n_samples"])
+    assert all(1.0 < value < 64.0 for _, value in scalars["geometry/rankme"])
+    assert "geometry/alpha" in scalars and "geometry/alpha_r2" in scalars
+    rows = (tmp_path / "csv" / "metrics.csv").read_text()
+    assert "geometry/rankme" in rows.splitlines()[0]
+    # Figures for the eigenspectrum went to TensorBoard too (every 2nd measurement).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = next((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("geometry/eigenspectrum")] == [0, 4]
+    assert [r["step"] for r in monitor.history] == [0, 2, 4, 5]
+
+
+def test_callback_value_equals_direct_measurement_and_restores_modes(tmp_path, tokenizer):
+    module = TinyLM(tokenizer)
+    module.model.gpt_neox.emb_dropout.eval()  # a module the user froze in eval mode
+    probes = load_probes(tokenizer, num_sequences=PROBES)
+    before = measure_geometry(module.model, probes, MeasureConfig()).last
+    seen_modes = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen_modes.append((pl_module.model.training, pl_module.model.gpt_neox.emb_dropout.training))
+
+    monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=1, probes=probes, track_phases=False)
+    trainer(tmp_path, [monitor, Spy()], max_steps=2).fit(module, token_loader(tokenizer))
+    assert monitor.history[0]["geometry/rankme"] == pytest.approx(before.rankme, rel=1e-9)
+    assert monitor.history[0]["geometry/alpha"] == pytest.approx(before.alpha, rel=1e-9) or math.isnan(before.alpha)
+    assert seen_modes and all(mode == (True, False) for mode in seen_modes)
+
+
+def test_multiple_layers_and_model_getter(tmp_path, tokenizer):
+    module = TinyLM(tokenizer)
+    monitor = GeometryMonitor(
+        every_n_steps=0, num_sequences=PROBES, layers="all", model_getter=lambda m: m.model, measure_on_end=False
+    )
+    trainer(tmp_path, [monitor], max_steps=1).fit(module, token_loader(tokenizer))
+    keys = set(monitor.history[0])
+    assert {"geometry/rankme", "geometry/layer0/rankme", "geometry/layer1/rankme"} <= keys
+    assert [r["step"] for r in monitor.history] == [0]
+
+
+def test_resume_keeps_history(tmp_path, tokenizer):
+    ckpt_dir = tmp_path / "ckpt"
+    first = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, measure_on_end=False)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)
+    trainer(tmp_path, [first, checkpoint], max_steps=4, enable_checkpointing=True).fit(
+        TinyLM(tokenizer), token_loader(tokenizer)
+    )
+    assert [r["step"] for r in first.history] == [0, 2, 4]
+    ckpt = next(ckpt_dir.glob("*.ckpt"))
+    second = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, measure_on_end=False)
+    trainer(tmp_path, [second], max_steps=8).fit(TinyLM(tokenizer), token_loader(tokenizer), ckpt_path=str(ckpt))
+    assert [r["step"] for r in second.history] == [0, 2, 4, 6, 8]
+    assert second.history[1]["geometry/rankme"] == pytest.approx(first.history[1]["geometry/rankme"])
+
+
+def _nan_hook(module, args, output):
+    return output.clone().fill_(float("nan"))
+
+
+def test_nan_model_does_not_stop_training_and_strict_raises(tmp_path, tokenizer):
+    module = TinyLM(tokenizer)
+    # Final-norm output becomes NaN for the probe forward only (training loss stays finite).
+    handle = module.model.gpt_neox.final_layer_norm.register_forward_hook(
+        lambda m, a, out: out.clone().fill_(float("nan")) if not m.training else out
+    )
+    monitor = GeometryMonitor(every_n_steps=1, num_sequences=PROBES)
+    with pytest.warns(GeometryWarning):
+        fitted = trainer(tmp_path, [monitor], max_steps=3)
+        fitted.fit(module, token_loader(tokenizer))
+    assert fitted.global_step == 3
+    assert all(math.isnan(r["geometry/rankme"]) for r in monitor.history)
+    handle.remove()
+
+    broken = TinyLM(tokenizer)
+    broken.model.gpt_neox.final_layer_norm.register_forward_hook(
+        lambda m, a, out: (_ for _ in ()).throw(RuntimeError("boom")) if not m.training else out
+    )
+    with pytest.warns(GeometryWarning, match="failed and was skipped"):
+        ok = trainer(tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES)], max_steps=2)
+        ok.fit(broken, token_loader(tokenizer))
+    assert ok.global_step == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES, strict=True)], max_steps=2).fit(
+            broken, token_loader(tokenizer)
+        )
+
+
+def test_misconfiguration_fails_at_setup_with_clear_message(tmp_path, tokenizer):
+    class NoHF(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 4)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0].float()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(MisconfigurationException, match="model_getter"):
+        trainer(tmp_path, [GeometryMonitor(tokenizer=tokenizer)], max_steps=1).fit(NoHF(), token_loader(tokenizer))
+    module = TinyLM(tokenizer)
+    module.tokenizer = None
+    with pytest.raises(MisconfigurationException, match="tokenizer"):
+        trainer(tmp_path, [GeometryMonitor()], max_steps=1).fit(module, token_loader(tokenizer))
+    with pytest.raises(MisconfigurationException, match="tokens"):
+        GeometryMonitor(tokens="first")
+    with pytest.raises(MisconfigurationException, match="every_n_steps"):
+        GeometryMonitor(every_n_steps=-1)
+
+
+def test_state_dict_round_trip(tokenizer):
+    monitor = GeometryMonitor(every_n_steps=3)
+    monitor.tracker.history = [{"step": 0, "geometry/rankme": 5.0}]
+    other = GeometryMonitor(every_n_steps=3)
+    other.load_state_dict(monitor.state_dict())
+    assert other.history == monitor.history
+    assert "GeometryMonitor" in monitor.state_key and "'every_n_steps': 3" in monitor.state_key
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
+    worker = Path(__file__).parent / "workers" / "lightning_ddp.py"
+    out = tmp_path / "ddp.json"
+    env = {**__import__("os").environ, "MASTER_PORT": str(free_port()), "MASTER_ADDR": "127.0.0.1"}
+    proc = subprocess.run([sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp = json.loads(out.read_text())
+    module = TinyLM(tokenizer)
+    probes = load_probes(tokenizer, num_sequences=PROBES)
+    single = measure_geometry(module.model, probes, MeasureConfig()).last
+    assert ddp["history"][0]["step"] == 0
+    assert ddp["history"][0]["geometry/rankme"] == pytest.approx(single.rankme, rel=1e-6)
+    assert ddp["history"][0]["geometry/n_samples"] == PROBES
+    assert [r["step"] for r in ddp["history"]] == [0, 2, 4]

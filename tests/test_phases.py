@@ -1,0 +1,370 @@
+"""Phase detection on synthetic trajectories with known phase boundaries."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from geomtrace._warnings import GeometryWarning
+from geomtrace.phases import (
+    PHASE_CODES,
+    GeometryShift,
+    PhaseSegment,
+    current_phase,
+    detect_phases,
+    format_segments,
+    log_step,
+    shift,
+    trajectory_shift,
+)
+
+SEEDS = range(5)
+THREE = ["warmup", "entropy-seeking", "compression-seeking"]
+
+
+def pythia_steps(every: int = 3000) -> np.ndarray:
+    """Pythia's checkpoints: 0, 1, 2, 4, ..., 512, then 1000..143000 (subsampled)."""
+    return np.array([0] + [2**i for i in range(10)] + list(range(1000, 143001, every)))
+
+
+def piecewise(axis: np.ndarray, knots: list[int], values: list[float]) -> np.ndarray:
+    """Piecewise linear in ``axis`` through ``values`` at measurement indices ``knots``."""
+    return np.interp(axis, axis[knots], values)
+
+
+# RankMe 200 -> 40 (collapse) -> 90 (expansion) -> 60 (compression); alpha mirrors it.
+LOG_RANKME = [np.log(200.0), np.log(40.0), np.log(90.0), np.log(60.0)]
+ALPHA = [0.6, 1.1, 0.8, 1.0]
+
+
+def three_phase(steps, knots, sigma, seed, axis="log", with_alpha=True):
+    rng = np.random.default_rng(seed)
+    t = log_step(steps) if axis == "log" else np.arange(len(steps), dtype=float)
+    rankme = np.exp(piecewise(t, knots, LOG_RANKME) + rng.normal(0, sigma, len(steps)))
+    alpha = piecewise(t, knots, ALPHA) + rng.normal(0, sigma, len(steps)) if with_alpha else None
+    return rankme, alpha
+
+
+def assert_boundaries(segs: list[PhaseSegment], names: list[str], truth: list[int]) -> None:
+    assert [s.name for s in segs] == names
+    found = [s.start_index for s in segs[1:]]
+    assert all(abs(f - t) <= 1 for f, t in zip(found, truth)), (found, truth)
+    # Segments tile the run and share their boundary measurement.
+    for a, b in zip(segs, segs[1:]):
+        assert a.end_index == b.start_index and a.end_step == b.start_step
+
+
+# ----------------------------------------------------------------------------- boundaries
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("with_alpha", [True, False])
+@pytest.mark.parametrize("every", [1000, 3000])
+def test_three_phases_pythia_log_spaced(seed, with_alpha, every):
+    steps = pythia_steps(every)
+    knots = [0, 9, 16, len(steps) - 1]  # collapse until step 256, expansion until 13000/16000
+    rankme, alpha = three_phase(steps, knots, 0.02, seed, with_alpha=with_alpha)
+    segs = detect_phases(steps, rankme, alpha)
+    assert_boundaries(segs, THREE, knots[1:-1])
+    assert segs[0].rankme_change < 0 < segs[1].rankme_change
+    assert segs[2].rankme_change < 0
+    if with_alpha:
+        assert segs[0].alpha_change > 0 > segs[1].alpha_change
+        assert min(s.confidence for s in segs) > 0.9
+    else:
+        assert all(s.alpha_change is None for s in segs)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("axis", ["log", "index"])
+def test_three_phases_linear_steps(seed, axis):
+    # Evenly spaced evaluations; trends linear in log-step or linear in step.
+    steps = np.arange(60) * 500
+    knots = [0, 6, 20, 59]
+    rankme, alpha = three_phase(steps, knots, 0.02, seed, axis=axis)
+    assert_boundaries(detect_phases(steps, rankme, alpha), THREE, knots[1:-1])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_three_phases_uneven_steps(seed):
+    rng = np.random.default_rng(100 + seed)
+    steps = np.concatenate([[0], np.cumsum(rng.integers(1, 50, size=79))])
+    knots = [0, 12, 30, 79]
+    rankme, alpha = three_phase(steps, knots, 0.02, seed)
+    assert_boundaries(detect_phases(steps, rankme, alpha), THREE, knots[1:-1])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_plateau_is_stable(seed):
+    # Expansion that stops: entropy-seeking, then a plateau reported as stable.
+    steps = np.arange(50) * 100
+    rng = np.random.default_rng(seed)
+    y = piecewise(np.arange(50.0), [0, 20, 49], [np.log(30.0), np.log(60.0), np.log(60.0)])
+    segs = detect_phases(steps, np.exp(y + rng.normal(0, 0.01, 50)), allow_warmup=False)
+    assert_boundaries(segs, ["entropy-seeking", "stable"], [20])
+
+
+# ----------------------------------------------------------------------------- no invented phases
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n", [12, 60, 150])
+def test_flat_noise_is_stable(seed, n):
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n) * 10
+    rankme = 50.0 * np.exp(rng.normal(0, 0.02, n))
+    alpha = 0.9 + rng.normal(0, 0.02, n)
+    segs = detect_phases(steps, rankme, alpha)
+    assert [s.name for s in segs] == ["stable"]
+    assert (segs[0].start_index, segs[0].end_index) == (0, n - 1)
+    assert segs[0].confidence > 0.3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_monotone_increase_is_entropy_seeking_only(seed):
+    steps = pythia_steps(5000)
+    rng = np.random.default_rng(seed)
+    y = np.linspace(np.log(20.0), np.log(60.0), len(steps)) + rng.normal(0, 0.02, len(steps))
+    segs = detect_phases(steps, np.exp(y))
+    assert [s.name for s in segs] == ["entropy-seeking"]
+    assert segs[0].rankme_change == pytest.approx(np.log(3.0), abs=0.1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_monotone_decrease_from_start_is_warmup_only(seed):
+    steps = np.arange(40) * 50
+    rng = np.random.default_rng(seed)
+    y = np.linspace(np.log(80.0), np.log(30.0), 40) + rng.normal(0, 0.02, 40)
+    assert [s.name for s in detect_phases(steps, np.exp(y))] == ["warmup"]
+    # Not from initialisation (e.g. RLVR after SFT): the same fall is compression-seeking.
+    segs = detect_phases(steps, np.exp(y), allow_warmup=False)
+    assert [s.name for s in segs] == ["compression-seeking"]
+
+
+def test_noiseless_input_uses_noise_floor():
+    steps = pythia_steps(3000)
+    knots = [0, 9, 16, len(steps) - 1]
+    rankme, alpha = three_phase(steps, knots, 0.0, 0)
+    assert_boundaries(detect_phases(steps, rankme, alpha), THREE, knots[1:-1])
+    segs = detect_phases(np.arange(20), np.full(20, 7.0))
+    assert [s.name for s in segs] == ["stable"] and segs[0].confidence == 1.0
+
+
+def test_alpha_alone_moves_and_alpha_disagreement_lowers_confidence():
+    rng = np.random.default_rng(0)
+    steps = np.arange(40) * 50
+    flat_rankme = 40.0 * np.exp(rng.normal(0, 0.01, 40))
+    rising_alpha = np.linspace(0.8, 1.0, 40) + rng.normal(0, 0.01, 40)
+    segs = detect_phases(steps, flat_rankme, rising_alpha, allow_warmup=False)
+    assert [s.name for s in segs] == ["compression-seeking"]
+    assert segs[0].confidence <= 0.5  # secondary metric only
+
+    steps = pythia_steps(3000)
+    knots = [0, 9, 16, len(steps) - 1]
+    rankme, alpha = three_phase(steps, knots, 0.02, 1)
+    agree = detect_phases(steps, rankme, alpha)
+    against = detect_phases(steps, rankme, 2.0 - alpha)  # alpha moving the "wrong" way
+    alone = detect_phases(steps, rankme)
+    assert [s.name for s in against] == THREE == [s.name for s in alone]
+    for a, b, c in zip(agree, against, alone):
+        assert a.confidence > c.confidence > b.confidence
+
+
+def test_invariant_to_rankme_scale_and_step_units():
+    steps = pythia_steps(3000)
+    knots = [0, 9, 16, len(steps) - 1]
+    rankme, alpha = three_phase(steps, knots, 0.02, 3)
+    base = detect_phases(steps, rankme, alpha)
+    scaled = detect_phases(steps * 2048 * 1024, rankme * 3.0, alpha)  # tokens, other scale
+    assert [(s.name, s.start_index, s.end_index) for s in base] == [
+        (s.name, s.start_index, s.end_index) for s in scaled
+    ]
+
+
+def test_deterministic():
+    steps = pythia_steps(3000)
+    rankme, alpha = three_phase(steps, [0, 9, 16, len(steps) - 1], 0.03, 4)
+    assert detect_phases(steps, rankme, alpha) == detect_phases(list(steps), list(rankme), list(alpha))
+
+
+# ----------------------------------------------------------------------------- input handling
+
+
+def test_nan_points_dropped_with_warning_and_indices_refer_to_input():
+    steps = pythia_steps(3000)
+    knots = [0, 9, 16, len(steps) - 1]
+    rankme, alpha = three_phase(steps, knots, 0.02, 0)
+    rankme[30] = np.nan
+    alpha[40] = np.inf
+    with pytest.warns(GeometryWarning, match="dropped 2"):
+        segs = detect_phases(steps, rankme, alpha)
+    assert_boundaries(segs, THREE, knots[1:-1])
+    assert segs[-1].end_index == len(steps) - 1 and segs[-1].n_points == len(steps) - 16 - 2
+
+
+def test_all_nan_alpha_is_ignored_with_warning():
+    steps = np.arange(30)
+    with pytest.warns(GeometryWarning, match="alpha is NaN everywhere"):
+        segs = detect_phases(steps, np.linspace(10, 20, 30), np.full(30, np.nan))
+    assert [s.name for s in segs] == ["entropy-seeking"] and segs[0].alpha_change is None
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (([0, 1, 2], [1.0, 2.0]), {}, "lengths differ"),
+        (([0, 1, 2], [1.0, 2.0, 3.0], [0.5]), {}, "alpha lengths differ"),
+        (([0, 2, 1, 3, 4], [1.0] * 5), {}, "strictly increasing"),
+        (([0, 1, 1, 3, 4], [1.0] * 5), {}, "strictly increasing"),
+        (([-5, 1, 2, 3, 4], [1.0] * 5), {}, ">= 0"),
+        (([0, 1, 2, 3, 4], [1.0, 0.0, 1.0, 1.0, 1.0]), {}, "positive"),
+        (([[0, 1]], [[1.0, 2.0]]), {}, "one-dimensional"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"smoothing": 2}, "smoothing"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"enter_threshold": 0}, "enter_threshold"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"exit_threshold": 5.0}, "exit_threshold"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"min_segment_length": 1}, "min_segment_length"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"noise_floor": 0.0}, "noise_floor"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"min_points": 2}, "min_points"),
+    ],
+)
+def test_validation_errors(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        detect_phases(*args, **kwargs)
+
+
+def test_too_few_points():
+    assert detect_phases([], []) == []
+    segs = detect_phases([0, 10, 20], [50.0, 30.0, 20.0])
+    assert [(s.name, s.confidence, s.start_step, s.end_step) for s in segs] == [("stable", 0.0, 0, 20)]
+    assert current_phase([0, 10, 20], [50.0, 30.0, 20.0]) is None
+    assert current_phase([], []) is None
+
+
+def test_current_phase_is_last_segment():
+    steps = pythia_steps(3000)
+    rankme, alpha = three_phase(steps, [0, 9, 16, len(steps) - 1], 0.02, 2)
+    now = current_phase(steps, rankme, alpha)
+    assert now == detect_phases(steps, rankme, alpha)[-1]
+    assert now.name == "compression-seeking" and now.code == PHASE_CODES[now.name] == 3
+    # Live: mid-expansion, the current phase is entropy-seeking.
+    assert current_phase(steps[:15], rankme[:15], alpha[:15]).name == "entropy-seeking"
+    assert current_phase(steps, rankme, alpha, min_points=10_000) is None
+
+
+def test_phase_codes_and_to_dict():
+    assert PHASE_CODES == {"stable": 0, "warmup": 1, "entropy-seeking": 2, "compression-seeking": 3}
+    seg = detect_phases(np.arange(30), np.linspace(10, 20, 30))[0]
+    d = seg.to_dict()
+    json.dumps(d)
+    assert d["name"] == "entropy-seeking" and d["code"] == 2 and d["start_step"] == 0
+    with pytest.raises(AttributeError):
+        seg.name = "stable"  # frozen
+
+
+def test_format_segments_table():
+    steps = pythia_steps(3000)
+    rankme, alpha = three_phase(steps, [0, 9, 16, len(steps) - 1], 0.02, 0)
+    segs = detect_phases(steps, rankme, alpha)
+    text = format_segments(segs)
+    lines = text.splitlines()
+    for col in ("phase", "start step", "end step", "confidence", "RankMe change", "alpha change"):
+        assert col in lines[0]
+    assert len(lines) == 2 + len(segs)
+    assert lines[2].startswith("warmup") and "142000" in lines[-1] and "%" in lines[2]
+    assert "-" in format_segments(detect_phases(np.arange(10), np.full(10, 3.0))).splitlines()[-1]
+    assert "no phases" in format_segments([])
+
+
+# ----------------------------------------------------------------------------- shift
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "direction"),
+    [
+        ({"rankme": 44.1, "alpha": 0.91}, {"rankme": 51.3, "alpha": 0.84}, "entropy-seeking"),  # SFT/DPO
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 40.0, "alpha": 0.90}, "compression-seeking"),  # RLVR
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 50.0, "alpha": 0.80}, "entropy-seeking"),
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 44.1, "alpha": 0.75}, "entropy-seeking"),  # alpha only
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 44.1, "alpha": 0.85}, "compression-seeking"),
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 44.2, "alpha": 0.805}, "none"),
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 50.0, "alpha": 0.90}, "mixed"),
+        ({"rankme": 44.0, "alpha": 0.80}, {"rankme": 40.0, "alpha": 0.70}, "mixed"),
+        ({"rankme": 44.0}, {"rankme": 40.0}, "compression-seeking"),
+        ({"rankme": 44.0}, {"rankme": 44.1}, "none"),
+    ],
+)
+def test_shift_directions(before, after, direction):
+    assert shift(before, after).direction == direction
+
+
+def test_shift_fields_summary_and_objects():
+    res = shift(SimpleNamespace(rankme=44.1, alpha=0.91), SimpleNamespace(rankme=51.3, alpha=0.84))
+    assert isinstance(res, GeometryShift)
+    assert res.rankme_change == pytest.approx(7.2)
+    assert res.rankme_rel_change == pytest.approx(7.2 / 44.1)
+    assert res.alpha_change == pytest.approx(-0.07)
+    assert res.summary() == "entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07)"
+    json.dumps(res.to_dict())
+    no_alpha = shift({"rankme": 44.0, "alpha": float("nan")}, {"rankme": 40.0, "alpha": 0.9})
+    assert no_alpha.alpha_change is None and "alpha" not in no_alpha.summary()
+    # A wider tolerance turns a small change into "none".
+    assert shift({"rankme": 44.0}, {"rankme": 45.0}, tolerance=0.05).direction == "none"
+    small_alpha = shift({"rankme": 44, "alpha": 0.8}, {"rankme": 44, "alpha": 0.83}, alpha_tolerance=0.05)
+    assert small_alpha.direction == "none"
+
+
+def test_shift_validation():
+    with pytest.raises(ValueError, match="rankme"):
+        shift({"alpha": 0.8}, {"rankme": 40.0})
+    with pytest.raises(ValueError, match="positive"):
+        shift({"rankme": 0.0}, {"rankme": 40.0})
+    with pytest.raises(ValueError, match="tolerance"):
+        shift({"rankme": 1.0}, {"rankme": 2.0}, tolerance=-1)
+
+
+def test_trajectory_shift():
+    rng = np.random.default_rng(0)
+    rankme = np.linspace(40, 48, 50) + rng.normal(0, 0.3, 50)
+    alpha = np.linspace(0.9, 0.8, 50) + rng.normal(0, 0.005, 50)
+    res = trajectory_shift(rankme, alpha, edge=5)
+    assert res.direction == "entropy-seeking"
+    assert res.rankme_before == pytest.approx(rankme[:5].mean())
+    assert trajectory_shift([40.0, np.nan, 40.1]).direction == "none"
+    with pytest.raises(ValueError, match="at least 2"):
+        trajectory_shift([40.0])
+
+
+def test_no_warnings_on_clean_input():
+    steps = pythia_steps(3000)
+    rankme, alpha = three_phase(steps, [0, 9, 16, len(steps) - 1], 0.02, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detect_phases(steps, rankme, alpha)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_isolated_spike_is_ignored(seed):
+    rng = np.random.default_rng(seed)
+    y = np.log(50.0) + rng.normal(0, 0.02, 60)
+    y[rng.integers(5, 55)] += 0.3  # one bad measurement (15 sigma)
+    with pytest.warns(GeometryWarning, match="ignored 1 outlier"):
+        segs = detect_phases(np.arange(60) * 10, np.exp(y))
+    assert [s.name for s in segs] == ["stable"]
+    assert segs[0].n_points == 59 and segs[0].end_index == 59
+
+
+def test_smooth_noiseless_curve_flags_no_outliers():
+    # Strongly curved but clean: turning points and bends must not be taken for spikes.
+    steps = pythia_steps(1000)
+    x = log_step(steps)
+    y = np.log(40) + np.log(5) * np.exp(-x / 1.5) + 0.8 * np.exp(-((x - 8) / 1.0) ** 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segs = detect_phases(steps, np.exp(y))
+    assert [s.name for s in segs] == THREE
+    assert abs(segs[0].end_index - np.argmin(y[:20])) <= 1  # bottom of the collapse
+    assert abs(segs[1].end_index - np.argmax(y[11:]) - 11) <= 1  # top of the bump

@@ -1,0 +1,31 @@
+"""Lightning strategy="ddp" on 2 CPU processes with GeometryMonitor; rank 0 writes the history."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_helpers import TinyLM, token_loader  # noqa: E402
+
+from geomtrace.callbacks import GeometryMonitor  # noqa: E402
+from geomtrace.tiny import train_bpe_tokenizer  # noqa: E402
+
+
+def main(out: str) -> None:
+    tokenizer = train_bpe_tokenizer()
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=48, measure_on_end=False)
+    trainer = L.Trainer(
+        max_steps=4, accelerator="cpu", devices=2, strategy="ddp", logger=False, callbacks=[monitor],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    trainer.fit(TinyLM(tokenizer), token_loader(tokenizer))
+    if trainer.is_global_zero:
+        Path(out).write_text(json.dumps({"history": monitor.history}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
