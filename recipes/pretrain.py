@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     texts = build_corpus(args)
     tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size)
-    ids = tokenizer(tokenizer.eos_token.join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]  # per text: no over-length warning
+    ids = torch.tensor([token for text_ids in encoded for token in (*text_ids, tokenizer.eos_token_id)])
     dataset = TokenBlocks(ids, args.seq_len)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(args.seed))

@@ -23,6 +23,9 @@ class TinyLM(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
+    def train_dataloader(self):
+        return token_loader(self.tokenizer)
+
 
 def token_loader(tokenizer, n_blocks: int = 32, seq_len: int = 32, batch_size: int = 4) -> DataLoader:
     gen = torch.Generator().manual_seed(0)

@@ -11,14 +11,14 @@ log the same keys with the same values.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import nn
 
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
-from geomtrace.probes import ProbeSet, load_probes
+from geomtrace.probes import ProbeSet
 
 __all__ = ["GeometryTracker", "Measurement", "ProbeOptions"]
 
@@ -36,6 +36,11 @@ class ProbeOptions:
     text_column: str = "text"
     split: str = "train"
     config_name: str | None = None
+
+    def build(self, tokenizer: Any) -> ProbeSet:
+        """Tokenize the probe set described by these options (once; deterministic)."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: no deep copy
+        return load_probes(tokenizer, kwargs.pop("source"), **kwargs)
 
 
 @dataclass
@@ -118,19 +123,7 @@ class GeometryTracker:
                     "geomtrace needs a tokenizer to build its probe set: pass tokenizer=... "
                     "(or a ready probes=ProbeSet)."
                 )
-            options = self.probe_options
-            self.probes = load_probes(
-                tokenizer,
-                options.source,
-                num_sequences=options.num_sequences,
-                min_tokens=options.min_tokens,
-                max_tokens=options.max_tokens,
-                seed=options.seed,
-                text_column=options.text_column,
-                split=options.split,
-                config_name=options.config_name,
-                chat_template=options.chat_template,
-            )
+            self.probes = self.probe_options.build(tokenizer)
         if len(self.probes) < 2:
             raise ValueError(f"the probe set has {len(self.probes)} sequence(s); geometry needs at least 2.")
         return self.probes

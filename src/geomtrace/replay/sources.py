@@ -43,6 +43,7 @@ __all__ = [
     "local_checkpoints",
     "shard_checkpoints",
     "load_checkpoint_model",
+    "load_checkpoint_tokenizer",
     "resolve_dtype",
     "resolve_device",
 ]
@@ -550,12 +551,40 @@ def _hub_error(what: str, err: BaseException) -> CheckpointLoadError:
     return CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}. {hint}")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _load_tokenizer(source: str, **kwargs: Any) -> Any:
     transformers = require("transformers", "loading tokenizers")
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception:
         return None
+
+
+def load_checkpoint_tokenizer(ckpt: Checkpoint, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``ckpt`` without loading its weights, or None.
+
+    Hub: from the same id and revision. ``hf_folder``: from the folder if it holds tokenizer
+    files, else from its parent (HF Trainer saves it at the run root). A folder without
+    tokenizer files is never passed to ``AutoTokenizer`` (transformers 5 would build an
+    *empty* tokenizer from its config.json). Lightning checkpoints: None (the model builder
+    may return one).
+    """
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if ckpt.kind == "hub":
+        if ckpt.revision:
+            kwargs["revision"] = ckpt.revision
+        return _load_tokenizer(ckpt.model, **kwargs)
+    if ckpt.kind != "hf_folder" or not ckpt.path:
+        return None
+    folder = Path(ckpt.path)
+    for candidate in (folder, folder.parent):
+        if any((candidate / f).is_file() for f in _TOKENIZER_FILES):
+            tokenizer = _load_tokenizer(str(candidate), **kwargs)
+            if tokenizer is not None:
+                return tokenizer
+    return None
 
 
 def load_checkpoint_model(
@@ -620,18 +649,7 @@ def load_checkpoint_model(
         if device_map is None:
             model.to(dev)
         model.eval()
-        tok_kwargs = {"trust_remote_code": trust_remote_code}
-        if ckpt.kind == "hub":
-            if ckpt.revision:
-                tok_kwargs["revision"] = ckpt.revision
-            tokenizer = _load_tokenizer(source, **tok_kwargs)
-        else:
-            tokenizer = _load_tokenizer(source, **tok_kwargs)
-            parent = Path(source).parent
-            if tokenizer is None and any(
-                (parent / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-            ):
-                tokenizer = _load_tokenizer(str(parent), **tok_kwargs)
+        tokenizer = load_checkpoint_tokenizer(ckpt, trust_remote_code=trust_remote_code)
         return model, tokenizer
 
     if ckpt.kind == "lightning_ckpt":

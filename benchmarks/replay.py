@@ -1,0 +1,124 @@
+"""Replay throughput: geomtrace's runner vs the paper scripts' naive loop, side by side.
+
+Both measure the same saved checkpoints (a GPT-NeoX, hidden 256, 4 layers, built from config
+and saved with ``save_pretrained``) on the same probe set (512 sequences of 11..128 tokens):
+
+* geomtrace: ``run_replay`` - batched forwards (32 sequences, padding-aware last token),
+  streaming covariance, one ``eigvalsh`` per checkpoint, results store.
+* naive: batch size 1, stack all last-token features, center, full numpy SVD of the
+  stacked matrix (eigenvalues = s^2 / (N - 1)), as the paper's scripts do.
+
+Loading is timed in both; the routes alternate per checkpoint so that background load\nhits both alike. Prints sequences/second, the ratio, and how closely the values agree.
+
+Usage: python benchmarks/replay.py [--checkpoints 3] [--probes 512] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_checkpoints(root: Path, n: int, hidden: int, layers: int):
+    from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer()
+    for i in range(n):
+        model = build_tiny_model("gpt_neox", hidden_size=hidden, num_layers=layers, num_heads=4, seed=i,
+                                 tokenizer=tokenizer)
+        model.save_pretrained(root / f"checkpoint-{1000 * i}")
+    tokenizer.save_pretrained(root)
+    return tokenizer
+
+
+def naive_replay(ckpt_dirs: list[Path], sequences: list[list[int]]) -> list[tuple[float, float]]:
+    """The paper scripts' route: one sequence per forward, stack, center, full SVD."""
+    from transformers import AutoModelForCausalLM
+
+    out = []
+    for path in ckpt_dirs:
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        rows = []
+        with torch.no_grad():
+            for seq in sequences:
+                hidden = model(torch.tensor([seq]), output_hidden_states=True).hidden_states[-1]
+                rows.append(hidden[0, -1].float().numpy())
+        x = np.stack(rows).astype(np.float64)
+        x -= x.mean(0)
+        s = np.linalg.svd(x, compute_uv=False)
+        lam = s**2 / (len(rows) - 1)
+        p = lam / lam.sum() + 1e-7
+        rankme = float(np.exp(-(p * np.log(p)).sum()))
+        ranks = np.arange(12, min(100, len(lam)) + 1)
+        w = 1.0 / ranks
+        slope = np.polyfit(np.log(ranks), np.log(lam[ranks - 1]), 1, w=np.sqrt(w))[0]
+        out.append((rankme, float(-slope)))
+        del model
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoints", type=int, default=3)
+    parser.add_argument("--probes", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from geomtrace.measure import MeasureConfig
+    from geomtrace.probes import load_probes
+    from geomtrace.replay import ResultsStore, local_checkpoints, run_replay
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ckpts"
+        tokenizer = make_checkpoints(root, args.checkpoints, args.hidden, args.layers)
+        probes = load_probes(tokenizer, None, num_sequences=args.probes, min_tokens=11, max_tokens=128)
+        ckpts = local_checkpoints(root)
+        n_seq = len(ckpts) * len(probes)
+        print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"workload: {len(ckpts)} checkpoints x {len(probes)} probes ({probes.num_tokens()} tokens each pass), "
+              f"GPT-NeoX hidden {args.hidden}, {args.layers} layers, last layer, last token")
+
+        # warm-up (first-call costs of torch / transformers) on one checkpoint, not timed
+        run_replay(ckpts[:1], Path(tmp) / "warm", probes=probes, config=MeasureConfig(batch_size=args.batch_size),
+                   progress=False, verbose=False)
+        naive_replay([Path(ckpts[0].path)], probes.sequences[:16])
+
+        # Interleaved per checkpoint, so load from other processes hits both routes alike.
+        ours = baseline = 0.0
+        naive = []
+        for ckpt in ckpts:
+            start = time.perf_counter()
+            run_replay([ckpt], Path(tmp) / "out", probes=probes, config=MeasureConfig(batch_size=args.batch_size),
+                       progress=False, verbose=False)
+            ours += time.perf_counter() - start
+            start = time.perf_counter()
+            naive += naive_replay([Path(ckpt.path)], probes.sequences)
+            baseline += time.perf_counter() - start
+
+        records = ResultsStore(Path(tmp) / "out").records()
+        rankme_err = max(abs(r["rankme"] / n[0] - 1) for r, n in zip(records, naive))
+        alpha_err = max(abs(r["alpha"] / n[1] - 1) for r, n in zip(records, naive) if math.isfinite(r["alpha"]))
+
+    print(f"{'route':<44}{'seconds':>10}{'seq/s':>10}")
+    print(f"{'geomtrace replay (batch ' + str(args.batch_size) + ', streaming cov)':<44}{ours:>10.2f}"
+          f"{n_seq / ours:>10.1f}")
+    print(f"{'naive (batch 1, stack + full SVD)':<44}{baseline:>10.2f}{n_seq / baseline:>10.1f}")
+    print(f"speed-up: {baseline / ours:.1f}x")
+    print(f"agreement: max relative difference RankMe {rankme_err:.1e}, alpha {alpha_err:.1e}")
+
+
+if __name__ == "__main__":
+    main()

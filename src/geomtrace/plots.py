@@ -1,0 +1,223 @@
+"""Figures: RankMe / alpha-ReQ trajectories and eigenspectra (matplotlib, Agg backend).
+
+* :func:`trajectory_figure` - RankMe and alpha vs step, tokens or FLOPs, several runs
+  overlaid, optional phase shading.
+* :func:`eigenspectrum_figure` - eigenspectra on log-log axes with the fitted power laws.
+* :func:`save_figure` - write PNG / SVG / PDF atomically.
+
+Log x axes use ``symlog`` with the linear part ``[0, smallest positive x]``: step 0 (the
+initialisation) stays on the plot, and everything from the first positive x up is
+logarithmic, as on a plain log axis.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomtrace._optional import require
+
+__all__ = ["PHASE_COLORS", "eigenspectrum_figure", "save_figure", "trajectory_figure"]
+
+#: Shading colour of each phase (see :mod:`geomtrace.phases`).
+PHASE_COLORS = {
+    "warmup": "#bbbbbb",
+    "entropy-seeking": "#8ecae6",
+    "compression-seeking": "#ffb703",
+    "stable": "#ffffff",
+}
+_X_LABELS = {"step": "training step", "tokens": "tokens seen", "flops": "training FLOPs (6 N D)"}
+_FORMATS = {".png", ".svg", ".pdf"}
+
+
+def _pyplot() -> Any:
+    matplotlib = require("matplotlib", "plots")
+    matplotlib.use("Agg", force=False)  # no display needed; a no-op if a backend is already set
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+_COLUMNS = ("step", "tokens", "n_params", "rankme", "alpha")
+
+
+def _columns(run: Any, layer: int | None) -> dict[str, np.ndarray]:
+    """Normalise one run to columns: a Trajectory, a ``{"step": [...], "rankme": [...]}``
+    mapping, or a sequence of replay records / live history rows."""
+    if isinstance(run, Mapping):
+        if "rankme" not in run or "step" not in run:
+            raise ValueError(f"a run mapping needs 'step' and 'rankme' lists, got keys {sorted(run)}")
+        n = len(run["rankme"])
+        return {c: np.asarray(run[c], dtype=np.float64) if c in run else np.full(n, np.nan) for c in _COLUMNS}
+    if isinstance(run, Sequence) and not isinstance(run, str):
+        from geomtrace.replay.results import trajectory_from_rows
+
+        run = trajectory_from_rows(list(run), layer=layer)
+    if all(hasattr(run, c) for c in _COLUMNS):
+        return {c: np.asarray(getattr(run, c), dtype=np.float64) for c in _COLUMNS}
+    raise TypeError(f"unsupported run of type {type(run).__name__}: pass records, a column mapping or a Trajectory")
+
+
+def _x_values(cols: Mapping[str, np.ndarray], x: str, label: str) -> np.ndarray:
+    if x == "step":
+        return cols["step"]
+    if x == "tokens":
+        values = cols["tokens"]
+    elif x == "flops":
+        values = 6.0 * cols["n_params"] * cols["tokens"]
+    else:
+        raise ValueError(f"x must be 'step', 'tokens' or 'flops', got {x!r}")
+    if len(values) and not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"run {label!r} lacks token counts{' or n_params' if x == 'flops' else ''} for x={x}: "
+            "replay with --tokens-per-step N (Pythia: 2097152) or use x='step'"
+        )
+    return values
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _set_log_x(ax: Any, xs: Sequence[np.ndarray]) -> None:
+    positive = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in xs]) if xs else np.zeros(0)
+    if positive.size == 0:
+        return
+    lo, hi = float(positive.min()), float(positive.max())
+    ax.set_xscale("symlog", linthresh=lo, linscale=0.3)
+    # Ticks at 0 and at the decades above linthresh: the default locator also puts decades
+    # inside the tiny linear part, where their labels collide with "0".
+    decades = np.arange(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+    stride = max(1, math.ceil(len(decades) / 8))
+    from matplotlib.ticker import FixedLocator
+
+    ax.xaxis.set_major_locator(FixedLocator([0.0, *(10.0 ** decades[::stride])]))
+
+
+def _shade_phases(axes: Sequence[Any], phases: Sequence[Any], to_x: Any) -> None:
+    seen: set[str] = set()
+    for seg in phases:
+        color = PHASE_COLORS.get(seg.name, "#dddddd")
+        label = seg.name if seg.name not in seen and seg.name != "stable" else None
+        seen.add(seg.name)
+        for ax in axes:
+            ax.axvspan(to_x(seg.start_step), to_x(seg.end_step), color=color, alpha=0.35, lw=0, label=label)
+            label = None  # one legend entry per phase name, on the first panel
+
+
+def trajectory_figure(
+    runs: Mapping[str, Any],
+    x: str = "step",
+    layer: int | None = None,
+    phases: Sequence[Any] | None = None,
+    log_x: bool = True,
+    title: str | None = None,
+) -> Any:
+    """RankMe (top) and alpha-ReQ (bottom) against ``x``, one line per run.
+
+    Args:
+        runs: ``{label: run}``; a run is a list of replay records (``geomtrace.replay``'s
+            store) or live history rows (``geometry/rankme`` ...), a column mapping
+            ``{"step": [...], "rankme": [...], "alpha": [...]}`` (optional ``tokens``,
+            ``n_params``), or a :class:`geomtrace.replay.results.Trajectory`.
+        x: ``"step"``, ``"tokens"`` or ``"flops"`` (``6 * n_params * tokens``).
+        layer: which layer of multi-layer records (default: the deepest).
+        phases: :class:`geomtrace.phases.PhaseSegment` list (in steps) to shade; mapped to
+            ``x`` through the first run's step -> x pairs.
+        log_x: symlog x axis (see the module doc), else linear.
+        title: figure title.
+
+    Returns a matplotlib ``Figure``.
+    """
+    plt = _pyplot()
+    if not runs:
+        raise ValueError("trajectory_figure needs at least one run")
+    fig, (ax_r, ax_a) = plt.subplots(2, 1, sharex=True, figsize=(7.0, 6.0), constrained_layout=True)
+    xs, first = [], None
+    for label, run in runs.items():
+        cols = _columns(run, layer)
+        xv = _x_values(cols, x, label)
+        order = np.argsort(xv, kind="stable")
+        xs.append(xv)
+        first = first or (cols["step"], xv)
+        ax_r.plot(xv[order], cols["rankme"][order], marker="o", ms=3, label=str(label))
+        if np.any(np.isfinite(cols["alpha"])):
+            ax_a.plot(xv[order], cols["alpha"][order], marker="o", ms=3, label=str(label))
+    if phases:
+        steps, xv = first
+        ok = np.isfinite(steps) & np.isfinite(xv)
+        order = np.argsort(steps[ok])
+        _shade_phases((ax_r, ax_a), phases, lambda s: float(np.interp(s, steps[ok][order], xv[ok][order])))
+    if log_x:
+        _set_log_x(ax_a, xs)
+    ax_r.set_ylabel("RankMe")
+    ax_a.set_ylabel(r"$\alpha$-ReQ")
+    ax_a.set_xlabel(_X_LABELS.get(x, x) + (" (symlog)" if log_x else ""))
+    for ax in (ax_r, ax_a):
+        ax.grid(True, alpha=0.3)
+    ax_r.legend(fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def eigenspectrum_figure(
+    spectra: Mapping[str, np.ndarray],
+    fits: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    title: str | None = None,
+) -> Any:
+    """Eigenvalue vs rank (1-based) on log-log axes, one line per entry of ``spectra``.
+
+    ``fits`` maps the same labels to ``(ranks, fitted eigenvalues)`` of the alpha-ReQ fit,
+    drawn dashed in the same colour. Zero eigenvalues are left out (no log of 0).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.5), constrained_layout=True)
+    fits = fits or {}
+    for label, values in spectra.items():
+        lam = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64).ravel()
+        ranks = np.arange(1, lam.size + 1)
+        keep = lam > 0
+        (line,) = ax.loglog(ranks[keep], lam[keep], lw=1.2, label=str(label))
+        fit = fits.get(label)
+        if fit is not None and len(fit[0]):
+            fit_ranks, fit_values = (np.asarray(v, dtype=np.float64) for v in fit)
+            ax.loglog(fit_ranks, fit_values, ls="--", lw=1.5, color=line.get_color())
+    ax.set_xlabel("rank")
+    ax.set_ylabel("eigenvalue")
+    ax.grid(True, which="both", alpha=0.3)
+    if spectra:
+        ax.legend(fontsize="small", loc="best")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 150, close: bool = True) -> Path:
+    """Save ``fig`` to ``path`` (``.png``, ``.svg`` or ``.pdf``, from the suffix) atomically:
+    a tmp file in the same folder, then ``os.replace``. Closes the figure unless ``close=False``."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in _FORMATS:
+        raise ValueError(f"unsupported figure format {p.suffix or '(none)'!r} for {p}: use .png, .svg or .pdf")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=suffix[1:], dpi=dpi)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        if close:
+            _pyplot().close(fig)
+    return p

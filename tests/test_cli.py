@@ -1,0 +1,236 @@
+"""The geomtrace command line: options, config files, presets, errors, plot/export/phases."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomtrace.cli import build_parser, main, measure_config, parse_args, probe_options, replay_checkpoints
+from geomtrace.measure import MeasureConfig
+from geomtrace.replay.sources import PYTHIA_PAPER_SUBSET
+from geomtrace.replay.store import ResultsStore, import_seed_npy
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
+
+
+def _trajectory(step: int) -> tuple[float, float]:
+    """A made-up RankMe / alpha path: fall (warmup), rise (entropy), fall (compression)."""
+    x = math.log1p(step)
+    if x < 3:
+        rankme = 200 - 40 * x
+    elif x < 8:
+        rankme = 80 + 60 * (x - 3)
+    else:
+        rankme = 380 - 70 * (x - 8)
+    return rankme, 1.0 + 0.001 * (400 - rankme)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A replay output folder with two layers written through the real store."""
+    store = ResultsStore(tmp_path / "run")
+    for step in STEPS:
+        rankme, alpha = _trajectory(step)
+        records = [
+            {"key": f"step{step}", "step": step, "revision": f"step{step}", "tokens": step * 1000, "stage": None,
+             "layer": layer, "rankme": rankme / (3 - layer), "alpha": alpha, "r2": 0.9, "n_samples": 512,
+             "dim": 64, "model": "org/model", "probe": "p", "probe_fingerprint": "abc", "seconds": 0.1,
+             "n_params": 10_000}
+            for layer in (1, 2)
+        ]
+        spectra = {layer: np.linspace(1.0, 0.01, 16) * (step + 1) for layer in (1, 2)}
+        store.append(records, spectra)
+    return store.output_dir
+
+
+def exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as err:  # argparse errors
+        return int(err.code)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("command", ["replay", "plot", "export", "phases"])
+def test_help_documents_every_option(command, capsys):
+    with pytest.raises(SystemExit) as err:
+        main([command, "--help"])
+    assert err.value.code == 0
+    text = capsys.readouterr().out
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    options = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    assert len(options) > 3
+    for option in options:
+        assert option in text
+        action = next(a for a in sub._actions if option in a.option_strings)
+        assert action.help, f"{command} {option} has no help text"
+
+
+def test_config_file_then_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "model: org/model\nrevisions: [step0, step1]\nbatch_size: 8\nnum-sequences: 100\n"
+        "layers: [1, 2]\nfit_range: [5, 50]\noutput: out\nno-tensorboard: true\n"
+    )
+    args = parse_args(["replay", "--config", str(cfg), "--batch-size", "4"])
+    assert args.batch_size == 4 and args.num_sequences == 100 and args.no_tensorboard is True
+    config = measure_config(args)
+    assert config == MeasureConfig(layers=(1, 2), batch_size=4, fit_range=(5, 50))
+    ckpts, total = replay_checkpoints(args)
+    assert [c.revision for c in ckpts] == ["step0", "step1"] and total == 2
+
+
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: org/model\nbatchsize: 8\n")
+    assert exit_code(["replay", "--config", str(cfg)]) == 2
+    assert "unknown option 'batchsize'" in capsys.readouterr().err
+
+
+def test_pythia_preset_resolves():
+    args = parse_args(["replay", "--config", str(RECIPES / "replay_pythia.yaml")])
+    assert args.model == "EleutherAI/pythia-160m" and args.tokens_per_step == 2097152
+    ckpts, _ = replay_checkpoints(args)
+    assert [c.revision for c in ckpts] == PYTHIA_PAPER_SUBSET
+    assert measure_config(args) == MeasureConfig(layers="last", tokens="last", batch_size=32, max_components=2048)
+    probes = probe_options(args)
+    assert (probes.source, probes.config_name, probes.split) == ("wikitext", "wikitext-103-raw-v1", "train")
+    assert (probes.num_sequences, probes.min_tokens, probes.max_tokens) == (1024, 11, 128)
+
+
+def test_olmo_preset_resolves(capsys):
+    path = str(RECIPES / "replay_olmo.yaml")
+    args = parse_args(["replay", "--config", path])
+    assert args.model == "allenai/OLMo-2-0425-1B" and args.revisions == "all"
+    assert (args.stage, args.log_spaced, args.dtype) == ("stage1", 40, "bf16")
+    assert measure_config(args) == MeasureConfig(layers="last", tokens="last", batch_size=32, max_components=2048)
+    assert probe_options(args).source == "HuggingFaceFW/fineweb"
+    # listing the hub branches needs network: offline it is a clear one-line error
+    assert main(["replay", "--config", path, "--dry-run"]) == 2
+    assert "--revisions-file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["replay", "--model", "a/b", "--checkpoints", ".", "--revisions", "step0", "-o", "x"], "exactly one of"),
+        (["replay", "--model", "a/b", "--revisions", "step0"], "--output"),
+        (["replay", "--model", "a/b", "-o", "x"], "--revisions"),
+        (["replay", "--model", "a/b", "--revisions", "step0", "--layers", "top", "-o", "x"], "--layers"),
+        (["replay", "--model", "a/b", "--revisions", "step0", "--fit-range", "12", "-o", "x"], "--fit-range"),
+        (["replay", "--model", "a/b", "--revisions", "step0", "--shard", "2/2", "-o", "x"], "shard"),
+        (["replay", "--model", "a/b", "--revisions", "step0", "--probe-file", "nope.txt", "-o", "x"], "nope.txt"),
+        (["replay", "--model", "a/b", "--revisions", "step0", "--batch-size", "0", "-o", "x"], "batch_size"),
+        (["replay", "--checkpoints", "/does/not/exist", "-o", "x"], "not found"),
+        (["plot", "/does/not/exist"], "not a replay output"),
+        (["export"], "replay output folder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_argparse_rejects_bad_choices(capsys):
+    assert exit_code(["replay", "--model", "a/b", "--tokens", "first"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dry_run_filters_and_shards(capsys):
+    base = ["replay", "--model", "EleutherAI/pythia-160m", "--revisions", "pythia-paper", "--step-range", "0:1000",
+            "-o", "unused", "--dry-run"]
+    assert main(base) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines[:-1]] == [f"step{s}" for s in (0, 1, 2, 4, 8, 16, 32, 64, 128,
+                                                                                  256, 512, 1000)]
+    assert main([*base, "--shard", "1/2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines[:-1]] == ["step1", "step4", "step16", "step64", "step256", "step1000"]
+
+
+# ----------------------------------------------------------------------------- plot / export / phases
+
+
+@pytest.mark.parametrize("x", ["step", "tokens", "flops"])
+def test_plot_writes_png(run_dir, tmp_path, x):
+    out = tmp_path / f"fig_{x}.png"
+    assert main(["plot", str(run_dir), str(run_dir), "--labels", "a,b", "--x", x, "--output", str(out),
+                 "--phases"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_plot_default_output_and_missing_tokens(run_dir, tmp_path, capsys):
+    assert main(["plot", str(run_dir), "--layer", "1"]) == 0
+    assert (run_dir / "trajectory.png").stat().st_size > 0
+    history = tmp_path / "live.json"
+    history.write_text(json.dumps([{"step": s, "geometry/rankme": _trajectory(s)[0]} for s in STEPS]))
+    assert main(["plot", str(history), "--x", "tokens", "-o", str(tmp_path / "f.png")]) == 2
+    assert "--tokens-per-step" in capsys.readouterr().err
+
+
+def test_export_seed_npy_round_trip(run_dir, tmp_path):
+    out = tmp_path / "geometry.npy"
+    assert main(["export", str(run_dir), "--format", "seed-npy", "--output", str(out), "--layer", "1"]) == 0
+    back = import_seed_npy(out)
+    stored = [r for r in ResultsStore(run_dir).records() if r["layer"] == 1]
+    assert [r["step"] for r in back] == STEPS
+    for a, b in zip(back, stored):
+        assert (a["rankme"], a["alpha"], a["r2"], a["tokens"]) == (b["rankme"], b["alpha"], b["r2"], b["tokens"])
+        np.testing.assert_array_equal(a["eigenspectrum"], ResultsStore(run_dir).spectrum(b["key"], 1))
+    assert main(["export", str(run_dir)]) == 0  # defaults: deepest layer, next to the results
+    assert {r["layer"] for r in import_seed_npy(run_dir / "geometry_layer2.npy")} == {2}
+
+
+def test_export_csv(run_dir, tmp_path):
+    out = tmp_path / "r.csv"
+    assert main(["export", str(run_dir), "--format", "csv", "-o", str(out), "--layer", "2"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("key,step,revision") and len(lines) == len(STEPS) + 1
+
+
+def test_phases_prints_a_table(run_dir, tmp_path, capsys):
+    assert main(["phases", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(STEPS)} measurements, layer 2" in text
+    table = text.splitlines()[1:]
+    assert table[0].split()[:3] == ["phase", "start", "step"] and set(table[1]) == {"-", " "}
+    names = [row.split()[0] for row in table[2:]]
+    assert names and set(names) <= {"warmup", "entropy-seeking", "compression-seeking", "stable"}
+
+    # a live history JSON (GeometryTracker.state_dict()) gives the same segments
+    assert main(["phases", str(run_dir), "--json"]) == 0
+    from_store = json.loads(capsys.readouterr().out)
+    history = tmp_path / "history.json"
+    rows = [{"step": s, "geometry/rankme": _trajectory(s)[0], "geometry/alpha": _trajectory(s)[1]} for s in STEPS]
+    history.write_text(json.dumps({"history": rows, "phase": None}))
+    assert main(["phases", str(history), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == from_store
+
+
+def test_only_the_latest_probe_set_is_used(run_dir, tmp_path):
+    stale = {"key": "step128000", "step": 128000, "layer": 2, "rankme": 1.0, "alpha": 1.0, "probe_fingerprint": "old"}
+    fresh = {**stale, "key": "step256000", "step": 256000, "probe_fingerprint": "abc"}
+    store = ResultsStore(run_dir)
+    store.append([stale])
+    store.append([fresh])
+    out = tmp_path / "g.npy"
+    with pytest.warns(UserWarning, match="different probe sets"):
+        assert main(["export", str(run_dir), "-o", str(out)]) == 0
+    assert [r["step"] for r in import_seed_npy(out)] == [*STEPS, 256000]
+
+
+@pytest.mark.parametrize("line, message", [("dtype: int8", "unknown dtype"), ("device: gpu", "--device")])
+def test_config_values_are_checked_before_loading(tmp_path, capsys, line, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: a/b\nrevisions: step0\noutput: {tmp_path / 'out'}\n{line}\n")
+    assert main(["replay", "--config", str(cfg)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was loaded or written

@@ -1,0 +1,46 @@
+"""The LightningCLI config snippets in callbacks/ add GeometryMonitor to a run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (installed by the dev extra)")
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lightning_helpers import TinyLM  # noqa: E402
+
+from geomtrace.callbacks import GeometryMonitor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["geometry.yaml", "geometry_all_layers.yaml", "geometry_paper.yaml"])
+def test_config_snippets_parse_into_a_geometry_monitor(name):
+    cli = LightningCLI(TinyLM, run=False, args=["--config", str(ROOT / "callbacks" / name), "--trainer.logger=false"])
+    monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, GeometryMonitor)]
+    assert len(monitors) == 1
+    assert monitors[0].tracker.every_n_steps > 0
+
+
+def test_cli_fit_with_geometry_config(tmp_path):
+    cli = LightningCLI(
+        TinyLM,
+        args=[
+            "fit",
+            "--config", str(ROOT / "callbacks" / "geometry.yaml"),
+            "--trainer.callbacks.init_args.every_n_steps=2",
+            "--trainer.callbacks.init_args.num_sequences=32",
+            "--trainer.max_steps=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_checkpointing=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+    )
+    monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, GeometryMonitor))
+    assert [r["step"] for r in monitor.history] == [0, 2]
+    assert monitor.history[0]["geometry/n_samples"] == 32
