@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--every-n-steps", type=int, default=100, help="GeometryMonitor default: 100")
     parser.add_argument("--probe-batch-size", type=int, default=32, help="GeometryMonitor default: 32")
     args = parser.parse_args()
-    with_monitor = ["--every-n-steps", str(args.every_n_steps), "--probe-batch-size", str(args.probe_batch_size)]
+    with_monitor = ["--every-n-steps", str(args.every_n_steps), "--probe-batch-size", str(args.probe_batch_size),
+                    "--extra-steps", ""]
     base, geo = [], []
     for _ in range(args.repeats):
         base.append(fit_seconds(["--no-geometry"], args.max_steps))

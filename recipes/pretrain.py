@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--precision", default="32-true")
     geometry = parser.add_argument_group("geometry")
     geometry.add_argument("--every-n-steps", type=int, default=25, help="measure geometry every N steps (0: off)")
+    geometry.add_argument("--extra-steps", default="1,2,4,8,16,32,64",
+                          help="further steps to measure at (log-spaced early steps resolve the warmup collapse; "
+                          "'' for none)")
     geometry.add_argument("--num-probes", type=int, default=1024, help="probe sequences (paper: 1024)")
     geometry.add_argument("--probe-batch-size", type=int, default=64)
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
@@ -194,7 +197,8 @@ def run(args: argparse.Namespace) -> dict:
     monitor = None
     if not args.no_geometry and args.every_n_steps > 0:
         layers = args.layers if args.layers in ("last", "all") else [int(v) for v in args.layers.split(",")]
-        monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=args.every_n_steps,
+        extra = [int(v) for v in args.extra_steps.split(",") if v.strip()]
+        monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=args.every_n_steps, extra_steps=extra,
                                   num_sequences=args.num_probes, batch_size=args.probe_batch_size, layers=layers)
         callbacks.append(monitor)
     logger = TensorBoardLogger(str(output), name="tensorboard", version="")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
-from geomtrace.probes import ProbeSet
+from geomtrace.probes import ProbeSet, load_probes
 
 __all__ = ["GeometryTracker", "Measurement", "ProbeOptions"]
 
@@ -62,6 +62,8 @@ class GeometryTracker:
     Args:
         every_n_steps: measure every this many optimizer steps (``0`` disables periodic
             measurements; start/end still run).
+        extra_steps: further optimizer steps to measure at, e.g. log-spaced early steps
+            (``(1, 2, 4, 8, 16, 32, 64)``) that resolve the fast warmup collapse.
         config: what and how to measure (:class:`~geomtrace.measure.MeasureConfig`).
         probes: a ready :class:`~geomtrace.probes.ProbeSet`; otherwise one is built at
             :meth:`prepare` from ``probe_options`` and the tokenizer.
@@ -80,6 +82,7 @@ class GeometryTracker:
         self,
         *,
         every_n_steps: int = 100,
+        extra_steps: Sequence[int] = (),
         config: MeasureConfig | None = None,
         probes: ProbeSet | None = None,
         probe_options: ProbeOptions | None = None,
@@ -99,6 +102,9 @@ class GeometryTracker:
                 "probes must be a geomtrace.probes.ProbeSet; to build one from texts, a file or a "
                 "dataset pass it as probe_source=... (or use geomtrace.probes.load_probes)."
             )
+        if any(not isinstance(s, int) or s < 1 for s in extra_steps):
+            raise ValueError(f"extra_steps must be positive ints, got {list(extra_steps)!r}")
+        self.extra_steps = frozenset(extra_steps)
         self.config = config or MeasureConfig()
         self.config.validate()
         self.every_n_steps = every_n_steps
@@ -113,6 +119,67 @@ class GeometryTracker:
         self.history: list[dict[str, Any]] = []
         self.phase: str | None = None
         self.num_measurements = 0
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        every_n_steps: int = 100,
+        extra_steps: Sequence[int] = (),
+        probes: ProbeSet | None = None,
+        probe_source: Any = None,
+        num_sequences: int = 1024,
+        min_tokens: int = 11,
+        max_tokens: int = 128,
+        seed: int = 0,
+        chat_template: bool = False,
+        layers: Any = "last",
+        tokens: Any = "last",
+        skip_first_token: bool = False,
+        batch_size: int = 32,
+        spectrum: Any = "covariance",
+        eps: float = MeasureConfig.eps,
+        fit_range: Sequence[int] = MeasureConfig.fit_range,
+        max_components: int | None = None,
+        measure_on_start: bool = True,
+        measure_on_end: bool = True,
+        log_spectrum_every: int = 5,
+        track_phases: bool = True,
+        strict: bool = False,
+        prefix: str = "geometry",
+    ) -> GeometryTracker:
+        """A tracker from the flat option list the callbacks expose (one place for both)."""
+        config = MeasureConfig(
+            layers=layers,
+            tokens=tokens,
+            skip_first_token=skip_first_token,
+            batch_size=batch_size,
+            spectrum=spectrum,
+            eps=eps,
+            fit_range=tuple(fit_range),
+            max_components=max_components,
+        )
+        probe_options = ProbeOptions(
+            source=probe_source,
+            num_sequences=num_sequences,
+            min_tokens=min_tokens,
+            max_tokens=max_tokens,
+            seed=seed,
+            chat_template=chat_template,
+        )
+        return cls(
+            every_n_steps=every_n_steps,
+            extra_steps=tuple(extra_steps),
+            config=config,
+            probes=probes,
+            probe_options=probe_options,
+            measure_on_start=measure_on_start,
+            measure_on_end=measure_on_end,
+            log_spectrum_every=log_spectrum_every,
+            track_phases=track_phases,
+            strict=strict,
+            prefix=prefix,
+        )
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, tokenizer: Any | None) -> ProbeSet:
@@ -141,7 +208,8 @@ class GeometryTracker:
             return self.measure_on_start and step == 0
         if event == "end":
             return self.measure_on_end
-        return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+        periodic = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+        return periodic or step in self.extra_steps
 
     # --------------------------------------------------------------- measuring
     def measure(self, model: nn.Module, step: int) -> Measurement | None:
@@ -155,6 +223,8 @@ class GeometryTracker:
                 raise
             warn(f"geomtrace: geometry measurement at step {step} failed and was skipped: {err}")
             return None
+        if self.strict:
+            _raise_on_bad_rows(result, step)
         scalars = result.scalars(self.prefix)
         record: dict[str, Any] = {"step": int(step), **scalars}
         measurement = Measurement(step=int(step), scalars=scalars, result=result)
@@ -228,3 +298,13 @@ class GeometryTracker:
             f"alpha {first.get(key_a, math.nan):.3f} -> {last.get(key_a, math.nan):.3f}"
             + (f"; phase now: {self.phase}" if self.phase else "")
         )
+
+
+def _raise_on_bad_rows(result: GeometryResult, step: int) -> None:
+    """``strict``: NaN/Inf features are an error, not just dropped rows."""
+    for index, layer in result.layers.items():
+        if layer.n_dropped or not math.isfinite(layer.rankme):
+            raise FloatingPointError(
+                f"geomtrace (strict=True): layer {index} at step {step} had {layer.n_dropped} feature "
+                f"row(s) with NaN/Inf (RankMe {layer.rankme})."
+            )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from torch import nn
 
@@ -10,9 +10,8 @@ from geomtrace._optional import require
 from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection, find_causal_lm
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
-from geomtrace.measure import MeasureConfig
 from geomtrace.probes import ProbeSet
-from geomtrace.tracking import GeometryTracker, Measurement, ProbeOptions
+from geomtrace.tracking import GeometryTracker, Measurement
 
 _lightning = require("lightning", "the GeometryMonitor callback")
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -41,6 +40,8 @@ class GeometryMonitor(Callback):
         tokenizer: tokenizer for the probes. Default: ``pl_module.tokenizer`` or
             ``trainer.datamodule.tokenizer``.
         every_n_steps: measure every this many optimizer steps (0: only start and end).
+        extra_steps: further steps to measure at, e.g. log-spaced early steps
+            ``(1, 2, 4, 8, 16, 32, 64)`` to resolve the fast warmup collapse.
         probes: a ready :class:`~geomtrace.probes.ProbeSet` (overrides the probe options).
         probe_source: texts, a ``.txt``/``.jsonl`` path, a ``datasets.Dataset`` or a hub
             dataset name (default: the embedded corpus).
@@ -70,6 +71,7 @@ class GeometryMonitor(Callback):
         tokenizer: Any | None = None,
         every_n_steps: int = 100,
         *,
+        extra_steps: Sequence[int] = (),
         probes: ProbeSet | None = None,
         probe_source: Any = None,
         num_sequences: int = 1024,
@@ -95,28 +97,24 @@ class GeometryMonitor(Callback):
     ) -> None:
         super().__init__()
         try:
-            config = MeasureConfig(
+            self.tracker = GeometryTracker.from_options(
+                every_n_steps=every_n_steps,
+                extra_steps=extra_steps,
+                probes=probes,
+                probe_source=probe_source,
+                num_sequences=num_sequences,
+                min_tokens=min_tokens,
+                max_tokens=max_tokens,
+                seed=seed,
+                chat_template=chat_template,
                 layers=layers,
                 tokens=tokens,
                 skip_first_token=skip_first_token,
                 batch_size=batch_size,
                 spectrum=spectrum,
                 eps=eps,
-                fit_range=tuple(fit_range),
+                fit_range=fit_range,
                 max_components=max_components,
-            )
-            self.tracker = GeometryTracker(
-                every_n_steps=every_n_steps,
-                config=config,
-                probes=probes,
-                probe_options=ProbeOptions(
-                    source=probe_source,
-                    num_sequences=num_sequences,
-                    min_tokens=min_tokens,
-                    max_tokens=max_tokens,
-                    seed=seed,
-                    chat_template=chat_template,
-                ),
                 measure_on_start=measure_on_start,
                 measure_on_end=measure_on_end,
                 log_spectrum_every=log_spectrum_every,

@@ -1,0 +1,435 @@
+"""GeometryCallback: live RankMe / alpha-ReQ for ``transformers.Trainer`` and every TRL trainer.
+
+TRL's ``SFTTrainer``, ``DPOTrainer``, ``GRPOTrainer``, ``RewardTrainer`` ... are ``Trainer``
+subclasses, so one ``TrainerCallback`` serves all of them.
+
+How the values are logged (one design, see docs/transformers.md):
+
+* transformers gives callbacks no trainer handle, and user callbacks run *after* the
+  ``report_to`` callbacks, so adding keys to ``logs`` in ``on_log`` never reaches them.
+  The callback therefore finds the ``Trainer`` that runs it (once, on ``on_train_begin``,
+  by looking up the call stack; or explicitly with :meth:`GeometryCallback.bind`) and logs
+  through the base ``transformers.Trainer.log``: every ``report_to`` integration, the
+  console and ``state.log_history`` receive the values at ``state.global_step``.
+  The *base* method is called on purpose: TRL's ``log`` overrides average and then clear
+  their own accumulated metrics on every call, so calling them from here would change
+  the user's loss/reward curves.
+* TensorBoard is the exception: ``TensorBoardCallback`` prefixes every key with
+  ``train/``. The callback writes its scalars to that callback's own ``SummaryWriter``
+  with the exact tags (``geometry/rankme`` ...), the same tags the Lightning monitor and
+  ``geomtrace replay`` use, so runs overlay; the TensorBoard callback is left out of the
+  ``Trainer.log`` dispatch to avoid a ``train/geometry/...`` duplicate. Figures
+  (eigenspectrum with its power-law fit) and phase text go to the same writer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from torch import nn
+
+from geomtrace._optional import require
+from geomtrace._warnings import warn
+from geomtrace.features import LayerSelection, TokenSelection
+from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
+from geomtrace.probes import ProbeSet
+from geomtrace.tracking import GeometryTracker, Measurement
+
+require("transformers", "the GeometryCallback")
+from transformers import Trainer, TrainerCallback  # noqa: E402
+from transformers.trainer_callback import ExportableState  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+__all__ = ["GeometryCallback"]
+
+logger = hf_logging.get_logger(__name__)
+
+# Options that state() saves as "args" (JSON). transformers rebuilds the callback from them
+# when it restores a checkpoint; tokenizer / probes / non-JSON probe sources cannot be saved.
+_SAVED_OPTIONS = (
+    "every_n_steps", "extra_steps", "probe_source", "num_sequences", "min_tokens", "max_tokens", "seed", "chat_template",
+    "layers", "tokens", "skip_first_token", "batch_size", "spectrum", "eps", "fit_range", "max_components",
+    "measure_on_start", "measure_on_end", "log_spectrum_every", "track_phases", "strict", "prefix",
+)
+
+
+class GeometryCallback(TrainerCallback, ExportableState):
+    r"""Track RankMe and alpha-ReQ of the model a ``transformers.Trainer`` (or TRL trainer) trains.
+
+    Measures at the start of training (step 0), every ``every_n_steps`` optimizer steps and
+    at the end, on a fixed probe set (by default 1024 paragraphs of the embedded corpus,
+    tokenized once with the trainer's ``processing_class``). Every rank measures its shard of
+    the probes; the moments are summed over ranks; only the main process writes.
+
+    Logged keys (last layer; other tracked layers as ``geometry/layer{L}/...``):
+    ``geometry/rankme``, ``geometry/alpha``, ``geometry/alpha_r2``, ``geometry/n_samples``,
+    and with ``track_phases`` ``geometry/phase`` (0 stable, 1 warmup, 2 entropy-seeking,
+    3 compression-seeking) and ``geometry/phase_transition``. TensorBoard also gets
+    ``geometry/eigenspectrum`` figures and ``geometry/phase`` text.
+
+    Args:
+        every_n_steps: measure every this many optimizer steps (0: only start and end).
+        extra_steps: further steps to measure at, e.g. log-spaced early steps
+            ``(1, 2, 4, 8, 16, 32, 64)`` that resolve the fast warmup collapse.
+        probes: a ready :class:`~geomtrace.probes.ProbeSet` (overrides the probe options).
+        probe_source: texts, a ``.txt``/``.jsonl`` path, a ``datasets.Dataset`` or a hub
+            dataset name (default: the embedded corpus).
+        num_sequences, min_tokens, max_tokens, seed, chat_template: probe set options;
+            ``chat_template=True`` wraps each probe as a user turn (for post-training).
+        layers: ``"last"`` (default), ``"all"``, an index or a list of indices.
+        tokens: ``"last"`` (default), ``"mean"`` or ``"all"``.
+        skip_first_token: leave out the first real token (``tokens="all"``/``"mean"``).
+        batch_size: probe sequences per forward.
+        spectrum, eps, fit_range, max_components: metric conventions (see docs/concepts.md).
+        measure_on_start, measure_on_end: measure at step 0 / when training ends.
+        log_spectrum_every: eigenspectrum figure every this many measurements (0: never).
+        track_phases: log the current geometric phase.
+        strict: raise measurement errors (and NaN/Inf features) instead of warning.
+        prefix: prefix of the logged keys.
+        tokenizer: tokenizer for the probes; default: the trainer's ``processing_class``
+            (its ``.tokenizer`` for multimodal processors).
+
+    Example::
+
+        trainer = SFTTrainer(model=model, args=SFTConfig(..., report_to="tensorboard"),
+                             train_dataset=ds, callbacks=[GeometryCallback(every_n_steps=100)])
+        trainer.train()
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        *,
+        extra_steps: Sequence[int] = (),
+        probes: ProbeSet | None = None,
+        probe_source: Any = None,
+        num_sequences: int = 1024,
+        min_tokens: int = 11,
+        max_tokens: int = 128,
+        seed: int = 0,
+        chat_template: bool = False,
+        layers: LayerSelection = "last",
+        tokens: TokenSelection = "last",
+        skip_first_token: bool = False,
+        batch_size: int = 32,
+        spectrum: Literal["covariance", "singular"] = "covariance",
+        eps: float = DEFAULT_EPS,
+        fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
+        max_components: int | None = None,
+        measure_on_start: bool = True,
+        measure_on_end: bool = True,
+        log_spectrum_every: int = 5,
+        track_phases: bool = True,
+        strict: bool = False,
+        prefix: str = "geometry",
+        tokenizer: Any = None,
+    ) -> None:
+        options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
+        try:
+            self.tracker = GeometryTracker.from_options(
+                every_n_steps=every_n_steps,
+                extra_steps=extra_steps,
+                probes=probes,
+                probe_source=probe_source,
+                num_sequences=num_sequences,
+                min_tokens=min_tokens,
+                max_tokens=max_tokens,
+                seed=seed,
+                chat_template=chat_template,
+                layers=layers,
+                tokens=tokens,
+                skip_first_token=skip_first_token,
+                batch_size=batch_size,
+                spectrum=spectrum,
+                eps=eps,
+                fit_range=fit_range,
+                max_components=max_components,
+                measure_on_start=measure_on_start,
+                measure_on_end=measure_on_end,
+                log_spectrum_every=log_spectrum_every,
+                track_phases=track_phases,
+                strict=strict,
+                prefix=prefix,
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"GeometryCallback: {err}") from err
+        self._options = {name: _jsonable(value) for name, value in options.items()}
+        self.tokenizer = tokenizer
+        self._trainer: Trainer | None = None
+        self._joined_replaced = False
+        self._probe_fingerprint: str | None = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ public API
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every measurement so far: ``{"step": ..., "geometry/rankme": ..., ...}``."""
+        return self.tracker.history
+
+    @history.setter
+    def history(self, value: list[dict[str, Any]]) -> None:
+        self._join_replaced()
+        self.tracker.history = [dict(record) for record in value]
+
+    def bind(self, trainer: Trainer) -> GeometryCallback:
+        """Log through ``trainer`` (normally found automatically on ``on_train_begin``)."""
+        if not isinstance(trainer, Trainer):
+            raise TypeError(f"bind() needs a transformers.Trainer, got {type(trainer).__name__}")
+        self._trainer = trainer
+        return self
+
+    def summary(self) -> str:
+        """A short text summary of the RankMe / alpha trajectory so far."""
+        return self.tracker.summary()
+
+    # ---------------------------------------------------------- resumption
+    def state(self) -> dict[str, Any]:
+        """What ``Trainer`` saves in ``trainer_state.json`` at each checkpoint (ExportableState)."""
+        tracker_state = self.tracker.state_dict()
+        return {
+            "args": {name: value for name, value in self._options.items() if value is not _UNSAVED},
+            "attributes": {
+                "history": tracker_state["history"],
+                "phase": tracker_state["phase"],
+                "num_measurements": tracker_state["num_measurements"],
+                "probe_fingerprint": self._probe_fingerprint,
+            },
+        }
+
+    # transformers restores a callback with setattr(new_instance, name, value) for each saved
+    # attribute; these properties route the values into the tracker.
+    @property
+    def phase(self) -> str | None:
+        """The current geometric phase (None until enough measurements)."""
+        return self.tracker.phase
+
+    @phase.setter
+    def phase(self, value: str | None) -> None:
+        self._join_replaced()
+        self.tracker.phase = value
+
+    @property
+    def num_measurements(self) -> int:
+        return self.tracker.num_measurements
+
+    @num_measurements.setter
+    def num_measurements(self, value: int) -> None:
+        self._join_replaced()
+        self.tracker.num_measurements = int(value)
+
+    @property
+    def probe_fingerprint(self) -> str | None:
+        """Fingerprint of the probe set in use (checked against the checkpoint's on resume)."""
+        return self._probe_fingerprint
+
+    @probe_fingerprint.setter
+    def probe_fingerprint(self, value: str | None) -> None:
+        self._join_replaced()
+        self._restored_fingerprint = value
+
+    def _join_replaced(self) -> None:
+        """Take over the configuration of the callback instance this one replaces on resume.
+
+        transformers restores callback state by building a *new* instance from
+        ``state()["args"]`` and removing the instance the user passed. The new one would lose
+        what JSON cannot hold (tokenizer, a ProbeSet, a Dataset probe source), and the user's
+        ``callback.history`` would go stale. While that restore runs, the replaced instance is
+        still in the trainer's callback list: share its tracker and options instead, so both
+        objects see one history and the user's options win over the saved ones.
+        """
+        if self._joined_replaced:
+            return
+        self._joined_replaced = True
+        trainer = _trainer_in_stack(lambda t: not _holds(t, self))
+        if trainer is None:
+            return
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, type(self)) and callback is not self:
+                self.__dict__.update(callback.__dict__)
+                self._joined_replaced = True
+                return
+
+    # --------------------------------------------------------------- hooks
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._trainer is None or not _holds(self._trainer, self):
+            self._trainer = _trainer_in_stack(lambda t: _holds(t, self))
+            if self._trainer is None:
+                self._warn_once(
+                    "no-trainer",
+                    "GeometryCallback could not find the Trainer that runs it, so geometry is kept in "
+                    "`callback.history` only. Call `callback.bind(trainer)` before `trainer.train()`.",
+                )
+        tokenizer = self.tokenizer if self.tokenizer is not None else _text_tokenizer(kwargs.get("processing_class"))
+        try:
+            probes = self.tracker.prepare(tokenizer)
+        except (TypeError, ValueError, OSError, RuntimeError) as err:
+            raise ValueError(
+                f"GeometryCallback could not build its probe set: {err} Pass the model's tokenizer to the "
+                "trainer (processing_class=...) or GeometryCallback(tokenizer=...)."
+            ) from err
+        self._probe_fingerprint = probes.fingerprint()
+        restored = getattr(self, "_restored_fingerprint", None)
+        if restored is not None and restored != self._probe_fingerprint:
+            warn(
+                "GeometryCallback: the probe set differs from the one of the checkpoint being resumed "
+                f"({self._probe_fingerprint} vs {restored}); values before and after the resume are not comparable."
+            )
+        self._maybe_measure(args, state, kwargs.get("model"), "start")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Measure the final step here rather than in on_train_end: TensorBoardCallback closes
+        # its writer in its own on_train_end, which runs before ours.
+        final = state.max_steps > 0 and state.global_step >= state.max_steps
+        self._maybe_measure(args, state, kwargs.get("model"), "end" if final else "step")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._maybe_measure(args, state, kwargs.get("model"), "end")
+        if state.is_world_process_zero and self.tracker.history:
+            logger.info(f"[geomtrace] {self.tracker.summary()}")
+
+    # ----------------------------------------------------------- measuring
+    def _maybe_measure(self, args: Any, state: Any, model: nn.Module | None, event: str) -> None:
+        # Every rank reaches the same decision from the same global_step, so all ranks enter
+        # the measurement's collectives together.
+        step = int(state.global_step)
+        due = self.tracker.due(step, event) or (event == "end" and self.tracker.due(step, "step"))
+        if model is None or self.tracker.probes is None or not due:
+            return
+        autocast = self._trainer.accelerator.autocast() if self._trainer is not None else nullcontext()
+        with autocast:
+            measurement = self.tracker.measure(model, step)
+        if measurement is None:
+            return
+        self._publish(args, state, measurement)
+
+    # ------------------------------------------------------------- logging
+    def _publish(self, args: Any, state: Any, measurement: Measurement) -> None:
+        try:
+            if state.is_world_process_zero:
+                self._write_tensorboard(args, measurement)
+            if self._trainer is not None:
+                self._log_through_trainer(measurement)
+        except Exception as err:  # a logger problem must not stop training
+            if self.tracker.strict:
+                raise
+            self._warn_once("publish", f"GeometryCallback: logging geometry failed: {err}")
+
+    def _log_through_trainer(self, measurement: Measurement) -> None:
+        trainer = self._trainer
+        handler, control = trainer.callback_handler, trainer.control
+        callbacks, should_log = handler.callbacks, control.should_log
+        # TensorBoard already has these values with exact tags (see _write_tensorboard).
+        handler.callbacks = [cb for cb in callbacks if not _is_tensorboard(cb)]
+        try:
+            # The base method on purpose: TRL's overrides flush their own metrics on each call.
+            Trainer.log(trainer, dict(measurement.scalars))
+        finally:
+            handler.callbacks = callbacks
+            # CallbackHandler.on_log clears should_log; left cleared, the trainer would skip
+            # its own loss logging at every step we measure.
+            control.should_log = should_log
+
+    def _write_tensorboard(self, args: Any, measurement: Measurement) -> None:
+        board = next((cb for cb in self._trainer.callback_handler.callbacks if _is_tensorboard(cb)), None) \
+            if self._trainer is not None else None
+        if board is None:
+            return
+        writer, own = board.tb_writer, False
+        if writer is None and getattr(board, "logging_dir", None):
+            # After TensorBoardCallback.on_train_end closed its writer: a short-lived one, same dir.
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer, own = SummaryWriter(log_dir=board.logging_dir), True
+        if writer is None:
+            return
+        try:
+            step = measurement.step
+            for tag, value in measurement.scalars.items():
+                writer.add_scalar(tag, value, step)
+            for tag, text in measurement.text.items():
+                writer.add_text(tag, text, step)
+            if measurement.log_spectrum:
+                self._add_figures(writer, measurement)
+            writer.flush()
+        finally:
+            if own:
+                writer.close()
+
+    def _add_figures(self, writer: Any, measurement: Measurement) -> None:
+        try:
+            from geomtrace.plots import eigenspectrum_figure
+        except ImportError as err:  # plots need matplotlib; scalars do not
+            self._warn_once("figures", f"GeometryCallback: eigenspectrum figures skipped ({err}).")
+            return
+        result, prefix = measurement.result, self.tracker.prefix
+        label = f"step {measurement.step}"
+        for index, layer in result.layers.items():
+            last = index == result.num_layers
+            if layer.eigenvalues.size == 0:
+                continue
+            figure = eigenspectrum_figure(
+                {label: layer.eigenvalues},
+                {label: (layer.fit_ranks, layer.fit_values)},
+                title=f"{'last layer' if last else f'layer {index}'}: RankMe {layer.rankme:.1f}, alpha {layer.alpha:.3f}",
+            )
+            tag = f"{prefix}/eigenspectrum" + ("" if last else f"/layer{index}")
+            writer.add_figure(tag, figure, global_step=measurement.step, close=True)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warn(message)
+
+
+# --------------------------------------------------------------------------- helpers
+_UNSAVED = object()
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON-ready data, or ``_UNSAVED`` when JSON cannot hold it."""
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return _UNSAVED
+    return value
+
+
+def _holds(trainer: Trainer, callback: TrainerCallback) -> bool:
+    return any(cb is callback for cb in trainer.callback_handler.callbacks)
+
+
+def _trainer_in_stack(accept: Callable[[Trainer], bool]) -> Trainer | None:
+    """The innermost ``Trainer`` bound as ``self`` in a calling frame that ``accept`` approves."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Trainer) and accept(candidate):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame  # break the frame reference cycle
+    return None
+
+
+def _text_tokenizer(processing_class: Any) -> Any:
+    """The text tokenizer of a processing class (multimodal processors hold one as ``.tokenizer``)."""
+    from transformers import PreTrainedTokenizerBase
+
+    if isinstance(processing_class, PreTrainedTokenizerBase):
+        return processing_class
+    return getattr(processing_class, "tokenizer", None) or processing_class
+
+
+def _is_tensorboard(callback: Any) -> bool:
+    from transformers.integrations import TensorBoardCallback
+
+    return isinstance(callback, TensorBoardCallback)
+
+

@@ -1,0 +1,299 @@
+"""GeometryCallback on transformers.Trainer and the TRL trainers (tiny CPU models, offline)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("trl")
+pytest.importorskip("tensorboard")
+
+from datasets import Dataset  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
+
+from geomtrace._warnings import GeometryWarning  # noqa: E402
+from geomtrace.callbacks.transformers import GeometryCallback  # noqa: E402
+from geomtrace.measure import MeasureConfig, measure_geometry  # noqa: E402
+from geomtrace.probes import load_probes  # noqa: E402
+from geomtrace.tiny import build_tiny_model, embedded_corpus, tiny_pythia_config, train_bpe_tokenizer  # noqa: E402
+
+WORKER = Path(__file__).parent / "workers" / "hf_ddp.py"
+KEYS = ("geometry/rankme", "geometry/alpha", "geometry/n_samples")
+N_PROBES = 96  # > hidden size 64, so the covariance has full rank and the alpha fit no round-off tail
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe_tokenizer()
+
+
+@pytest.fixture
+def tb_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(path))
+    return path
+
+
+def lm(tok):
+    return build_tiny_model("gpt_neox", hidden_size=64, tokenizer=tok)
+
+
+def lm_dataset(tok) -> Dataset:
+    texts = embedded_corpus()[:48]
+    return Dataset.from_dict(dict(tok(texts, truncation=True, max_length=48)))
+
+
+def hf_args(tmp_path, **overrides) -> dict:
+    args = dict(
+        output_dir=str(tmp_path / "out"), max_steps=5, per_device_train_batch_size=4, report_to=["tensorboard"],
+        logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    args.update(overrides)
+    return args
+
+
+def hf_trainer(tok, tmp_path, callback, processing_class="tok", **overrides) -> Trainer:
+    return Trainer(
+        model=lm(tok),
+        args=TrainingArguments(**hf_args(tmp_path, **overrides)),
+        train_dataset=lm_dataset(tok),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        processing_class=tok if processing_class == "tok" else processing_class,
+        callbacks=[callback],
+    )
+
+
+def arithmetic(n: int = 32) -> list[tuple[str, str]]:
+    return [(f"What is {a}+{b}?", str(a + b)) for a in range(8) for b in range(8)][:n]
+
+
+def preference_dataset() -> Dataset:
+    return Dataset.from_list([
+        {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+         "rejected": [{"role": "assistant", "content": str(int(a) + 1)}]}
+        for q, a in arithmetic()
+    ])
+
+
+def scalars(tb_dir: Path) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {event.step: event.value for event in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def assert_logged(tb_dir: Path, callback: GeometryCallback, steps: list[int]) -> dict:
+    assert [record["step"] for record in callback.history] == steps
+    board = scalars(tb_dir)
+    for key in KEYS:
+        assert sorted(board[key]) == steps, key
+        for record in callback.history:
+            assert board[key][record["step"]] == pytest.approx(record[key], rel=1e-6)
+    assert all(value == N_PROBES for value in board["geometry/n_samples"].values())
+    assert not any(tag.startswith("train/geometry") for tag in board), "geometry must not be duplicated under train/"
+    return board
+
+
+# ------------------------------------------------------------------ trainers
+def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir):
+    callback = GeometryCallback(every_n_steps=2, extra_steps=(1,), num_sequences=N_PROBES)
+    trainer = hf_trainer(tok, tmp_path, callback)
+    trainer.train()
+    board = assert_logged(tb_dir, callback, [0, 1, 2, 4, 5])
+    # Logging through the trainer must not swallow its own loss logs at measured steps.
+    assert sorted(board["train/loss"]) == [1, 2, 3, 4, 5]
+    logged = [entry for entry in trainer.state.log_history if "geometry/rankme" in entry]
+    assert [entry["step"] for entry in logged] == [0, 1, 2, 4, 5]
+    assert trainer.model.training  # train mode restored after the last measurement
+    pytest.importorskip("matplotlib")
+    acc = EventAccumulator(str(tb_dir), size_guidance={"images": 0})
+    acc.Reload()
+    assert [event.step for event in acc.Images("geometry/eigenspectrum")] == [0]  # log_spectrum_every=5
+
+
+def test_sft_trainer(tok, tmp_path, tb_dir):
+    from trl import SFTConfig, SFTTrainer
+
+    data = Dataset.from_list([
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
+    ])
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
+    trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+                         train_dataset=data, processing_class=tok, callbacks=[callback])
+    trainer.train()
+    board = assert_logged(tb_dir, callback, [0, 2, 4])
+    # TRL's own metrics keep their per-step logging (we call the base Trainer.log, not SFTTrainer.log).
+    assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
+
+
+def test_dpo_trainer(tok, tmp_path, tb_dir):
+    from trl import DPOConfig, DPOTrainer
+
+    model = lm(tok)
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+                         train_dataset=preference_dataset(), processing_class=tok, callbacks=[callback])
+    trainer.train()
+    board = assert_logged(tb_dir, callback, [0, 2, 4])
+    assert sorted(board["train/rewards/accuracies"]) == [1, 2, 3, 4]
+
+
+def test_grpo_trainer(tok, tmp_path, tb_dir):
+    from trl import GRPOConfig, GRPOTrainer
+
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in arithmetic(16)])
+
+    def exact_answer(completions, answer, **_):
+        return [1.0 if a in c[0]["content"] else 0.0 for c, a in zip(completions, answer)]
+
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
+    config = GRPOConfig(num_generations=2, max_completion_length=4, **hf_args(tmp_path, max_steps=3))
+    trainer = GRPOTrainer(model=lm(tok), reward_funcs=exact_answer, args=config, train_dataset=data,
+                          processing_class=tok, callbacks=[callback])
+    trainer.train()
+    assert_logged(tb_dir, callback, [0, 2, 3])
+
+
+def test_reward_trainer_sequence_classifier(tok, tmp_path, tb_dir):
+    from transformers import GPTNeoXForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    config = tiny_pythia_config(len(tok), num_labels=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = GPTNeoXForSequenceClassification(config)
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
+    trainer = RewardTrainer(model=model, args=RewardConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+                            train_dataset=preference_dataset(), processing_class=tok, callbacks=[callback])
+    trainer.train()
+    assert_logged(tb_dir, callback, [0, 2, 4])
+
+
+# ------------------------------------------------------------------- resume
+def test_resume_keeps_history(tok, tmp_path, tb_dir):
+    first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
+    hf_trainer(tok, tmp_path, first, max_steps=6, save_strategy="steps", save_steps=4).train()
+    assert [r["step"] for r in first.history] == [0, 2, 4, 6]
+    saved = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [r["step"] for r in saved["stateful_callbacks"]["GeometryCallback"]["attributes"]["history"]] == [0, 2, 4]
+
+    # A fresh callback, as in a new process; transformers replaces it by an instance built from
+    # the checkpoint; the user's object must still see the whole history.
+    second = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
+    trainer = hf_trainer(tok, tmp_path, second, max_steps=6, restore_callback_states_from_checkpoint=True)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    running = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GeometryCallback)]
+    assert len(running) == 1 and running[0].history is second.history
+    assert [r["step"] for r in second.history] == [0, 2, 4, 6]
+    for before, after in zip(first.history[:3], second.history[:3]):
+        assert after["geometry/rankme"] == pytest.approx(before["geometry/rankme"], rel=1e-12)
+    # Step 6 is re-measured, not compared: transformers 5.23 does not restore GPT-NeoX's lm_head
+    # from a Trainer checkpoint (saved as embed_out.weight), so the resumed run trains differently.
+    assert second.history[3]["geometry/n_samples"] == N_PROBES
+    assert sorted(scalars(tb_dir)["geometry/rankme"]) == [0, 2, 4, 6]
+
+
+def test_state_round_trip_without_trainer():
+    callback = GeometryCallback(every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2])
+    callback.tracker.history.append({"step": 3, "geometry/rankme": 4.0})
+    state = json.loads(json.dumps(callback.state()))
+    restored = GeometryCallback.from_state(state)
+    assert restored.history == callback.history and restored.tracker.every_n_steps == 3
+    assert tuple(restored.tracker.extra_steps) == (1, 2)
+    assert restored.tracker.config.fit_range == (5, 50) and restored.tracker.config.layers == (1, 2)
+
+
+# ------------------------------------------------------------------ failures
+def _sabotage_probe_forwards(model, mode: str):
+    """Break only eval-mode (probe) forwards: training is untouched."""
+
+    def hook(module, _args, output):
+        if module.training:
+            return None
+        if mode == "raise":
+            raise RuntimeError("boom")
+        output = output.clone()
+        output[0] = float("nan")  # one probe row per batch
+        return output
+
+    return model.gpt_neox.final_layer_norm.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("mode", ["nan", "raise"])
+def test_bad_measurements_do_not_stop_training(tok, tmp_path, tb_dir, mode):
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, batch_size=32)
+    trainer = hf_trainer(tok, tmp_path, callback, max_steps=2)
+    _sabotage_probe_forwards(trainer.model, mode)
+    with pytest.warns(GeometryWarning):
+        trainer.train()
+    assert trainer.state.global_step == 2
+    if mode == "nan":  # the NaN rows (one per probe batch) are dropped and counted
+        assert [r["geometry/n_samples"] for r in callback.history] == [N_PROBES - 3] * 2
+    else:
+        assert callback.history == []
+
+
+@pytest.mark.parametrize("mode", ["nan", "raise"])
+def test_strict_raises(tok, tmp_path, tb_dir, mode):
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, strict=True)
+    trainer = hf_trainer(tok, tmp_path, callback, max_steps=2)
+    _sabotage_probe_forwards(trainer.model, mode)
+    with pytest.raises((FloatingPointError, RuntimeError)):
+        trainer.train()
+
+
+def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
+    with pytest.raises(ValueError, match="batch_size"):
+        GeometryCallback(batch_size=0)
+    with pytest.raises(ValueError, match="tokens"):
+        GeometryCallback(tokens="first")
+    trainer = hf_trainer(tok, tmp_path, GeometryCallback(num_sequences=N_PROBES), processing_class=None, max_steps=1)
+    with pytest.raises(ValueError, match="tokenizer"):
+        trainer.train()
+
+
+# -------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_ddp_matches_single_process(tok, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb"), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         str(WORKER), str(tmp_path)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [json.loads((tmp_path / f"history.rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1]  # the moments are summed over ranks: every rank has the same values
+    assert [r["step"] for r in ranks[0]] == [0, 2]
+
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from hf_ddp import MEASURE, model_for
+    finally:
+        sys.path.pop(0)
+    probes = load_probes(tok, num_sequences=N_PROBES)
+    reference = measure_geometry(model_for(tok), probes, MeasureConfig(**MEASURE), distributed=False)
+    expected = reference.scalars()
+    step0 = ranks[0][0]
+    for key in ("geometry/rankme", "geometry/alpha", "geometry/alpha_r2"):
+        assert step0[key] == pytest.approx(expected[key], rel=1e-6), key
+    assert step0["geometry/n_samples"] == N_PROBES
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 writes, rank 1 does not
+    board = scalars(tmp_path / "tb")
+    assert sorted(board["geometry/rankme"]) == [0, 2]
