@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from types import SimpleNamespace
 
@@ -229,6 +230,7 @@ def test_all_nan_alpha_is_ignored_with_warning():
         (([0, 1, 2, 3, 4], [1.0] * 5), {"min_segment_length": 1}, "min_segment_length"),
         (([0, 1, 2, 3, 4], [1.0] * 5), {"noise_floor": 0.0}, "noise_floor"),
         (([0, 1, 2, 3, 4], [1.0] * 5), {"min_points": 2}, "min_points"),
+        (([0, 1, 2, 3, 4], [1.0] * 5), {"flat_rankme_change": -0.1}, "flat_rankme_change"),
     ],
 )
 def test_validation_errors(args, kwargs, match):
@@ -368,3 +370,100 @@ def test_smooth_noiseless_curve_flags_no_outliers():
     assert [s.name for s in segs] == THREE
     assert abs(segs[0].end_index - np.argmin(y[:20])) <= 1  # bottom of the collapse
     assert abs(segs[1].end_index - np.argmax(y[11:]) - 11) <= 1  # top of the bump
+
+
+# ----------------------------------------------------------------------------- real trajectory
+
+# RankMe / alpha-ReQ measured live on the pretraining demo: a short plateau, a sharp
+# collapse to step 16, then a long expansion (entropy-seeking) to step 400.
+REAL_STEPS = [0, 1, 2, 4, 8, 16, 25, 32, 50, 64, 75, 100, 125, 150, 175, 200, 225, 250, 275, 300, 325, 350, 375, 400]
+REAL_RANKME = [22.6, 22.4, 22.0, 20.5, 12.3, 2.0, 3.0, 3.3, 7.3, 9.7, 10.3, 10.4, 12.5, 14.9, 16.4, 19.5, 21.4, 23.1,
+               25.6, 27.2, 27.3, 28.8, 29.3, 30.0]  # fmt: skip
+REAL_ALPHA = [1.925, 1.925, 1.925, 1.923, 1.876, 1.864, 2.202, 2.435, 2.966, 3.102, 3.141, 3.086, 2.94, 2.794, 2.661,
+              2.583, 2.465, 2.388, 2.326, 2.259, 2.22, 2.186, 2.163, 2.141]  # fmt: skip
+
+
+def test_real_trajectory_full():
+    segs = detect_phases(REAL_STEPS, REAL_RANKME, REAL_ALPHA)
+    assert [s.name for s in segs] == ["warmup", "entropy-seeking"]
+    assert segs[0].end_step in (16, 25)  # the bottom (16), within one measurement
+    assert segs[0].rankme_change < 0 < segs[1].rankme_change
+
+
+def _raw_rel_change(seg: PhaseSegment) -> float:
+    return REAL_RANKME[seg.end_index] / REAL_RANKME[seg.start_index] - 1.0
+
+
+@pytest.mark.parametrize("n", range(9, len(REAL_STEPS) + 1))
+def test_real_trajectory_prefixes(n):
+    # What the live tracker sees: current_phase on a growing prefix.
+    segs = detect_phases(REAL_STEPS[:n], REAL_RANKME[:n], REAL_ALPHA[:n])
+    assert current_phase(REAL_STEPS[:n], REAL_RANKME[:n], REAL_ALPHA[:n]) == segs[-1]
+    for k, seg in enumerate(segs):
+        for rel in (math.expm1(seg.rankme_change), _raw_rel_change(seg)):
+            if abs(rel) > 0.5:
+                assert seg.name != "stable", segs
+            if abs(rel) > 0.25 and seg is segs[-1]:
+                expected = "entropy-seeking" if rel > 0 else ("warmup" if k == 0 else "compression-seeking")
+                assert seg.name == expected, segs
+    # Already at 9 points the V is two segments, not one warmup (or stable) segment.
+    assert [s.name for s in segs] == ["warmup", "entropy-seeking"], segs
+    assert segs[0].end_step in (16, 25), segs
+
+
+# ----------------------------------------------------------------------------- RankMe rules over alpha
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_alpha_never_names_a_segment_against_rankme(seed):
+    # Very noisy RankMe rising 20% (not significant), alpha rising cleanly (compression):
+    # alpha alone may not call this compression-seeking.
+    rng = np.random.default_rng(seed)
+    n = 30
+    steps = np.arange(n) * 100
+    y = np.linspace(np.log(40.0), np.log(48.0), n) + rng.normal(0, 0.15, n)
+    alpha = np.linspace(0.8, 1.1, n) + rng.normal(0, 0.005, n)
+    for segs in (detect_phases(steps, np.exp(y), alpha, allow_warmup=False),
+                 detect_phases(steps, np.exp(y), alpha, allow_warmup=False, outlier_threshold=None)):  # fmt: skip
+        for seg in segs:
+            rel = math.expm1(seg.rankme_change)
+            if rel >= 0.10:
+                assert seg.name in ("entropy-seeking", "stable"), segs
+            if rel <= -0.10:
+                assert seg.name != "entropy-seeking", segs
+    # With a small RankMe change alpha still decides (test_alpha_alone_moves_... above);
+    # a wider flat_rankme_change lets it decide here too.
+    segs = detect_phases(steps, np.exp(y), alpha, allow_warmup=False, flat_rankme_change=1.0)
+    assert "compression-seeking" in [s.name for s in segs]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_large_rankme_move_is_never_stable_or_against_rankme(seed):
+    # Huge measurement noise (sigma 0.25 in log RankMe) hides a doubling from the
+    # t-statistics; a factor >= 1.5 still names the segment by RankMe's direction.
+    rng = np.random.default_rng(seed)
+    n = 12
+    steps = np.arange(n) * 100
+    y = np.linspace(np.log(20.0), np.log(60.0), n) + rng.normal(0, 0.25, n)
+    alpha = np.linspace(0.8, 1.1, n) + rng.normal(0, 0.005, n)  # alpha up: "compression"
+    segs = detect_phases(steps, np.exp(y), alpha, allow_warmup=False)
+    for seg in segs:
+        rel = math.expm1(seg.rankme_change)
+        if rel >= 0.5:
+            assert seg.name == "entropy-seeking", segs
+        if abs(rel) > 0.5:
+            assert seg.name != "stable", segs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n_after", [3, 4, 6, 10])
+def test_sharp_v_on_few_points_is_split(seed, n_after):
+    # A collapse and recovery sampled on few points: the local fits straddle the turn
+    # and the noise estimate is inflated, but the V is still two phases.
+    rng = np.random.default_rng(seed)
+    steps = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048][: 6 + n_after])
+    x = log_step(steps)
+    y = np.interp(x, [x[0], x[5], x[-1]], [np.log(30.0), np.log(3.0), np.log(12.0 + n_after)])
+    segs = detect_phases(steps, np.exp(y + rng.normal(0, 0.02, len(steps))))
+    assert [s.name for s in segs] == ["warmup", "entropy-seeking"], segs
+    assert abs(segs[0].end_index - 5) <= 1

@@ -23,7 +23,7 @@ def run_recipe(argv: list[str]) -> dict:
 def test_pretrain_recipe_small_run(tmp_path):
     out = tmp_path / "pretrain"
     summary = run_recipe([
-        "--max-steps", "4", "--every-n-steps", "2", "--num-probes", "32", "--hidden-size", "64",
+        "--max-steps", "4", "--every-n-steps", "2", "--extra-steps", "", "--num-probes", "32", "--hidden-size", "64",
         "--num-layers", "2", "--vocab-size", "512", "--batch-size", "4", "--output", str(out), "--quiet",
     ])
     assert [r["step"] for r in summary["history"]] == [0, 2, 4]

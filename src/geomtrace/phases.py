@@ -25,11 +25,14 @@ The algorithm (rules, defaults and limits: ``docs/concepts.md``, "Phase detectio
    wider than the window (the blurred turning point) is closed.
 5. Each boundary is refined by a continuous two-piece linear ("hinge") fit of the raw
    values (against log-step or index, whichever is straighter); at a rounded extremum the
-   extremum of the smoothed curve is used instead.
+   extremum of the smoothed curve (half-window local fits) is used instead.
 6. Segment-level checks: a trend whose own fit is not significant becomes stable; a long
    stable segment with a significant drift takes that direction; a stable segment next to
-   a trend survives only if the slope change between them is significant. Steps 4-6
-   repeat until nothing changes.
+   a trend survives only if the slope change between them is significant. RankMe rules:
+   a segment hiding a large V/inverted V (both pieces change RankMe by a factor >= 1.5)
+   is split; a factor >= 1.5 names a segment by RankMe's direction; alpha may not name a
+   segment against a RankMe change >= ``flat_rankme_change`` (10%). Steps 4-6 repeat
+   until nothing changes.
 7. Naming: a falling first segment is ``"warmup"`` (unless ``allow_warmup=False``); any
    later fall is ``"compression-seeking"``.
 """
@@ -208,14 +211,16 @@ def _local_fits(x: np.ndarray, y: np.ndarray, w: int) -> tuple[np.ndarray, ...]:
     return slope, np.sqrt(sxx), y - fit, lev
 
 
-def _robust_rms(z: np.ndarray, floor: float) -> float:
-    """Robust sigma of residuals ``z`` (variance sigma^2 each), raised to an upper bound.
+def _noise(resid: np.ndarray, lev: np.ndarray, floor: float) -> float:
+    """Robust noise sigma from the leverage-corrected residuals (variance sigma^2 each).
 
     A MAD estimate flags outliers (e.g. the rounded vertex of a sharp turn); the RMS of the
     rest is the estimate (much less variable than the MAD alone for short series).
     """
-    if len(z) < 2:
+    ok = lev < 1 - 1e-9
+    if ok.sum() < 2:
         return floor
+    z = resid[ok] / np.sqrt(1.0 - lev[ok])
     z = z - np.median(z)
     mad = 1.4826 * float(np.median(np.abs(z)))
     kept = z[np.abs(z) <= 3.0 * mad] if mad > 0 else z
@@ -227,36 +232,14 @@ def _robust_rms(z: np.ndarray, floor: float) -> float:
     return max(rms / (1.0 - 1.0 / math.sqrt(2.0 * df)), floor)
 
 
-def _noise(resid: np.ndarray, lev: np.ndarray, floor: float) -> float:
-    """Robust noise sigma from the leverage-corrected residuals of the local fits."""
-    ok = lev < 1 - 1e-9
-    if ok.sum() < 2:
-        return floor
-    return _robust_rms(resid[ok] / np.sqrt(1.0 - lev[ok]), floor)
+#: A RankMe move this large (|log ratio| >= log 1.5: +50% or -33%) over a segment is a
+#: trend whatever the noise estimate says (short series with a sharp turn inflate it).
+_LARGE_MOVE = math.log(1.5)
 
 
-def _chord_noise(x: np.ndarray, y: np.ndarray, floor: float) -> float:
-    """Robust noise sigma from each interior point's offset from its neighbours' chord.
-
-    Three points per residual: a bend or a sharp turn biases few of them, and those few
-    the MAD flags (unlike the window-wide local fits, all of which straddle a sharp
-    turn on a short series).
-    """
-    if len(x) < 4:
-        return np.inf
-    lam = (x[1:-1] - x[:-2]) / (x[2:] - x[:-2])
-    z = (y[1:-1] - (1 - lam) * y[:-2] - lam * y[2:]) / np.sqrt(1 + (1 - lam) ** 2 + lam**2)
-    return _robust_rms(z, floor)
-
-
-def _sigma(x: np.ndarray, y: np.ndarray, w: int, floor: float) -> float:
-    """Noise sigma: the local-fit estimate, unless the chord estimate is much smaller."""
-    local = _noise(*_local_fits(x, y, w)[2:], floor)
-    chord = _chord_noise(x, y, floor)
-    return chord if chord * _MISFIT < local else local
-
-
-_MISFIT = float(__import__("os").environ.get("GT_MISFIT", "1e9"))
+def _ext_window(w: int) -> int:
+    """Window of the smoother whose extremum locates a rounded turn (half the fit window)."""
+    return max(3, (w + 1) // 2)
 
 
 def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
@@ -370,6 +353,7 @@ def detect_phases(
     min_points: int = 5,
     allow_warmup: bool = True,
     outlier_threshold: float | None = 4.0,
+    flat_rankme_change: float = 0.1,
 ) -> list[PhaseSegment]:
     """Segment a RankMe (and optionally alpha-ReQ) trajectory into geometric phases.
 
@@ -395,6 +379,10 @@ def detect_phases(
             trends on both sides by more than this many standard deviations, all on the
             same side, is an isolated spike and is ignored, with a warning. None keeps
             every point.
+        flat_rankme_change: alpha may name a segment against RankMe's direction only
+            while RankMe's relative change over it is below this (and not significant);
+            otherwise the segment is stable. A RankMe change of a factor >= 1.5 (+50% /
+            -33%) always names the segment by RankMe's direction, whatever the noise.
 
     Returns:
         Segments in order, covering all valid points; consecutive segments share their
@@ -413,6 +401,8 @@ def detect_phases(
         min_points,
         outlier_threshold,
     )
+    if not flat_rankme_change >= 0:
+        raise ValueError(f"flat_rankme_change must be >= 0, got {flat_rankme_change!r}")
     s, r, a, idx = _prepare(steps, rankme, alpha)
     n = len(s)
     if n == 0:
@@ -426,9 +416,9 @@ def detect_phases(
     w = min(int(smoothing), n)
 
     if outlier_threshold is not None:
-        bad = _outliers(x, y, _sigma(x, y, w, noise_floor), outlier_threshold)
+        bad = _outliers(x, y, _noise(*_local_fits(x, y, w)[2:], noise_floor), outlier_threshold)
         if a is not None:
-            bad |= _outliers(x, a, _sigma(x, a, w, noise_floor), outlier_threshold)
+            bad |= _outliers(x, a, _noise(*_local_fits(x, a, w)[2:], noise_floor), outlier_threshold)
         if bad.any():
             warn(f"ignored {int(bad.sum())} outlier measurement(s) at step(s) {s[bad].tolist()}")
             keep = ~bad
@@ -438,12 +428,12 @@ def detect_phases(
             w = min(int(smoothing), n)
 
     slope, rsxx, resid, lev = _local_fits(x, y, w)
-    sig_y = _sigma(x, y, w, noise_floor)
+    sig_y = _noise(resid, lev, noise_floor)
     labels = _hysteresis(slope * rsxx / sig_y, enter_threshold, exit_threshold)
     sig_a = None
     if a is not None:
         slope_a, rsxx_a, resid_a, lev_a = _local_fits(x, a, w)
-        sig_a = _sigma(x, a, w, noise_floor)
+        sig_a = _noise(resid_a, lev_a, noise_floor)
         # Alpha falls in entropy-seeking, so its direction is the negated slope sign.
         lab_a = _hysteresis(-slope_a * rsxx_a / sig_a, enter_threshold, exit_threshold)
         labels = np.where(labels == _FLAT, lab_a, labels)
@@ -452,11 +442,13 @@ def detect_phases(
     # (with 0 and n-1 at the ends). Tidy, then refine the knots and settle the labels
     # until nothing changes.
     runs = _runs(labels)
-    ctx = _Ctx(x, y, a, sig_y, sig_a, w, enter_threshold, exit_threshold, min_segment_length)
+    ctx = _Ctx(
+        x, y, a, sig_y, sig_a, w, enter_threshold, exit_threshold, min_segment_length, flat_rankme_change
+    )
     labs, knots = ctx.tidy([rr[0] for rr in runs], [rr[1] for rr in runs[1:]])
     for _ in range(10):
         knots = ctx.refine(labs, knots)
-        new_labs, new_knots = ctx.settle(labs, knots)
+        new_labs, new_knots = ctx.settle(*ctx.split(labs, knots))
         if (new_labs, new_knots) == (labs, knots):
             break
         labs, knots = new_labs, new_knots
@@ -471,6 +463,8 @@ def detect_phases(
         if a is not None:
             da, t_a = _seg_fit(xs, a[i0 : i1 + 1], sig_a)
             t_a = -t_a  # entropy direction positive
+        ruled = ctx.rankme_rule(lab, i0, i1, t_y)
+        lab = lab if ruled is None else ruled  # settled already unless the rounds ran out
         if lab == _FLAT:
             name = "stable"
             conf = math.exp(-max(abs(t_y), abs(t_a)) / enter_threshold)
@@ -479,7 +473,9 @@ def detect_phases(
                 name = "entropy-seeking"
             else:
                 name = "warmup" if (k == 0 and allow_warmup) else "compression-seeking"
-            conf = _trend_confidence(lab, t_y, t_a if a is not None else None, enter_threshold)
+            # A large RankMe move counts as at least enter_threshold (the noise estimate may not).
+            t_eff = lab * max(lab * t_y, enter_threshold) if lab * dy >= _LARGE_MOVE else t_y
+            conf = _trend_confidence(lab, t_eff, t_a if a is not None else None, enter_threshold)
         out.append(_make(name, s, idx, i0, i1, conf, dy, da))
     return out
 
@@ -498,12 +494,14 @@ class _Ctx:
         enter: float,
         exit_: float,
         min_len: int,
+        flat_change: float,
     ) -> None:
         self.x, self.y, self.a = x, y, a
         self.sig_y, self.sig_a = sig_y, sig_a
-        self.y_smooth = y - _local_fits(x, y, w)[2]
-        self.a_smooth = None if a is None else a - _local_fits(x, a, w)[2]
+        self.y_smooth = y - _local_fits(x, y, _ext_window(w))[2]
+        self.a_smooth = None if a is None else a - _local_fits(x, a, _ext_window(w))[2]
         self.w, self.enter, self.exit, self.min_len = w, enter, exit_, min_len
+        self.flat_change = flat_change
         self.n = len(x)
 
     def t_stats(self, i0: int, i1: int) -> tuple[float, float]:
@@ -566,6 +564,58 @@ class _Ctx:
                 return True
         return False
 
+    def split(self, labs: list[int], knots: list[int]) -> tuple[list[int], list[int]]:
+        """Split segments that hide a large turn (V or inverted V) of RankMe.
+
+        The best continuous two-piece fit of log RankMe over the whole segment (each piece
+        >= min_segment_length points) is a turn if its pieces move in opposite directions
+        by a large factor each (|log ratio| >= log 1.5), whatever the noise estimate: on a
+        short series the local fits straddle a sharp turn, inflate the noise estimate and
+        cannot resolve it.
+        """
+        bounds = [0, *knots, self.n - 1]
+        new_labs, new_bounds = [], [0]
+        for k, lab in enumerate(labs):
+            lo, hi = bounds[k], bounds[k + 1]
+            turn = self._turn(lo, hi)
+            if turn is None:
+                new_labs.append(lab)
+            else:
+                knot, d1, d2 = turn
+                new_labs += [_UP if d1 > 0 else _DOWN, _UP if d2 > 0 else _DOWN]
+                new_bounds.append(knot)
+            new_bounds.append(hi)
+        return new_labs, new_bounds[1:-1]
+
+    def _turn(self, lo: int, hi: int) -> tuple[int, float, float] | None:
+        m = self.min_len
+        if hi - lo + 1 < 2 * m - 1:
+            return None
+        knot, _ = _hinge_knot(self.x, self.y, lo, hi, range(lo + m - 1, hi - m + 2))
+        d1, d2 = self.fit(lo, knot)[0], self.fit(knot, hi)[0]
+        if d1 * d2 < 0 and min(abs(d1), abs(d2)) >= _LARGE_MOVE:
+            return knot, d1, d2
+        return None
+
+    def rankme_rule(self, lab: int, i0: int, i1: int, t_y: float) -> int | None:
+        """The label RankMe imposes on a segment, or None where it leaves it open.
+
+        A large move (|log ratio| >= log 1.5) names the segment by its direction; so does
+        a significant one (|t| >= enter_threshold) for a trend segment. A smaller,
+        insignificant move of at least ``flat_change`` (relative) forbids a trend against
+        it (alpha alone cannot name a segment against RankMe): the segment becomes stable.
+        """
+        dy = self.fit(i0, i1)[0]
+        rank_dir = _UP if dy > 0 else _DOWN
+        if abs(dy) >= _LARGE_MOVE or (lab != _FLAT and rank_dir * t_y >= self.enter):
+            return rank_dir
+        if lab == -rank_dir and abs(math.expm1(dy)) >= self.flat_change:
+            return _FLAT
+        return None
+
+    def fit(self, i0: int, i1: int) -> tuple[float, float]:
+        return _seg_fit(self.x[i0 : i1 + 1], self.y[i0 : i1 + 1], self.sig_y)
+
     def settle(self, labs: list[int], knots: list[int]) -> tuple[list[int], list[int]]:
         """One round of segment-level checks; returns new (labels, knots)."""
         labs, bounds = list(labs), [0, *knots, self.n - 1]
@@ -573,6 +623,10 @@ class _Ctx:
         for k in range(m):
             t_y, t_a = self.t_stats(bounds[k], bounds[k + 1])
             length = bounds[k + 1] - bounds[k] + 1
+            ruled = self.rankme_rule(labs[k], bounds[k], bounds[k + 1], t_y)
+            if ruled is not None:
+                labs[k] = ruled
+                continue
             if labs[k] != _FLAT:
                 if max(labs[k] * t_y, labs[k] * t_a) < self.enter:
                     labs[k] = _FLAT  # the trend does not hold over the segment as a whole
