@@ -10,6 +10,7 @@ log the same keys with the same values.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.probes import ProbeSet, load_probes
 
-__all__ = ["GeometryTracker", "Measurement", "ProbeOptions"]
+__all__ = ["TRACKER_OPTIONS", "GeometryTracker", "Measurement", "ProbeOptions"]
 
 
 @dataclass(frozen=True)
@@ -308,3 +309,9 @@ def _raise_on_bad_rows(result: GeometryResult, step: int) -> None:
                 f"geomtrace (strict=True): layer {index} at step {step} had {layer.n_dropped} feature "
                 f"row(s) with NaN/Inf (RankMe {layer.rankme})."
             )
+
+
+#: Keyword options of :meth:`GeometryTracker.from_options`, which both callbacks expose.
+TRACKER_OPTIONS: frozenset[str] = frozenset(
+    name for name in inspect.signature(GeometryTracker.from_options).parameters if name != "cls"
+)

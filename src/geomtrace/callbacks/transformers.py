@@ -37,7 +37,7 @@ from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.probes import ProbeSet
-from geomtrace.tracking import GeometryTracker, Measurement
+from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement
 
 require("transformers", "the GeometryCallback")
 from transformers import Trainer, TrainerCallback  # noqa: E402
@@ -129,32 +129,9 @@ class GeometryCallback(TrainerCallback, ExportableState):
         tokenizer: Any = None,
     ) -> None:
         options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
+        tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
         try:
-            self.tracker = GeometryTracker.from_options(
-                every_n_steps=every_n_steps,
-                extra_steps=extra_steps,
-                probes=probes,
-                probe_source=probe_source,
-                num_sequences=num_sequences,
-                min_tokens=min_tokens,
-                max_tokens=max_tokens,
-                seed=seed,
-                chat_template=chat_template,
-                layers=layers,
-                tokens=tokens,
-                skip_first_token=skip_first_token,
-                batch_size=batch_size,
-                spectrum=spectrum,
-                eps=eps,
-                fit_range=fit_range,
-                max_components=max_components,
-                measure_on_start=measure_on_start,
-                measure_on_end=measure_on_end,
-                log_spectrum_every=log_spectrum_every,
-                track_phases=track_phases,
-                strict=strict,
-                prefix=prefix,
-            )
+            self.tracker = GeometryTracker.from_options(**tracker_options)
         except (TypeError, ValueError) as err:
             raise ValueError(f"GeometryCallback: {err}") from err
         self._options = {name: _jsonable(value) for name, value in options.items()}
