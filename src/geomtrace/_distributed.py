@@ -15,13 +15,6 @@ from torch import Tensor
 _NO_DIM = -(2**62)
 
 
-def is_distributed() -> bool:
-    """True when torch.distributed is initialised with more than one process."""
-    return (
-        torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-    )
-
-
 def rank_and_world_size() -> tuple[int, int]:
     """``(global rank, world size)``; ``(0, 1)`` outside torch.distributed."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
