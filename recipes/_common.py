@@ -44,6 +44,8 @@ def build_parser(doc: str, *, output: str, max_steps: int, lr: float, batch_size
     geometry.add_argument("--num-probes", type=int, default=256,
                           help="probe sequences (paper: 1024; 256 keeps the CPU demo fast)")
     geometry.add_argument("--probe-batch-size", type=int, default=64)
+    geometry.add_argument("--probe-autocast", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                          help="probe forward precision: auto (the trainer's), bf16/fp16 (autocast the probes only), off")
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
     geometry.add_argument("--plain-probes", action="store_true",
                           help="probe with raw text instead of chat-formatted probes")
@@ -144,6 +146,7 @@ def geometry_callback(args: argparse.Namespace):
         every_n_steps=args.every_n_steps,
         num_sequences=args.num_probes,
         batch_size=args.probe_batch_size,
+        autocast=args.probe_autocast,
         layers=parse_layers(args.layers),
         chat_template=not args.plain_probes,  # post-trained models answer chat turns
         seed=args.seed,

@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "'' for none)")
     geometry.add_argument("--num-probes", type=int, default=1024, help="probe sequences (paper: 1024)")
     geometry.add_argument("--probe-batch-size", type=int, default=64)
+    geometry.add_argument("--probe-autocast", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                          help="probe forward precision: auto (the trainer's), bf16/fp16 (autocast the probes only), off")
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
     geometry.add_argument("--no-geometry", action="store_true", help="train without GeometryMonitor (baseline)")
     out = parser.add_argument_group("output")
@@ -199,7 +201,8 @@ def run(args: argparse.Namespace) -> dict:
         layers = args.layers if args.layers in ("last", "all") else [int(v) for v in args.layers.split(",")]
         extra = [int(v) for v in args.extra_steps.split(",") if v.strip()]
         monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=args.every_n_steps, extra_steps=extra,
-                                  num_sequences=args.num_probes, batch_size=args.probe_batch_size, layers=layers)
+                                  num_sequences=args.num_probes, batch_size=args.probe_batch_size, layers=layers,
+                                  autocast=args.probe_autocast)
         callbacks.append(monitor)
     logger = TensorBoardLogger(str(output), name="tensorboard", version="")
     trainer = L.Trainer(

@@ -170,6 +170,8 @@ def test_misconfiguration_fails_at_setup_with_clear_message(tmp_path, tokenizer)
         GeometryMonitor(tokens="first")
     with pytest.raises(MisconfigurationException, match="every_n_steps"):
         GeometryMonitor(every_n_steps=-1)
+    with pytest.raises(MisconfigurationException, match="autocast"):
+        GeometryMonitor(autocast="fp8")
 
 
 def test_state_dict_round_trip(tokenizer):

@@ -202,13 +202,14 @@ def test_resume_keeps_history(tok, tmp_path, tb_dir):
 
 
 def test_state_round_trip_without_trainer():
-    callback = GeometryCallback(every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2])
+    callback = GeometryCallback(every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2], autocast="bf16")
     callback.tracker.history.append({"step": 3, "geometry/rankme": 4.0})
     state = json.loads(json.dumps(callback.state()))
     restored = GeometryCallback.from_state(state)
     assert restored.history == callback.history and restored.tracker.every_n_steps == 3
     assert tuple(restored.tracker.extra_steps) == (1, 2)
     assert restored.tracker.config.fit_range == (5, 50) and restored.tracker.config.layers == (1, 2)
+    assert restored.tracker.config.autocast == "bf16"
 
 
 # ------------------------------------------------------------------ failures
@@ -255,6 +256,8 @@ def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
         GeometryCallback(batch_size=0)
     with pytest.raises(ValueError, match="tokens"):
         GeometryCallback(tokens="first")
+    with pytest.raises(ValueError, match="autocast"):
+        GeometryCallback(autocast="half")
     trainer = hf_trainer(tok, tmp_path, GeometryCallback(num_sequences=N_PROBES), processing_class=None, max_steps=1)
     with pytest.raises(ValueError, match="tokenizer"):
         trainer.train()

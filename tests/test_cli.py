@@ -79,10 +79,10 @@ def test_config_file_then_flags_override(tmp_path):
         "model: org/model\nrevisions: [step0, step1]\nbatch_size: 8\nnum-sequences: 100\n"
         "layers: [1, 2]\nfit_range: [5, 50]\noutput: out\nno-tensorboard: true\n"
     )
-    args = parse_args(["replay", "--config", str(cfg), "--batch-size", "4"])
+    args = parse_args(["replay", "--config", str(cfg), "--batch-size", "4", "--autocast", "bf16"])
     assert args.batch_size == 4 and args.num_sequences == 100 and args.no_tensorboard is True
     config = measure_config(args)
-    assert config == MeasureConfig(layers=(1, 2), batch_size=4, fit_range=(5, 50))
+    assert config == MeasureConfig(layers=(1, 2), batch_size=4, fit_range=(5, 50), autocast="bf16")
     ckpts, total = replay_checkpoints(args)
     assert [c.revision for c in ckpts] == ["step0", "step1"] and total == 2
 

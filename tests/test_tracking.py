@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import pytest
 import torch
@@ -64,6 +65,18 @@ def test_measure_records_history_phase_and_state(tokenizer):
     restored.load_state_dict(tracker.state_dict())
     assert restored.history == tracker.history and restored.phase == "stable"
     assert "RankMe" in tracker.summary()
+
+
+def test_a_rewound_run_replaces_its_future_records(tokenizer):
+    model = build_tiny_model("gpt_neox", tokenizer=tokenizer)
+    tracker = GeometryTracker(every_n_steps=1, probe_options=ProbeOptions(num_sequences=16))
+    tracker.prepare(tokenizer)
+    for step in (0, 10, 20, 30):
+        tracker.measure(model, step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)  # phase detection must not fail on it
+        tracker.measure(model, 20)  # e.g. resumed from the step-20 checkpoint
+    assert [r["step"] for r in tracker.history] == [0, 10, 20]
 
 
 def test_failure_warns_and_strict_raises(tokenizer):

@@ -65,6 +65,9 @@ def _add_replay(sub: Any) -> None:
     meas.add_argument("--fit-range", metavar="LO:HI", help="alpha-ReQ fit ranks, 1-based inclusive (default 12:100)")
     meas.add_argument("--spectrum", choices=("covariance", "singular"),
                       help="RankMe on covariance eigenvalues (paper, default) or singular values")
+    meas.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"),
+                      help="precision of the probe forward: auto (default: the weights' dtype) or autocast to "
+                      "bf16/fp16 with fp32 weights (faster on GPUs; statistics stay fp32/fp64)")
 
     probes = p.add_argument_group("probes (fixed for the whole replay)")
     probes.add_argument("--probe-file", metavar="PATH", help=".txt (one text per line) or .jsonl file")
@@ -270,6 +273,7 @@ def measure_config(args: argparse.Namespace) -> Any:
         "max_components": args.max_components,
         "fit_range": _fit_range(args.fit_range),
         "spectrum": args.spectrum,
+        "autocast": args.autocast,
     }
     config = MeasureConfig(**{k: v for k, v in given.items() if v is not None})
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal
 
@@ -34,7 +34,20 @@ from geomtrace.features import (
 )
 from geomtrace.probes import ProbeSet
 
-__all__ = ["GeometryResult", "LayerGeometry", "MeasureConfig", "eval_mode", "measure_geometry", "metric_key"]
+__all__ = [
+    "AUTOCAST_CHOICES",
+    "GeometryResult",
+    "LayerGeometry",
+    "MeasureConfig",
+    "eval_mode",
+    "measure_geometry",
+    "metric_key",
+    "probe_autocast",
+]
+
+#: Precision settings of the probe forward (:attr:`MeasureConfig.autocast`).
+AUTOCAST_CHOICES = ("auto", "off", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,12 @@ class MeasureConfig:
         rows_per_update: feature rows buffered per layer before a covariance update, so a
             few last-token rows per batch still make a matmul worth its d^2 merge.
         padding_side: how probe batches are padded (features do not depend on it).
+        autocast: precision of the probe forward. ``"auto"`` (default) keeps the caller's
+            context: the callbacks run the probes under the trainer's own mixed precision,
+            replay in the weights' dtype. ``"bf16"``/``"fp16"`` autocast the forward to that
+            dtype whatever the trainer does (cheaper probes for an fp32 run); ``"off"``
+            disables autocast (the model's own dtype, e.g. fp32 probes in a bf16-mixed run).
+            The statistics are fp32/fp64 in every case.
     """
 
     layers: LayerSelection = "last"
@@ -66,6 +85,7 @@ class MeasureConfig:
     max_components: int | None = None
     rows_per_update: int = 2048
     padding_side: Literal["left", "right"] = "right"
+    autocast: Literal["auto", "off", "bf16", "fp16"] = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -87,6 +107,11 @@ class MeasureConfig:
             raise ValueError(f"max_components must be a positive int or None, got {self.max_components!r}")
         if self.rows_per_update < 1:
             raise ValueError(f"rows_per_update must be >= 1, got {self.rows_per_update}")
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(
+                f"autocast must be one of {', '.join(map(repr, AUTOCAST_CHOICES))}, got {self.autocast!r} "
+                "('auto' follows the trainer's precision)"
+            )
         F._validate_fit_range(self.fit_range)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +187,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags:
             module.training = training
+
+
+def probe_autocast(setting: str, device: torch.device) -> AbstractContextManager:
+    """The context the probe forward runs in for a :attr:`MeasureConfig.autocast` setting."""
+    if setting == "auto":
+        return nullcontext()
+    if setting == "off":
+        return torch.autocast(device_type=device.type, enabled=False)
+    try:
+        return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[setting])
+    except RuntimeError as err:  # e.g. a device type without autocast support
+        raise ValueError(f"autocast={setting!r} is not available on {device.type}: {err} Use autocast='auto'.") from err
 
 
 def _device_of(lm: nn.Module) -> torch.device:
@@ -294,7 +331,8 @@ def _run_forwards(
     batches = ordered.batches(config.batch_size, padding_side=config.padding_side)
     # A rank whose shard ran out repeats a one-sequence forward and discards it.
     filler = ProbeSet([probes.sequences[0]], probes.description, probes.pad_token_id)
-    with eval_mode(model):
+    autocast = probe_autocast(config.autocast, _device_of(find_causal_lm(model)))
+    with eval_mode(model), autocast:
         for _ in range(n_batches):
             batch = next(batches, None)
             real = batch is not None

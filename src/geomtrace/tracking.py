@@ -142,6 +142,7 @@ class GeometryTracker:
         eps: float = MeasureConfig.eps,
         fit_range: Sequence[int] = MeasureConfig.fit_range,
         max_components: int | None = None,
+        autocast: Any = "auto",
         measure_on_start: bool = True,
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
@@ -159,6 +160,7 @@ class GeometryTracker:
             eps=eps,
             fit_range=tuple(fit_range),
             max_components=max_components,
+            autocast=autocast,
         )
         probe_options = ProbeOptions(
             source=probe_source,
@@ -233,6 +235,10 @@ class GeometryTracker:
         measurement.log_spectrum = self.log_spectrum_every > 0 and (
             (self.num_measurements - 1) % self.log_spectrum_every == 0
         )
+        if self.history and step <= self.history[-1]["step"]:
+            # The run went back (resumed from an earlier checkpoint, or a manual call): its
+            # future records no longer describe this run, and phases need increasing steps.
+            self.history = [r for r in self.history if r["step"] < step]
         self.history.append(record)
         if self.track_phases:
             self._update_phase(measurement, record)

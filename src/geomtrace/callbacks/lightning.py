@@ -51,6 +51,9 @@ class GeometryMonitor(Callback):
         skip_first_token: leave out the first real token (``tokens="all"``/``"mean"``).
         batch_size: probe sequences per forward.
         spectrum, eps, fit_range, max_components: metric conventions (see docs/concepts.md).
+        autocast: precision of the probe forward: ``"auto"`` (the trainer's own mixed
+            precision), ``"bf16"``/``"fp16"`` (autocast the probes only; cheaper in an fp32
+            run), ``"off"`` (no autocast, the model's dtype). Statistics are fp32/fp64 always.
         model_getter: ``callable(pl_module) -> nn.Module`` returning the HF model, for
             modules where it cannot be found automatically.
         measure_on_start, measure_on_end: measure at step 0 / when training ends.
@@ -87,6 +90,7 @@ class GeometryMonitor(Callback):
         eps: float = DEFAULT_EPS,
         fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
         max_components: int | None = None,
+        autocast: Literal["auto", "off", "bf16", "fp16"] = "auto",
         model_getter: Callable[[Any], nn.Module] | None = None,
         measure_on_start: bool = True,
         measure_on_end: bool = True,

@@ -53,7 +53,7 @@ logger = hf_logging.get_logger(__name__)
 _SAVED_OPTIONS = (
     "every_n_steps", "extra_steps", "probe_source", "num_sequences", "min_tokens", "max_tokens", "seed", "chat_template",
     "layers", "tokens", "skip_first_token", "batch_size", "spectrum", "eps", "fit_range", "max_components",
-    "measure_on_start", "measure_on_end", "log_spectrum_every", "track_phases", "strict", "prefix",
+    "autocast", "measure_on_start", "measure_on_end", "log_spectrum_every", "track_phases", "strict", "prefix",
 )
 
 
@@ -85,6 +85,9 @@ class GeometryCallback(TrainerCallback, ExportableState):
         skip_first_token: leave out the first real token (``tokens="all"``/``"mean"``).
         batch_size: probe sequences per forward.
         spectrum, eps, fit_range, max_components: metric conventions (see docs/concepts.md).
+        autocast: precision of the probe forward: ``"auto"`` (the trainer's own mixed
+            precision), ``"bf16"``/``"fp16"`` (autocast the probes only; cheaper in an fp32
+            run), ``"off"`` (no autocast, the model's dtype). Statistics are fp32/fp64 always.
         measure_on_start, measure_on_end: measure at step 0 / when training ends.
         log_spectrum_every: eigenspectrum figure every this many measurements (0: never).
         track_phases: log the current geometric phase.
@@ -120,6 +123,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
         eps: float = DEFAULT_EPS,
         fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
         max_components: int | None = None,
+        autocast: Literal["auto", "off", "bf16", "fp16"] = "auto",
         measure_on_start: bool = True,
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
