@@ -101,6 +101,24 @@ def test_multiple_layers_and_model_getter(tmp_path, tokenizer):
     assert [r["step"] for r in monitor.history] == [0]
 
 
+def test_model_built_in_configure_model_is_found(tmp_path, tokenizer):
+    """Large/sharded models are created in `configure_model`, after callbacks' `setup`."""
+
+    class LazyLM(TinyLM):
+        def __init__(self, tokenizer):
+            L.LightningModule.__init__(self)
+            self.tokenizer, self.lr, self.model = tokenizer, 1e-3, None
+
+        def configure_model(self):
+            if self.model is None:
+                self.model = TinyLM(self.tokenizer).model
+
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, track_phases=False)
+    trainer(tmp_path, [monitor], max_steps=2).fit(LazyLM(tokenizer), token_loader(tokenizer))
+    assert [r["step"] for r in monitor.history] == [0, 2]
+    assert all(r["geometry/n_samples"] == PROBES for r in monitor.history)
+
+
 def test_resume_keeps_history(tmp_path, tokenizer):
     ckpt_dir = tmp_path / "ckpt"
     first = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, measure_on_end=False)

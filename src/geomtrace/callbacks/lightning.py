@@ -134,7 +134,6 @@ class GeometryMonitor(Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        self._model = self._find_model(pl_module)
         tokenizer = self.tokenizer
         if tokenizer is None:
             tokenizer = getattr(pl_module, "tokenizer", None)
@@ -163,6 +162,12 @@ class GeometryMonitor(Callback):
                 f"GeometryMonitor found no Hugging Face model in {type(pl_module).__name__}: {err} "
                 "Pass GeometryMonitor(model_getter=lambda module: module.<your model>)."
             ) from err
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        # Looked up here rather than in setup: a model built in `configure_model` (the way
+        # to create large or sharded models) exists only after setup, and the strategy has
+        # wrapped it by now. Still before the first step, so a miss fails fast.
+        self._model = self._find_model(pl_module)
 
     # ---------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
