@@ -276,7 +276,7 @@ def measure_geometry(
 
     error: BaseException | None = None
     try:
-        _run_forwards(model, probes, shard, config, accumulators, n_batches, progress and rank == 0)
+        _run_forwards(model, probes, shard, config, accumulators, n_batches, device, progress and rank == 0)
     except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
         error = err
     if _any_rank_failed(error is not None, world_size, device):
@@ -309,6 +309,7 @@ def _run_forwards(
     config: MeasureConfig,
     accumulators: dict[int, CovarianceAccumulator],
     n_batches: int,
+    device: torch.device,
     progress: bool,
 ) -> None:
     spec = config.feature_spec
@@ -331,8 +332,7 @@ def _run_forwards(
     batches = ordered.batches(config.batch_size, padding_side=config.padding_side)
     # A rank whose shard ran out repeats a one-sequence forward and discards it.
     filler = ProbeSet([probes.sequences[0]], probes.description, probes.pad_token_id)
-    autocast = probe_autocast(config.autocast, _device_of(find_causal_lm(model)))
-    with eval_mode(model), autocast:
+    with eval_mode(model), probe_autocast(config.autocast, device):
         for _ in range(n_batches):
             batch = next(batches, None)
             real = batch is not None
