@@ -44,3 +44,13 @@ def test_cli_fit_with_geometry_config(tmp_path):
     monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, GeometryMonitor))
     assert [r["step"] for r in monitor.history] == [0, 2]
     assert monitor.history[0]["geometry/n_samples"] == 32
+
+
+@pytest.mark.parametrize("name", ["geometry.yaml", "geometry_paper.yaml"])
+def test_snippet_after_a_user_config_keeps_its_callbacks(tmp_path, name):
+    user = tmp_path / "run.yaml"
+    user.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n")
+    args = ["--config", str(user), "--config", str(ROOT / "callbacks" / name), "--trainer.logger=false"]
+    cli = LightningCLI(TinyLM, run=False, args=args)
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert names.count("LearningRateMonitor") == 1 and names.count("GeometryMonitor") == 1
