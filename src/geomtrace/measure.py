@@ -13,7 +13,7 @@ import math
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, get_args
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from geomtrace.probes import ProbeSet
 
 __all__ = [
     "AUTOCAST_CHOICES",
+    "AutocastSetting",
     "GeometryResult",
     "LayerGeometry",
     "MeasureConfig",
@@ -46,7 +47,8 @@ __all__ = [
 ]
 
 #: Precision settings of the probe forward (:attr:`MeasureConfig.autocast`).
-AUTOCAST_CHOICES = ("auto", "off", "bf16", "fp16")
+AutocastSetting = Literal["auto", "off", "bf16", "fp16"]
+AUTOCAST_CHOICES: tuple[str, ...] = get_args(AutocastSetting)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -85,7 +87,7 @@ class MeasureConfig:
     max_components: int | None = None
     rows_per_update: int = 2048
     padding_side: Literal["left", "right"] = "right"
-    autocast: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    autocast: AutocastSetting = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):

@@ -10,6 +10,7 @@ from geomtrace._optional import require
 from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection, find_causal_lm
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
+from geomtrace.measure import AutocastSetting
 from geomtrace.probes import ProbeSet
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement
 
@@ -90,7 +91,7 @@ class GeometryMonitor(Callback):
         eps: float = DEFAULT_EPS,
         fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
         max_components: int | None = None,
-        autocast: Literal["auto", "off", "bf16", "fp16"] = "auto",
+        autocast: AutocastSetting = "auto",
         model_getter: Callable[[Any], nn.Module] | None = None,
         measure_on_start: bool = True,
         measure_on_end: bool = True,

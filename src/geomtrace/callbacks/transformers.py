@@ -36,6 +36,7 @@ from geomtrace._optional import require
 from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
+from geomtrace.measure import AutocastSetting
 from geomtrace.probes import ProbeSet
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement
 
@@ -123,7 +124,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
         eps: float = DEFAULT_EPS,
         fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
         max_components: int | None = None,
-        autocast: Literal["auto", "off", "bf16", "fp16"] = "auto",
+        autocast: AutocastSetting = "auto",
         measure_on_start: bool = True,
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
