@@ -64,3 +64,25 @@ def test_bad_setting_is_a_clear_error():
     with pytest.raises(ValueError, match="autocast"):
         with probe_autocast("fp16", torch.device("meta")):
             pass
+
+
+def test_result_records_the_precision_the_forward_ran_in(setup):
+    model, probes = setup
+    config = MeasureConfig(batch_size=64)
+    assert measure_geometry(model, probes, config).precision == "fp32"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = measure_geometry(model, probes, config)
+        off = measure_geometry(model, probes, MeasureConfig(batch_size=64, autocast="off"))
+    assert (auto.precision, off.precision) == ("bf16", "fp32")
+    record = auto.provenance()
+    assert record["precision"] == "bf16" and record["probe_fingerprint"] == probes.fingerprint()
+    assert record["measure_config"]["autocast"] == "auto"
+
+
+def test_trajectory_key_follows_the_deepest_tracked_layer(setup):
+    model, probes = setup
+    final = measure_geometry(model, probes, MeasureConfig(layers="all", batch_size=64))
+    assert final.trajectory_key("rankme") == "geometry/rankme"
+    inner = measure_geometry(model, probes, MeasureConfig(layers=[0, 1], batch_size=64))
+    assert inner.trajectory_key("rankme") == "geometry/layer1/rankme"
+    assert inner.trajectory_key("rankme") in inner.scalars()

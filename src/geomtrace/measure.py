@@ -41,6 +41,7 @@ __all__ = [
     "LayerGeometry",
     "MeasureConfig",
     "eval_mode",
+    "forward_precision",
     "measure_geometry",
     "metric_key",
     "probe_autocast",
@@ -164,6 +165,23 @@ class GeometryResult:
     n_probes: int
     seconds: float
     config: MeasureConfig = field(default_factory=MeasureConfig)
+    #: The dtype the probe forward actually ran in (``"fp32"``, ``"bf16"``, ``"fp16"``,
+    #: ``"fp64"``): the autocast dtype when autocast was on, else the weights' dtype.
+    precision: str = "fp32"
+
+    def provenance(self) -> dict[str, Any]:
+        """How this was measured: probe set, fingerprint, precision and the full config.
+
+        Live histories and replay outputs both record it, so that a comparison can tell
+        whether two values were measured the same way.
+        """
+        return {
+            "probe": self.probe_description,
+            "probe_fingerprint": self.probe_fingerprint,
+            "n_probes": self.n_probes,
+            "precision": self.precision,
+            "measure_config": self.config.to_dict(),
+        }
 
     def scalars(self, prefix: str = "geometry") -> dict[str, float]:
         """Flat ``{tag: value}`` for loggers (see :func:`metric_key`)."""
@@ -175,8 +193,17 @@ class GeometryResult:
 
     @property
     def last(self) -> LayerGeometry:
-        """The deepest tracked layer."""
+        """The deepest tracked layer: *the* trajectory (summary, phases, plots follow it)."""
         return self.layers[max(self.layers)]
+
+    def trajectory_key(self, name: str, prefix: str = "geometry") -> str:
+        """Tag of ``name`` for the trajectory layer (:attr:`last`).
+
+        One rule everywhere: the trajectory is the deepest tracked layer; its tag is
+        ``geometry/<name>`` when that is the model's final layer, else
+        ``geometry/layer<L>/<name>`` (:func:`metric_key`).
+        """
+        return metric_key(name, self.last.layer, self.num_layers, prefix)
 
 
 @contextmanager
@@ -201,6 +228,18 @@ def probe_autocast(setting: str, device: torch.device) -> AbstractContextManager
         return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[setting])
     except RuntimeError as err:  # e.g. a device type without autocast support
         raise ValueError(f"autocast={setting!r} is not available on {device.type}: {err} Use autocast='auto'.") from err
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+
+
+def forward_precision(model: nn.Module, device: torch.device) -> str:
+    """The dtype a forward of ``model`` runs its matmuls in, in the current context."""
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    else:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def _device_of(lm: nn.Module) -> torch.device:
@@ -277,8 +316,11 @@ def measure_geometry(
     n_batches = _batch_count(len(shard), config.batch_size, world_size, device)
 
     error: BaseException | None = None
+    precision = "fp32"
     try:
-        _run_forwards(model, probes, shard, config, accumulators, n_batches, device, progress and rank == 0)
+        precision = _run_forwards(
+            model, probes, shard, config, accumulators, n_batches, device, progress and rank == 0
+        )
     except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
         error = err
     if _any_rank_failed(error is not None, world_size, device):
@@ -301,6 +343,7 @@ def measure_geometry(
         n_probes=len(probes),
         seconds=time.perf_counter() - start,
         config=config,
+        precision=precision,
     )
 
 
@@ -313,7 +356,8 @@ def _run_forwards(
     n_batches: int,
     device: torch.device,
     progress: bool,
-) -> None:
+) -> str:
+    """Run the probe forwards into the accumulators; returns the forward's precision."""
     spec = config.feature_spec
     pending: dict[int, list[torch.Tensor]] = {layer: [] for layer in accumulators}
     pending_rows = 0
@@ -335,6 +379,7 @@ def _run_forwards(
     # A rank whose shard ran out repeats a one-sequence forward and discards it.
     filler = ProbeSet([probes.sequences[0]], probes.description, probes.pad_token_id)
     with eval_mode(model), probe_autocast(config.autocast, device):
+        precision = forward_precision(model, device)
         for _ in range(n_batches):
             batch = next(batches, None)
             real = batch is not None
@@ -352,6 +397,7 @@ def _run_forwards(
         flush()
     if bar is not None:
         bar.close()
+    return precision
 
 
 def _layer_geometry(layer: int, acc: CovarianceAccumulator, config: MeasureConfig) -> LayerGeometry:
