@@ -6,8 +6,8 @@ frameworks lazily.
 """
 
 from geomtrace._warnings import GeometryWarning
-from geomtrace.metrics import AlphaReQ, EigenSpectrum, RankMe
+from geomtrace.metrics import AlphaReQ, EigenSpectrum, Geometry, RankMe
 
 __version__ = "0.1.0"
 
-__all__ = ["AlphaReQ", "EigenSpectrum", "GeometryWarning", "RankMe", "__version__"]
+__all__ = ["AlphaReQ", "EigenSpectrum", "Geometry", "GeometryWarning", "RankMe", "__version__"]

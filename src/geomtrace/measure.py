@@ -21,8 +21,6 @@ from torch import nn
 
 from geomtrace import functional as F
 from geomtrace._distributed import rank_and_world_size
-from geomtrace._warnings import warn
-from geomtrace.covariance import CovarianceAccumulator
 from geomtrace.features import (
     FeatureSpec,
     LayerSelection,
@@ -32,6 +30,7 @@ from geomtrace.features import (
     num_hidden_layers,
     resolve_layers,
 )
+from geomtrace.metrics import Geometry, GeometrySummary
 from geomtrace.probes import ProbeSet
 
 __all__ = [
@@ -106,6 +105,7 @@ class MeasureConfig:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.spectrum not in ("covariance", "singular"):
             raise ValueError(f"spectrum must be 'covariance' or 'singular', got {self.spectrum!r}")
+        F.validate_eps(self.eps)
         if self.max_components is not None and (not isinstance(self.max_components, int) or self.max_components < 1):
             raise ValueError(f"max_components must be a positive int or None, got {self.max_components!r}")
         if self.rows_per_update < 1:
@@ -312,7 +312,7 @@ def measure_geometry(
         rank, world_size = 0, 1
     device = _device_of(lm)
     shard = probes.shard(rank, world_size) if world_size > 1 else probes
-    accumulators = {layer: CovarianceAccumulator(device) for layer in layers}
+    accumulators = {layer: _layer_metric(layer, config, device, world_size > 1) for layer in layers}
     n_batches = _batch_count(len(shard), config.batch_size, world_size, device)
 
     error: BaseException | None = None
@@ -327,14 +327,9 @@ def measure_geometry(
         if error is not None:
             raise RuntimeError(f"geometry measurement failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("geometry measurement failed on another rank")
-    if world_size > 1:
-        for layer in layers:
-            accumulators[layer].all_reduce()
-            dropped = torch.tensor([float(accumulators[layer].n_dropped)], device=device)
-            torch.distributed.all_reduce(dropped)
-            accumulators[layer].n_dropped = int(dropped.item())
-
-    results = {layer: _layer_geometry(layer, accumulators[layer], config) for layer in layers}
+    # compute_summary() sums the states over ranks (in-place all-reduce), layer by layer in
+    # the same order on every rank.
+    results = {layer: _layer_geometry(layer, accumulators[layer].compute_summary()) for layer in layers}
     return GeometryResult(
         layers=results,
         num_layers=n_layers,
@@ -352,7 +347,7 @@ def _run_forwards(
     probes: ProbeSet,
     shard: ProbeSet,
     config: MeasureConfig,
-    accumulators: dict[int, CovarianceAccumulator],
+    accumulators: dict[int, Geometry],
     n_batches: int,
     device: torch.device,
     progress: bool,
@@ -400,29 +395,32 @@ def _run_forwards(
     return precision
 
 
-def _layer_geometry(layer: int, acc: CovarianceAccumulator, config: MeasureConfig) -> LayerGeometry:
-    n = int(acc.n.item())
-    dim = acc.dim or 0
-    if acc.n_dropped:
-        warn(f"layer {layer}: dropped {acc.n_dropped} feature row(s) containing NaN or Inf.")
-    if n < 2 or acc.second is None:
-        warn(f"layer {layer}: a spectrum needs at least 2 samples, got {n}; results are NaN.")
-        return LayerGeometry(layer, math.nan, math.nan, math.nan, n, dim, acc.n_dropped)
-    eigenvalues = F.eigenspectrum(acc.covariance(), config.max_components, n_samples=n)
-    if config.spectrum == "singular":
-        rankme = F.rankme(F.singular_spectrum(acc.second, config.max_components, n_samples=n), eps=config.eps)
-    else:
-        rankme = F.rankme(eigenvalues, eps=config.eps)
-    fit = F.alpha_req(eigenvalues, config.fit_range)
+def _layer_metric(layer: int, config: MeasureConfig, device: torch.device, sync: bool) -> Geometry:
+    metric = Geometry(
+        spectrum=config.spectrum,
+        eps=config.eps,
+        fit_range=config.fit_range,
+        max_components=config.max_components,
+        sync_on_compute=sync,
+    ).to(device)
+    metric.label = f"layer {layer}"
+    return metric
+
+
+def _layer_geometry(layer: int, summary: GeometrySummary) -> LayerGeometry:
+    n = summary.n_samples
+    eigenvalues = summary.eigenvalues.cpu().numpy()
+    if n < 2 or not np.isfinite(eigenvalues).any():
+        eigenvalues = np.zeros(0)  # undefined (warned by the metric): no spectrum to plot
     return LayerGeometry(
         layer=layer,
-        rankme=float(rankme),
-        alpha=float(fit.alpha),
-        r2=float(fit.r2),
+        rankme=float(summary.rankme),
+        alpha=float(summary.alpha),
+        r2=float(summary.r2),
         n_samples=n,
-        dim=dim,
-        n_dropped=acc.n_dropped,
-        eigenvalues=eigenvalues.cpu().numpy(),
-        fit_ranks=fit.ranks.cpu().numpy(),
-        fit_values=fit.fitted.cpu().numpy(),
+        dim=summary.dim,
+        n_dropped=summary.n_dropped,
+        eigenvalues=eigenvalues,
+        fit_ranks=summary.fit.ranks.cpu().numpy(),
+        fit_values=summary.fit.fitted.cpu().numpy(),
     )
