@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -355,3 +356,21 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
     assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 writes, rank 1 does not
     board = scalars(tmp_path / "tb")
     assert sorted(board["geometry/rankme"]) == [0, 2]
+
+
+def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
+    """The README's TRL snippet as written (TRL's bf16=True default used to fail on a CPU)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    snippet = next(block for block in blocks if "SFTTrainer(" in block)
+    assert "GeometryCallback(every_n_steps=100" in snippet
+    snippet = snippet.replace("GeometryCallback(", f"GeometryCallback(num_sequences={N_PROBES}, ")  # fewer probes: fast
+    dataset = Dataset.from_list([
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)
+    ])
+    monkeypatch.chdir(tmp_path)
+    namespace = {"model": lm(tok), "dataset": dataset, "tokenizer": tok}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    callback = next(cb for cb in namespace["trainer"].callback_handler.callbacks if isinstance(cb, GeometryCallback))
+    assert callback.history[0]["step"] == 0 and callback.history[-1]["step"] == namespace["trainer"].state.global_step
+    assert callback.tracker.from_pretrained is True  # a TRL trainer: post-training
