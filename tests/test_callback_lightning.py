@@ -246,6 +246,17 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     assert payload["provenance"]["measure_config"]["layers"] == "last"
 
 
+def test_no_training_steps_measure_nothing_and_do_not_fail(tmp_path, tokenizer):
+    class WithValidation(TinyLM):
+        def validation_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0], labels=batch[0]).loss
+
+    monitor = GeometryMonitor(num_sequences=PROBES)
+    trainer(tmp_path, [monitor], max_steps=2).validate(WithValidation(tokenizer), token_loader(tokenizer))
+    trainer(tmp_path, [monitor], max_steps=0).fit(TinyLM(tokenizer), token_loader(tokenizer))
+    assert monitor.history == [] and monitor.stages == []
+
+
 def test_model_without_hf_lm_or_bad_layers_fails_before_training(tmp_path, tokenizer):
     with pytest.raises(MisconfigurationException, match="layers that exist"):
         trainer(tmp_path, [GeometryMonitor(num_sequences=PROBES, layers=[9])], max_steps=1).fit(
@@ -273,4 +284,6 @@ def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
     assert ddp["history"][0]["step"] == 0
     assert ddp["history"][0]["geometry/rankme"] == pytest.approx(single.rankme, rel=1e-6)
     assert ddp["history"][0]["geometry/n_samples"] == PROBES
-    assert [r["step"] for r in ddp["history"]] == [0, 2, 4]
+    assert [r["step"] for r in ddp["history"]] == [0, 3, 4]
+    record = json.loads(out.with_suffix(".history.json").read_text())  # written by rank 0
+    assert record["history"] == ddp["history"] and record["provenance"]["n_probes"] == PROBES

@@ -38,6 +38,7 @@ def test_schedule_start_periodic_extra_and_end():
         ({"extra_steps": (0,)}, "extra_steps"),
         ({"log_spectrum_every": -2}, "log_spectrum_every"),
         ({"config": MeasureConfig(batch_size=0)}, "batch_size"),
+        ({"from_pretrained": "yes"}, "from_pretrained"),
     ],
 )
 def test_bad_options_raise_clear_errors(kwargs, match):
@@ -263,3 +264,19 @@ def test_check_model_fails_once_with_a_clear_message(tokenizer):
         tracker.check_model(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="7"):
         tracker.check_model(build_tiny_model("gpt_neox", tokenizer=tokenizer))
+
+
+def test_unwritable_history_file_warns_once_and_strict_raises(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    scripted(monkeypatch, falling(2))
+    tracker = GeometryTracker(probes=PROBES, history_file=blocker / "geometry.json")
+    tracker.begin(Owner(), 0)
+    with pytest.warns(GeometryWarning, match="writing the history") as caught:
+        for step in (0, 10):
+            tracker.measure(None, step)
+            tracker.autosave()
+    assert len([w for w in caught if "writing the history" in str(w.message)]) == 1
+    assert len(tracker.history) == 2  # measuring went on
+    with pytest.raises(OSError):
+        GeometryTracker(probes=PROBES, history_file=blocker / "geometry.json", strict=True).autosave()
