@@ -131,7 +131,8 @@ def test_resume_keeps_history_across_a_schedule_change_with_the_final_step(tmp_p
     assert [r["step"] for r in first.history] == [0, 2, 4, 5]
     ckpt = next(ckpt_dir.glob("*step=5.ckpt"))
     # The final measurement (step 5) happened before ModelCheckpoint saved: it is in the checkpoint.
-    state = torch.load(ckpt, weights_only=False)["callbacks"]["GeometryMonitor{'prefix': 'geometry'}"]
+    # Plain data only: the checkpoint loads with weights_only=True.
+    state = torch.load(ckpt, weights_only=True)["callbacks"]["GeometryMonitor{'prefix': 'geometry'}"]
     assert [r["step"] for r in state["history"]] == [0, 2, 4, 5]
     assert state["provenance"]["precision"] == "fp32" and state["provenance"]["n_probes"] == PROBES
 

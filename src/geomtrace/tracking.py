@@ -341,14 +341,14 @@ class GeometryTracker:
         self._last_attempt = None
         self._reset_cost()
         self._train_started = time.perf_counter()
+        first = self.history[0]["step"] if self.history else start_step
         if self.from_pretrained_option is not None:
             value, reason = self.from_pretrained_option, "from_pretrained option"
         elif restored_value is not None:
             value, reason = restored_value, self.from_pretrained_reason or "restored from the checkpoint"
         elif self.stages:
             value, reason = True, "a later stage of a reused callback"
-        elif (self.history[0]["step"] if self.history else start_step) > 0:
-            first = self.history[0]["step"] if self.history else start_step
+        elif first > 0:
             value, reason = True, f"the trajectory starts at step {first}, not at initialisation"
         elif pretrained_hint is not None:
             value, reason = pretrained_hint
