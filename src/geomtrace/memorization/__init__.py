@@ -30,6 +30,7 @@ from geomtrace.memorization.probe import MemorizationProbe, MemorizationResult, 
 from geomtrace.memorization.qa import QALoadError, QAPair, QASet, TokenizedPair, hold_out, seed_prompt
 from geomtrace.memorization.remote import InfiniGramAPI, InfiniGramAPIError
 from geomtrace.memorization.seed_format import (
+    aligned,
     read_pickled_npy,
     read_seed_infgram,
     read_seed_llm_likelihood,
@@ -54,6 +55,7 @@ __all__ = [
     "QAPair",
     "QASet",
     "TokenizedPair",
+    "aligned",
     "answer_logprob",
     "answer_logprobs",
     "hold_out",
