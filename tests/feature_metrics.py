@@ -71,3 +71,19 @@ class Broken(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.n
+
+
+class BrokenOnRankOne(Metric):
+    """Raises in ``update`` on torch.distributed rank 1 only: the ranks must still agree."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("n", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, features: torch.Tensor) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            raise RuntimeError("broken on rank 1")
+        self.n += features.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.n

@@ -322,8 +322,8 @@ def measure_geometry(
             Every rank must call this function at the same point (it runs collectives).
         progress: show a progress bar (rank 0 only).
         extra_metrics: ``{name: metric}``, torchmetrics metrics whose ``update`` takes one
-            ``(N, d)`` float tensor of feature rows (the same rows the geometry sees:
-            fp32/fp64, padding and NaN/Inf rows included as extracted, see below). Each is
+            ``(N, d)`` float tensor of feature rows (the rows the geometry sees, fp32 or
+            fp64, NaN/Inf rows included as extracted). Each is
             cloned and reset per layer (the objects given are not touched) and synchronised
             by its own ``compute()`` under torch.distributed. Its value appears in
             :attr:`LayerGeometry.extras` under ``name`` (a dict result as ``name/key``; a
@@ -505,6 +505,8 @@ def _layer_collection(
 
 
 def _update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed: set[tuple[int, str]]) -> None:
+    # Extra metrics get fp32 (fp64 stays fp64), as the contract says; the geometry upcasts itself.
+    extra_rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
     for name, metric in collection.items(keep_base=True, copy_state=False):
         if name == _GEOMETRY:
             metric.update(rows)
@@ -512,7 +514,7 @@ def _update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed
         if (layer, name) in failed:
             continue
         try:
-            metric.update(rows)
+            metric.update(extra_rows)
         except Exception as err:  # noqa: BLE001 - a user's metric must not cost the geometry
             failed.add((layer, name))
             warn(f"extra metric {name!r} failed to update on layer {layer} ({type(err).__name__}: {err}); it is NaN.")
