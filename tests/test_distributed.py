@@ -35,6 +35,7 @@ def single_process_reference() -> dict:
     geometry = Geometry(fit_range=(2, 20))
     geometry.update(extreme_features())
     out["extreme"] = geometry.compute()
+    out["covariance_diag"] = torch.cov(features().double().T).diagonal()
     return out
 
 
@@ -60,3 +61,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split):
         assert got["extreme_n"] == 900
         assert got["extreme_rankme"] == pytest.approx(float(reference["extreme"]["rankme"]), rel=1e-8)
         assert got["extreme_alpha"] == pytest.approx(float(reference["extreme"]["alpha"]), rel=1e-8)
+        assert got["accumulator_n"] == 900
+        torch.testing.assert_close(
+            torch.tensor(got["accumulator_diag"], dtype=torch.float64), reference["covariance_diag"][:20], rtol=1e-6, atol=0
+        )

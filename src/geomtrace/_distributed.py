@@ -74,3 +74,26 @@ def all_reduce_moments(
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
         dist.all_reduce(second, op=dist.ReduceOp.SUM, group=group)
     return n, shift, total, second
+
+
+def all_reduce_state(state: Any, group: Any = None) -> None:
+    """Sum a covariance state (``geomtrace.covariance.STATE_NAMES``) over ranks.
+
+    Folds the deferred batches, reduces *copies* of the sums (a ``MetricCollection`` compute
+    group shares the tensors with members that must keep the local sums) and assigns the
+    results to ``state``. Used by the metrics' ``_sync_dist`` and
+    ``CovarianceAccumulator.all_reduce`` alike. Every rank must call it, also with no rows.
+    """
+    from geomtrace.covariance import fold
+
+    if state.feature_sum.numel():
+        fold(state)
+    dist = torch.distributed
+    n, shift, total, second = all_reduce_moments(
+        state.n_samples.clone(), state.shift.clone(), state.feature_sum.clone(), state.second_moment.clone(), group=group
+    )
+    dropped, roundoff = state.n_dropped.clone(), state.input_roundoff.clone()
+    dist.all_reduce(dropped, op=dist.ReduceOp.SUM, group=group)
+    dist.all_reduce(roundoff, op=dist.ReduceOp.MAX, group=group)
+    state.n_samples, state.shift, state.feature_sum, state.second_moment = n, shift, total, second
+    state.n_dropped, state.input_roundoff = dropped, roundoff

@@ -497,15 +497,9 @@ class CovarianceAccumulator:
 
     def all_reduce(self, group: Any = None) -> None:
         """Sum the moments over all ranks in place. Every rank must call it, also with no rows."""
-        from geomtrace._distributed import all_reduce_moments
+        from geomtrace._distributed import all_reduce_state
 
-        if self.feature_sum.numel():
-            fold(self)
-        self.n_samples, self.shift, self.feature_sum, self.second_moment = all_reduce_moments(
-            self.n_samples, self.shift, self.feature_sum, self.second_moment, group=group
-        )
-        torch.distributed.all_reduce(self.n_dropped, op=torch.distributed.ReduceOp.SUM, group=group)
-        torch.distributed.all_reduce(self.input_roundoff, op=torch.distributed.ReduceOp.MAX, group=group)
+        all_reduce_state(self, group)
 
     def moments(self) -> Moments:
         """The folded sums (see :class:`Moments`)."""

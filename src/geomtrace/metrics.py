@@ -34,14 +34,13 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from geomtrace import functional as F
-from geomtrace._distributed import all_reduce_moments
+from geomtrace._distributed import all_reduce_state
 from geomtrace._warnings import warn
 from geomtrace.covariance import (
     FOLD_EVERY,
     Moments,
     accumulate,
     default_states,
-    fold,
     merge_states,
     moments_of,
     prepare_rows,
@@ -253,18 +252,7 @@ class _CovarianceMetric(Metric):
         # All states are sums: reduce them in place (around one agreed shift) instead of
         # gathering world_size copies. Reduce copies: in a MetricCollection compute group the
         # state tensors are shared with the other members, which must keep seeing the local sums.
-        group = process_group or self.process_group
-        if self.feature_sum.numel():
-            fold(self)
-        n, shift, total, second = all_reduce_moments(
-            self.n_samples.clone(), self.shift.clone(), self.feature_sum.clone(), self.second_moment.clone(), group=group
-        )
-        dist = torch.distributed
-        dropped, roundoff = self.n_dropped.clone(), self.input_roundoff.clone()
-        dist.all_reduce(dropped, op=dist.ReduceOp.SUM, group=group)
-        dist.all_reduce(roundoff, op=dist.ReduceOp.MAX, group=group)
-        self.n_samples, self.shift, self.feature_sum, self.second_moment = n, shift, total, second
-        self.n_dropped, self.input_roundoff = dropped, roundoff
+        all_reduce_state(self, process_group or self.process_group)
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         # merge_state() and forward(): sums around possibly different shifts; see merge_states.

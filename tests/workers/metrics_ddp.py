@@ -53,6 +53,12 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
     for batch in (extreme[:split] if rank == 0 else extreme[split:]).split(64):
         geometry.update(batch)
     summary = geometry.compute_summary()
+    from geomtrace.covariance import CovarianceAccumulator
+
+    accumulator = CovarianceAccumulator()  # the framework-free holder: same state, same all-reduce
+    for batch in shard.split(64):
+        accumulator.update(batch)
+    accumulator.all_reduce()
     result = {
         "rankme": float(out_values["rankme"]),
         "alpha": float(out_values["alpha"]),
@@ -62,6 +68,8 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
         "extreme_rankme": float(summary.rankme),
         "extreme_alpha": float(summary.alpha),
         "extreme_n": summary.n_samples,
+        "accumulator_n": float(accumulator.n),
+        "accumulator_diag": accumulator.covariance().diagonal()[:20].tolist(),
     }
     with open(f"{out}.rank{rank}", "w") as handle:
         json.dump(result, handle)
