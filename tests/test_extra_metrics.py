@@ -84,3 +84,24 @@ def test_bad_extra_metrics_are_clear_errors(setup, extra, error, match):
     model, probes = setup
     with pytest.raises(error, match=match):
         measure_geometry(model, probes, extra_metrics=extra)
+
+
+SEEN_DTYPES: list[torch.dtype] = []
+
+
+class _DtypeRecorder(ParticipationRatio):
+    def update(self, features: torch.Tensor) -> None:
+        SEEN_DTYPES.append(features.dtype)
+        super().update(features)
+
+
+def test_extra_metrics_get_fp32_rows_from_a_bf16_forward(setup):
+    model, probes = setup
+    SEEN_DTYPES.clear()
+    with torch.autocast("cpu", enabled=False):
+        result = measure_geometry(
+            model, probes, MeasureConfig(batch_size=16, autocast="bf16"), extra_metrics={"pr": _DtypeRecorder()}
+        )
+    assert result.precision == "bf16"
+    assert SEEN_DTYPES and set(SEEN_DTYPES) == {torch.float32}
+    assert math.isfinite(result.last.extras["pr"])
