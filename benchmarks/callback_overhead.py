@@ -1,18 +1,29 @@
-"""Wall-clock overhead of GeometryMonitor on the pretrain recipe, side by side in one run.
+"""Wall-clock overhead of GeometryMonitor at its defaults, side by side in one run.
 
-Runs ``recipes/pretrain.py`` without the monitor, with it at its defaults (every 100 steps,
-1024 probes, probe forward in the trainer's precision) and with the probe forward autocast to
-``--autocast`` (default bf16), same seed and data order, round-robin so machine noise hits all
-alike, and prints each round's fit times and overheads (each variant against the baseline
-of its own round) and their median over ``--repeats`` rounds.
+Trains ``recipes/pretrain.py`` with a batch of at least 64k tokens per optimizer step (512
+sequences of 128 tokens by default), once without the monitor and once with
+``GeometryMonitor`` at its defaults (every 100 steps, 1024 probes of 11..128 tokens, probe
+batch 32, last layer, the trainer's precision), same seed and data order. The model is the
+demo's Pythia shape scaled down (d = 64, 2 layers, the demo's 4096-token BPE vocabulary) so
+that a 64k-token step takes about a second on a CPU and the benchmark runs in minutes.
 
-Usage: python benchmarks/callback_overhead.py [--max-steps 400] [--repeats 1] [--every-n-steps 100]
-       [--autocast bf16|fp16|none]
+Each round runs both variants (their order alternates between rounds, so a slow spell or
+a warm cache does not always favour the same one) and gives the paired overhead
+``(with - without) / without``. The script prints every round, the median over rounds, and
+the monitor's own account of its cost (the share it prints at the end of training: its
+measuring and logging time over the fit's time), which does not depend on comparing two
+noisy runs. It also extrapolates to a long run, where measurements come once per
+``every_n_steps``: seconds per measurement / (every_n_steps x seconds per step).
+
+Usage: python benchmarks/callback_overhead.py [--max-steps 200] [--repeats 3] [--batch-size 512]
+       [--seq-len 128] [--hidden-size 64] [--num-layers 2] [--every-n-steps 100] [--autocast bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import re
 import statistics
 import subprocess
@@ -21,49 +32,95 @@ import tempfile
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
+COST = re.compile(
+    r"cost: (\d+) measurement\(s\) took ([0-9.]+) s, ([0-9.]+)% of the ([0-9.]+) s of training; "
+    r"([0-9,]+) probe tokens \((\d+) probes\)"
+)
 
 
-def fit_seconds(extra: list[str], max_steps: int) -> float:
+def run_recipe(common: list[str], extra: list[str]) -> dict[str, float]:
+    """One fit of the recipe; its fit time and, with the monitor, the monitor's cost line."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, str(RECIPE), "--max-steps", str(max_steps), "--output", out,
-               "--no-save", "--quiet", *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    match = re.search(r"fit took ([0-9.]+)s", proc.stdout)
-    if not match:
+        cmd = [sys.executable, str(RECIPE), *common, "--output", out, "--no-save", "--quiet", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"the recipe failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    fit = re.search(r"fit took ([0-9.]+)s", proc.stdout)
+    if not fit:
         raise RuntimeError(f"no fit time in the recipe's output:\n{proc.stdout[-2000:]}")
-    return float(match.group(1))
+    out = {"fit": float(fit.group(1))}
+    cost = COST.search(proc.stdout)
+    if cost:
+        out.update(measurements=int(cost.group(1)), measuring=float(cost.group(2)), share=float(cost.group(3)),
+                   probe_tokens=int(cost.group(5).replace(",", "")), probes=int(cost.group(6)))
+    return out
+
+
+def load() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-steps", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="paired rounds")
+    parser.add_argument("--batch-size", type=int, default=512, help="sequences per optimizer step")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--every-n-steps", type=int, default=100, help="GeometryMonitor default: 100")
-    parser.add_argument("--probe-batch-size", type=int, default=32, help="GeometryMonitor default: 32")
-    parser.add_argument("--autocast", default="bf16", choices=("bf16", "fp16", "none"),
-                        help="also time the monitor with its probe forward autocast to this dtype ('none': skip)")
+    parser.add_argument("--autocast", default="none", choices=("bf16", "fp16", "none"),
+                        help="also time the monitor with its probe forward autocast to this dtype")
     args = parser.parse_args()
-    with_monitor = ["--every-n-steps", str(args.every_n_steps), "--probe-batch-size", str(args.probe_batch_size),
-                    "--extra-steps", ""]
-    variants = {"without": ["--no-geometry"], "GeometryMonitor (defaults)": with_monitor}
+    tokens_per_step = args.batch_size * args.seq_len
+    if tokens_per_step < 65_536:
+        print(f"note: {tokens_per_step:,} tokens per step, below the 64k this benchmark is about")
+    common = ["--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+              "--hidden-size", str(args.hidden_size), "--num-layers", str(args.num_layers), "--warmup-steps", "10"]
+    # The monitor's defaults: 1024 probes, probe batch 32, last layer, no extra steps.
+    monitor = ["--every-n-steps", str(args.every_n_steps), "--extra-steps", "", "--num-probes", "1024",
+               "--probe-batch-size", "32"]
+    variants = {"without": ["--no-geometry"], "GeometryMonitor (defaults)": monitor}
     if args.autocast != "none":
-        variants[f"GeometryMonitor (autocast={args.autocast})"] = [*with_monitor, "--probe-autocast", args.autocast]
-    overheads: dict[str, list[float]] = {name: [] for name in variants if name != "without"}
-    for round_index in range(args.repeats):
-        seconds = {name: fit_seconds(extra, args.max_steps) for name, extra in variants.items()}
-        base = seconds["without"]
-        # Paired within the round: a slow spell on the machine hits neighbours alike, while the
-        # fastest baseline of one round against the fastest monitor run of another does not.
-        for name in overheads:
-            overheads[name].append(100 * (seconds[name] - base) / base)
-        print(f"  round {round_index + 1}: " + ", ".join(
-            f"{name} {value:.1f}s" + ("" if name == "without" else f" ({overheads[name][-1]:+.1f}%)")
-            for name, value in seconds.items()), flush=True)
-    measurements = 2 + args.max_steps // args.every_n_steps - (1 if args.max_steps % args.every_n_steps == 0 else 0)
-    print(f"pretrain recipe, {args.max_steps} steps, monitor every {args.every_n_steps} steps "
-          f"({measurements} measurements of 1024 probes), median over {args.repeats} round(s):")
-    for name, values in overheads.items():
-        print(f"  {name}: overhead {statistics.median(values):.1f}% (aim <= 3%)")
+        variants[f"GeometryMonitor (autocast={args.autocast})"] = [*monitor, "--probe-autocast", args.autocast]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average {load()}; "
+          f"{args.max_steps} steps of {tokens_per_step:,} tokens, d={args.hidden_size}, {args.num_layers} layers",
+          flush=True)
+    rounds: list[dict[str, dict[str, float]]] = []
+    for index in range(args.repeats):
+        names = list(variants) if index % 2 == 0 else list(reversed(variants))
+        seconds = {name: run_recipe(common, variants[name]) for name in names}
+        rounds.append(seconds)
+        base = seconds["without"]["fit"]
+        parts = []
+        for name in variants:
+            fit = seconds[name]["fit"]
+            if name == "without":
+                parts.append(f"{name} {fit:.1f}s")
+            else:
+                parts.append(f"{name} {fit:.1f}s ({100 * (fit - base) / base:+.2f}%, "
+                             f"self-reported {seconds[name]['share']:.2f}%)")
+        print(f"  round {index + 1} (load {load()}): " + ", ".join(parts), flush=True)
+
+    print(f"median over {args.repeats} paired round(s):")
+    step_seconds = statistics.median(r["without"]["fit"] for r in rounds) / max(1, args.max_steps)
+    for name in variants:
+        if name == "without":
+            continue
+        paired = [100 * (r[name]["fit"] - r["without"]["fit"]) / r["without"]["fit"] for r in rounds]
+        share = [r[name]["share"] for r in rounds]
+        per_measurement = statistics.median(r[name]["measuring"] / r[name]["measurements"] for r in rounds)
+        first = rounds[0][name]
+        long_run = 100 * per_measurement / (args.every_n_steps * step_seconds)
+        print(f"  {name}: paired overhead {statistics.median(paired):+.2f}% (rounds: "
+              f"{', '.join(f'{p:+.2f}%' for p in paired)}); self-reported share {statistics.median(share):.2f}%; "
+              f"{first['measurements']} measurements of {first['probes']} probes ({first['probe_tokens']:,} tokens), "
+              f"{per_measurement:.2f} s each vs {step_seconds:.2f} s per training step; "
+              f"a long run (one measurement per {args.every_n_steps} steps): {long_run:.2f}% (aim <= 1%)")
 
 
 if __name__ == "__main__":
