@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geomtrace._warnings import GeometryWarning
-from geomtrace.probes import ProbeLoadError, ProbeSet, load_probes
+from geomtrace.probes import ProbeFileError, ProbeLoadError, ProbeSet, load_probes
 from geomtrace.tiny import train_bpe_tokenizer
 
 
@@ -85,7 +85,7 @@ def test_from_txt_and_jsonl_files(tok, tmp_path):
     from_jsonl = load_probes(tok, jsonl, num_sequences=6, text_column="body")
     assert from_txt.fingerprint() == from_list.fingerprint() == from_jsonl.fingerprint()
     assert from_txt.description.startswith("file:probes.txt n=6")
-    with pytest.raises(KeyError, match="text_column"):
+    with pytest.raises(ProbeFileError, match=r"probes.jsonl:1 has no field 'text'.*text_column"):
         load_probes(tok, jsonl)  # default column "text" is missing
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_probes(tok, str(tmp_path / "missing.txt"))
@@ -181,3 +181,72 @@ def test_probe_batches_feed_feature_extraction(tok):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no stray warnings in the common path
         list(probes.batches(5))
+
+
+def test_long_non_ascii_chat_probes_keep_the_generation_prompt(tok):
+    # CJK and accented texts take more tokens after a decode / re-encode round trip; the
+    # truncation cuts the user text until the prompt fits, never the template's suffix
+    # (issue 9 item 10: 40 of 40 lost the generation prompt).
+    texts = [("日本語のテキストです。漢字とかなを含みます。" * 12) + str(i) for i in range(20)]
+    texts += [("Ça a été très éprouvé, où ç'était « déjà » là — naïveté. " * 10) + str(i) for i in range(20)]
+    gen_prompt = tok("<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    for max_tokens in (40, 64):
+        probes = load_probes(tok, texts, num_sequences=40, chat_template=True, max_tokens=max_tokens)
+        assert len(probes) == 40
+        for seq in probes.sequences:
+            assert len(seq) <= max_tokens and seq[-len(gen_prompt):] == gen_prompt
+            assert "\ufffd" not in tok.decode(seq)  # no half characters left where the text was cut
+
+
+def _write(path, data: bytes | str):
+    if isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("latin1.txt", "café au lait\nsecond line\n".encode("latin-1"), r"latin1.txt:1: not UTF-8 text"),
+        ("late.txt", b"ok line\nsecond ok\ncaf\xe9\n", r"late.txt:3: not UTF-8"),
+        ("bad.jsonl", '{"text": "a fine line"}\n{"text": broken}\n', r"bad.jsonl:2: not valid JSON"),
+        ("list.jsonl", '{"text": "a fine line"}\n["not", "an", "object"]\n', r"list.jsonl:2: a JSON list where an object"),
+        ("number.jsonl", '{"text": 42}\n', r"number.jsonl:1: field 'text' is a int"),
+        ("dict.json", '{"data": ["a", "b"]}', r"dict.json: a .json probe file holds a list"),
+        ("broken.json", '["a", ', r"broken.json:1: not valid JSON"),
+        ("table.csv", "text\nhello\n", r"table.csv: .csv files are not read as probes"),
+    ],
+)
+def test_probe_file_errors_name_the_file_and_line(tok, tmp_path, name, content, message):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(ProbeFileError, match=message):
+        load_probes(tok, str(path))
+
+
+def test_json_probe_files_and_folders(tok, tmp_path):
+    texts = _texts(6)
+    _write(tmp_path / "list.json", json.dumps(texts))
+    _write(tmp_path / "objects.json", json.dumps([{"text": t} for t in texts]))
+    _write(tmp_path / "column.json", json.dumps({"text": texts}))
+    reference = load_probes(tok, texts, num_sequences=6).fingerprint()
+    for name in ("list.json", "objects.json", "column.json"):
+        assert load_probes(tok, tmp_path / name, num_sequences=6).fingerprint() == reference
+    with pytest.raises(ProbeFileError, match="is a folder; pass a file inside it"):
+        load_probes(tok, str(tmp_path))
+
+
+def test_a_mistyped_local_path_is_not_a_hub_dataset(tok, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    _write(tmp_path / "data" / "probes.txt", "\n".join(_texts(4)))
+    for typo in ("data/probes.txtt", "data/probe", "./probes", "data/prbes.txt"):
+        with pytest.raises(FileNotFoundError, match="does not exist") as err:
+            load_probes(tok, typo)
+        assert "hub" not in str(err.value).lower()
+    with pytest.raises(FileNotFoundError, match=r"Did you mean: data/probes.txt"):
+        load_probes(tok, "data/prbes.txt")
+    # a bare name is still a hub dataset, and the message says where a local file was looked for
+    with pytest.raises(ProbeLoadError, match=r"meant as a local file, it does not exist in"):
+        load_probes(tok, "probes")

@@ -90,7 +90,11 @@ def test_hub_replay_records(full_run):
         assert ResultsStore(full_run).spectrum(r["key"], 2).shape == (24,)
     # the revisions really differ, so their values do too
     assert len({r["rankme"] for r in last}) == len(REVS)
-    assert json.loads((full_run / "run.json").read_text())["n_probes"] == 24
+    info = json.loads((full_run / "run.json").read_text())
+    assert info["provenance"]["n_probes"] == 24 and info["provenance"]["precision"] == "fp32"
+    assert info["provenance"]["measure_config"]["layers"] == "all"
+    assert info["provenance"]["probe_options"]["num_sequences"] == 24
+    assert {r["precision"] for r in records} == {"fp32"} and {r["config_id"] for r in records} == {info["config_id"]}
 
 
 def test_replay_equals_direct_measure(full_run):
@@ -112,13 +116,24 @@ def test_rerun_skips_done(full_run, capsys):
     assert summary.measured == [] and summary.skipped == list(REVS)
 
 
-def test_other_probe_set_is_measured_again(full_run, tmp_path):
+def test_rerun_with_other_options_refuses_and_keeps_the_output(hub, tmp_path, capsys):
+    # A rerun that would measure differently into the same output measures nothing, says
+    # what differs and leaves results and run.json as they were (issue 9 item 7).
     out = tmp_path / "out"
-    args = ["replay", "--model", REPO, "--revisions", "step0", "--output", str(out), *QUIET]
-    assert main([*args, *PROBES]) == 0
-    assert main([*args, "--num-sequences", "20", "--max-tokens", "32"]) == 0
-    fingerprints = {r["probe_fingerprint"] for r in ResultsStore(out).records(dedupe=False)}
-    assert len(fingerprints) == 2
+    args = ["replay", "--model", REPO, "--output", str(out), *PROBES, *QUIET]
+    assert main([*args, "--revisions", "step0"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("run.json", "results.jsonl")}
+    for change, named in [(["--num-sequences", "20"], "probe_fingerprint"), (["--max-components", "8"], "max_components"),
+                          (["--dtype", "bf16"], "dtype"), (["--autocast", "bf16"], "autocast"),
+                          (["--layers", "1"], "layers")]:
+        capsys.readouterr()
+        assert main([*args, "--revisions", "step0,step1", *change]) == 2, change
+        err = capsys.readouterr().err
+        assert named in err and "another --output" in err and len(err.strip().splitlines()) == 1, err
+        assert {name: (out / name).read_bytes() for name in before} == before
+    # options that only change speed continue the same output
+    assert main([*args, "--revisions", "step0,step1", "--batch-size", "5"]) == 0
+    assert ResultsStore(out).done_keys() == {"step0", "step1"}
 
 
 def test_batch_size_does_not_change_values(hub, tmp_path):
@@ -177,6 +192,21 @@ def test_resume_after_sigkill(full_run, tmp_path):
     assert counts == {(rev, layer): 1 for rev in REVS for layer in (0, 1, 2)}
     assert ResultsStore(out).done_keys() == set(REVS)
     assert_same(values(out), values(full_run), rel=1e-7)
+
+
+def test_ctrl_c_exits_130_and_keeps_what_was_measured(hub, tmp_path):
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, str(WORKER), "0.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 90
+    while not (results.is_file() and results.stat().st_size > 0):
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker wrote no record in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted (rerun the same command to resume)" in err
+    assert "Traceback" not in err and len(ResultsStore(out).done_keys()) >= 1
 
 
 def test_shards_together_give_the_full_set(full_run, tmp_path):
@@ -291,3 +321,120 @@ def test_torchrun_two_ranks_equal_single_process(hub, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same(values(tmp_path / "ddp"), values(tmp_path / "single"), rel=1e-6)
     assert len(ResultsStore(tmp_path / "ddp").records(dedupe=False)) == 6  # only rank 0 wrote
+
+
+# ----------------------------------------------------------------------------- issue 9: replay hardening
+
+
+def test_missing_first_revision_is_a_failed_checkpoint(hub, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["replay", "--model", REPO, "--revisions", "step3,step0", "--output", str(out), *PROBES, *QUIET,
+               "--no-tensorboard"])
+    assert rc == 1  # not "no tokenizer": the tokenizer comes from the next checkpoint
+    assert ResultsStore(out).done_keys() == {"step0"}
+    (failure,) = ResultsStore(out).failures()
+    assert failure["key"] == "step3" and "step3" in failure["error"]
+
+
+def test_nonexistent_model_is_a_load_error(tmp_path, capsys):
+    rc = main(["replay", "--model", "nobody/no-such-model", "--revisions", "step0", "--output", str(tmp_path / "o"),
+               *PROBES, *QUIET])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "could not load 'nobody/no-such-model' at revision 'step0'" in err and "no tokenizer" not in err
+
+
+def test_layers_without_the_final_one_use_the_one_tag_rule(hub, tmp_path, capsys):
+    # --layers 1 of a 2-layer model: the trajectory is layer 1, tagged geometry/layer1/<name>
+    # (GeometryResult.trajectory_key), and plot / phases / export follow it (issue 9 item 12).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "inner"
+    assert main([*FULL, "--layers", "0,1", "--output", str(out)]) == 0
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert "geometry/layer1/rankme" in tags and "geometry/rankme" not in tags
+    assert main(["phases", str(out)]) == 0
+    assert f"{len(REVS)} measurements, layer 1" in capsys.readouterr().out
+    assert main(["plot", str(out), "-o", str(tmp_path / "p.png")]) == 0
+
+
+LIVE_CHAT = dict(chat_template=True, system_prompt="Be brief.", num_sequences=16, max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    """A post-training-like run: checkpoints of a model with a chat template, measured "live"
+    with chat probes in bf16 autocast, and its history JSON with the provenance record."""
+    from geomtrace.tiny import build_tiny_model as build, train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("chat")
+    tok = train_bpe_tokenizer()
+    tok.save_pretrained(root / "run")
+    probes = build_probes(tok, ProbeOptions(**LIVE_CHAT))
+    config = MeasureConfig(autocast="bf16")
+    history, provenance = [], None
+    for i, step in enumerate((10, 20)):
+        model = build("gpt_neox", tokenizer=tok, seed=i)
+        model.save_pretrained(root / "run" / f"step{step}")
+        result = measure_geometry(model, probes, config)
+        history.append({"step": step, **result.scalars()})
+        provenance = {**result.provenance(), "probe_options": ProbeOptions(**LIVE_CHAT).to_dict()}
+    assert provenance["precision"] == "bf16"
+    live = root / "geometry.json"
+    live.write_text(json.dumps({"history": history, "provenance": provenance, "tokens_per_step": 1000}))
+    return root, history
+
+
+def test_like_replays_a_live_chat_run_exactly(chat_run, tmp_path, recwarn):
+    root, history = chat_run
+    out = tmp_path / "like"
+    assert main(["replay", "--checkpoints", str(root / "run"), "--like", str(root / "geometry.json"),
+                 "--output", str(out), *QUIET, "--no-tensorboard"]) == 0
+    records = ResultsStore(out).records()
+    assert [r["rankme"] for r in records] == [row["geometry/rankme"] for row in history]  # identical
+    assert [r["alpha"] for r in records] == [row["geometry/alpha"] for row in history]
+    assert {r["precision"] for r in records} == {"bf16"}
+    assert [r["tokens"] for r in records] == [10_000, 20_000]  # the live run's tokens_per_step
+    assert not [w for w in recwarn if "differ" in str(w.message)]
+    # The same with explicit options (issue 9 item 10: the CLI has the chat options).
+    explicit = tmp_path / "explicit"
+    assert main(["replay", "--checkpoints", str(root / "run"), "--chat-template", "--system-prompt", "Be brief.",
+                 "--num-sequences", "16", "--max-tokens", "48", "--autocast", "bf16", "--output", str(explicit),
+                 *QUIET, "--no-tensorboard"]) == 0
+    assert values(explicit) == values(out)
+    # A plain replay measures other probes in fp32: shown together, that is said.
+    plain = tmp_path / "plain"
+    assert main(["replay", "--checkpoints", str(root / "run"), "--output", str(plain), *PROBES, *QUIET,
+                 "--no-tensorboard", "--tokens-per-step", "1000"]) == 0
+    with pytest.warns(UserWarning) as caught:
+        assert main(["plot", str(root / "geometry.json"), str(plain), "--x", "tokens",
+                     "-o", str(tmp_path / "p.png")]) == 0
+    said = " ".join(str(w.message) for w in caught)
+    assert "different probe sets" in said and "different precisions" in said
+
+
+def test_like_warns_when_the_probes_cannot_match(chat_run, tmp_path):
+    root, _ = chat_run
+    with pytest.warns(UserWarning, match="differs from the reference run"):
+        assert main(["replay", "--checkpoints", str(root / "run"), "--like", str(root / "geometry.json"),
+                     "--num-sequences", "20", "--output", str(tmp_path / "o"), *QUIET, "--no-tensorboard"]) == 0
+
+
+def test_peft_adapter_run_replays_from_the_cli(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_model(seed=3).save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "run")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query_key_value"]))
+    model.save_pretrained(tmp_path / "run" / "checkpoint-5")
+    out = tmp_path / "out"
+    assert main(["replay", "--checkpoints", str(tmp_path / "run"), "--output", str(out), *PROBES, *QUIET,
+                 "--no-tensorboard"]) == 0
+    (record,) = ResultsStore(out).records()
+    assert record["kind"] == "peft_adapter" and record["step"] == 5
+    direct = measure_geometry(model, build_probes(tiny_tokenizer(), ProbeOptions(num_sequences=24, max_tokens=32)))
+    assert record["rankme"] == pytest.approx(direct.last.rankme, rel=1e-9)

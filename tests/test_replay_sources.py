@@ -363,3 +363,96 @@ def test_resolve_dtype():
 def test_tiny_config_archs():
     assert tiny_config("olmo2").model_type == "olmo2"
     assert tiny_config("gpt_neox").hidden_size == 64
+
+
+# ------------------------------------------------------------------ PEFT adapters, LightningCLI (issue 9 item 11)
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tmp_path_factory):
+    """A base model folder and an HF-Trainer-style run whose checkpoint-N/ hold only a LoRA adapter."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    build_tiny_model(seed=5).save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    for i, step in enumerate((10, 20)):
+        base = AutoModelForCausalLM.from_pretrained(root / "base")  # base_model_name_or_path = this folder
+        model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"]))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.fill_(0.02 * (i + 1))  # a trained adapter: it changes the features
+        model.save_pretrained(root / "run" / f"checkpoint-{step}")
+    return root
+
+
+def test_peft_adapter_checkpoints_load_on_their_base(adapter_run):
+    from geomtrace.measure import measure_geometry
+    from geomtrace.probes import load_probes
+
+    found = local_checkpoints(adapter_run / "run")
+    assert [(c.kind, c.step, c.key) for c in found] == [("peft_adapter", 10, "checkpoint-10"),
+                                                        ("peft_adapter", 20, "checkpoint-20")]
+    model, tok = load_checkpoint_model(found[1])
+    assert type(model).__name__ == "PeftModel" and not model.training
+    assert tok is not None  # from the base model: the run saved none
+    probes = load_probes(tok, num_sequences=16, max_tokens=32)
+    base, _ = load_checkpoint_model(Checkpoint(None, None, str(adapter_run / "base"), str(adapter_run), None, None,
+                                               "hf_folder"))
+    adapted = measure_geometry(model, probes).last
+    plain = measure_geometry(base, probes).last
+    assert adapted.rankme != plain.rankme  # the adapter is active in the measured forward
+    # --base-model points elsewhere (e.g. the hub id recorded in the adapter is not reachable)
+    other, _ = load_checkpoint_model(found[1], base_model=str(adapter_run / "base"))
+    assert measure_geometry(other, probes).last.rankme == adapted.rankme
+    with pytest.raises(CheckpointLoadError, match=r"base model .*--base-model"):
+        load_checkpoint_model(found[0], base_model=str(adapter_run / "no-such-base"))
+
+
+class _TokenizedLM(torch.nn.Module):
+    """A LightningModule-like wrapper written as a LightningCLI user writes one."""
+
+    def __init__(self, hidden_size: int = 64, lr: float = 1e-3):
+        super().__init__()
+        self.model = build_tiny_model("gpt_neox", hidden_size=hidden_size, seed=11)
+        self.tokenizer = tiny_tokenizer()
+
+
+def build_from_hparams(hparams: dict):
+    return _TokenizedLM(**hparams)  # the docs' builder: **hparams into the module's __init__
+
+
+def test_lightning_cli_hyperparameters_and_module_tokenizer(tmp_path):
+    module = _TokenizedLM()
+    path = tmp_path / "epoch=0-step=3.ckpt"
+    hparams = {"hidden_size": 64, "lr": 1e-3, "_instantiator": "lightning.pytorch.cli.instantiate_module",
+               "_class_path": "mypackage.MyModule"}  # what LightningCLI's save_hyperparameters stores
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    (ck,) = local_checkpoints(path)
+    model, tok = load_checkpoint_model(ck, model_builder=build_from_hparams)
+    assert type(model).__name__ == "GPTNeoXForCausalLM"
+    assert tok is not None and tok.pad_token == "<|pad|>"  # the module's own tokenizer
+
+
+def test_lightning_module_class_as_builder(tmp_path):
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self, hidden_size: int = 64):
+            super().__init__()
+            self.save_hyperparameters()
+            self.model = build_tiny_model("gpt_neox", hidden_size=hidden_size, seed=2)
+            self.tokenizer = tiny_tokenizer()
+
+    saved = Module()
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.add_(0.01)
+    path = tmp_path / "step=1.ckpt"
+    torch.save({"state_dict": saved.state_dict(), "hyper_parameters": dict(saved.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    model, tok = load_checkpoint_model(local_checkpoints(path)[0], model_builder=Module)
+    ref = saved.model.state_dict()
+    assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref) and tok is not None

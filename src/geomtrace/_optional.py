@@ -16,6 +16,7 @@ _EXTRA_FOR = {
     "matplotlib": "plot",
     "yaml": "cli",
     "tqdm": "cli",
+    "infini_gram": "memorization",
 }
 
 

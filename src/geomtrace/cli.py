@@ -2,7 +2,9 @@
 
 Every subcommand takes ``--config FILE.yaml``: a mapping whose keys are the long option
 names (``batch-size`` or ``batch_size``); options given on the command line override it.
-Bad input ends with a one-line message and exit code 2. See ``docs/cli.md``.
+Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error (one line).
+See ``docs/cli.md``. Only the standard library is imported before a command runs, so
+``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def _add_replay(sub: Any) -> None:
     meas.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"),
                       help="precision of the probe forward: auto (default: the weights' dtype) or autocast to "
                       "bf16/fp16 with fp32 weights (faster on GPUs; statistics stay fp32/fp64)")
+    meas.add_argument("--skip-first-token", action="store_true", default=None,
+                      help="with --tokens mean/all: leave out each probe's first token (BOS / attention sink)")
+    meas.add_argument("--like", metavar="RUN",
+                      help="measure like RUN: a live history .json (e.g. outputs/pretrain/geometry.json) or a replay "
+                      "output; takes its probe options, measurement options and precision (explicit options win)")
 
     probes = p.add_argument_group("probes (fixed for the whole replay)")
     probes.add_argument("--probe-file", metavar="PATH", help=".txt (one text per line) or .jsonl file")
@@ -79,6 +86,10 @@ def _add_replay(sub: Any) -> None:
     probes.add_argument("--min-tokens", type=int, help="drop probes shorter than this (default 11)")
     probes.add_argument("--max-tokens", type=int, help="truncate probes to this many tokens (default 128)")
     probes.add_argument("--seed", type=int, help="seed of the probe selection (default 0)")
+    probes.add_argument("--chat-template", action="store_true", default=None,
+                        help="wrap each probe as a user message in the tokenizer's chat template, measured at the "
+                        "generation prompt (post-trained models; as the callbacks' chat_template=True)")
+    probes.add_argument("--system-prompt", metavar="TEXT", help="system message of --chat-template probes")
     probes.add_argument("--tokenizer", help="tokenizer name or path (default: the first checkpoint's own)")
 
     load = p.add_argument_group("loading")
@@ -87,8 +98,11 @@ def _add_replay(sub: Any) -> None:
     load.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default auto (cuda if available)")
     load.add_argument("--device-map", help="from_pretrained device_map, e.g. auto (big models over GPUs)")
     load.add_argument("--trust-remote-code", action="store_true", default=None, help="allow custom model code")
-    load.add_argument("--model-builder", metavar="MODULE:FUNCTION",
-                      help="for Lightning .ckpt: function(hyper_parameters) -> module (or (module, tokenizer))")
+    load.add_argument("--model-builder", metavar="MODULE:ATTRIBUTE",
+                      help="for Lightning .ckpt: your LightningModule class, or a function(hyper_parameters) -> "
+                      "module (or (module, tokenizer))")
+    load.add_argument("--base-model", metavar="NAME_OR_PATH",
+                      help="base model of PEFT adapter checkpoints (default: the adapter's base_model_name_or_path)")
 
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", metavar="OUT", help="results folder (required)")
@@ -162,13 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geomtrace",
         description="Representation geometry (RankMe, alpha-ReQ) of language models over checkpoints.",
+        epilog="Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error.",
     )
+    parser.add_argument("--version", action="version", version=f"geomtrace {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_replay, _add_plot, _add_export, _add_phases):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML mapping")
     return parser
+
+
+def _version() -> str:
+    from geomtrace import __version__  # the package's __init__ imports nothing heavy
+
+    return __version__
 
 
 # ----------------------------------------------------------------------------- config files
@@ -262,20 +284,32 @@ def _fit_range(value: Any) -> tuple[int, int] | None:
     return lo, hi
 
 
-def measure_config(args: argparse.Namespace) -> Any:
-    """The :class:`~geomtrace.measure.MeasureConfig` of parsed replay options."""
+def like_settings(args: argparse.Namespace) -> Any:
+    """The :class:`~geomtrace.replay.provenance.LikeSettings` of ``--like RUN``, or None."""
+    if not getattr(args, "like", None):
+        return None
+    from geomtrace.replay.provenance import like_settings as settings, read_provenance
+
+    return settings(read_provenance(args.like))
+
+
+def measure_config(args: argparse.Namespace, like: Any = None) -> Any:
+    """The :class:`~geomtrace.measure.MeasureConfig` of parsed replay options (explicit
+    options over ``--like``'s)."""
     from geomtrace.measure import MeasureConfig
 
     given = {
-        "layers": _layers(args.layers),
+        "layers": None if args.layers is None else _layers(args.layers),
         "tokens": args.tokens,
+        "skip_first_token": getattr(args, "skip_first_token", None),
         "batch_size": args.batch_size,
         "max_components": args.max_components,
         "fit_range": _fit_range(args.fit_range),
         "spectrum": args.spectrum,
         "autocast": args.autocast,
     }
-    config = MeasureConfig(**{k: v for k, v in given.items() if v is not None})
+    base = dict(like.measure, **({"autocast": like.autocast} if like.autocast else {})) if like else {}
+    config = MeasureConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
     try:
         config.validate()
     except ValueError as err:
@@ -283,16 +317,23 @@ def measure_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def probe_options(args: argparse.Namespace) -> Any:
-    """The :class:`~geomtrace.replay.runner.ProbeOptions` of parsed replay options."""
+def probe_options(args: argparse.Namespace, like: Any = None) -> Any:
+    """The :class:`~geomtrace.replay.runner.ProbeOptions` of parsed replay options (explicit
+    options over ``--like``'s)."""
     from geomtrace.replay.runner import ProbeOptions
 
     if args.probe_file and args.probe_dataset:
         raise UsageError("give either --probe-file or --probe-dataset, not both")
     if args.probe_file and not Path(args.probe_file).is_file():
         raise UsageError(f"probe file not found: {args.probe_file}")
+    source = args.probe_file or args.probe_dataset
+    if like and like.missing_source and source is None:
+        raise UsageError(
+            f"--like: the reference run's probes came from {like.missing_source}, which its record cannot rebuild: "
+            "give the same texts with --probe-file (or --probe-dataset)"
+        )
     given = {
-        "source": args.probe_file or args.probe_dataset,
+        "source": source,
         "num_sequences": args.num_sequences,
         "min_tokens": args.min_tokens,
         "max_tokens": args.max_tokens,
@@ -300,8 +341,18 @@ def probe_options(args: argparse.Namespace) -> Any:
         "text_column": args.probe_column,
         "split": args.probe_split,
         "config_name": args.probe_config,
+        "chat_template": args.chat_template,
+        "system_prompt": args.system_prompt,
     }
-    return ProbeOptions(**{k: v for k, v in given.items() if v is not None})
+    base = dict(like.probe_options) if like else {}
+    options = ProbeOptions(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    try:
+        options.validate()
+    except ValueError as err:  # name the command-line options
+        message = str(err).replace("num_sequences", "--num-sequences").replace("chat_template (--chat-template)",
+                                                                                "--chat-template")
+        raise UsageError(message.replace("min_tokens", "--min-tokens").replace("max_tokens", "--max-tokens")) from err
+    return options
 
 
 def _check_loading(args: argparse.Namespace) -> None:
@@ -313,6 +364,22 @@ def _check_loading(args: argparse.Namespace) -> None:
     device = str(args.device or "auto")
     if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
         raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if device.startswith("cuda") and not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available here (use --device cpu or auto)")
+    if args.tokens_per_step is not None and args.tokens_per_step < 1:
+        raise UsageError(f"--tokens-per-step must be a positive number of tokens, got {args.tokens_per_step}")
+    if args.model_builder:
+        from geomtrace.replay.sources import _resolve_builder
+
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # console scripts do not put the cwd on sys.path
+        try:
+            _resolve_builder(args.model_builder)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise UsageError(f"--model-builder {args.model_builder}: {type(err).__name__}: {err}") from err
 
 
 def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]:
@@ -364,11 +431,15 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from geomtrace.replay.runner import run_replay
+    from geomtrace.replay.store import check_output_dir
 
     if not args.output:
         raise UsageError("--output OUT is required (the results folder)")
-    config = measure_config(args)
-    options = probe_options(args)
+    check_output_dir(args.output, writable=not args.dry_run)
+    like = like_settings(args)
+    config = measure_config(args, like)
+    options = probe_options(args, like)
+    dtype = args.dtype or (like.dtype if like and like.dtype else "float32")
     _check_loading(args)
     ckpts, total = replay_checkpoints(args)
     if args.dry_run:
@@ -376,25 +447,28 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             print(f"{c.key}\tstep={c.step}\ttokens={c.tokens}\tstage={c.stage}\t{c.kind}")
         print(f"{len(ckpts)} checkpoint(s) of {total}")
         return 0
-    if args.model_builder and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # console scripts do not put the cwd on sys.path
+    if not ckpts:
+        print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
+        return 0
     tensorboard = None if args.no_tensorboard else (args.tensorboard or os.path.join(args.output, "tensorboard"))
     summary = run_replay(
         ckpts,
         args.output,
         config=config,
         probe_options=options,
-        dtype=args.dtype or "float32",
+        dtype=dtype,
         device=args.device or "auto",
         device_map=args.device_map,
         trust_remote_code=bool(args.trust_remote_code),
         tokenizer=args.tokenizer,
         model_builder=args.model_builder,
-        tokens_per_step=args.tokens_per_step,
+        base_model=args.base_model,
+        tokens_per_step=args.tokens_per_step or (like.tokens_per_step if like else None),
         tensorboard_dir=tensorboard,
         tensorboard_spectra=bool(args.tensorboard_spectra),
         progress=not args.no_progress,
         verbose=not args.quiet,
+        reference=like.provenance if like else None,
     )
     if not args.quiet:
         print(summary)
@@ -411,14 +485,17 @@ def _run_paths(args: argparse.Namespace, many: bool) -> list[str]:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from geomtrace.plots import save_figure, trajectory_figure
-    from geomtrace.replay.results import load_trajectory
+    from geomtrace.replay.results import check_comparable, load_trajectory
 
     paths = _run_paths(args, many=True)
     labels = _items(args.labels) or [Path(p).name or p for p in paths]
     if len(labels) != len(paths):
         raise UsageError(f"--labels has {len(labels)} names for {len(paths)} runs")
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"two runs share a label ({', '.join(labels)}): give distinct --labels")
     runs = {label: load_trajectory(p, layer=args.layer, stage=args.stage, label=label)
             for label, p in zip(labels, paths)}
+    check_comparable(runs)
     phases = None
     if args.phases:
         phases = _detect(next(iter(runs.values())), allow_warmup=True)
@@ -448,8 +525,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     layer = args.layer if args.layer is not None else max(r["layer"] for r in records)
     records = [r for r in records if r.get("layer") == layer]
     if not args.no_spectra:
+        missing = []
         for r in records:
-            r["eigenspectrum"] = store.spectrum(r["key"], layer)
+            r["eigenspectrum"] = store.spectrum(r["key"], layer)  # ValueError names a corrupt file
+            if r["eigenspectrum"] is None:
+                missing.append(str(store.spectrum_path(r["key"], layer)))
+        if missing:
+            raise UsageError(
+                f"{len(missing)} eigenspectrum file(s) missing ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}): export with --no-spectra, or replay those checkpoints again"
+            )
     path = args.output or run / f"geometry_layer{layer}.npy"
     print(export_seed_npy(records, path, layer=layer, spectra=not args.no_spectra))
     return 0
@@ -464,10 +549,11 @@ def _detect(trajectory: Any, allow_warmup: bool) -> list[Any]:
 
 def _cmd_phases(args: argparse.Namespace) -> int:
     from geomtrace.phases import format_segments
-    from geomtrace.replay.results import load_trajectory
+    from geomtrace.replay.results import check_comparable, load_trajectory
 
     path = _run_paths(args, many=False)[0]
     trajectory = load_trajectory(path, layer=args.layer, stage=args.stage)
+    check_comparable({trajectory.label: trajectory})
     segments = _detect(trajectory, allow_warmup=not args.no_warmup)
     if args.json:
         import json
@@ -492,11 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.handler(args))
-    except (UsageError, ValueError, FileNotFoundError, KeyError, ImportError, ProbeLoadError,
-            CheckpointLoadError) as err:
+    except (UsageError, ValueError, OSError, KeyError, ImportError, ProbeLoadError, CheckpointLoadError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"geomtrace {args.command}: error: {message}", file=sys.stderr)
+        one_line = " ".join(str(message).split())  # library messages may hold newlines
+        print(f"geomtrace {args.command}: error: {one_line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Results are appended per checkpoint as units: nothing measured so far is lost.
+        print(f"geomtrace {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

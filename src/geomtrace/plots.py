@@ -79,7 +79,8 @@ def _x_values(cols: Mapping[str, np.ndarray], x: str, label: str) -> np.ndarray:
     if len(values) and not np.all(np.isfinite(values)):
         raise ValueError(
             f"run {label!r} lacks token counts{' or n_params' if x == 'flops' else ''} for x={x}: "
-            "replay with --tokens-per-step N (Pythia: 2097152) or use x='step'"
+            "replay with --tokens-per-step N (Pythia: 2097152), give a live history a top-level "
+            "'tokens_per_step' (the pretrain recipe writes it), or use x='step'"
         )
     return values
 

@@ -33,9 +33,8 @@ from torch import Tensor
 from geomtrace._optional import require
 from geomtrace._warnings import warn
 
-__all__ = ["ProbeLoadError", "ProbeSet", "load_probes"]
+__all__ = ["ProbeFileError", "ProbeLoadError", "ProbeSet", "load_probes"]
 
-_FILE_SUFFIXES = (".txt", ".jsonl")
 # Hub datasets are streamed; only this many texts (at least) are read to pick the probes from.
 _STREAM_TEXTS_PER_PROBE = 8
 _MIN_STREAM_TEXTS = 10_000
@@ -142,8 +141,8 @@ def load_probes(
     Args:
         tokenizer: an HF tokenizer (the model's own).
         source: ``None`` (the embedded corpus, :func:`geomtrace.tiny.embedded_corpus`), a list
-            of strings, a local ``.txt`` (one text per line) or ``.jsonl`` (field
-            ``text_column``) path, a ``datasets.Dataset`` / ``IterableDataset`` /
+            of strings, a local ``.txt`` (one text per line), ``.jsonl`` (one object per line,
+            field ``text_column``) or ``.json`` (a list of texts or of such objects) path, a ``datasets.Dataset`` / ``IterableDataset`` /
             ``DatasetDict``, or a hub dataset name such as ``"wikitext"`` (with
             ``config_name``, ``split``; streamed online, read from the local cache offline).
         num_sequences: how many sequences to keep (all available, with a warning, if fewer).
@@ -158,7 +157,11 @@ def load_probes(
         system_prompt: optional system message when ``chat_template=True``.
 
     Raises:
-        FileNotFoundError: a ``.txt``/``.jsonl`` path that does not exist.
+        FileNotFoundError: a local path that does not exist (a string with a file suffix, a
+            path-like start such as ``./`` or an existing parent folder counts as a path).
+        ProbeFileError: a file that cannot be read as probes (not UTF-8, a malformed
+            ``.jsonl`` line, a line that is not an object, a missing text field, a folder);
+            the message names the file and line.
         ProbeLoadError: a hub dataset that cannot be loaded (e.g. offline).
         ValueError: bad arguments, or no text passes the filters.
     """
@@ -235,24 +238,38 @@ def _encoder(tokenizer: Any, max_tokens: int, chat_template: bool, system_prompt
         # The template writes its own BOS/role markers: adding special tokens would double the BOS.
         return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
-    def chat(texts: list[str]) -> list[tuple[list[int], int]]:
-        budget = max_tokens - len(render(""))
-        if budget < 1:
-            raise ValueError(
-                f"max_tokens={max_tokens} leaves no room for text inside the chat template "
-                f"({len(render(''))} tokens); raise max_tokens"
-            )
-        contents = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
-        out = []
-        for text, content in zip(texts, contents):
-            if len(content) > budget:
-                # Shorten the user text, not the sequence, so the generation prompt stays last.
-                text = tokenizer.decode(content[:budget])
-            ids = render(text)
-            out.append((ids[:max_tokens], len(content)))
-        return out
+    if not chat_template:
+        return plain
+    budget = max_tokens - len(render(""))
+    if budget < 1:
+        raise ValueError(
+            f"max_tokens={max_tokens} leaves no room for text inside the chat template "
+            f"({len(render(''))} tokens); raise max_tokens"
+        )
 
-    return chat if chat_template else plain
+    def fit(text: str, content: list[int]) -> list[int]:
+        """The rendered probe, its user text shortened until the whole prompt fits.
+
+        Only the user text is ever cut: the template's suffix (the generation prompt, the
+        token the probe is measured at) always ends the sequence. Decoding a prefix of the
+        tokens and re-encoding it inside the template may give more tokens than before
+        (byte-level BPE splits multi-byte characters differently), so shorten until it fits.
+        """
+        keep = min(len(content), budget)
+        piece = text if len(content) <= budget else tokenizer.decode(content[:keep]).rstrip("\ufffd")
+        while True:
+            ids = render(piece)
+            over = len(ids) - max_tokens
+            if over <= 0:
+                return ids
+            keep -= over
+            piece = tokenizer.decode(content[: max(keep, 0)]).rstrip("\ufffd")
+
+    def chat(texts: list[str]) -> list[tuple[list[int], int]]:
+        contents = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+        return [(fit(text, list(content)), len(content)) for text, content in zip(texts, contents)]
+
+    return chat
 
 
 def _read_texts(source: Any, *, text_column: str, split: str, config_name: str | None,
@@ -263,11 +280,16 @@ def _read_texts(source: Any, *, text_column: str, split: str, config_name: str |
 
         return embedded_corpus(), "embedded:pydoc_data.topics"
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_file() or path.suffix in _FILE_SUFFIXES:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise ProbeFileError(
+                f"probe source {str(source)!r} is a folder; pass a file inside it (.txt, one text per line; "
+                ".jsonl, one JSON object per line; or .json, a list of texts)"
+            )
+        if path.is_file():
             return _read_file(path, text_column), f"file:{path.name}"
-        if not isinstance(source, str):
-            raise FileNotFoundError(f"probe file {path} does not exist")
+        if not isinstance(source, str) or _looks_like_path(source):
+            raise FileNotFoundError(_missing_file_message(path))
         return _read_hub(source, text_column=text_column, split=split, config_name=config_name,
                          limit=stream_limit)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
@@ -284,25 +306,113 @@ def _clean(texts: Iterable[Any]) -> list[str]:
     return [t.strip() for t in texts if isinstance(t, str) and t.strip()]
 
 
+class ProbeFileError(ValueError):
+    """A probe file that cannot be read as probes; the message names the file (and line)."""
+
+
+# File name endings that mark a string as a local path rather than a hub dataset name.
+_PATH_SUFFIXES = (".txt", ".jsonl", ".json", ".text", ".md", ".csv", ".tsv", ".parquet", ".arrow", ".gz")
+# Formats a probe file cannot have: reading them as lines of text would silently misread them.
+_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".arrow", ".gz", ".zip")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether a string that names no existing file was meant as a local path (a typo)
+    rather than a hub dataset (``wikitext``, ``HuggingFaceFW/fineweb``)."""
+    if name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name:
+        return True
+    if Path(name).suffix.lower() in _PATH_SUFFIXES:
+        return True
+    parent = Path(name).expanduser().parent
+    return str(parent) not in ("", ".") and parent.is_dir()  # "data/probs" with a local data/ folder
+
+
+def _missing_file_message(path: Path) -> str:
+    import difflib
+
+    message = f"probe file {path} does not exist; check the path (--probe-file)"
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.is_dir():
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+        close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+        if close:
+            message += f". Did you mean: {', '.join(str(folder / c) for c in close)}?"
+    elif str(folder) not in ("", "."):
+        message += f" (the folder {folder} does not exist either)"
+    return message
+
+
+def _decode_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ProbeFileError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "probe files must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _text_field(record: Any, where: str, text_column: str) -> str | None:
+    """The text of one .jsonl line / .json element, or None to skip it (null or empty)."""
+    if isinstance(record, str):
+        return record  # a bare JSON string is a text
+    if not isinstance(record, dict):
+        raise ProbeFileError(
+            f"{where}: a JSON {type(record).__name__} where an object such as "
+            f'{{"{text_column}": "..."}} is expected'
+        )
+    if text_column not in record:
+        raise ProbeFileError(
+            f"{where} has no field {text_column!r} (fields: {sorted(record)}); name the text field "
+            "with --probe-column (text_column= in Python)"
+        )
+    value = record[text_column]
+    if value is not None and not isinstance(value, str):
+        raise ProbeFileError(f"{where}: field {text_column!r} is a {type(value).__name__}, not a string")
+    return value
+
+
 def _read_file(path: Path, text_column: str) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"probe file {path} does not exist; check the path (--probe-file)")
-    if path.suffix == ".jsonl":
+        raise FileNotFoundError(_missing_file_message(path))
+    suffix = path.suffix.lower()
+    if suffix in _TABLE_SUFFIXES:
+        raise ProbeFileError(
+            f"{path}: {suffix} files are not read as probes; convert it to .jsonl (one JSON object per line) "
+            "or load it with datasets.load_dataset(...) and pass the Dataset as the probe source"
+        )
+    text = _decode_utf8(path)
+    if suffix == ".jsonl":
         texts = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                if text_column not in record:
-                    raise KeyError(
-                        f"{path}:{number} has no field {text_column!r} (fields: {sorted(record)}); "
-                        "pass text_column= to name the text field"
-                    )
-                texts.append(record[text_column])
+            except json.JSONDecodeError as err:
+                raise ProbeFileError(
+                    f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno}); each line of a .jsonl "
+                    f'file is one JSON object such as {{"{text_column}": "..."}}'
+                ) from None
+            texts.append(_text_field(record, f"{path}:{number}", text_column))
         return _clean(texts)
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ProbeFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if isinstance(data, dict) and isinstance(data.get(text_column), list):
+            data = data[text_column]  # {"text": ["...", ...]}
+        if not isinstance(data, list):
+            raise ProbeFileError(
+                f"{path}: a .json probe file holds a list of texts or of objects with a {text_column!r} field, "
+                f"got a JSON {type(data).__name__}; for one object per line use .jsonl"
+            )
+        return _clean(_text_field(r, f"{path}: element {i}", text_column) for i, r in enumerate(data))
     # Any other existing file is read as plain text, one probe per line.
-    return _clean(path.read_text(encoding="utf-8").splitlines())
+    return _clean(text.splitlines())
 
 
 def _is_hf_dataset(source: Any) -> bool:
@@ -358,7 +468,8 @@ def _hub_error(name: str, offline: bool, err: Exception) -> ProbeLoadError:
         else "it could not be loaded from the Hugging Face Hub"
     )
     return ProbeLoadError(
-        f"cannot load probe dataset {name!r}: {why} ({type(err).__name__}: {err}). Use a local file instead "
+        f"cannot load probe dataset {name!r}: {why} ({type(err).__name__}: {err}). If {name!r} is meant as a "
+        f"local file, it does not exist in {Path.cwd()}. Use a local file instead "
         "(--probe-file probes.txt, one text per line, or .jsonl), a list of strings, or source=None for the "
         "embedded corpus."
     )

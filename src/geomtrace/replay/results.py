@@ -3,24 +3,37 @@
 A run is either a replay output folder (``results.jsonl``, see :mod:`geomtrace.replay.store`)
 or a live-run history JSON: the ``history`` of :class:`geomtrace.tracking.GeometryTracker`
 (a list of ``{"step": ..., "geometry/rankme": ..., "geometry/alpha": ...}``), bare or as
-``{"history": [...]}`` (its ``state_dict()``).
+``{"history": [...]}`` (its ``state_dict()``, or the pretrain recipe's ``geometry.json`` with
+``tokens_per_step``, ``n_params`` and ``provenance``).
+
+*The* trajectory of a run is its deepest tracked layer, as everywhere in geomtrace
+(:meth:`geomtrace.measure.GeometryResult.trajectory_key`): in replay records the highest
+``layer``; in live rows ``geometry/<name>`` when the model's final layer was tracked, else
+the deepest ``geometry/layer<L>/<name>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from geomtrace._warnings import warn
-from geomtrace.measure import metric_key
 from geomtrace.replay.store import ResultsStore, _num
 
-__all__ = ["Trajectory", "latest_probe_records", "load_trajectory", "select_records", "trajectory_from_rows"]
+__all__ = [
+    "Trajectory",
+    "check_comparable",
+    "latest_probe_records",
+    "load_trajectory",
+    "select_records",
+    "trajectory_from_rows",
+]
 
 
 @dataclass
@@ -28,6 +41,9 @@ class Trajectory:
     """One run's values at one layer, sorted by step.
 
     ``tokens`` and ``n_params`` hold NaN where unknown; ``flops = 6 * n_params * tokens``.
+    ``layer`` is the measured layer (None: the model's final layer of a live history).
+    ``fingerprints`` and ``precisions`` say how the values were measured (empty when the
+    run does not record it), so that comparisons can tell runs measured differently apart.
     """
 
     label: str
@@ -39,6 +55,8 @@ class Trajectory:
     tokens: np.ndarray
     n_params: np.ndarray
     records: list[dict[str, Any]] = field(default_factory=list)
+    fingerprints: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
 
     @property
     def flops(self) -> np.ndarray:
@@ -73,7 +91,10 @@ def select_records(
         raise ValueError(f"{label}: no records for layer {layer}; layers present: {layers}")
     out = [r for r in records if r.get("layer") == layer]
     if stage is not None:
+        stages = sorted({str(r.get("stage")) for r in out})
         out = [r for r in out if r.get("stage") == stage]
+        if not out:
+            raise ValueError(f"{label}: no records of stage {stage!r}; stages present: {stages}")
     out = [r for r in out if isinstance(r.get("step"), int)]
     out.sort(key=lambda r: (str(r.get("stage") or ""), r["step"]))
     steps = [r["step"] for r in out]
@@ -83,30 +104,65 @@ def select_records(
     return out, layer
 
 
-def _row_value(row: dict[str, Any], name: str, layer: int | None) -> Any:
-    """``row[name]`` (replay record) or the live-log tag of ``name`` (``geometry/rankme``,
-    ``geometry/layer3/alpha_r2``; the deepest layer's tags carry no layer part)."""
-    if name in row:
-        return row[name]
-    tag_name = "alpha_r2" if name == "r2" else name
-    if layer is not None and f"geometry/layer{layer}/{tag_name}" in row:
-        return row[f"geometry/layer{layer}/{tag_name}"]
-    return row.get(metric_key(tag_name, 0, 0))
+_LAYER_TAG = re.compile(r"^(?P<prefix>.+)/layer(?P<layer>\d+)/rankme$")
+
+
+def _live_layers(rows: list[dict[str, Any]], prefix: str = "geometry") -> tuple[bool, list[int]]:
+    """``(final layer present, inner layers present)`` in live history rows."""
+    final = any(f"{prefix}/rankme" in r for r in rows)
+    inner = sorted({int(m["layer"]) for r in rows for k in r
+                    if (m := _LAYER_TAG.match(k)) and m["prefix"] == prefix})
+    return final, inner
+
+
+def _live_tag(layer: int | None, name: str, prefix: str = "geometry") -> str:
+    """The live-log tag of ``name`` at ``layer`` (None: the final layer), the inverse of
+    :func:`geomtrace.measure.metric_key`."""
+    name = "alpha_r2" if name == "r2" else name
+    return f"{prefix}/{name}" if layer is None else f"{prefix}/layer{layer}/{name}"
+
+
+def _pick_live_layer(rows: list[dict[str, Any]], layer: int | None, label: str) -> int | None:
+    final, inner = _live_layers(rows)
+    if not final and not inner:
+        raise ValueError(f"{label}: the history has no geometry/rankme values (no measurement recorded)")
+    if layer is None:
+        return None if final else inner[-1]  # the deepest tracked layer
+    if layer in inner:
+        return layer
+    present = ", ".join([*map(str, inner), *(["the final layer (geometry/rankme, the default)"] if final else [])])
+    raise ValueError(f"{label}: no values for layer {layer}; layers present: {present}")
 
 
 def trajectory_from_rows(
     rows: list[dict[str, Any]], *, layer: int | None = None, stage: str | None = None, label: str = "run"
 ) -> Trajectory:
     """A :class:`Trajectory` from replay records (with a ``layer`` field; see
-    :func:`select_records`) or from live history rows (``{"step", "geometry/rankme", ...}``)."""
+    :func:`select_records`) or from live history rows (``{"step", "geometry/rankme", ...}``).
+
+    Raises ValueError when nothing with a step is left to plot or segment."""
     rows = [dict(r) for r in rows]
     if any(r.get("layer") is not None for r in rows):
         rows, layer = select_records(rows, layer=layer, stage=stage, label=label)
+
+        def value(row: dict[str, Any], name: str) -> Any:
+            return row.get(name)
     else:
-        rows = sorted((r for r in rows if r.get("step") is not None), key=lambda r: r["step"])
+        live_layer = _pick_live_layer(rows, layer, label)
+        layer = live_layer
+        rankme_tag = _live_tag(live_layer, "rankme")
+        rows = _last_per_step([r for r in rows if r.get("step") is not None and rankme_tag in r], label)
+
+        def value(row: dict[str, Any], name: str) -> Any:
+            return row.get(name) if name in ("step", "tokens", "n_params") else row.get(_live_tag(live_layer, name))
+    if not rows:
+        raise ValueError(
+            f"{label}: no measurement with a training step to show (checkpoints without a step, such as "
+            "'main' or 'final/', have no place on a trajectory)"
+        )
 
     def column(name: str) -> np.ndarray:
-        return np.array([_num(_row_value(r, name, layer)) for r in rows], dtype=np.float64)
+        return np.array([_num(value(r, name)) for r in rows], dtype=np.float64)
 
     return Trajectory(
         label=label,
@@ -118,7 +174,61 @@ def trajectory_from_rows(
         tokens=column("tokens"),
         n_params=column("n_params"),
         records=rows,
+        fingerprints=_distinct(r.get("probe_fingerprint") for r in rows),
+        precisions=_distinct(r.get("precision") for r in rows),
     )
+
+
+def _last_per_step(rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """Live rows sorted by step, keeping the last row of a step that repeats (a history
+    appended to by two runs), with a warning."""
+    by_step: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        by_step[r["step"]] = r
+    if len(by_step) < len(rows):
+        warn(f"{label}: {len(rows) - len(by_step)} measurement(s) repeat an earlier step; the last value of each "
+             "step is used")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _distinct(values: Any) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        if v and str(v) not in out:
+            out.append(str(v))
+    return tuple(out)
+
+
+def _read_history(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and run-level fields (``tokens_per_step``, ``n_params``, ``provenance``) of a
+    live history JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON history ({err})") from None
+    rows = data.get("history") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a list of measurements or {{'history': [...]}}")
+    return rows, (data if isinstance(data, dict) else {})
+
+
+def _with_run_fields(rows: list[dict[str, Any]], run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Fill ``tokens`` (``step * tokens_per_step``), ``n_params`` and the provenance's
+    fingerprint and precision into live rows that lack them."""
+    tokens_per_step, n_params = run.get("tokens_per_step"), run.get("n_params")
+    provenance = run.get("provenance") if isinstance(run.get("provenance"), dict) else {}
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r.get("tokens") is None and isinstance(tokens_per_step, (int, float)) and r.get("step") is not None:
+            r["tokens"] = r["step"] * tokens_per_step
+        if r.get("n_params") is None and isinstance(n_params, (int, float)):
+            r["n_params"] = n_params
+        for name in ("probe_fingerprint", "precision"):
+            if r.get(name) is None and provenance.get(name):
+                r[name] = provenance[name]
+        out.append(r)
+    return out
 
 
 def load_trajectory(
@@ -131,11 +241,30 @@ def load_trajectory(
         if not (p / "results.jsonl").is_file():
             raise FileNotFoundError(f"{p} has no results.jsonl: is it a geomtrace replay output folder?")
         rows = ResultsStore(p).records()
+        if not rows:
+            raise ValueError(f"{p}: no results yet (nothing measured, or every checkpoint failed; see failures.jsonl)")
     elif p.is_file() and p.suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
-        rows = data.get("history") if isinstance(data, dict) else data
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"{p}: expected a list of measurements or {{'history': [...]}}")
+        rows, run = _read_history(p)
+        rows = _with_run_fields(rows, run)
     else:
         raise FileNotFoundError(f"{p}: not a replay output folder nor a history .json file")
     return trajectory_from_rows(rows, layer=layer, stage=stage, label=label)
+
+
+def check_comparable(runs: Mapping[str, Trajectory]) -> list[str]:
+    """Warn (and return the messages) when runs shown together were measured on different
+    probe sets or in different precisions: their values then differ for that reason alone."""
+    messages = []
+    for what, attribute in (("probe sets", "fingerprints"), ("precisions", "precisions")):
+        seen = {label: getattr(t, attribute) for label, t in runs.items() if getattr(t, attribute)}
+        mixed_within = [f"{label} ({', '.join(v)})" for label, v in seen.items() if len(v) > 1]
+        distinct = {v for values in seen.values() for v in values}
+        if mixed_within:
+            messages.append(f"runs mixing {what}: {'; '.join(mixed_within)}")
+        elif len(distinct) > 1:
+            listing = ", ".join(f"{label}: {values[0]}" for label, values in seen.items())
+            messages.append(f"the runs were measured with different {what} ({listing}): their values differ for "
+                            "that reason too; replay with --like RUN to measure like another run")
+    for message in messages:
+        warn(message)
+    return messages

@@ -13,23 +13,77 @@ sharded over ranks inside ``measure_geometry``, and only rank 0 writes.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from geomtrace._distributed import rank_and_world_size
+from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.probes import ProbeSet
-from geomtrace.replay.sources import Checkpoint, load_checkpoint_model, load_checkpoint_tokenizer, resolve_device
-from geomtrace.replay.store import ResultsStore, atomic_write_text
-from geomtrace.tracking import ProbeOptions
+from geomtrace.replay.sources import (
+    Checkpoint,
+    CheckpointLoadError,
+    load_checkpoint_model,
+    load_checkpoint_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from geomtrace.replay.store import OutputConflictError, ResultsStore, check_output_dir
+from geomtrace.tracking import ProbeOptions as _TrackerProbeOptions
 
-__all__ = ["ProbeOptions", "ReplaySummary", "build_records", "init_distributed", "run_replay"]
+__all__ = [
+    "PERFORMANCE_OPTIONS",
+    "ProbeOptions",
+    "ReplaySummary",
+    "build_records",
+    "expected_precision",
+    "init_distributed",
+    "measurement_identity",
+    "run_replay",
+]
+
+
+@dataclass(frozen=True)
+class ProbeOptions(_TrackerProbeOptions):
+    """How the replay's probe set is built (the live callbacks' options, see
+    :class:`geomtrace.tracking.ProbeOptions`), plus ``system_prompt``: the system message of
+    chat-templated probes (``chat_template=True``), as post-training runs measure them."""
+
+    system_prompt: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError on options that cannot give a probe set, before any loading."""
+        if not isinstance(self.num_sequences, int) or self.num_sequences < 2:
+            raise ValueError(f"num_sequences must be >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}")
+        if not (isinstance(self.min_tokens, int) and isinstance(self.max_tokens, int)
+                and 1 <= self.min_tokens <= self.max_tokens):
+            raise ValueError(f"need 1 <= min_tokens <= max_tokens, got min_tokens={self.min_tokens!r}, "
+                             f"max_tokens={self.max_tokens!r}")
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError("system_prompt is the system message of chat probes: set chat_template (--chat-template)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able options; a source that is not a name or path (texts, a Dataset) is
+        described by its type only."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["source"] is not None and not isinstance(out["source"], (str, os.PathLike)):
+            out["source"] = f"<{type(out['source']).__name__}>"
+        elif out["source"] is not None:
+            out["source"] = os.fspath(out["source"])
+        return out
+
+
+#: MeasureConfig fields that change speed only, never the values (1e-6): a rerun with other
+#: values of these continues an output instead of conflicting with it.
+PERFORMANCE_OPTIONS: frozenset[str] = frozenset({"batch_size", "rows_per_update", "padding_side"})
 
 
 @dataclass
@@ -43,6 +97,8 @@ class ReplaySummary:
         failed: ``{key: error message}`` of checkpoints that could not be loaded or measured.
         probe_fingerprint: fingerprint of the probe set used.
         n_probes: number of probe sequences.
+        config_id: id of the whole measurement configuration (``run.json``'s ``config_id``).
+        precisions: the dtypes the probe forwards ran in (``"fp32"``, ``"bf16"``...).
         seconds: wall time of the call.
     """
 
@@ -52,12 +108,17 @@ class ReplaySummary:
     failed: dict[str, str] = field(default_factory=dict)
     probe_fingerprint: str = ""
     n_probes: int = 0
+    config_id: str = ""
+    precisions: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def __str__(self) -> str:
+        if not (self.measured or self.skipped or self.failed):
+            return f"replay -> {self.output}: no checkpoints to measure"
+        precision = f", {'/'.join(self.precisions)}" if self.precisions else ""
         return (
             f"replay -> {self.output}: {len(self.measured)} measured, {len(self.skipped)} already done, "
-            f"{len(self.failed)} failed ({self.n_probes} probes, fingerprint {self.probe_fingerprint}, "
+            f"{len(self.failed)} failed ({self.n_probes} probes, fingerprint {self.probe_fingerprint}{precision}, "
             f"{self.seconds:.1f} s)"
         )
 
@@ -115,12 +176,105 @@ def _load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_rem
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision:
         kwargs["revision"] = revision
-    return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        raise CheckpointLoadError(f"the tokenizer folder {name_or_path} does not exist (--tokenizer)")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointLoadError(
+            f"could not load the tokenizer {name_or_path!r} (--tokenizer): {type(err).__name__}: {err}"
+        ) from err
 
 
 def build_probes(tokenizer: Any, options: ProbeOptions) -> ProbeSet:
     """The fixed probe set of a replay, from ``options`` (see :class:`ProbeOptions`)."""
     return options.build(tokenizer)
+
+
+#: How many checkpoints are tried, in order, for the tokenizer that builds the probe set.
+_TOKENIZER_TRIES = 3
+
+
+def _probe_tokenizer(
+    checkpoints: Sequence[Checkpoint], load: dict[str, Any]
+) -> tuple[Any, tuple[Checkpoint, Any, float] | None, dict[str, str]]:
+    """The tokenizer for the probe set: the first checkpoint's that loads.
+
+    Returns ``(tokenizer, preloaded, failures)``: ``preloaded = (ckpt, model, t0)`` when a
+    model was loaded to get its tokenizer (a Lightning module or builder may hold one), so it
+    is measured without a second load; ``failures`` maps the keys of checkpoints that failed
+    to load on the way to their error (recorded as failed checkpoints, not loaded again).
+    Raises CheckpointLoadError when none of the first few loads (e.g. a misspelt model id),
+    ValueError when one loads but has no tokenizer.
+    """
+    failures: dict[str, str] = {}
+    for ckpt in checkpoints[:_TOKENIZER_TRIES]:
+        tok = load_checkpoint_tokenizer(ckpt, trust_remote_code=load["trust_remote_code"], base_model=load["base_model"])
+        if tok is not None:
+            return tok, None, failures
+        t0 = time.perf_counter()
+        try:
+            model, tok = load_checkpoint_model(ckpt, **load)
+        except Exception as err:  # noqa: BLE001 - recorded as that checkpoint's failure
+            failures[ckpt.key] = _load_error(err)
+            continue
+        if tok is not None:
+            return tok, (ckpt, model, t0), failures
+        model = None
+        _release_memory(str(load["device"]))
+        raise ValueError(
+            f"no tokenizer to build the probe set from: checkpoint {ckpt.key!r} holds none. Pass "
+            "--tokenizer NAME_OR_PATH (tokenizer= in Python), give the LightningModule a `tokenizer` "
+            "attribute, or let --model-builder return (module, tokenizer)."
+        )
+    tried = "; ".join(f"{key}: {error}" for key, error in failures.items())
+    raise CheckpointLoadError(
+        f"the first {len(failures)} checkpoint(s) failed to load (the probe set is built with the first one's "
+        f"tokenizer): {tried}"
+    )
+
+
+def _load_error(err: BaseException) -> str:
+    what = "" if isinstance(err, CheckpointLoadError) else f"{type(err).__name__}: "
+    return f"load failed: {what}{err}"
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def measurement_identity(config: MeasureConfig, probes: ProbeSet, dtype: Any) -> dict[str, Any]:
+    """What makes two measurements of one checkpoint comparable: the probe set
+    (fingerprint), every value-changing option of ``config`` (not :data:`PERFORMANCE_OPTIONS`)
+    and the weights' dtype. An output holds records of one identity only."""
+    measure = {k: v for k, v in config.to_dict().items() if k not in PERFORMANCE_OPTIONS}
+    return {
+        "probe_fingerprint": probes.fingerprint(),
+        "n_probes": len(probes),
+        "measure_config": measure,
+        "dtype": _dtype_name(dtype),
+    }
+
+
+def _identity_id(identity: Mapping[str, Any]) -> str:
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _dtype_name(dtype: Any) -> str:
+    resolved = resolve_dtype(dtype)
+    return resolved if isinstance(resolved, str) else str(resolved).removeprefix("torch.")
+
+
+_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def expected_precision(dtype: Any, autocast: str) -> str | None:
+    """The dtype the probe forward will run in (as :attr:`GeometryResult.precision` reports
+    it) for replay's ``dtype`` and ``autocast`` options; None for ``dtype="auto"`` (each
+    checkpoint's own dtype)."""
+    if autocast in ("bf16", "fp16"):
+        return autocast
+    return _PRECISIONS.get(_dtype_name(dtype))
 
 
 # ----------------------------------------------------------------------------- records
@@ -139,7 +293,8 @@ def build_records(
     extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One store record per measured layer of ``result`` (fields of ``store.RECORD_FIELDS``
-    plus ``n_params``, ``n_dropped``, ``num_layers``, ``spectrum``, ``kind``, ``path`` and ``extra``).
+    plus ``precision``, ``n_params``, ``n_dropped``, ``num_layers``, ``spectrum``, ``kind``,
+    ``path`` and ``extra``).
 
     ``tokens`` comes from the revision name; else ``step * tokens_per_step`` when given.
     """
@@ -165,6 +320,7 @@ def build_records(
                 "probe": result.probe_description,
                 "probe_fingerprint": result.probe_fingerprint,
                 "seconds": result.seconds,
+                "precision": result.precision,
                 "n_params": n_params,
                 "n_dropped": layer.n_dropped,
                 "num_layers": result.num_layers,
@@ -177,18 +333,34 @@ def build_records(
     return records
 
 
-def _write_run_info(store: ResultsStore, config: MeasureConfig, probes: ProbeSet, options: dict[str, Any]) -> None:
-    """``run.json``: how this output was measured (provenance; not needed to resume)."""
-    import json
-
-    info = {
-        "measure_config": config.to_dict(),
-        "probe": probes.description,
-        "probe_fingerprint": probes.fingerprint(),
-        "n_probes": len(probes),
-        "options": options,
+def _run_info(
+    identity: dict[str, Any], config: MeasureConfig, probes: ProbeSet, options: ProbeOptions | None,
+    load: dict[str, Any],
+) -> dict[str, Any]:
+    """``run.json``: how this output is measured. ``provenance`` has the shape of the live
+    histories' (``GeometryResult.provenance()`` plus the probe options), so either can be
+    given to ``geomtrace replay --like``."""
+    return {
+        "identity": identity,
+        "config_id": _identity_id(identity),
+        "provenance": {
+            "probe": probes.description,
+            "probe_fingerprint": probes.fingerprint(),
+            "n_probes": len(probes),
+            "precision": expected_precision(load["dtype"], config.autocast),
+            "measure_config": config.to_dict(),
+            "probe_options": options.to_dict() if options is not None else None,
+        },
+        "load": {k: v for k, v in load.items() if k != "model_builder"}
+        | {"dtype": _dtype_name(load["dtype"]), "model_builder": _builder_name(load.get("model_builder"))},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(store.output_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+
+
+def _builder_name(builder: Any) -> str | None:
+    if builder is None or isinstance(builder, str):
+        return builder
+    return f"{getattr(builder, '__module__', '?')}:{getattr(builder, '__qualname__', repr(builder))}"
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -211,7 +383,7 @@ def _summary_line(ckpt: Checkpoint, result: GeometryResult, load_seconds: float)
     step = "-" if ckpt.step is None else str(ckpt.step)
     return (
         f"[geomtrace] {ckpt.key} (step {step}): RankMe {_fmt(last.rankme, '.2f')}  alpha {_fmt(last.alpha, '.4f')}"
-        f"  R2 {_fmt(last.r2, '.3f')}  N={last.n_samples} d={last.dim}  "
+        f"  R2 {_fmt(last.r2, '.3f')}  N={last.n_samples} d={last.dim} {result.precision}  "
         f"load {load_seconds:.1f}s measure {result.seconds:.1f}s"
     )
 
@@ -233,6 +405,32 @@ def _say(line: str, bar: Any) -> None:
         print(line, flush=True)
 
 
+def _bind_output(output: str | os.PathLike, info: dict[str, Any], device: str) -> None:
+    """Rank 0 binds ``info`` to the output; every rank raises together on a conflict."""
+    rank, _ = rank_and_world_size()
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            ResultsStore(output).bind(info)
+        except (OutputConflictError, ValueError) as err:
+            error = err
+    if not _all_agree(error is None, device):
+        raise error if error is not None else OutputConflictError(f"{output}: rank 0 refused the output")
+
+
+def _check_reference(reference: Mapping[str, Any] | None, probes: ProbeSet) -> None:
+    """Warn when the probe set differs from the reference run's (``--like``)."""
+    if not reference:
+        return
+    theirs = reference.get("probe_fingerprint")
+    if theirs and theirs != probes.fingerprint():
+        warn(
+            f"the probe set built here ({probes.description}, fingerprint {probes.fingerprint()}) differs from "
+            f"the reference run's ({reference.get('probe')}, fingerprint {theirs}): replayed values will not "
+            "match it. Same probe options but another tokenizer (--tokenizer) or probe source?"
+        )
+
+
 def run_replay(
     checkpoints: Sequence[Checkpoint],
     output: str | os.PathLike,
@@ -246,24 +444,27 @@ def run_replay(
     trust_remote_code: bool = False,
     tokenizer: Any = None,
     model_builder: Callable[..., Any] | str | None = None,
+    base_model: str | None = None,
     tokens_per_step: int | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
     tensorboard_spectra: bool = False,
     progress: bool = True,
     verbose: bool = True,
+    reference: Mapping[str, Any] | None = None,
 ) -> ReplaySummary:
     """Measure ``checkpoints`` in order into the results store at ``output``; resumable.
 
     Args:
         checkpoints: from :func:`~geomtrace.replay.sources.hub_checkpoints`,
             :func:`~geomtrace.replay.sources.local_checkpoints` (optionally
-            :func:`~geomtrace.replay.sources.shard_checkpoints`).
+            :func:`~geomtrace.replay.sources.shard_checkpoints`). Empty: nothing is done.
         output: results folder (created). Several processes may write to the same one.
         config: what to measure (:class:`~geomtrace.measure.MeasureConfig`).
         probes: a ready probe set. Otherwise one is built once with ``probe_options`` from
-            ``tokenizer`` or, failing that, the first checkpoint's tokenizer, and kept fixed.
+            ``tokenizer`` or, failing that, the first checkpoint's tokenizer that loads, and
+            kept fixed. At least 2 sequences.
         probe_options: how to build the probe set (default: 1024 sequences of the embedded corpus).
-        dtype, device, device_map, trust_remote_code, model_builder: passed to
+        dtype, device, device_map, trust_remote_code, model_builder, base_model: passed to
             :func:`~geomtrace.replay.sources.load_checkpoint_model`.
         tokenizer: a tokenizer object or a name/path to load one from.
         tokens_per_step: fill ``tokens = step * tokens_per_step`` where the revision name has
@@ -273,66 +474,88 @@ def run_replay(
         tensorboard_spectra: also log an eigenspectrum figure per checkpoint.
         progress: a progress bar over checkpoints (rank 0).
         verbose: a one-line summary per checkpoint (rank 0).
+        reference: the provenance of a run to reproduce (``geomtrace replay --like``): a
+            warning when the probe fingerprint or the forward's precision differs from it.
 
-    A checkpoint whose records are complete in the store for the same probe fingerprint is
-    skipped. One that fails to load or measure is logged to ``failures.jsonl`` and skipped
-    (retried by the next run).
+    The output holds one measurement configuration (:func:`measurement_identity`, stored in
+    ``run.json``): a run with another one raises
+    :class:`~geomtrace.replay.store.OutputConflictError` before measuring anything. A
+    checkpoint whose records are complete for this configuration is skipped. One that fails
+    to load or measure is logged to ``failures.jsonl`` and skipped (retried by the next run).
     """
     start = time.perf_counter()
     config = config or MeasureConfig()
     config.validate()
+    if probes is None and isinstance(probe_options, ProbeOptions):
+        probe_options.validate()
+    check_output_dir(output, writable=True)
+    summary = ReplaySummary(output=Path(output))
+    checkpoints = list(checkpoints)
+    if not checkpoints:
+        return summary
     device = str(resolve_device(device))
     created_group = init_distributed(device)
     device = _rank_device(device)
     rank, _ = rank_and_world_size()
-    store = ResultsStore(output) if rank == 0 else None
-    summary = ReplaySummary(output=Path(output))
-    checkpoints = list(checkpoints)
-    load = dict(dtype=dtype, device=device, device_map=device_map,
-                trust_remote_code=trust_remote_code, model_builder=model_builder)
+    load = dict(dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                model_builder=model_builder, base_model=base_model)
     writer = None
     try:
         # The probe set decides what counts as done, so it comes first. A model loaded only to
         # get its tokenizer is kept for its own measurement.
         preloaded: tuple[Checkpoint, Any, float] | None = None
+        known_failures: dict[str, str] = {}
         if probes is None:
             tok = tokenizer
             if isinstance(tok, (str, os.PathLike)):
                 tok = _load_tokenizer(str(tok), trust_remote_code=trust_remote_code)
-            if tok is None and checkpoints:
-                tok = load_checkpoint_tokenizer(checkpoints[0], trust_remote_code=trust_remote_code)
-            if tok is None and checkpoints:
-                preloaded, tok = _preload_for_tokenizer(checkpoints, load)
-            probes = build_probes(tok, probe_options or ProbeOptions())
-        fingerprint = probes.fingerprint()
-        summary.probe_fingerprint, summary.n_probes = fingerprint, len(probes)
-        done = ResultsStore(output).done_keys(fingerprint)
+            if tok is None:
+                tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load)
+            options = probe_options or ProbeOptions()
+            probes = build_probes(tok, options)
+        else:
+            options = None
+        if len(probes) < 2:
+            raise ValueError(
+                f"the probe set has {len(probes)} sequence(s): a spectrum needs at least 2 (use --num-sequences >= 2; "
+                "the paper uses 1024)"
+            )
+        _check_reference(reference, probes)
+        identity = measurement_identity(config, probes, dtype)
+        info = _run_info(identity, config, probes, options, load)
+        if tokens_per_step is not None:
+            info["tokens_per_step"] = int(tokens_per_step)
+        summary.probe_fingerprint, summary.n_probes = probes.fingerprint(), len(probes)
+        summary.config_id = info["config_id"]
+        _bind_output(output, info, device)
+        store = ResultsStore(output) if rank == 0 else None
+        done = ResultsStore(output).done_keys(config_id=summary.config_id)
         _barrier()  # every rank has read the same done set before rank 0 appends anything
         todo = [c for c in checkpoints if c.key not in done]
         if preloaded is not None and preloaded[0].key in done:
             preloaded = None
             _release_memory(device)
         summary.skipped = [c.key for c in checkpoints if c.key in done]
-        if store is not None:
-            _write_run_info(store, config, probes, {k: v for k, v in load.items() if k != "model_builder"})
-            if tensorboard_dir is not None and todo:
-                from geomtrace.replay.tensorboard import TensorBoardLogger
+        if store is not None and tensorboard_dir is not None and todo:
+            from geomtrace.replay.tensorboard import TensorBoardLogger
 
-                writer = TensorBoardLogger(tensorboard_dir)
+            writer = TensorBoardLogger(tensorboard_dir)
         bar = _progress_bar(len(todo), progress and rank == 0)
         if verbose and rank == 0 and summary.skipped:
             _say(f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {output}; skipping them", bar)
+        expected = (reference or {}).get("precision")
         for ckpt in todo:
             t0 = time.perf_counter()
-            model, error = None, None
-            try:
-                if preloaded is not None and preloaded[0] is ckpt:
-                    model, t0 = preloaded[1], preloaded[2]
-                    preloaded = None
-                else:
-                    model, _ = load_checkpoint_model(ckpt, **load)
-            except Exception as err:  # noqa: BLE001 - one bad checkpoint must not stop the replay
-                error = f"load failed: {type(err).__name__}: {err}"
+            model, error = None, known_failures.get(ckpt.key)
+            if error is None:
+                try:
+                    if preloaded is not None and preloaded[0] is ckpt:
+                        model, t0 = preloaded[1], preloaded[2]
+                        preloaded = None
+                    else:
+                        model, _ = load_checkpoint_model(ckpt, **load)
+                except Exception as err:  # noqa: BLE001 - one bad checkpoint must not stop the replay
+                    error = _load_error(err)
             load_seconds = time.perf_counter() - t0
             result = None
             if _all_agree(error is None, device):
@@ -342,11 +565,16 @@ def run_replay(
                     error = f"measurement failed: {type(err).__name__}: {err}"
             elif error is None:
                 error = "load failed on another rank"
+            if result is not None:
+                if result.precision not in summary.precisions:
+                    summary.precisions.append(result.precision)
+                    if expected and result.precision != expected and rank == 0:
+                        warn(f"{ckpt.key}: the probe forward ran in {result.precision}, the reference run's in "
+                             f"{expected}: values differ by round-off of that size (set --dtype/--autocast)")
             if result is not None and store is not None:
-                n_params = _n_params(model)
                 store.append(
-                    build_records(ckpt, result, n_params=n_params, tokens_per_step=tokens_per_step,
-                                  extra={"load_seconds": load_seconds}),
+                    build_records(ckpt, result, n_params=_n_params(model), tokens_per_step=tokens_per_step,
+                                  extra={"load_seconds": load_seconds, "config_id": summary.config_id}),
                     spectra={i: g.eigenvalues for i, g in result.layers.items()},
                 )
                 if writer is not None:
@@ -375,26 +603,3 @@ def run_replay(
             torch.distributed.destroy_process_group()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _preload_for_tokenizer(
-    checkpoints: Sequence[Checkpoint], load: dict[str, Any]
-) -> tuple[tuple[Checkpoint, Any, float] | None, Any]:
-    """Load the first checkpoint to get its tokenizer (a Lightning builder may return one).
-
-    Returns ``((ckpt, model, t0), tokenizer)`` so that the loaded model is measured without
-    a second load. Raises a ValueError saying what to pass when there is no tokenizer.
-    """
-    t0 = time.perf_counter()
-    try:
-        model, tok = load_checkpoint_model(checkpoints[0], **load)
-    except Exception:  # noqa: BLE001 - the replay loop records this failure properly
-        model, tok = None, None
-    if tok is not None:
-        return (checkpoints[0], model, t0), tok
-    model = None
-    _release_memory(str(load["device"]))
-    raise ValueError(
-        "no tokenizer to build the probe set from: the first checkpoint has none. Pass "
-        "--tokenizer NAME_OR_PATH (tokenizer= in Python), or let --model-builder return (module, tokenizer)."
-    )

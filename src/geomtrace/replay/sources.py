@@ -19,6 +19,7 @@ read as "tokens", not bytes).
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import re
@@ -62,12 +63,14 @@ class Checkpoint:
         step: training step, when known.
         revision: hub revision (branch) name, e.g. ``"step1000"`` or
             ``"stage1-step1000-tokens4B"``; None for local checkpoints.
-        path: local folder (``hf_folder``) or ``.ckpt`` file (``lightning_ckpt``); None for hub.
+        path: local folder (``hf_folder``, ``peft_adapter``) or ``.ckpt`` file
+            (``lightning_ckpt``); None for hub.
         model: hub id (``"EleutherAI/pythia-160m"``) or the local root folder; this is the
             ``model`` field of result records.
         tokens: tokens seen (integer count), when known from the revision name.
         stage: training stage, e.g. ``"stage1"`` or ``"stage2-ingredient3"``; None for Pythia.
-        kind: ``"hub"``, ``"hf_folder"`` or ``"lightning_ckpt"``.
+        kind: ``"hub"``, ``"hf_folder"``, ``"peft_adapter"`` (a folder holding only a PEFT
+            adapter, replayed on its base model) or ``"lightning_ckpt"``.
     """
 
     step: int | None
@@ -196,8 +199,13 @@ def read_revisions_file(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"revisions file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = p.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{p}:{line}: not UTF-8 text; revision names are plain UTF-8 text, one per line") from None
     out: list[str] = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             out.append(line)
@@ -352,6 +360,16 @@ def _ckpt_step(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _folder_kind(folder: Path) -> str | None:
+    """``hf_folder`` for a saved model, ``peft_adapter`` for a folder holding only a PEFT
+    adapter (the HF Trainer saves just the adapter when training one), else None."""
+    if (folder / "config.json").is_file():
+        return "hf_folder"
+    if (folder / "adapter_config.json").is_file():
+        return "peft_adapter"
+    return None
+
+
 def _local_sort_key(c: Checkpoint) -> tuple:
     return (0 if c.step is not None else 1, c.step or 0, _natural_key(c.key))
 
@@ -362,7 +380,8 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
     Looked for:
 
     * ``checkpoint-N/`` folders (HF Trainer) and ``stepN/`` (or ``stepN-tokens…``) folders
-      directly under ``directory`` that contain a ``config.json`` -> ``hf_folder``;
+      directly under ``directory`` that contain a ``config.json`` -> ``hf_folder``, or only a
+      PEFT adapter (``adapter_config.json``) -> ``peft_adapter``;
     * ``*.ckpt`` files anywhere below ``directory`` (Lightning) -> ``lightning_ckpt``, step
       from ``step=N`` in the file name (``epoch=0-step=100.ckpt``), else None. ``last*.ckpt``
       is skipped when other ``.ckpt`` files exist (it duplicates the latest one).
@@ -381,7 +400,8 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
 
     found: list[Checkpoint] = []
     for child in sorted(root.iterdir()):
-        if not child.is_dir() or not (child / "config.json").is_file():
+        kind = _folder_kind(child) if child.is_dir() else None
+        if kind is None:
             continue
         m = _HF_DIR.match(child.name)
         if m:
@@ -391,7 +411,7 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
             if step is None or not child.name.lower().startswith(("step", "stage")):
                 continue
         found.append(Checkpoint(step=step, revision=None, path=str(child), model=str(root),
-                                tokens=tokens, stage=stage, kind="hf_folder"))
+                                tokens=tokens, stage=stage, kind=kind))
 
     ckpts = sorted(p for p in root.rglob("*.ckpt") if p.is_file())
     if any(not p.name.startswith("last") for p in ckpts):
@@ -400,21 +420,17 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
         found.append(Checkpoint(step=_ckpt_step(p.name), revision=None, path=str(p), model=str(root),
                                 tokens=None, stage=None, kind="lightning_ckpt"))
 
-    if not found and (root / "config.json").is_file():
-        step = None
+    if not found and (kind := _folder_kind(root)) is not None:
         m = _HF_DIR.match(root.name)
-        if m:
-            step = int(m.group(1))
-        else:
-            step = parse_revision(root.name)[0]
+        step = int(m.group(1)) if m else parse_revision(root.name)[0]
         return [Checkpoint(step=step, revision=None, path=str(root), model=str(root.parent),
-                           tokens=None, stage=None, kind="hf_folder")]
+                           tokens=None, stage=None, kind=kind)]
     if not found:
         raise FileNotFoundError(
             f"no checkpoints found under {root}. Looked for: 'checkpoint-N/' or 'stepN/' folders "
-            "containing config.json (HF Trainer / save_pretrained), and '*.ckpt' files at any "
-            "depth (Lightning, step read from 'step=N' in the name). For hub models use "
-            "hub_checkpoints(model_id, revisions) instead."
+            "containing config.json (HF Trainer / save_pretrained) or adapter_config.json (PEFT), "
+            "and '*.ckpt' files at any depth (Lightning, step read from 'step=N' in the name). For "
+            "hub models use hub_checkpoints(model_id, revisions) instead."
         )
     return sorted(found, key=_local_sort_key)
 
@@ -491,22 +507,15 @@ def _resolve_builder(model_builder: Callable[..., Any] | str | None) -> Callable
 
 
 def _find_pretrained(module: Any) -> Any:
-    """The causal LM inside ``module``: geomtrace.features.find_causal_lm when available,
-    else the first transformers PreTrainedModel found (``module`` itself included)."""
+    """The causal LM inside ``module`` (a LightningModule, a wrapper or the model itself)."""
+    from geomtrace.features import find_causal_lm
+
     try:
-        from geomtrace.features import find_causal_lm  # type: ignore[attr-defined]
-    except ImportError:
-        find_causal_lm = None
-    if find_causal_lm is not None:
         return find_causal_lm(module)
-    transformers = require("transformers", "loading checkpoints")
-    for sub in module.modules():
-        if isinstance(sub, transformers.PreTrainedModel):
-            return sub
-    raise ValueError(
-        f"no transformers PreTrainedModel found inside {type(module).__name__}; the model_builder "
-        "must return a module that holds a Hugging Face causal LM (e.g. as self.model)"
-    )
+    except ValueError as err:
+        raise CheckpointLoadError(
+            f"{err} The model_builder must return a module that holds a Hugging Face causal LM (e.g. as self.model)."
+        ) from err
 
 
 def _load_state_dict_flexible(module: Any, state_dict: dict[str, Any]) -> None:
@@ -558,33 +567,142 @@ def _load_tokenizer(source: str, **kwargs: Any) -> Any:
     transformers = require("transformers", "loading tokenizers")
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
-    except Exception:
+    except Exception:  # noqa: BLE001 - "no tokenizer here" has many forms; the caller says what to pass
         return None
 
 
-def load_checkpoint_tokenizer(ckpt: Checkpoint, *, trust_remote_code: bool = False) -> Any:
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def _adapter_base(folder: Path, base_model: str | None) -> str | None:
+    """The base model of a PEFT adapter folder: ``base_model`` if given, else the adapter's
+    ``base_model_name_or_path``."""
+    if base_model:
+        return str(base_model)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return str(base) if base else None
+
+
+def load_checkpoint_tokenizer(
+    ckpt: Checkpoint, *, trust_remote_code: bool = False, base_model: str | None = None
+) -> Any:
     """The tokenizer of ``ckpt`` without loading its weights, or None.
 
-    Hub: from the same id and revision. ``hf_folder``: from the folder if it holds tokenizer
-    files, else from its parent (HF Trainer saves it at the run root). A folder without
-    tokenizer files is never passed to ``AutoTokenizer`` (transformers 5 would build an
-    *empty* tokenizer from its config.json). Lightning checkpoints: None (the model builder
-    may return one).
+    Hub: from the same id and revision. ``hf_folder`` / ``peft_adapter``: from the folder if
+    it holds tokenizer files, else from its parent (HF Trainer saves it at the run root); an
+    adapter falls back to its base model's tokenizer. A folder without tokenizer files is never
+    passed to ``AutoTokenizer`` (transformers 5 would build an *empty* tokenizer from its
+    config.json). Lightning checkpoints: None (the module or the model builder may hold one).
     """
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if ckpt.kind == "hub":
         if ckpt.revision:
             kwargs["revision"] = ckpt.revision
         return _load_tokenizer(ckpt.model, **kwargs)
-    if ckpt.kind != "hf_folder" or not ckpt.path:
+    if ckpt.kind not in ("hf_folder", "peft_adapter") or not ckpt.path:
         return None
     folder = Path(ckpt.path)
     for candidate in (folder, folder.parent):
-        if any((candidate / f).is_file() for f in _TOKENIZER_FILES):
+        if _has_tokenizer_files(candidate):
             tokenizer = _load_tokenizer(str(candidate), **kwargs)
             if tokenizer is not None:
                 return tokenizer
+    if ckpt.kind == "peft_adapter":
+        base = _adapter_base(folder, base_model)
+        if base and (not Path(base).is_dir() or _has_tokenizer_files(Path(base))):
+            return _load_tokenizer(base, **kwargs)
     return None
+
+
+def _from_pretrained(source: str, what: str, hub: bool, kwargs: dict[str, Any]) -> Any:
+    transformers = require("transformers", "loading checkpoints")
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        if hub:
+            raise _hub_error(what, err) from err
+        raise CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}") from err
+
+
+def _load_adapter(ckpt: Checkpoint, base_model: str | None, kwargs: dict[str, Any]) -> Any:
+    """A PEFT adapter folder on its base model (adapters kept unmerged, as in training)."""
+    peft = require("peft", "replaying PEFT adapter checkpoints")
+    folder = Path(ckpt.path or "")
+    base = _adapter_base(folder, base_model)
+    if base is None:
+        raise CheckpointLoadError(
+            f"{folder / 'adapter_config.json'} names no base model (base_model_name_or_path): pass "
+            "--base-model NAME_OR_PATH (base_model= in Python)"
+        )
+    try:
+        model = _from_pretrained(base, f"the base model {base!r} of the adapter {folder}",
+                                 hub=not Path(base).exists(), kwargs=kwargs)
+    except CheckpointLoadError as err:
+        raise CheckpointLoadError(f"{err} Pass --base-model NAME_OR_PATH to use another copy of the base model.") from err
+    try:
+        return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as err:  # noqa: BLE001 - peft raises many types for a bad adapter
+        raise CheckpointLoadError(f"could not load the PEFT adapter {folder}: {type(err).__name__}: {err}") from err
+
+
+def _builder_hyperparameters(data: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``hyper_parameters`` as a module's ``__init__`` takes them: without
+    LightningCLI's private entries (``_instantiator``, ``_class_path``)."""
+    hparams = data.get("hyper_parameters") or {}
+    try:
+        hparams = dict(hparams)
+    except (TypeError, ValueError):
+        hparams = dict(vars(hparams))  # an argparse Namespace (old Lightning versions)
+    return {k: v for k, v in hparams.items() if not str(k).startswith("_")}
+
+
+def _is_lightning_class(obj: Any) -> bool:
+    return isinstance(obj, type) and callable(getattr(obj, "load_from_checkpoint", None))
+
+
+def _load_lightning(ckpt: Checkpoint, model_builder: Any) -> tuple[Any, Any]:
+    """``(module, tokenizer_or_None)`` of a Lightning ``.ckpt`` file (see load_checkpoint_model)."""
+    builder = _resolve_builder(model_builder)
+    if builder is None:
+        raise ValueError(
+            f"{ckpt.path} is a Lightning checkpoint: geomtrace cannot know which module it "
+            "holds. Pass model_builder: your LightningModule class, or a function hparams -> "
+            "nn.Module (your LightningModule or an HF model) that geomtrace calls with the "
+            "checkpoint's 'hyper_parameters' dict before loading its state_dict; on the command line: "
+            "--model-builder mypackage.mymodule:MyModule (or :build_model)"
+        )
+    import torch
+
+    if not ckpt.path or not Path(ckpt.path).is_file():
+        raise CheckpointLoadError(f"Lightning checkpoint not found: {ckpt.path}")
+    if _is_lightning_class(builder):
+        # Lightning's own loader: it handles LightningCLI's _instantiator / _class_path.
+        try:
+            built = builder.load_from_checkpoint(ckpt.path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - reported as this checkpoint's failure
+            raise CheckpointLoadError(
+                f"{builder.__name__}.load_from_checkpoint({ckpt.path}) failed: {type(err).__name__}: {err}"
+            ) from err
+        return built, getattr(built, "tokenizer", None)
+    try:
+        # weights_only=False: hyper_parameters may hold arbitrary Python objects.
+        # This unpickles: only load checkpoints you trust.
+        data = torch.load(ckpt.path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointLoadError(f"could not read {ckpt.path}: {type(err).__name__}: {err}") from err
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise CheckpointLoadError(f"{ckpt.path} has no 'state_dict': not a Lightning checkpoint?")
+    built = builder(_builder_hyperparameters(data))
+    tokenizer = None
+    if isinstance(built, tuple):
+        built, tokenizer = built
+    _load_state_dict_flexible(built, data["state_dict"])
+    return built, tokenizer if tokenizer is not None else getattr(built, "tokenizer", None)
 
 
 def load_checkpoint_model(
@@ -595,6 +713,7 @@ def load_checkpoint_model(
     device_map: Any = None,
     trust_remote_code: bool = False,
     model_builder: Callable[[dict[str, Any]], Any] | str | None = None,
+    base_model: str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``ckpt`` and return ``(model, tokenizer_or_None)``, the model in eval mode.
 
@@ -602,13 +721,20 @@ def load_checkpoint_model(
       dtype=...)`` and the tokenizer from the same id and revision (None if it does not load).
     * ``hf_folder``: ``from_pretrained(ckpt.path)``; the tokenizer from the folder, else from
       its parent (HF Trainer saves it at the run root when checkpoints lack it).
-    * ``lightning_ckpt``: ``torch.load(path, map_location="cpu", weights_only=False)`` (needed
-      to read ``hyper_parameters``; **pickle can execute code: only load checkpoints you
-      trust**), then ``model_builder(hyper_parameters)`` builds the module (a LightningModule
-      or an HF model; it may also return ``(module, tokenizer)``), its ``state_dict`` is loaded
-      (a leading prefix such as ``model.`` is stripped if the module lacks it), and the HF
-      causal LM inside is returned. ``model_builder`` may be a ``"module:function"`` string
-      (the CLI's ``--model-builder``).
+    * ``peft_adapter``: the base model (``base_model``, else the adapter's
+      ``base_model_name_or_path``) with the adapter loaded on it by
+      ``peft.PeftModel.from_pretrained`` (unmerged, as in training); the tokenizer from the
+      folder, its parent or the base model.
+    * ``lightning_ckpt``: with a LightningModule class as ``model_builder``, its own
+      ``load_from_checkpoint``; with a function, ``torch.load(path, map_location="cpu",
+      weights_only=False)`` (needed to read ``hyper_parameters``; **pickle can execute code:
+      only load checkpoints you trust**), then ``model_builder(hyper_parameters)`` builds the
+      module (LightningCLI's private ``_instantiator``/``_class_path`` entries are left out; it
+      may return a LightningModule, an HF model, or ``(module, tokenizer)``), its
+      ``state_dict`` is loaded (a leading prefix such as ``model.`` is stripped if the module
+      lacks it), and the HF causal LM inside is returned. The tokenizer is the builder's, else
+      the module's ``tokenizer`` attribute. ``model_builder`` may be a ``"module:attribute"``
+      string (the CLI's ``--model-builder``).
 
     Args:
         dtype: ``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16``, ``auto`` or a
@@ -624,62 +750,29 @@ def load_checkpoint_model(
     """
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
 
-    if ckpt.kind in ("hub", "hf_folder"):
-        transformers = require("transformers", "loading checkpoints")
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-        if device_map is not None:
-            kwargs["device_map"] = device_map
+    if ckpt.kind in ("hub", "hf_folder", "peft_adapter"):
         if ckpt.kind == "hub":
-            source = ckpt.model
-            if ckpt.revision:
-                kwargs["revision"] = ckpt.revision
+            revision_kwargs = {"revision": ckpt.revision} if ckpt.revision else {}
             what = f"{ckpt.model!r} at revision {ckpt.revision or 'main'!r}"
+            model = _from_pretrained(ckpt.model, what, hub=True, kwargs={**kwargs, **revision_kwargs})
+        elif not ckpt.path or not Path(ckpt.path).is_dir():
+            raise CheckpointLoadError(f"checkpoint folder not found: {ckpt.path}")
+        elif ckpt.kind == "peft_adapter":
+            model = _load_adapter(ckpt, base_model, kwargs)
         else:
-            if not ckpt.path or not Path(ckpt.path).is_dir():
-                raise CheckpointLoadError(f"checkpoint folder not found: {ckpt.path}")
-            source = ckpt.path
-            what = f"the model folder {ckpt.path}"
-        try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        except (OSError, ValueError) as err:
-            if ckpt.kind == "hub":
-                raise _hub_error(what, err) from err
-            raise CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}") from err
+            model = _from_pretrained(ckpt.path, f"the model folder {ckpt.path}", hub=False, kwargs=kwargs)
         if device_map is None:
             model.to(dev)
         model.eval()
-        tokenizer = load_checkpoint_tokenizer(ckpt, trust_remote_code=trust_remote_code)
+        tokenizer = load_checkpoint_tokenizer(ckpt, trust_remote_code=trust_remote_code, base_model=base_model)
         return model, tokenizer
 
     if ckpt.kind == "lightning_ckpt":
-        builder = _resolve_builder(model_builder)
-        if builder is None:
-            raise ValueError(
-                f"{ckpt.path} is a Lightning checkpoint: geomtrace cannot know which module it "
-                "holds. Pass model_builder, a function hparams -> nn.Module (your LightningModule "
-                "or an HF model) that geomtrace calls with the checkpoint's 'hyper_parameters' "
-                "dict before loading its state_dict; on the command line: "
-                "--model-builder mypackage.mymodule:build_model"
-            )
-        import torch
-
-        if not ckpt.path or not Path(ckpt.path).is_file():
-            raise CheckpointLoadError(f"Lightning checkpoint not found: {ckpt.path}")
-        try:
-            # weights_only=False: hyper_parameters may hold arbitrary Python objects.
-            # This unpickles: only load checkpoints you trust.
-            data = torch.load(ckpt.path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise CheckpointLoadError(f"could not read {ckpt.path}: {type(err).__name__}: {err}") from err
-        if not isinstance(data, dict) or "state_dict" not in data:
-            raise CheckpointLoadError(f"{ckpt.path} has no 'state_dict': not a Lightning checkpoint?")
-        hparams = dict(data.get("hyper_parameters") or {})
-        built = builder(hparams)
-        tokenizer = None
-        if isinstance(built, tuple):
-            built, tokenizer = built
-        _load_state_dict_flexible(built, data["state_dict"])
+        built, tokenizer = _load_lightning(ckpt, model_builder)
         model = _find_pretrained(built)
         if torch_dtype != "auto":
             model.to(dtype=torch_dtype)
@@ -687,4 +780,6 @@ def load_checkpoint_model(
         model.eval()
         return model, tokenizer
 
-    raise ValueError(f"unknown checkpoint kind {ckpt.kind!r}; expected 'hub', 'hf_folder' or 'lightning_ckpt'")
+    raise ValueError(
+        f"unknown checkpoint kind {ckpt.kind!r}; expected 'hub', 'hf_folder', 'peft_adapter' or 'lightning_ckpt'"
+    )

@@ -2,6 +2,7 @@
 
 Layout of ``output_dir``::
 
+    run.json                            how this output is measured (written once, see bind())
     results.jsonl                       one record per (checkpoint, layer), strict JSON
     failures.jsonl                      one line per failed checkpoint attempt
     spectra/<safe-key>__layer<L>.npz    the eigenspectrum (array ``eigenspectrum``)
@@ -18,6 +19,9 @@ Guarantees:
   append starts on a fresh line.
 * NaN/Inf are written as JSON ``null`` (strict JSON, readable anywhere); the metric fields
   (:data:`METRIC_FIELDS`) read back as ``nan``.
+* One output holds one measurement configuration: ``run.json`` is created once (exclusively,
+  so concurrent shards agree) and every later run must present the same ``identity``
+  (:meth:`ResultsStore.bind`), else :class:`OutputConflictError`.
 
 The paper's result format (a pickled dict ``{step: {'rankme', 'alpha', 'eigenspectrum',
 'r2'}}`` saved with ``np.save``) is written by :func:`export_seed_npy` and read by
@@ -47,10 +51,12 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "OutputConflictError",
     "ResultsStore",
     "RECORD_FIELDS",
     "METRIC_FIELDS",
     "atomic_write_bytes",
+    "check_output_dir",
     "atomic_write_text",
     "safe_key",
     "export_seed_npy",
@@ -184,6 +190,38 @@ def _locked_append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _exclusive_write_text(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` unless it exists (atomically: a complete file or none).
+    Returns False when another writer was first."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails if path exists: the first writer wins
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``name: old -> new`` for each leaf where two JSON-like values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"]
+
+
+class OutputConflictError(ValueError):
+    """A replay into an output that holds results of another measurement configuration."""
+
+
 def safe_key(key: str) -> str:
     """A file-name-safe version of a checkpoint key; keys that had to be changed get a short
     hash suffix so that distinct keys never share a file."""
@@ -209,10 +247,12 @@ class ResultsStore:
 
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.output_dir = Path(output_dir)
+        check_output_dir(self.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.records_path = self.output_dir / "results.jsonl"
         self.failures_path = self.output_dir / "failures.jsonl"
         self.spectra_dir = self.output_dir / "spectra"
+        self.info_path = self.output_dir / "run.json"
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.output_dir)!r})"
@@ -222,6 +262,51 @@ class ResultsStore:
     def spectrum_path(self, key: str, layer: int) -> Path:
         """Where the eigenspectrum of ``key`` at ``layer`` is stored."""
         return self.spectra_dir / f"{safe_key(key)}__layer{int(layer)}.npz"
+
+    # -- how this output is measured -------------------------------------------------------
+
+    def info(self) -> dict[str, Any] | None:
+        """The content of ``run.json`` (None when absent). Raises ValueError when unreadable."""
+        try:
+            data = json.loads(self.info_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{self.info_path} is not readable JSON ({err}); it says how {self.output_dir} "
+                             "was measured: restore it or use another output folder") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.info_path}: expected a JSON object")
+        return data
+
+    def bind(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Make ``info`` (with an ``identity`` mapping) this output's ``run.json``, or check it.
+
+        The first run creates ``run.json`` (exclusively: of concurrent shards one wins, the
+        others compare against it). Later runs must present an equal ``identity``; a different
+        one raises :class:`OutputConflictError` naming each difference, so results measured
+        in two ways never share an output. Returns the stored info.
+        """
+        text = json.dumps(_jsonable(info), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+        if _exclusive_write_text(self.info_path, text):
+            return info
+        stored = self.info()
+        if stored is None:  # removed between the two calls: try once more
+            return self.bind(info)
+        old, new = stored.get("identity"), _jsonable(info.get("identity"))
+        if old != new:
+            changes = _differences(old, new) if isinstance(old, dict) else ["run.json has no 'identity'"]
+            empty = not self.done_keys()
+            remedy = (
+                f"It holds no results yet: delete {self.info_path} (or the folder) to start over with these options."
+                if empty
+                else "Replay into another --output, or rerun with the options recorded in run.json "
+                "(geomtrace replay --like " + str(self.output_dir) + " takes the probes and precision from it)."
+            )
+            raise OutputConflictError(
+                f"{self.output_dir} was measured with other options ({'; '.join(changes)}). One output holds one "
+                f"measurement configuration, so nothing was measured. {remedy}"
+            )
+        return stored
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -247,11 +332,12 @@ class ResultsStore:
             raw = [r for i, r in enumerate(raw) if last[(r.get("key"), r.get("layer"))] == i]
         return [_decode(r) for r in raw]
 
-    def done_keys(self, probe_fingerprint: str | None = None) -> set[str]:
+    def done_keys(self, probe_fingerprint: str | None = None, *, config_id: str | None = None) -> set[str]:
         """Keys of checkpoints whose records are complete (every layer of the unit present).
 
         Robust to a truncated last line (a killed process): that checkpoint is not done.
-        With ``probe_fingerprint``, only records measured with that probe set count.
+        With ``probe_fingerprint`` / ``config_id``, only records measured with that probe set /
+        that whole measurement configuration (``run.json``'s ``config_id``) count.
         """
         layers: dict[str, set[Any]] = {}
         expected: dict[str, int] = {}
@@ -260,6 +346,8 @@ class ResultsStore:
             if not isinstance(key, str):
                 continue
             if probe_fingerprint is not None and r.get("probe_fingerprint") != probe_fingerprint:
+                continue
+            if config_id is not None and r.get("config_id") != config_id:
                 continue
             layers.setdefault(key, set()).add(r.get("layer"))
             n = r.get("n_layers")
@@ -275,12 +363,32 @@ class ResultsStore:
             return []
 
     def spectrum(self, key: str, layer: int) -> np.ndarray | None:
-        """The stored eigenspectrum of ``key`` at ``layer``, or None."""
+        """The stored eigenspectrum of ``key`` at ``layer``, or None when there is none.
+
+        Raises ValueError naming the file when it exists but is not a spectrum file
+        (truncated, overwritten, or holding pickled data, which is never loaded here)."""
         p = self.spectrum_path(key, layer)
         if not p.is_file():
             return None
-        with np.load(p, allow_pickle=False) as z:
-            return np.array(z["eigenspectrum"])
+        import zipfile
+
+        why = None
+        if not zipfile.is_zipfile(p):
+            why = "not an .npz archive: truncated or overwritten"
+        else:
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    return np.array(z["eigenspectrum"])
+            except KeyError:
+                why = "no 'eigenspectrum' array in it"
+            except ValueError:  # numpy's message would suggest allow_pickle: never for files found on disk
+                why = "it holds pickled (object) data, which geomtrace does not load"
+            except (OSError, zipfile.BadZipFile, EOFError) as err:
+                why = f"unreadable ({type(err).__name__})"
+        raise ValueError(
+            f"{p}: not a readable eigenspectrum file ({why}); it is left as is. Delete it and replay "
+            f"checkpoint {key!r} again, or export without spectra (--no-spectra)"
+        )
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -321,6 +429,20 @@ class ResultsStore:
         rec = {"key": key, "error": str(error), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
         line = json.dumps(_jsonable(rec), allow_nan=False, ensure_ascii=False) + "\n"
         _locked_append(self.failures_path, line.encode("utf-8"))
+
+
+def check_output_dir(path: str | os.PathLike, writable: bool = False) -> None:
+    """Raise ValueError when ``path`` cannot be a results folder: a file, inside a file, or
+    (``writable``) a folder this process may not write into."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"is inside {p}, which is a file"
+                raise ValueError(f"the output {path} {what}: give a folder for the results")
+            if writable and not os.access(p, os.W_OK | os.X_OK):
+                raise ValueError(f"the output {path} cannot be written ({p} is not writable)")
+            return
 
 
 def _to_numpy(x: Any) -> Any:
