@@ -233,6 +233,7 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     lines = out.splitlines()
     summaries = [line for line in lines if line.startswith("[geomtrace] RankMe ")]
     assert len(summaries) == 1 and sum("cost: 2 measurement(s)" in line for line in lines) == 1  # once each
+    assert f"{monitor.tracker.probes.num_tokens():,} probe tokens ({PROBES} probes) per measurement" in out
     assert "training from scratch" in out
     scalars = read_scalars(tmp_path / "tb")
     assert [step for step, _ in scalars["geometry/seconds"]] == [0, 2]

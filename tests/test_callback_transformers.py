@@ -106,10 +106,15 @@ def assert_logged(tb_dir: Path, callback: GeometryCallback, steps: list[int]) ->
 
 
 # ------------------------------------------------------------------ trainers
-def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir):
+def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir, capsys):
     callback = GeometryCallback(every_n_steps=2, extra_steps=(1,), num_sequences=N_PROBES)
     trainer = hf_trainer(tok, tmp_path, callback)
     trainer.train()
+    # The cost of watching, printed once at the end: measurements, share, probe tokens.
+    cost = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[geomtrace] cost: ")]
+    tokens = callback.tracker.probes.num_tokens()
+    assert len(cost) == 1 and "5 measurement(s)" in cost[0] and f"{tokens:,} probe tokens ({N_PROBES} probes)" in cost[0]
+    assert 0 < callback.record()["cost"]["share"] < 1
     board = assert_logged(tb_dir, callback, [0, 1, 2, 4, 5])
     # Logging through the trainer must not swallow its own loss logs at measured steps.
     assert sorted(board["train/loss"]) == [1, 2, 3, 4, 5]
