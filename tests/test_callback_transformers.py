@@ -137,7 +137,10 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
     ])
     path = tmp_path / "geometry.json"
-    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, history_file=str(path))
+    from feature_metrics import ParticipationRatio, RowStats
+
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, history_file=str(path),
+                                extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()})
     trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
                          train_dataset=data, processing_class=tok, callbacks=[callback])
     assert trainer.args.bf16  # TRL's default, on CPU too (use_cpu=True)
@@ -148,6 +151,15 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     # The probes ran in the trainer's bf16: recorded with the history and said on the console.
     provenance = json.loads(path.read_text())["provenance"]
     assert provenance["precision"] == "bf16" and provenance["probe_options"]["chat_template"] is True
+    # Users' feature metrics ride along on the same (bf16) probe forward, logged like the geometry.
+    assert provenance["measure_config"]["extra_metrics"] == {
+        "pr": "feature_metrics.ParticipationRatio", "stats": "feature_metrics.RowStats"}
+    for tag in ("geometry/pr", "geometry/stats/mean_norm"):
+        assert sorted(board[tag]) == [0, 2, 4]
+        assert [board[tag][r["step"]] for r in callback.history] == pytest.approx([r[tag] for r in callback.history])
+    assert all(1 < r["geometry/pr"] < 64 and r["geometry/stats/rows"] == N_PROBES for r in callback.history)
+    logged = [entry for entry in trainer.state.log_history if "geometry/pr" in entry]
+    assert [entry["step"] for entry in logged] == [0, 2, 4]
     assert "forward in bf16" in capsys.readouterr().out
     # TRL's own metrics keep their per-step logging (we call the base Trainer.log, not SFTTrainer.log).
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
