@@ -242,14 +242,19 @@ def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
 
     # A fresh callback with another schedule, as in a new process; transformers replaces it by an
     # instance built from the checkpoint; the user's object must still see the whole history.
-    second = GeometryCallback(every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok)
+    # It also adds an extra metric: not saved in state() (not JSON), so it must survive the swap.
+    from feature_metrics import ParticipationRatio
+
+    second = GeometryCallback(every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok,
+                              extra_metrics={"pr": ParticipationRatio()})
     trainer = hf_trainer(tok, tmp_path, second, max_steps=7, restore_callback_states_from_checkpoint=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", GeometryWarning)  # comparable: nothing to warn about
+        warnings.simplefilter("error", GeometryWarning)  # comparable (an extra metric changes no value)
         trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
     running = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GeometryCallback)]
     assert len(running) == 1 and running[0].history is second.history
     assert [r["step"] for r in second.history] == [0, 2, 4, 6, 7]
+    assert ["geometry/pr" in r for r in second.history] == [False, False, False, True, True]
     for before, after in zip(first.history[:3], second.history[:3]):
         assert after["geometry/rankme"] == pytest.approx(before["geometry/rankme"], rel=1e-12)
     # Step 6 is re-measured, not compared: transformers 5.23 does not restore GPT-NeoX's lm_head
@@ -322,9 +327,19 @@ def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
         GeometryCallback(tokens="first")
     with pytest.raises(ValueError, match="autocast"):
         GeometryCallback(autocast="half")
+    with pytest.raises(ValueError, match="taken by geomtrace"):
+        GeometryCallback(extra_metrics={"rankme": _metric()})
+    with pytest.raises(ValueError, match="torchmetrics.Metric"):
+        GeometryCallback(extra_metrics={"pr": torch.nn.Identity()})
     trainer = hf_trainer(tok, tmp_path, GeometryCallback(num_sequences=N_PROBES), processing_class=None, max_steps=1)
     with pytest.raises(ValueError, match="tokenizer"):
         trainer.train()
+
+
+def _metric():
+    from feature_metrics import ParticipationRatio
+
+    return ParticipationRatio()
 
 
 class NotAnHFModel(torch.nn.Module):
