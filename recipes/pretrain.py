@@ -317,9 +317,10 @@ def run(args: argparse.Namespace) -> dict:
         gradient_clip_val=1.0,
     )
     module = make_module(model, tokenizer, args)
-    fit_started = time.perf_counter()
+    fit_started, fit_cpu_started = time.perf_counter(), time.process_time()
     trainer.fit(module, train_dataloaders=loader)
     fit_seconds = time.perf_counter() - fit_started
+    fit_cpu_seconds = time.process_time() - fit_cpu_started  # all threads; less sensitive to other jobs
     summary = {"fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - started,
                "n_params": n_params, "tensorboard": logger.log_dir, "history": []}
     if not trainer.is_global_zero:
@@ -339,7 +340,7 @@ def run(args: argparse.Namespace) -> dict:
               f"(geomtrace replay --checkpoints {output / 'checkpoints'} --output {output / 'replay'})")
     if not args.no_save:
         print(f"[pretrain] final model and tokenizer: {output / 'final'}")
-    print(f"[pretrain] fit took {fit_seconds:.1f}s")
+    print(f"[pretrain] fit took {fit_seconds:.1f}s ({fit_cpu_seconds:.1f}s of CPU time)")
     return summary
 
 

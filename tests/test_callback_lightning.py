@@ -103,6 +103,32 @@ def test_multiple_layers_and_model_getter(tmp_path, tokenizer):
     assert [r["step"] for r in monitor.history] == [0]
 
 
+def test_extra_metrics_ride_along_per_layer_in_tensorboard_and_the_record(tmp_path, tokenizer):
+    from feature_metrics import ParticipationRatio, RowStats
+
+    path = tmp_path / "geometry.json"
+    module = TinyLM(tokenizer)
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, layers="all", history_file=str(path),
+                              extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()})
+    trainer(tmp_path, [monitor], max_steps=2).fit(module, token_loader(tokenizer))
+    scalars = read_scalars(tmp_path / "tb")
+    for tag in ("geometry/pr", "geometry/layer1/pr", "geometry/layer0/pr", "geometry/stats/mean_norm",
+                "geometry/layer1/stats/rows"):
+        assert [step for step, _ in scalars[tag]] == [0, 2], tag  # same steps, same layer tags as the geometry
+        assert [value for _, value in scalars[tag]] == pytest.approx([r[tag] for r in monitor.history], rel=1e-6)
+    assert all(r["geometry/stats/rows"] == r["geometry/n_samples"] == PROBES for r in monitor.history)
+    # The same features as the geometry: the final PR is that of the spectrum measured on the same model.
+    final = measure_geometry(module.model, monitor.tracker.probes, MeasureConfig()).last
+    expected = final.eigenvalues.sum() ** 2 / (final.eigenvalues**2).sum()
+    assert monitor.history[-1]["geometry/pr"] == pytest.approx(expected, rel=1e-6)
+    config = json.loads(path.read_text())["provenance"]["measure_config"]
+    assert config["extra_metrics"] == {"pr": "feature_metrics.ParticipationRatio", "stats": "feature_metrics.RowStats"}
+    with pytest.raises(MisconfigurationException, match="phase_transition"):
+        GeometryMonitor(extra_metrics={"phase_transition": ParticipationRatio()})
+    with pytest.raises(MisconfigurationException, match="torchmetrics.Metric"):
+        GeometryMonitor(extra_metrics={"pr": lambda x: x})
+
+
 def test_model_built_in_configure_model_is_found(tmp_path, tokenizer):
     """Large/sharded models are created in `configure_model`, after callbacks' `setup`."""
 
@@ -233,6 +259,7 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     lines = out.splitlines()
     summaries = [line for line in lines if line.startswith("[geomtrace] RankMe ")]
     assert len(summaries) == 1 and sum("cost: 2 measurement(s)" in line for line in lines) == 1  # once each
+    assert f"{monitor.tracker.probes.num_tokens():,} probe tokens ({PROBES} probes) per measurement" in out
     assert "training from scratch" in out
     scalars = read_scalars(tmp_path / "tb")
     assert [step for step, _ in scalars["geometry/seconds"]] == [0, 2]

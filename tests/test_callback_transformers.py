@@ -106,10 +106,15 @@ def assert_logged(tb_dir: Path, callback: GeometryCallback, steps: list[int]) ->
 
 
 # ------------------------------------------------------------------ trainers
-def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir):
+def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir, capsys):
     callback = GeometryCallback(every_n_steps=2, extra_steps=(1,), num_sequences=N_PROBES)
     trainer = hf_trainer(tok, tmp_path, callback)
     trainer.train()
+    # The cost of watching, printed once at the end: measurements, share, probe tokens.
+    cost = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[geomtrace] cost: ")]
+    tokens = callback.tracker.probes.num_tokens()
+    assert len(cost) == 1 and "5 measurement(s)" in cost[0] and f"{tokens:,} probe tokens ({N_PROBES} probes)" in cost[0]
+    assert 0 < callback.record()["cost"]["share"] < 1
     board = assert_logged(tb_dir, callback, [0, 1, 2, 4, 5])
     # Logging through the trainer must not swallow its own loss logs at measured steps.
     assert sorted(board["train/loss"]) == [1, 2, 3, 4, 5]
@@ -132,7 +137,10 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
     ])
     path = tmp_path / "geometry.json"
-    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, history_file=str(path))
+    from feature_metrics import ParticipationRatio, RowStats
+
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, history_file=str(path),
+                                extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()})
     trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
                          train_dataset=data, processing_class=tok, callbacks=[callback])
     assert trainer.args.bf16  # TRL's default, on CPU too (use_cpu=True)
@@ -143,6 +151,15 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     # The probes ran in the trainer's bf16: recorded with the history and said on the console.
     provenance = json.loads(path.read_text())["provenance"]
     assert provenance["precision"] == "bf16" and provenance["probe_options"]["chat_template"] is True
+    # Users' feature metrics ride along on the same (bf16) probe forward, logged like the geometry.
+    assert provenance["measure_config"]["extra_metrics"] == {
+        "pr": "feature_metrics.ParticipationRatio", "stats": "feature_metrics.RowStats"}
+    for tag in ("geometry/pr", "geometry/stats/mean_norm"):
+        assert sorted(board[tag]) == [0, 2, 4]
+        assert [board[tag][r["step"]] for r in callback.history] == pytest.approx([r[tag] for r in callback.history])
+    assert all(1 < r["geometry/pr"] < 64 and r["geometry/stats/rows"] == N_PROBES for r in callback.history)
+    logged = [entry for entry in trainer.state.log_history if "geometry/pr" in entry]
+    assert [entry["step"] for entry in logged] == [0, 2, 4]
     assert "forward in bf16" in capsys.readouterr().out
     # TRL's own metrics keep their per-step logging (we call the base Trainer.log, not SFTTrainer.log).
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
@@ -225,14 +242,19 @@ def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
 
     # A fresh callback with another schedule, as in a new process; transformers replaces it by an
     # instance built from the checkpoint; the user's object must still see the whole history.
-    second = GeometryCallback(every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok)
+    # It also adds an extra metric: not saved in state() (not JSON), so it must survive the swap.
+    from feature_metrics import ParticipationRatio
+
+    second = GeometryCallback(every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok,
+                              extra_metrics={"pr": ParticipationRatio()})
     trainer = hf_trainer(tok, tmp_path, second, max_steps=7, restore_callback_states_from_checkpoint=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", GeometryWarning)  # comparable: nothing to warn about
+        warnings.simplefilter("error", GeometryWarning)  # comparable (an extra metric changes no value)
         trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
     running = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GeometryCallback)]
     assert len(running) == 1 and running[0].history is second.history
     assert [r["step"] for r in second.history] == [0, 2, 4, 6, 7]
+    assert ["geometry/pr" in r for r in second.history] == [False, False, False, True, True]
     for before, after in zip(first.history[:3], second.history[:3]):
         assert after["geometry/rankme"] == pytest.approx(before["geometry/rankme"], rel=1e-12)
     # Step 6 is re-measured, not compared: transformers 5.23 does not restore GPT-NeoX's lm_head
@@ -305,9 +327,19 @@ def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
         GeometryCallback(tokens="first")
     with pytest.raises(ValueError, match="autocast"):
         GeometryCallback(autocast="half")
+    with pytest.raises(ValueError, match="taken by geomtrace"):
+        GeometryCallback(extra_metrics={"rankme": _metric()})
+    with pytest.raises(ValueError, match="torchmetrics.Metric"):
+        GeometryCallback(extra_metrics={"pr": torch.nn.Identity()})
     trainer = hf_trainer(tok, tmp_path, GeometryCallback(num_sequences=N_PROBES), processing_class=None, max_steps=1)
     with pytest.raises(ValueError, match="tokenizer"):
         trainer.train()
+
+
+def _metric():
+    from feature_metrics import ParticipationRatio
+
+    return ParticipationRatio()
 
 
 class NotAnHFModel(torch.nn.Module):

@@ -115,7 +115,7 @@ class Owner:
 def scripted(monkeypatch, results):
     """Make tracking.measure_geometry return ``results`` one after the other."""
     queue = list(results)
-    monkeypatch.setattr(tracking, "measure_geometry", lambda model, probes, config: queue.pop(0))
+    monkeypatch.setattr(tracking, "measure_geometry", lambda model, probes, config, **options: queue.pop(0))
 
 
 def falling(n: int = 8, **kwargs) -> list[GeometryResult]:
@@ -168,7 +168,7 @@ def test_trajectory_is_the_deepest_tracked_layer(monkeypatch):
 def test_one_attempt_per_step_and_final_spectrum(monkeypatch):
     calls = []
 
-    def failing(model, probes, config):
+    def failing(model, probes, config, **options):
         calls.append(1)
         raise RuntimeError("boom")
 

@@ -26,13 +26,14 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from torch import nn
+from torchmetrics import Metric
 
 from geomtrace._warnings import warn
 from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
-from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
+from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
 from geomtrace.probes import ProbeSet, load_probes
 
 __all__ = ["TRACKER_OPTIONS", "GeometryTracker", "Measurement", "ProbeOptions", "loaded_model_hint", "report"]
@@ -140,6 +141,11 @@ class GeometryTracker:
             measurement; the callbacks do it on the main process only.
         strict: raise errors from the measurement instead of warning and going on.
         prefix: tag prefix of the logged keys.
+        extra_metrics: ``{name: torchmetrics.Metric}`` taking ``(N, d)`` features, measured
+            on the same forward as the geometry, per tracked layer, and logged beside it as
+            ``<prefix>/<name>`` (``<prefix>/layer<L>/<name>`` for other layers); see
+            :func:`~geomtrace.measure.measure_geometry`. Their names (and classes) are part
+            of the recorded ``measure_config``.
     """
 
     def __init__(
@@ -158,6 +164,7 @@ class GeometryTracker:
         history_file: str | os.PathLike | None = None,
         strict: bool = False,
         prefix: str = "geometry",
+        extra_metrics: Mapping[str, Metric] | None = None,
     ) -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 0:
             raise ValueError(f"every_n_steps must be an int >= 0, got {every_n_steps!r}")
@@ -175,6 +182,7 @@ class GeometryTracker:
         if history_file is not None and Path(history_file).is_dir():
             raise ValueError(f"history_file must be a file path, got the directory {history_file!r}")
         self.extra_steps = frozenset(extra_steps)
+        self.extra_metrics = _validate_extra_metrics(extra_metrics)
         self.config = config or MeasureConfig()
         self.config.validate()
         self.every_n_steps = every_n_steps
@@ -245,6 +253,7 @@ class GeometryTracker:
         history_file: str | os.PathLike | None = None,
         strict: bool = False,
         prefix: str = "geometry",
+        extra_metrics: Mapping[str, Metric] | None = None,
     ) -> GeometryTracker:
         """A tracker from the flat option list the callbacks expose (one place for both)."""
         config = MeasureConfig(
@@ -280,6 +289,7 @@ class GeometryTracker:
             history_file=history_file,
             strict=strict,
             prefix=prefix,
+            extra_metrics=extra_metrics,
         )
 
     # ------------------------------------------------------------------ set-up
@@ -410,7 +420,7 @@ class GeometryTracker:
         self._last_attempt = int(step)
         start = time.perf_counter()
         try:
-            result = measure_geometry(model, self.probes, self.config)
+            result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
         except Exception as err:
             if self.strict:
                 raise
@@ -439,10 +449,17 @@ class GeometryTracker:
         record[f"{self.prefix}/seconds"] = seconds
         return measurement
 
+    def extra_metric_classes(self) -> dict[str, str]:
+        """``{name: "module.Class"}`` of the extra metrics, as the record keeps them."""
+        return {name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in self.extra_metrics.items()}
+
     def _check_provenance(self, result: GeometryResult, step: int, notes: list[str]) -> None:
         """Adopt the provenance of ``result``; warn by name when it differs from the history's."""
+        provenance = result.provenance()
+        # The extra metrics ride along on the same forward: part of how this was measured.
+        provenance["measure_config"] = {**provenance["measure_config"], "extra_metrics": self.extra_metric_classes()}
         current = {
-            **result.provenance(),
+            **provenance,
             "probe_options": self.probe_options.to_dict() if self._probes_from_options else None,
             "trajectory": {
                 "layer": result.last.layer,
@@ -656,6 +673,19 @@ class GeometryTracker:
             + (f"; phase now: {self.phase}" if self.phase else "")
             + (f" (since step {self.comparable_from}: measured differently before)" if self.provenance_changes else "")
         )
+
+
+#: Tags the tracker logs beside a layer's values, which an extra metric must not shadow.
+_TRACKER_NAMES = frozenset({"seconds", "phase", "phase_transition"})
+
+
+def _validate_extra_metrics(extra_metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
+    """The measuring path's checks, plus the names of the tags only the tracker logs."""
+    extras = validate_extra_metrics(extra_metrics)
+    clash = sorted(set(extras) & _TRACKER_NAMES)
+    if clash:
+        raise ValueError(f"extra metric name(s) {clash} are logged by geomtrace itself; choose other names.")
+    return extras
 
 
 def _precision_note(provenance: dict[str, Any], autocast: str) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from torch import nn
+from torchmetrics import Metric
 
 from geomtrace._optional import require
 from geomtrace._warnings import warn
@@ -70,6 +71,10 @@ class GeometryMonitor(Callback):
             (atomically) after every measurement.
         strict: raise measurement errors instead of warning and training on.
         prefix: prefix of the logged keys.
+        extra_metrics: ``{name: torchmetrics.Metric}`` whose ``update`` takes ``(N, d)``
+            features: measured on the same probe forward, per tracked layer, and logged as
+            ``geometry/<name>`` (``geometry/layer{L}/<name>``); a failing one is NaN with a
+            warning. See docs/lightning.md.
 
     Example::
 
@@ -109,6 +114,7 @@ class GeometryMonitor(Callback):
         history_file: str | None = None,
         strict: bool = False,
         prefix: str = "geometry",
+        extra_metrics: Mapping[str, Metric] | None = None,
     ) -> None:
         tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
         super().__init__()

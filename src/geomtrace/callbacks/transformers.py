@@ -28,9 +28,10 @@ import inspect
 import json
 from contextlib import nullcontext
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from torch import nn
+from torchmetrics import Metric
 
 from geomtrace._optional import require
 from geomtrace._warnings import warn
@@ -105,6 +106,11 @@ class GeometryCallback(TrainerCallback, ExportableState):
             (its ``.tokenizer`` for multimodal processors).
         model_getter: ``callable(model) -> nn.Module`` returning the HF model to probe from
             the trainer's model, when it cannot be found automatically.
+        extra_metrics: ``{name: torchmetrics.Metric}`` whose ``update`` takes ``(N, d)``
+            features: measured on the same probe forward, per tracked layer, and logged as
+            ``geometry/<name>`` (``geometry/layer{L}/<name>``); a failing one is NaN with a
+            warning. Not saved in ``state()`` (not JSON): a resumed run keeps the ones
+            of the callback passed to the new trainer. See docs/transformers.md.
 
     Example::
 
@@ -144,6 +150,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
         prefix: str = "geometry",
         tokenizer: Any = None,
         model_getter: Callable[[nn.Module], nn.Module] | None = None,
+        extra_metrics: Mapping[str, Metric] | None = None,
     ) -> None:
         options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
         tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
