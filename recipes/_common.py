@@ -8,7 +8,6 @@ TensorBoard, then print where the logs are and how the geometry moved (start -> 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -38,7 +37,9 @@ def build_parser(doc: str, *, output: str, max_steps: int, lr: float, batch_size
     train.add_argument("--num-examples", type=int, default=2000, help="size of the synthetic dataset")
     train.add_argument("--max-operand", type=int, default=20, help="arithmetic operands are drawn from 0..N")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    train.add_argument("--bf16", action="store_true",
+                       help="bf16 mixed precision (TRL's own default is bf16=True, which fails on a CPU-only "
+                       "machine unless use_cpu=True; the recipes default to fp32 and set use_cpu themselves)")
     geometry = parser.add_argument_group("geometry")
     geometry.add_argument("--every-n-steps", type=int, default=20, help="measure geometry every N steps")
     geometry.add_argument("--num-probes", type=int, default=256,
@@ -67,8 +68,8 @@ def parse_layers(text: str) -> str | list[int]:
 
 
 # ---------------------------------------------------------------------- model
-def load_start(args: argparse.Namespace, name: str) -> tuple[Any, Any]:
-    """The starting causal LM and its tokenizer (with a pad token and a chat template)."""
+def load_start(args: argparse.Namespace, name: str) -> tuple[Any, Any, bool]:
+    """The starting causal LM, its tokenizer (with a pad token and a chat template) and whether it was trained."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from geomtrace.tiny import CHAT_TEMPLATE
@@ -77,7 +78,7 @@ def load_start(args: argparse.Namespace, name: str) -> tuple[Any, Any]:
     if source is None:
         print(f"[{name}] no checkpoint at {', '.join(args.model_candidates)} (run recipes/pretrain.py first "
               "for a pretrained start); building a fresh Pythia-14m-shaped model and BPE tokenizer instead")
-        return _fresh_model()
+        return (*_fresh_model(), False)
     print(f"[{name}] starting from {source}")
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source)
@@ -86,7 +87,7 @@ def load_start(args: argparse.Namespace, name: str) -> tuple[Any, Any]:
     if not tokenizer.chat_template:
         print(f"[{name}] the tokenizer has no chat template; using geomtrace.tiny.CHAT_TEMPLATE")
         tokenizer.chat_template = CHAT_TEMPLATE
-    return model, tokenizer
+    return model, tokenizer, True
 
 
 def _fresh_model() -> tuple[Any, Any]:
@@ -135,14 +136,18 @@ def prepare(args: argparse.Namespace, name: str, rows: list[dict]) -> tuple[Any,
     """The starting model, its tokenizer, ``rows`` as a ``datasets.Dataset`` and the callback."""
     from datasets import Dataset
 
-    model, tokenizer = load_start(args, name)
-    return model, tokenizer, Dataset.from_list(rows), geometry_callback(args)
+    model, tokenizer, trained = load_start(args, name)
+    return model, tokenizer, Dataset.from_list(rows), geometry_callback(args, from_pretrained=trained)
 
 
-def geometry_callback(args: argparse.Namespace):
+def geometry_callback(args: argparse.Namespace, from_pretrained: bool):
     from geomtrace.callbacks.transformers import GeometryCallback
 
     return GeometryCallback(
+        # A fresh tiny model (no pretrain checkpoint) starts at initialisation: its early
+        # collapse is warmup; from a checkpoint the run is post-training.
+        from_pretrained=from_pretrained,
+        history_file=str(Path(args.output) / "geometry.json"),
         every_n_steps=args.every_n_steps,
         num_sequences=args.num_probes,
         batch_size=args.probe_batch_size,
@@ -154,8 +159,16 @@ def geometry_callback(args: argparse.Namespace):
 
 
 def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments every TRL ``*Config`` of the recipes shares."""
+    """Keyword arguments every TRL ``*Config`` of the recipes shares.
+
+    ``bf16`` is set explicitly: TRL configs default to ``bf16=True``, which raises "Your setup
+    doesn't support bf16/gpu" on a CPU-only machine, and ``use_cpu`` is set there so that
+    ``--bf16`` works on a CPU too (the probes then run in bf16 as well: ``autocast="auto"``).
+    """
+    import torch
+
     return dict(
+        use_cpu=not torch.cuda.is_available(),
         output_dir=args.output,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
@@ -185,24 +198,23 @@ def run(trainer: Any, callback: Any, args: argparse.Namespace, name: str) -> dic
         trainer.processing_class.save_pretrained(str(output / "final"))
     board = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None)
     summary: dict[str, Any] = {"recipe": name, "train_seconds": round(seconds, 1), "history": callback.history}
-    history = callback.history
+    history, keys = callback.history, callback.tracker.trajectory_keys()
     if len(history) >= 2:
-        before, after = (_point(history[0]), _point(history[-1]))
+        before, after = (_point(history[0], keys), _point(history[-1], keys))
         moved = shift(before, after)
         summary["shift"] = moved.to_dict()
         print(f"[{name}] geometry shift, step {history[0]['step']} -> {history[-1]['step']}: {moved.summary()}")
-        print(f"[{name}] trajectory: {callback.summary()}")
     else:
         print(f"[{name}] fewer than two geometry measurements; no shift to report")
     if board is not None and getattr(board, "logging_dir", None):
         print(f"[{name}] TensorBoard logs: {board.logging_dir}  (tensorboard --logdir {output})")
     if not args.no_save:
         print(f"[{name}] final model and tokenizer: {output / 'final'}")
+    path = callback.tracker.save(output / "geometry.json", **{k: v for k, v in summary.items() if k != "history"})
+    print(f"[{name}] geometry history with its provenance: {path}")
     print(f"[{name}] training took {seconds:.1f}s")
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "geometry.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
 
-def _point(record: dict[str, Any]) -> dict[str, float]:
-    return {"rankme": record["geometry/rankme"], "alpha": record["geometry/alpha"]}
+def _point(record: dict[str, Any], keys: dict[str, str]) -> dict[str, float]:
+    return {"rankme": record[keys["rankme"]], "alpha": record[keys["alpha"]]}

@@ -4,27 +4,30 @@
 The default is the tiny CPU demo: a Pythia-14m-shaped GPT-NeoX (d = 128, 6 layers) with a
 byte-level BPE tokenizer trained on the embedded corpus (paragraphs of Python's own
 documentation, shipped with CPython), GeometryMonitor measuring RankMe and alpha-ReQ every
-``--every-n-steps`` steps, and a TensorBoardLogger. It ends by printing where the logs are,
-a summary of the trajectory and the path of a PNG plot of it.
+``--every-n-steps`` steps, and a TensorBoardLogger. It saves a checkpoint series
+(``checkpoints/stepN/``, Hugging Face folders with the tokenizer, at log-spaced early steps and
+every ``--checkpoint-every`` steps) that ``geomtrace replay`` measures again, and ends by
+printing where the logs are, a summary of the trajectory, the time spent measuring and the
+path of a PNG plot of it.
 
     python recipes/pretrain.py                       # the demo, a few minutes on CPU
     python recipes/pretrain.py --max-steps 2000 --corpus zipf
     python recipes/pretrain.py --model EleutherAI/pythia-160m --from-config  # real shape, hub config
     tensorboard --logdir outputs/pretrain/tensorboard
+    geomtrace replay --checkpoints outputs/pretrain/checkpoints --output runs/pretrain-replay
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,10 +69,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
     geometry.add_argument("--no-geometry", action="store_true", help="train without GeometryMonitor (baseline)")
     out = parser.add_argument_group("output")
-    out.add_argument("--output", default="outputs/pretrain", help="logs, final model and plots go here")
-    out.add_argument("--no-save", action="store_true", help="do not save the final model")
+    out.add_argument("--output", default="outputs/pretrain", help="logs, checkpoints, final model and plots go here")
+    out.add_argument("--checkpoint-steps", default="0,4,16,64",
+                     help="early steps to save a checkpoint at, under OUTPUT/checkpoints/stepN ('' for none)")
+    out.add_argument("--checkpoint-every", type=int, default=100,
+                     help="also save a checkpoint every N steps and at the last step (0: only --checkpoint-steps)")
+    out.add_argument("--no-save", action="store_true", help="save no checkpoint and no final model")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
+
+
+class RepeatedShuffle(Sampler[int]):
+    """``num_samples`` indices from successive seeded permutations of ``range(size)``.
+
+    One pass of this sampler is the whole run, so Lightning sees one epoch of exactly
+    ``max_steps`` batches: an honest progress bar and rate, however small the corpus.
+    """
+
+    def __init__(self, size: int, num_samples: int, seed: int) -> None:
+        self.size, self.num_samples, self.seed = size, num_samples, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        produced = 0
+        while produced < self.num_samples:
+            for index in torch.randperm(self.size, generator=gen)[: self.num_samples - produced].tolist():
+                yield index
+            produced = min(self.num_samples, produced + self.size)
 
 
 class TokenBlocks(Dataset):
@@ -172,6 +201,62 @@ def build_model(args: argparse.Namespace, tokenizer) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config)
 
 
+def checkpoint_steps(args: argparse.Namespace) -> list[int]:
+    """The steps the demo saves a Hugging Face checkpoint at (none with --no-save)."""
+    if args.no_save:
+        return []
+    steps = {int(v) for v in args.checkpoint_steps.split(",") if v.strip()}
+    if args.checkpoint_every > 0:
+        steps.update(range(args.checkpoint_every, args.max_steps + 1, args.checkpoint_every))
+        steps.add(args.max_steps)
+    return sorted(s for s in steps if 0 <= s <= args.max_steps)
+
+
+def save_hf(model: torch.nn.Module, tokenizer, path: Path) -> None:
+    """``save_pretrained`` of model and tokenizer, without transformers' per-save progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def checkpoint_series(model: torch.nn.Module, tokenizer, steps: list[int], directory: Path):
+    """A Lightning callback saving ``directory/step{N}/`` (model + tokenizer) at ``steps``.
+
+    These are the folders ``geomtrace replay --checkpoints`` reads (``stepN/`` with a
+    ``config.json``). A few MB each for the demo model; rank 0 writes.
+    """
+    import lightning as L
+
+    wanted, saved = set(steps), set()
+
+    class CheckpointSeries(L.Callback):
+        def _save(self, trainer) -> None:
+            step = int(trainer.global_step)
+            if step in wanted and step not in saved and trainer.is_global_zero:
+                save_hf(model, tokenizer, directory / f"step{step}")
+                saved.add(step)
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            stale = sorted(directory.glob("step*")) if trainer.is_global_zero else []
+            if stale:  # an earlier run's series would mix with this one in a replay
+                print(f"[pretrain] replacing {len(stale)} checkpoint(s) of an earlier run in {directory}")
+                for folder in stale:
+                    shutil.rmtree(folder)
+            self._save(trainer)
+
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self._save(trainer)
+
+    return CheckpointSeries()
+
+
 def run(args: argparse.Namespace) -> dict:
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -185,11 +270,11 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     texts = build_corpus(args)
     tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size)
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]  # per text: no over-length warning
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # one stream, cut below
     ids = torch.tensor([token for text_ids in encoded for token in (*text_ids, tokenizer.eos_token_id)])
     dataset = TokenBlocks(ids, args.seq_len)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(args.seed))
+    sampler = RepeatedShuffle(len(dataset), max(1, args.max_steps) * args.batch_size, args.seed)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True)
     model = build_model(args, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[pretrain] corpus: {args.corpus}, {ids.numel():,} tokens, {len(dataset)} blocks of {args.seq_len}; "
@@ -197,16 +282,28 @@ def run(args: argparse.Namespace) -> dict:
 
     callbacks = []
     monitor = None
+    history_path = output / "geometry.json"
     if not args.no_geometry and args.every_n_steps > 0:
         layers = args.layers if args.layers in ("last", "all") else [int(v) for v in args.layers.split(",")]
         extra = [int(v) for v in args.extra_steps.split(",") if v.strip()]
+        # from_pretrained=False: trained from scratch, even when --model names a hub config
+        # (the automatic rule would read that name as a pretrained start).
         monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=args.every_n_steps, extra_steps=extra,
                                   num_sequences=args.num_probes, batch_size=args.probe_batch_size, layers=layers,
-                                  autocast=args.probe_autocast)
+                                  autocast=args.probe_autocast, from_pretrained=False, history_file=str(history_path))
         callbacks.append(monitor)
+    saved_steps = checkpoint_steps(args)
+    if saved_steps:
+        callbacks.append(checkpoint_series(model, tokenizer, saved_steps, output / "checkpoints"))
+    stale = sorted((output / "tensorboard").glob("events.out.tfevents.*"))
+    if stale:  # two runs' curves in one folder would zig-zag over the same steps in TensorBoard
+        print(f"[pretrain] replacing the TensorBoard events of an earlier run in {output / 'tensorboard'}")
+        for path in stale:
+            path.unlink()
     logger = TensorBoardLogger(str(output), name="tensorboard", version="")
     trainer = L.Trainer(
         max_steps=args.max_steps,
+        max_epochs=1,  # one pass of the sampler is the whole run
         accelerator=args.accelerator,
         devices=args.devices,
         strategy=args.strategy,
@@ -228,38 +325,35 @@ def run(args: argparse.Namespace) -> dict:
     if not trainer.is_global_zero:
         return summary
     if not args.no_save:
-        model.save_pretrained(output / "final")
-        tokenizer.save_pretrained(output / "final")
+        save_hf(model, tokenizer, output / "final")
     if monitor is not None:
+        # The monitor printed the trajectory summary and its cost; the record gets the token count.
         summary["history"] = monitor.history
-        _write_json(output / "geometry.json", {"history": monitor.history, "n_params": n_params,
-                                               "tokens_per_step": args.batch_size * args.seq_len})
-        summary["plot"] = str(_plot(monitor.history, output / "geometry.png"))
-        print(f"[pretrain] geometry: {monitor.tracker.summary()}")
-        print(f"[pretrain] plot: {summary['plot']}")
+        summary["cost"] = monitor.tracker.cost()
+        monitor.tracker.save(history_path, n_params=n_params, tokens_per_step=args.batch_size * args.seq_len)
+        summary["plot"] = str(_plot(monitor, output / "geometry.png"))
+        print(f"[pretrain] geometry history: {history_path}; plot: {summary['plot']}")
     print(f"[pretrain] TensorBoard logs: {logger.log_dir}  (tensorboard --logdir {logger.log_dir})")
+    if saved_steps:
+        print(f"[pretrain] checkpoints at steps {', '.join(map(str, saved_steps))}: {output / 'checkpoints'}  "
+              f"(geomtrace replay --checkpoints {output / 'checkpoints'} --output {output / 'replay'})")
     if not args.no_save:
         print(f"[pretrain] final model and tokenizer: {output / 'final'}")
     print(f"[pretrain] fit took {fit_seconds:.1f}s")
     return summary
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def _plot(history: list[dict], path: Path) -> Path | None:
+def _plot(monitor, path: Path) -> Path | None:
     try:
         from geomtrace.phases import detect_phases
         from geomtrace.plots import save_figure, trajectory_figure
     except ImportError as err:
         print(f"[pretrain] no plot ({err})")
         return None
+    history, keys = monitor.history, monitor.tracker.trajectory_keys()
     steps = [r["step"] for r in history]
-    run = {"step": steps, "rankme": [r["geometry/rankme"] for r in history],
-           "alpha": [r["geometry/alpha"] for r in history]}
+    run = {"step": steps, "rankme": [r[keys["rankme"]] for r in history],
+           "alpha": [r[keys["alpha"]] for r in history]}
     phases = detect_phases(run["step"], run["rankme"], run["alpha"]) if len(steps) >= 5 else None
     figure = trajectory_figure({"pretrain": run}, x="step", phases=phases)
     save_figure(figure, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import socket
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def test_fit_logs_geometry_to_tensorboard_at_exact_steps(tmp_path, tokenizer):
     events = next((tmp_path / "tb").rglob("events.out.tfevents.*"))
     acc = EventAccumulator(str(events), size_guidance={"images": 0})
     acc.Reload()
-    assert [e.step for e in acc.Images("geometry/eigenspectrum")] == [0, 4]
+    # every 2nd measurement, and always the final one
+    assert [e.step for e in acc.Images("geometry/eigenspectrum")] == [0, 4, 5]
     assert [r["step"] for r in monitor.history] == [0, 2, 4, 5]
 
 
@@ -119,19 +121,29 @@ def test_model_built_in_configure_model_is_found(tmp_path, tokenizer):
     assert all(r["geometry/n_samples"] == PROBES for r in monitor.history)
 
 
-def test_resume_keeps_history(tmp_path, tokenizer):
+def test_resume_keeps_history_across_a_schedule_change_with_the_final_step(tmp_path, tokenizer):
     ckpt_dir = tmp_path / "ckpt"
-    first = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, measure_on_end=False)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)
-    trainer(tmp_path, [first, checkpoint], max_steps=4, enable_checkpointing=True).fit(
+    first = GeometryMonitor(every_n_steps=2, num_sequences=PROBES)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=5, save_top_k=-1)
+    trainer(tmp_path, [first, checkpoint], max_steps=5, enable_checkpointing=True).fit(
         TinyLM(tokenizer), token_loader(tokenizer)
     )
-    assert [r["step"] for r in first.history] == [0, 2, 4]
-    ckpt = next(ckpt_dir.glob("*.ckpt"))
-    second = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, measure_on_end=False)
-    trainer(tmp_path, [second], max_steps=8).fit(TinyLM(tokenizer), token_loader(tokenizer), ckpt_path=str(ckpt))
-    assert [r["step"] for r in second.history] == [0, 2, 4, 6, 8]
+    assert [r["step"] for r in first.history] == [0, 2, 4, 5]
+    ckpt = next(ckpt_dir.glob("*step=5.ckpt"))
+    # The final measurement (step 5) happened before ModelCheckpoint saved: it is in the checkpoint.
+    # Plain data only: the checkpoint loads with weights_only=True.
+    state = torch.load(ckpt, weights_only=True)["callbacks"]["GeometryMonitor{'prefix': 'geometry'}"]
+    assert [r["step"] for r in state["history"]] == [0, 2, 4, 5]
+    assert state["provenance"]["precision"] == "fp32" and state["provenance"]["n_probes"] == PROBES
+
+    # Resumed with another schedule: the history survives, and nothing warns (values stay comparable).
+    second = GeometryMonitor(every_n_steps=3, num_sequences=PROBES, measure_on_end=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        trainer(tmp_path, [second], max_steps=7).fit(TinyLM(tokenizer), token_loader(tokenizer), ckpt_path=str(ckpt))
+    assert [r["step"] for r in second.history] == [0, 2, 4, 5, 6]
     assert second.history[1]["geometry/rankme"] == pytest.approx(first.history[1]["geometry/rankme"])
+    assert second.tracker.from_pretrained is False  # restored: the run began at initialisation
 
 
 def _nan_hook(module, args, output):
@@ -156,10 +168,15 @@ def test_nan_model_does_not_stop_training_and_strict_raises(tmp_path, tokenizer)
     broken.model.gpt_neox.final_layer_norm.register_forward_hook(
         lambda m, a, out: (_ for _ in ()).throw(RuntimeError("boom")) if not m.training else out
     )
-    with pytest.warns(GeometryWarning, match="failed and was skipped"):
-        ok = trainer(tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES)], max_steps=2)
+    # Gradient accumulation: 2 micro-batches see each global step; the final step is seen
+    # again at train end. One attempt per step all the same: steps 0, 1, 2.
+    with pytest.warns(GeometryWarning) as caught:
+        ok = trainer(tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES)], max_steps=2,
+                     accumulate_grad_batches=2)
         ok.fit(broken, token_loader(tokenizer))
     assert ok.global_step == 2
+    failures = [str(w.message) for w in caught if "failed and was skipped" in str(w.message)]
+    assert len(failures) == 3 and [f"at step {s} " in f for s, f in zip(range(3), failures)] == [True] * 3
     with pytest.raises(RuntimeError, match="boom"):
         trainer(tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES, strict=True)], max_steps=2).fit(
             broken, token_loader(tokenizer)
@@ -192,13 +209,60 @@ def test_misconfiguration_fails_at_setup_with_clear_message(tmp_path, tokenizer)
         GeometryMonitor(autocast="fp8")
 
 
-def test_state_dict_round_trip(tokenizer):
+def test_state_key_ignores_options_and_old_keys_still_load(tokenizer):
     monitor = GeometryMonitor(every_n_steps=3)
     monitor.tracker.history = [{"step": 0, "geometry/rankme": 5.0}]
-    other = GeometryMonitor(every_n_steps=3)
+    other = GeometryMonitor(every_n_steps=7, layers="all")
+    assert other.state_key == monitor.state_key == "GeometryMonitor{'prefix': 'geometry'}"
     other.load_state_dict(monitor.state_dict())
     assert other.history == monitor.history
-    assert "GeometryMonitor" in monitor.state_key and "'every_n_steps': 3" in monitor.state_key
+    assert GeometryMonitor(prefix="geo2").state_key != monitor.state_key  # two monitors can coexist
+    # A checkpoint written when the key held the options as well.
+    legacy = "GeometryMonitor{'every_n_steps': 3, 'layers': 'last', 'tokens': 'last', 'prefix': 'geometry'}"
+    fresh = GeometryMonitor(every_n_steps=5)
+    fresh.on_load_checkpoint(None, None, {"callbacks": {legacy: {"history": [{"step": 4}], "phase": None}}})
+    assert fresh.history == [{"step": 4}]
+
+
+def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenizer, capsys):
+    path = tmp_path / "geometry.json"
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, history_file=str(path))
+    module = TinyLM(tokenizer)
+    trainer(tmp_path, [monitor], max_steps=2).fit(module, token_loader(tokenizer))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    summaries = [line for line in lines if line.startswith("[geomtrace] RankMe ")]
+    assert len(summaries) == 1 and sum("cost: 2 measurement(s)" in line for line in lines) == 1  # once each
+    assert "training from scratch" in out
+    scalars = read_scalars(tmp_path / "tb")
+    assert [step for step, _ in scalars["geometry/seconds"]] == [0, 2]
+    module.model.name_or_path = "org/pretrained"  # as if loaded with from_pretrained
+    trainer(tmp_path / "b", [monitor], max_steps=2).fit(module, token_loader(tokenizer))
+    assert [r["step"] for r in monitor.stages[0]["history"]] == [0, 2]
+    assert [r["step"] for r in monitor.history] == [0, 2]
+    assert monitor.tracker.from_pretrained is True and "stage 2" in capsys.readouterr().out
+    payload = json.loads(path.read_text())
+    assert [r["step"] for r in payload["stages"][0]["history"]] == [0, 2]
+    assert payload["provenance"]["precision"] == "fp32" and payload["provenance"]["n_probes"] == PROBES
+    assert payload["provenance"]["measure_config"]["layers"] == "last"
+
+
+def test_no_training_steps_measure_nothing_and_do_not_fail(tmp_path, tokenizer):
+    class WithValidation(TinyLM):
+        def validation_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0], labels=batch[0]).loss
+
+    monitor = GeometryMonitor(num_sequences=PROBES)
+    trainer(tmp_path, [monitor], max_steps=2).validate(WithValidation(tokenizer), token_loader(tokenizer))
+    trainer(tmp_path, [monitor], max_steps=0).fit(TinyLM(tokenizer), token_loader(tokenizer))
+    assert monitor.history == [] and monitor.stages == []
+
+
+def test_model_without_hf_lm_or_bad_layers_fails_before_training(tmp_path, tokenizer):
+    with pytest.raises(MisconfigurationException, match="layers that exist"):
+        trainer(tmp_path, [GeometryMonitor(num_sequences=PROBES, layers=[9])], max_steps=1).fit(
+            TinyLM(tokenizer), token_loader(tokenizer)
+        )
 
 
 def free_port() -> int:
@@ -221,4 +285,6 @@ def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
     assert ddp["history"][0]["step"] == 0
     assert ddp["history"][0]["geometry/rankme"] == pytest.approx(single.rankme, rel=1e-6)
     assert ddp["history"][0]["geometry/n_samples"] == PROBES
-    assert [r["step"] for r in ddp["history"]] == [0, 2, 4]
+    assert [r["step"] for r in ddp["history"]] == [0, 3, 4]
+    record = json.loads(out.with_suffix(".history.json").read_text())  # written by rank 0
+    assert record["history"] == ddp["history"] and record["provenance"]["n_probes"] == PROBES

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,23 +116,34 @@ def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir):
     logged = [entry for entry in trainer.state.log_history if "geometry/rankme" in entry]
     assert [entry["step"] for entry in logged] == [0, 1, 2, 4, 5]
     assert trainer.model.training  # train mode restored after the last measurement
+    assert sorted(board["geometry/seconds"]) == [0, 1, 2, 4, 5]
+    assert callback.tracker.from_pretrained is False  # a plain Trainer on a model built from a config
     pytest.importorskip("matplotlib")
     acc = EventAccumulator(str(tb_dir), size_guidance={"images": 0})
     acc.Reload()
-    assert [event.step for event in acc.Images("geometry/eigenspectrum")] == [0]  # log_spectrum_every=5
+    # log_spectrum_every=5: the first measurement, and always the final one.
+    assert [event.step for event in acc.Images("geometry/eigenspectrum")] == [0, 5]
 
 
-def test_sft_trainer(tok, tmp_path, tb_dir):
+def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     from trl import SFTConfig, SFTTrainer
 
     data = Dataset.from_list([
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
     ])
-    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
+    path = tmp_path / "geometry.json"
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, history_file=str(path))
     trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
                          train_dataset=data, processing_class=tok, callbacks=[callback])
+    assert trainer.args.bf16  # TRL's default, on CPU too (use_cpu=True)
     trainer.train()
     board = assert_logged(tb_dir, callback, [0, 2, 4])
+    # Post-training (a TRL trainer): a falling RankMe is never called warmup.
+    assert callback.tracker.from_pretrained is True
+    # The probes ran in the trainer's bf16: recorded with the history and said on the console.
+    provenance = json.loads(path.read_text())["provenance"]
+    assert provenance["precision"] == "bf16" and provenance["probe_options"]["chat_template"] is True
+    assert "forward in bf16" in capsys.readouterr().out
     # TRL's own metrics keep their per-step logging (we call the base Trainer.log, not SFTTrainer.log).
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
 
@@ -145,6 +158,29 @@ def test_dpo_trainer(tok, tmp_path, tb_dir):
     trainer.train()
     board = assert_logged(tb_dir, callback, [0, 2, 4])
     assert sorted(board["train/rewards/accuracies"]) == [1, 2, 3, 4]
+
+
+def test_dpo_with_peft_measures_the_adapted_model_only(tok, tmp_path, tb_dir):
+    """PEFT with ref_model=None: DPO's reference passes run the same modules, adapters off."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, batch_size=16)
+    trainer = DPOTrainer(model=lm(tok), ref_model=None, args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=2, learning_rate=5e-3)),
+                         train_dataset=preference_dataset(), processing_class=tok, callbacks=[callback],
+                         peft_config=LoraConfig(r=4, lora_alpha=64, target_modules=["query_key_value"]))
+    trainer.train()
+    assert [r["step"] for r in callback.history] == [0, 2]
+    # The last value equals a measurement of the trained PEFT model, in the trainer's precision:
+    # nothing of the reference passes leaked into it.
+    probes = load_probes(tok, num_sequences=N_PROBES, chat_template=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        direct = measure_geometry(trainer.model, probes, MeasureConfig(batch_size=16)).last
+        with trainer.model.disable_adapter():
+            base = measure_geometry(trainer.model, probes, MeasureConfig(batch_size=16)).last
+    assert callback.history[-1]["geometry/rankme"] == pytest.approx(direct.rankme, rel=1e-6)
+    assert abs(base.rankme - direct.rankme) > 1e-3 * direct.rankme  # the adapters did move the geometry
+    assert callback.record()["provenance"]["precision"] == "bf16"
 
 
 def test_grpo_trainer(tok, tmp_path, tb_dir):
@@ -178,38 +214,47 @@ def test_reward_trainer_sequence_classifier(tok, tmp_path, tb_dir):
 
 
 # ------------------------------------------------------------------- resume
-def test_resume_keeps_history(tok, tmp_path, tb_dir):
+def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
     first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
     hf_trainer(tok, tmp_path, first, max_steps=6, save_strategy="steps", save_steps=4).train()
     assert [r["step"] for r in first.history] == [0, 2, 4, 6]
     saved = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
-    assert [r["step"] for r in saved["stateful_callbacks"]["GeometryCallback"]["attributes"]["history"]] == [0, 2, 4]
+    state = saved["stateful_callbacks"]["GeometryCallback"]["attributes"]["tracker_state"]
+    assert [r["step"] for r in state["history"]] == [0, 2, 4]
+    assert state["provenance"]["precision"] == "fp32" and state["provenance"]["n_probes"] == N_PROBES
 
-    # A fresh callback, as in a new process; transformers replaces it by an instance built from
-    # the checkpoint; the user's object must still see the whole history.
-    second = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
-    trainer = hf_trainer(tok, tmp_path, second, max_steps=6, restore_callback_states_from_checkpoint=True)
-    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    # A fresh callback with another schedule, as in a new process; transformers replaces it by an
+    # instance built from the checkpoint; the user's object must still see the whole history.
+    second = GeometryCallback(every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok)
+    trainer = hf_trainer(tok, tmp_path, second, max_steps=7, restore_callback_states_from_checkpoint=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)  # comparable: nothing to warn about
+        trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
     running = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GeometryCallback)]
     assert len(running) == 1 and running[0].history is second.history
-    assert [r["step"] for r in second.history] == [0, 2, 4, 6]
+    assert [r["step"] for r in second.history] == [0, 2, 4, 6, 7]
     for before, after in zip(first.history[:3], second.history[:3]):
         assert after["geometry/rankme"] == pytest.approx(before["geometry/rankme"], rel=1e-12)
     # Step 6 is re-measured, not compared: transformers 5.23 does not restore GPT-NeoX's lm_head
     # from a Trainer checkpoint (saved as embed_out.weight), so the resumed run trains differently.
     assert second.history[3]["geometry/n_samples"] == N_PROBES
-    assert sorted(scalars(tb_dir)["geometry/rankme"]) == [0, 2, 4, 6]
+    assert sorted(scalars(tb_dir)["geometry/rankme"]) == [0, 2, 4, 6, 7]
 
 
 def test_state_round_trip_without_trainer():
-    callback = GeometryCallback(every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2], autocast="bf16")
+    callback = GeometryCallback(every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2], autocast="bf16",
+                                from_pretrained=True)
     callback.tracker.history.append({"step": 3, "geometry/rankme": 4.0})
     state = json.loads(json.dumps(callback.state()))
     restored = GeometryCallback.from_state(state)
     assert restored.history == callback.history and restored.tracker.every_n_steps == 3
     assert tuple(restored.tracker.extra_steps) == (1, 2)
     assert restored.tracker.config.fit_range == (5, 50) and restored.tracker.config.layers == (1, 2)
-    assert restored.tracker.config.autocast == "bf16"
+    assert restored.tracker.config.autocast == "bf16" and restored.tracker.from_pretrained_option is True
+    # A checkpoint of the earlier format (history, phase, num_measurements as attributes).
+    old = GeometryCallback.from_state({"args": {}, "attributes": {"history": [{"step": 5}], "phase": "stable",
+                                                                   "num_measurements": 1}})
+    assert old.history == [{"step": 5}] and old.phase == "stable"
 
 
 # ------------------------------------------------------------------ failures
@@ -233,13 +278,15 @@ def test_bad_measurements_do_not_stop_training(tok, tmp_path, tb_dir, mode):
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, batch_size=32)
     trainer = hf_trainer(tok, tmp_path, callback, max_steps=2)
     _sabotage_probe_forwards(trainer.model, mode)
-    with pytest.warns(GeometryWarning):
+    with pytest.warns(GeometryWarning) as caught:
         trainer.train()
     assert trainer.state.global_step == 2
     if mode == "nan":  # the NaN rows (one per probe batch) are dropped and counted
         assert [r["geometry/n_samples"] for r in callback.history] == [N_PROBES - 3] * 2
     else:
         assert callback.history == []
+        # One attempt per step: the final step is not retried in on_train_end.
+        assert sum("failed and was skipped" in str(w.message) for w in caught) == 2
 
 
 @pytest.mark.parametrize("mode", ["nan", "raise"])
@@ -263,6 +310,38 @@ def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
         trainer.train()
 
 
+class NotAnHFModel(torch.nn.Module):
+    """A trainable model with no Hugging Face LM inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, input_ids=None, labels=None, attention_mask=None):
+        return {"loss": self.scale * input_ids.float().mean() / 1000}
+
+
+def test_model_without_hf_lm_fails_once_and_model_getter_fixes_it(tok, tmp_path, tb_dir):
+    def trainer_for(callback):
+        args = TrainingArguments(**hf_args(tmp_path, max_steps=2))
+        return Trainer(model=NotAnHFModel(), args=args, train_dataset=lm_dataset(tok), processing_class=tok,
+                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[callback])
+
+    with pytest.raises(ValueError, match="model_getter"):
+        trainer_for(GeometryCallback(num_sequences=N_PROBES)).train()  # at train begin, before any step
+    probed = lm(tok)
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, model_getter=lambda model: probed)
+    trainer_for(callback).train()
+    assert [r["step"] for r in callback.history] == [0, 2]
+
+    # The same callback object in a second trainer: a new stage, the first one kept.
+    trainer_for(callback).train()
+    assert [r["step"] for r in callback.stages[0]["history"]] == [0, 2] and len(callback.history) == 2
+    assert callback.tracker.from_pretrained is True
+    with pytest.raises(ValueError, match="model_getter"):
+        GeometryCallback(model_getter="probed")
+
+
 # -------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -282,7 +361,9 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     ranks = [json.loads((tmp_path / f"history.rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert ranks[0] == ranks[1]  # the moments are summed over ranks: every rank has the same values
+    # The moments are summed over ranks: every rank has the same values (its own wall time aside).
+    values = [[{k: v for k, v in r.items() if k != "geometry/seconds"} for r in rank] for rank in ranks]
+    assert values[0] == values[1]
     assert [r["step"] for r in ranks[0]] == [0, 2]
 
     sys.path.insert(0, str(WORKER.parent))
@@ -300,3 +381,21 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
     assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 writes, rank 1 does not
     board = scalars(tmp_path / "tb")
     assert sorted(board["geometry/rankme"]) == [0, 2]
+
+
+def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
+    """The README's TRL snippet as written (TRL's bf16=True default used to fail on a CPU)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    snippet = next(block for block in blocks if "SFTTrainer(" in block)
+    assert "GeometryCallback(every_n_steps=100" in snippet
+    snippet = snippet.replace("GeometryCallback(", f"GeometryCallback(num_sequences={N_PROBES}, ")  # fewer probes: fast
+    dataset = Dataset.from_list([
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)
+    ])
+    monkeypatch.chdir(tmp_path)
+    namespace = {"model": lm(tok), "dataset": dataset, "tokenizer": tok}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    callback = next(cb for cb in namespace["trainer"].callback_handler.callbacks if isinstance(cb, GeometryCallback))
+    assert callback.history[0]["step"] == 0 and callback.history[-1]["step"] == namespace["trainer"].state.global_step
+    assert callback.tracker.from_pretrained is True  # a TRL trainer: post-training

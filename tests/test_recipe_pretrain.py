@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from lightning_helpers import read_scalars  # noqa: E402
 
+from geomtrace.replay.sources import local_checkpoints  # noqa: E402
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 
 
@@ -20,19 +22,35 @@ def run_recipe(argv: list[str]) -> dict:
     return module["run"](module["parse_args"](argv))
 
 
-def test_pretrain_recipe_small_run(tmp_path):
+def test_pretrain_recipe_small_run(tmp_path, capsys):
     out = tmp_path / "pretrain"
-    summary = run_recipe([
+    argv = [
         "--max-steps", "4", "--every-n-steps", "2", "--extra-steps", "", "--num-probes", "32", "--hidden-size", "64",
         "--num-layers", "2", "--vocab-size", "512", "--batch-size", "4", "--output", str(out), "--quiet",
-    ])
+        "--checkpoint-steps", "0,1", "--checkpoint-every", "3",
+    ]
+    summary = run_recipe(argv)
     assert [r["step"] for r in summary["history"]] == [0, 2, 4]
+    printed = capsys.readouterr().out
+    assert sum(line.startswith("[geomtrace] RankMe ") for line in printed.splitlines()) == 1  # the summary, once
+    assert "cost: 3 measurement(s)" in printed
     payload = json.loads((out / "geometry.json").read_text())
     assert payload["history"] == summary["history"]
+    assert payload["tokens_per_step"] == 4 * 128 and payload["provenance"]["precision"] == "fp32"
+    assert payload["provenance"]["n_probes"] == 32 and payload["from_pretrained"] is False
     assert (out / "geometry.png").stat().st_size > 1000
     assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer.json").exists()
     scalars = read_scalars(out / "tensorboard")
     assert [s for s, _ in scalars["geometry/rankme"]] == [0, 2, 4]
+    # The checkpoint series that `geomtrace replay --checkpoints OUT/checkpoints` reads.
+    found = local_checkpoints(out / "checkpoints")
+    assert [c.step for c in found] == [0, 1, 3, 4] and all(c.kind == "hf_folder" for c in found)
+    assert all((Path(c.path) / "tokenizer.json").exists() for c in found)
+
+    # Run again into the same folder with another series: no stale checkpoint or curve is left.
+    run_recipe([*argv[:-4], "--checkpoint-steps", "2", "--checkpoint-every", "0"])
+    assert [c.step for c in local_checkpoints(out / "checkpoints")] == [2]
+    assert [s for s, _ in read_scalars(out / "tensorboard")["geometry/rankme"]] == [0, 2, 4]
 
 
 def test_pretrain_recipe_zipf_corpus_and_no_geometry(tmp_path):

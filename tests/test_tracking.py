@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
 import torch
 
-from geomtrace import GeometryWarning
-from geomtrace.measure import MeasureConfig
-from geomtrace.probes import load_probes
+from geomtrace import GeometryWarning, tracking
+from geomtrace.measure import GeometryResult, LayerGeometry, MeasureConfig
+from geomtrace.probes import ProbeSet, load_probes
 from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
 from geomtrace.tracking import GeometryTracker, ProbeOptions
 
@@ -37,6 +38,7 @@ def test_schedule_start_periodic_extra_and_end():
         ({"extra_steps": (0,)}, "extra_steps"),
         ({"log_spectrum_every": -2}, "log_spectrum_every"),
         ({"config": MeasureConfig(batch_size=0)}, "batch_size"),
+        ({"from_pretrained": "yes"}, "from_pretrained"),
     ],
 )
 def test_bad_options_raise_clear_errors(kwargs, match):
@@ -92,3 +94,189 @@ def test_failure_warns_and_strict_raises(tokenizer):
 
 def test_summary_without_history():
     assert "no geometry" in GeometryTracker().summary()
+
+
+# ------------------------------------------------------------------ synthetic measurements
+def fake_result(rankme: float, alpha: float, *, layers=(2,), num_layers: int = 2, precision: str = "fp32",
+                fingerprint: str = "f" * 16, config: MeasureConfig | None = None) -> GeometryResult:
+    """A GeometryResult as measure_geometry would return it, with chosen values (no model)."""
+    geometry = {
+        layer: LayerGeometry(layer=layer, rankme=rankme, alpha=alpha, r2=0.9, n_samples=64, dim=32) for layer in layers
+    }
+    return GeometryResult(layers=geometry, num_layers=num_layers, probe_description="test probes",
+                          probe_fingerprint=fingerprint, n_probes=64, seconds=0.0,
+                          config=config or MeasureConfig(), precision=precision)
+
+
+class Owner:
+    """Stands for a trainer (begin() tells trainers apart by identity)."""
+
+
+def scripted(monkeypatch, results):
+    """Make tracking.measure_geometry return ``results`` one after the other."""
+    queue = list(results)
+    monkeypatch.setattr(tracking, "measure_geometry", lambda model, probes, config: queue.pop(0))
+
+
+def falling(n: int = 8, **kwargs) -> list[GeometryResult]:
+    """RankMe falls by 20% per measurement while alpha rises: a collapse."""
+    return [fake_result(30 * 0.8**i, 1 + 0.1 * i, **kwargs) for i in range(n)]
+
+
+PROBES = ProbeSet([[1, 2, 3], [4, 5, 6]], "two probes", 0)
+
+
+@pytest.mark.parametrize(("from_pretrained", "expected"), [(False, "warmup"), (True, "compression-seeking")])
+def test_post_training_is_never_warmup(monkeypatch, from_pretrained, expected):
+    scripted(monkeypatch, falling())
+    tracker = GeometryTracker(probes=PROBES, from_pretrained=from_pretrained)
+    tracker.begin(Owner(), 0)
+    phases = [tracker.measure(None, 10 * i).phase for i in range(8)]
+    assert phases[-1] == expected
+    assert "warmup" not in phases or not from_pretrained
+
+
+def test_from_pretrained_automatic_rules():
+    owner = Owner()
+    tracker = GeometryTracker(probes=PROBES)
+    assert tracker.begin(owner, 0) and tracker.from_pretrained is False  # says what it assumed
+    tracker = GeometryTracker(probes=PROBES)
+    tracker.begin(owner, 0, pretrained_hint=(True, "a TRL SFTTrainer"))
+    assert tracker.from_pretrained is True and "TRL" in tracker.from_pretrained_reason
+    tracker = GeometryTracker(probes=PROBES)
+    tracker.begin(owner, 500)  # resumed without the earlier history: no initialisation to see
+    assert tracker.from_pretrained is True
+    tracker = GeometryTracker(probes=PROBES, from_pretrained=False)  # the option always wins
+    assert tracker.begin(owner, 500, pretrained_hint=(True, "x")) == [] and tracker.from_pretrained is False
+
+
+def test_trajectory_is_the_deepest_tracked_layer(monkeypatch):
+    """layers=[0, 1] of a 2-layer model: summary, phases and tags follow layer 1."""
+    scripted(monkeypatch, falling(6, layers=(0, 1), num_layers=2))
+    tracker = GeometryTracker(probes=PROBES, config=MeasureConfig(layers=(0, 1)))
+    tracker.begin(Owner(), 0)
+    outcomes = [tracker.measure(None, step) for step in range(0, 60, 10)]
+    assert "geometry/rankme" not in outcomes[0].scalars  # no final layer tracked
+    assert outcomes[-1].phase is not None
+    assert "geometry/layer1/phase" in outcomes[-1].scalars and "geometry/phase" not in outcomes[-1].scalars
+    texts = [m.text for m in outcomes if m.text]
+    assert texts and all(set(text) == {"geometry/layer1/phase"} for text in texts)
+    assert tracker.summary().startswith("layer 1 RankMe 30.0 (step 0)")
+    assert tracker.record()["provenance"]["trajectory"]["rankme"] == "geometry/layer1/rankme"
+
+
+def test_one_attempt_per_step_and_final_spectrum(monkeypatch):
+    calls = []
+
+    def failing(model, probes, config):
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tracking, "measure_geometry", failing)
+    tracker = GeometryTracker(probes=PROBES, every_n_steps=2)
+    tracker.begin(Owner(), 0)
+    with pytest.warns(GeometryWarning, match="failed and was skipped"):
+        for step, event in [(2, "step"), (2, "step"), (2, "end")]:  # micro-batches, then train end
+            if tracker.due(step, event):
+                tracker.measure(None, step)
+    assert len(calls) == 1
+    scripted(monkeypatch, falling(3))
+    tracker = GeometryTracker(probes=PROBES, every_n_steps=1, log_spectrum_every=5)
+    tracker.begin(Owner(), 0)
+    assert [tracker.measure(None, s, final=s == 2).log_spectrum for s in range(3)] == [True, False, True]
+
+
+def test_resume_keeps_history_and_names_what_changed(monkeypatch):
+    scripted(monkeypatch, falling(3))
+    first = GeometryTracker(probes=PROBES, every_n_steps=10)
+    first.begin(Owner(), 0)
+    for step in (0, 10, 20):
+        first.measure(None, step)
+    saved = json.loads(json.dumps(first.state_dict()))
+
+    # Another schedule: the history is kept and nothing is said.
+    scripted(monkeypatch, [fake_result(5.0, 2.0)])
+    second = GeometryTracker(probes=PROBES, every_n_steps=7)
+    second.load_state_dict(saved)
+    second.begin(Owner(), 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        second.measure(None, 21)
+    assert [r["step"] for r in second.history] == [0, 10, 20, 21] and not second.stages
+
+    # Other layers and another precision: kept, but warned about by name; phases restart.
+    changed = MeasureConfig(layers=(1, 2))
+    scripted(monkeypatch, [fake_result(5.0, 2.0, layers=(1, 2), precision="bf16", config=changed)])
+    third = GeometryTracker(probes=PROBES, config=changed)
+    third.load_state_dict(saved)
+    third.begin(Owner(), 20)
+    with pytest.warns(GeometryWarning, match=r"precision 'fp32' -> 'bf16'.*layers 'last' -> \[1, 2\]"):
+        third.measure(None, 30)
+    assert [r["step"] for r in third.history] == [0, 10, 20, 30]
+    record = third.record()
+    assert record["provenance_changes"][0]["step"] == 30 and third.comparable_from == 30
+    assert record["provenance"]["precision"] == "bf16"
+
+
+def test_a_reused_tracker_keeps_earlier_stages(monkeypatch):
+    scripted(monkeypatch, falling(4))
+    tracker = GeometryTracker(probes=PROBES)
+    pretraining, sft = Owner(), Owner()
+    tracker.begin(pretraining, 0)
+    tracker.measure(None, 0)
+    tracker.measure(None, 10)
+    assert tracker.begin(pretraining, 10) == []  # the same trainer going on: same stage
+    messages = tracker.begin(sft, 0)
+    assert any("stage 2" in m for m in messages)
+    assert [r["step"] for r in tracker.stages[0]["history"]] == [0, 10] and tracker.history == []
+    assert tracker.from_pretrained is True  # a later stage starts from the trained model
+    tracker.measure(None, 0)
+    restored = GeometryTracker(probes=PROBES)
+    restored.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
+    assert len(restored.stages) == 1 and [r["step"] for r in restored.history] == [0]
+
+
+def test_record_is_self_contained_json(tmp_path, monkeypatch):
+    scripted(monkeypatch, [fake_result(5.0, 2.0, precision="bf16")])
+    path = tmp_path / "run" / "geometry.json"
+    tracker = GeometryTracker(every_n_steps=3, history_file=path, probe_options=ProbeOptions(num_sequences=2))
+    tracker.probes = PROBES
+    tracker.begin(Owner(), 0)
+    measurement = tracker.measure(None, 0)
+    assert any("bf16" in note for note in measurement.notes)  # the precision is said, not only recorded
+    assert measurement.scalars["geometry/seconds"] >= 0
+    tracker.save(tokens_per_step=4096)
+    payload = json.loads(path.read_text())
+    provenance = payload["provenance"]
+    assert provenance["precision"] == "bf16" and provenance["probe_fingerprint"] == "f" * 16
+    assert provenance["measure_config"]["fit_range"] == [12, 100]
+    assert provenance["probe_options"]["num_sequences"] == 2 and provenance["probe_options"]["source"] is None
+    assert payload["tokens_per_step"] == 4096 and payload["schedule"]["every_n_steps"] == 3
+    assert payload["history"][0]["step"] == 0 and payload["cost"]["measurements"] == 1
+    assert list(path.parent.iterdir()) == [path]  # written atomically: no temporary file left
+    with pytest.raises(ValueError, match="directory"):
+        GeometryTracker(history_file=tmp_path)
+
+
+def test_check_model_fails_once_with_a_clear_message(tokenizer):
+    tracker = GeometryTracker(config=MeasureConfig(layers=(7,)))
+    with pytest.raises(ValueError, match="PreTrainedModel"):
+        tracker.check_model(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="7"):
+        tracker.check_model(build_tiny_model("gpt_neox", tokenizer=tokenizer))
+
+
+def test_unwritable_history_file_warns_once_and_strict_raises(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    scripted(monkeypatch, falling(2))
+    tracker = GeometryTracker(probes=PROBES, history_file=blocker / "geometry.json")
+    tracker.begin(Owner(), 0)
+    with pytest.warns(GeometryWarning, match="writing the history") as caught:
+        for step in (0, 10):
+            tracker.measure(None, step)
+            tracker.autosave()
+    assert len([w for w in caught if "writing the history" in str(w.message)]) == 1
+    assert len(tracker.history) == 2  # measuring went on
+    with pytest.raises(OSError):
+        GeometryTracker(probes=PROBES, history_file=blocker / "geometry.json", strict=True).autosave()

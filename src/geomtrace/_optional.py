@@ -15,7 +15,10 @@ _EXTRA_FOR = {
     "tensorboard": "tensorboard",
     "matplotlib": "plot",
     "yaml": "cli",
+    "jsonargparse": "cli",
+    "docstring_parser": "cli",
     "tqdm": "cli",
+    "infini_gram": "memorization",
 }
 
 

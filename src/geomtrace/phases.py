@@ -261,6 +261,33 @@ def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
     return best[1], best[2]
 
 
+def _side_lines(x: np.ndarray, y: np.ndarray, i: np.ndarray, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Lines through the (up to) 3 neighbours on one side of each point ``i``, extrapolated
+    to it: (prediction, standard-error factor sqrt(1 + 1/k + d^2/Sxx)) per point."""
+    n = len(x)
+    offsets = np.arange(-3, 0) if left else np.arange(1, 4)
+    idx = i[:, None] + offsets[None, :]
+    ok = (idx >= 0) & (idx < n)
+    idx = np.clip(idx, 0, n - 1)
+    w = ok.astype(np.float64)
+    k = w.sum(1)
+    xs, ys = x[idx], y[idx]
+    xm, ym = (w * xs).sum(1) / k, (w * ys).sum(1) / k
+    dx = (xs - xm[:, None]) * w
+    sxx = (dx * dx).sum(1)
+    slope = (dx * (ys - ym[:, None])).sum(1) / sxx
+    d = x[i] - xm
+    return ym + slope * d, np.sqrt(1.0 + 1.0 / k + d * d / sxx)
+
+
+def _chord_z(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Offset of each interior point from the chord between its two neighbours, in units
+    of the noise sigma of one measurement (a straight or gently curved stretch gives ~0)."""
+    lam = (x[1:-1] - x[:-2]) / (x[2:] - x[:-2])
+    chord = (1 - lam) * y[:-2] + lam * y[2:]
+    return (y[1:-1] - chord) / np.sqrt(1 + (1 - lam) ** 2 + lam**2)
+
+
 def _outliers(x: np.ndarray, y: np.ndarray, sigma: float, k: float) -> np.ndarray:
     """Isolated spikes among the interior points.
 
@@ -271,19 +298,15 @@ def _outliers(x: np.ndarray, y: np.ndarray, sigma: float, k: float) -> np.ndarra
     flagged.
     """
     n, out = len(x), np.zeros(len(x), dtype=bool)
-    for i in range(2, n - 2):
-        lam = (x[i] - x[i - 1]) / (x[i + 1] - x[i - 1])
-        chord = (1 - lam) * y[i - 1] + lam * y[i + 1]
-        z = [(y[i] - chord) / (sigma * math.sqrt(1 + (1 - lam) ** 2 + lam**2))]
-        for side in (np.arange(max(0, i - 3), i), np.arange(i + 1, min(n, i + 4))):
-            xs, ys = x[side], y[side]
-            dx = xs - xs.mean()
-            sxx = float(dx @ dx)
-            slope = float(dx @ (ys - ys.mean())) / sxx
-            d = x[i] - xs.mean()
-            z.append((y[i] - ys.mean() - slope * d) / (sigma * math.sqrt(1.0 + 1.0 / len(xs) + d * d / sxx)))
-        zs = np.array(z)
-        out[i] = bool(np.all(np.abs(zs) > k) and (np.all(zs > 0) or np.all(zs < 0)))
+    if n < 5:
+        return out
+    i = np.arange(2, n - 2)
+    z = [_chord_z(x, y)[1:-1] / sigma]
+    for left in (True, False):
+        pred, se = _side_lines(x, y, i, left)
+        z.append((y[i] - pred) / (sigma * se))
+    zs = np.stack(z)
+    out[i] = np.all(np.abs(zs) > k, axis=0) & (np.all(zs > 0, axis=0) | np.all(zs < 0, axis=0))
     return out
 
 
@@ -318,22 +341,49 @@ def _sse(design: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((y - design @ coef) ** 2))
 
 
+def _hinge_sses(axis: np.ndarray, y: np.ndarray, lo: int, hi: int, cands: np.ndarray) -> np.ndarray:
+    """SSE of the continuous two-piece linear fit of y[lo:hi+1] against ``axis`` with its
+    knot at each index in ``cands`` (all knots at once, from suffix sums: O(n))."""
+    xs, ys = axis[lo : hi + 1], y[lo : hi + 1]
+    xc, yc = xs - xs.mean(), ys - ys.mean()  # centred: the sums below stay well-conditioned
+    n = len(xs)
+    # Suffix sums over i > j of 1, x, x^2, y, x*y (axis values are increasing).
+    def suffix(v: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]])
+
+    c1, cx, cxx, cy, cxy = (suffix(v) for v in (np.ones(n), xc, xc * xc, yc, xc * yc))
+    j = np.asarray(cands) - lo
+    xj = xc[j]
+    # The pieces' basis: x and u = (x - x_j)_+ (the intercept absorbs the means).
+    su = cx[j] - c1[j] * xj
+    suu = cxx[j] - 2 * xj * cx[j] + c1[j] * xj * xj - su * su / n
+    sxu = cxx[j] - xj * cx[j]
+    suy = cxy[j] - xj * cy[j]
+    sxx, sxy, syy = float(xc @ xc), float(xc @ yc), float(yc @ yc)
+    det = sxx * suu - sxu * sxu
+    explained = np.where(
+        det > 1e-12 * sxx * np.maximum(suu, 1e-300),
+        (sxy * (suu * sxy - sxu * suy) + suy * (sxx * suy - sxu * sxy)) / np.where(det > 0, det, 1.0),
+        sxy * sxy / sxx if sxx > 0 else 0.0,
+    )
+    return np.maximum(syy - explained, 0.0)
+
+
 def _hinge_knot(x: np.ndarray, y: np.ndarray, lo: int, hi: int, cands: range) -> tuple[int, float]:
     """Knot (index) and SSE of the best continuous two-piece linear fit of y[lo:hi+1].
 
     Fitted against log-step and against measurement index; the axis on which the two
     pieces are straighter wins (trends are linear in log-step on log-spaced checkpoints,
-    closer to linear in step on an evenly spaced stretch).
+    closer to linear in step on an evenly spaced stretch). Ties go to the log-step axis
+    and the earliest knot.
     """
-    ys = y[lo : hi + 1]
-    best, best_sse = cands[0], np.inf
+    cand = np.asarray(cands)
+    best, best_sse = int(cand[0]), np.inf
     for axis in (x, np.arange(len(x), dtype=np.float64)):
-        xs = axis[lo : hi + 1]
-        for j in cands:
-            d = xs - axis[j]
-            sse = _sse(np.column_stack([np.ones_like(d), np.minimum(d, 0.0), np.maximum(d, 0.0)]), ys)
-            if sse < best_sse:  # strict: the first minimum wins, deterministically
-                best, best_sse = j, sse
+        sses = _hinge_sses(axis, y, lo, hi, cand)
+        k = int(np.argmin(sses))
+        if sses[k] < best_sse:
+            best, best_sse = int(cand[k]), float(sses[k])
     return best, best_sse
 
 

@@ -1,27 +1,50 @@
 """Live geometry tracking, independent of the training framework.
 
 :class:`GeometryTracker` decides when to measure, runs the shared measuring path
-(:func:`geomtrace.measure.measure_geometry`), keeps the history, follows the current
-geometric phase and turns failures into warnings. The Lightning callback
-(:class:`geomtrace.callbacks.GeometryMonitor`) and the transformers callback
-(:class:`geomtrace.callbacks.GeometryCallback`) are thin adapters around it, so both
-log the same keys with the same values.
+(:func:`geomtrace.measure.measure_geometry`), keeps the history with its provenance,
+follows the current geometric phase, accounts for its own cost and turns failures into
+warnings. The Lightning callback (:class:`geomtrace.callbacks.GeometryMonitor`) and the
+transformers callback (:class:`geomtrace.callbacks.GeometryCallback`) are thin adapters
+around it, so both log the same keys with the same values and write the same records.
+
+The record (:meth:`GeometryTracker.record`, written by ``history_file=``) is one JSON
+object: ``history`` (one row per measurement), ``provenance`` (how the rows were measured:
+probe set, fingerprint, precision, the full measurement config, the probe options), and,
+when they apply, ``provenance_changes``, ``stages`` (earlier trainings of a reused
+callback) and ``cost`` (time spent measuring). It is self-contained: ``geomtrace replay``
+can measure checkpoints "the same way as this run" from it.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import time
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from torch import nn
 
 from geomtrace._warnings import warn
+from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.probes import ProbeSet, load_probes
 
-__all__ = ["TRACKER_OPTIONS", "GeometryTracker", "Measurement", "ProbeOptions"]
+__all__ = ["TRACKER_OPTIONS", "GeometryTracker", "Measurement", "ProbeOptions", "loaded_model_hint", "report"]
+
+#: Version of :meth:`GeometryTracker.state_dict` (older states load too).
+STATE_VERSION = 2
+
+# What makes two measurements comparable: a change in any of these between the restored
+# history and a new measurement is warned about by name. Batch size, padding side and
+# rows_per_update change nothing but round-off, so they may change freely.
+_COMPARED_CONFIG = ("layers", "tokens", "skip_first_token", "spectrum", "eps", "fit_range", "max_components")
+_COMPARED_PROVENANCE = ("probe_fingerprint", "n_probes", "precision")
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,17 @@ class ProbeOptions:
         kwargs = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: no deep copy
         return load_probes(tokenizer, kwargs.pop("source"), **kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready options; a source JSON cannot hold (texts, a Dataset) is described, not kept."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        source = out["source"]
+        if source is None or isinstance(source, (str, os.PathLike)):
+            out["source"] = None if source is None else os.fspath(source)
+        else:
+            size = f" of {len(source)}" if hasattr(source, "__len__") else ""
+            out["source"] = f"<{type(source).__name__}{size} (in memory, not recorded)>"
+        return out
+
 
 @dataclass
 class Measurement:
@@ -55,6 +89,30 @@ class Measurement:
     transition: tuple[str, str] | None = None
     log_spectrum: bool = False
     text: dict[str, str] = field(default_factory=dict)
+    #: Lines for the user (main process): how the probes ran, at the first measurement.
+    notes: list[str] = field(default_factory=list)
+
+
+def loaded_model_hint(model: nn.Module | None) -> tuple[bool, str] | None:
+    """``(True, reason)`` when the HF model inside ``model`` was loaded by name (``from_pretrained``).
+
+    transformers sets ``name_or_path`` when loading; a model built from a config has none,
+    unless the config itself came from a named checkpoint (``AutoConfig.from_pretrained``):
+    that case needs an explicit ``from_pretrained=False``.
+    """
+    if model is None:
+        return None
+    try:
+        name = getattr(find_causal_lm(model), "name_or_path", "") or ""
+    except (TypeError, ValueError):
+        return None
+    return (True, f"the model was loaded from {name!r}") if name else None
+
+
+def report(lines: Sequence[str]) -> None:
+    """Print geomtrace's own messages (callers call it on the main process only)."""
+    for line in lines:
+        print(f"[geomtrace] {line}", flush=True)
 
 
 class GeometryTracker:
@@ -72,9 +130,14 @@ class GeometryTracker:
             embedded corpus, 11 to 128 tokens).
         measure_on_start: measure before the first optimizer step (step 0).
         measure_on_end: measure when training ends (if that step was not measured yet).
-        log_spectrum_every: log an eigenspectrum figure every this many measurements
-            (``0`` never).
+        log_spectrum_every: log an eigenspectrum figure every this many measurements, and
+            always at the final one (``0`` never).
         track_phases: log the current geometric phase and its transitions.
+        from_pretrained: whether training starts from a trained model (post-training):
+            then a falling RankMe is compression-seeking, never "warmup". ``None`` decides
+            per training (see :meth:`begin`).
+        history_file: write :meth:`record` to this JSON file (atomically) after every
+            measurement; the callbacks do it on the main process only.
         strict: raise errors from the measurement instead of warning and going on.
         prefix: tag prefix of the logged keys.
     """
@@ -91,6 +154,8 @@ class GeometryTracker:
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
         track_phases: bool = True,
+        from_pretrained: bool | None = None,
+        history_file: str | os.PathLike | None = None,
         strict: bool = False,
         prefix: str = "geometry",
     ) -> None:
@@ -105,21 +170,50 @@ class GeometryTracker:
             )
         if any(not isinstance(s, int) or s < 1 for s in extra_steps):
             raise ValueError(f"extra_steps must be positive ints, got {list(extra_steps)!r}")
+        if from_pretrained is not None and not isinstance(from_pretrained, bool):
+            raise ValueError(f"from_pretrained must be True, False or None (automatic), got {from_pretrained!r}")
+        if history_file is not None and Path(history_file).is_dir():
+            raise ValueError(f"history_file must be a file path, got the directory {history_file!r}")
         self.extra_steps = frozenset(extra_steps)
         self.config = config or MeasureConfig()
         self.config.validate()
         self.every_n_steps = every_n_steps
         self.probes = probes
+        self._probes_from_options = probes is None
         self.probe_options = probe_options or ProbeOptions()
         self.measure_on_start = measure_on_start
         self.measure_on_end = measure_on_end
         self.log_spectrum_every = log_spectrum_every
         self.track_phases = track_phases
+        self.from_pretrained_option = from_pretrained
+        self.history_file = Path(history_file) if history_file is not None else None
         self.strict = strict
         self.prefix = prefix
+        self._reset_stage()
+        self.stages: list[dict[str, Any]] = []
+        self._restored = False
+        self._owner: weakref.ref | None = None
+        self._last_attempt: int | None = None
+        self._warned_save = False
+        self._reset_cost()
+
+    def _reset_stage(self) -> None:
         self.history: list[dict[str, Any]] = []
         self.phase: str | None = None
         self.num_measurements = 0
+        #: How the rows of :attr:`history` were measured (``GeometryResult.provenance()`` + more).
+        self.provenance: dict[str, Any] | None = None
+        self.provenance_changes: list[dict[str, Any]] = []
+        #: Rows from this step on were measured like the latest one (phases use only them).
+        self.comparable_from: int | None = None
+        #: Whether this training starts from a trained model; resolved by :meth:`begin`.
+        self.from_pretrained: bool | None = None
+        self.from_pretrained_reason: str | None = None
+
+    def _reset_cost(self) -> None:
+        self.cost_seconds = 0.0
+        self.cost_measurements = 0
+        self._train_started: float | None = None
 
     @classmethod
     def from_options(
@@ -147,6 +241,8 @@ class GeometryTracker:
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
         track_phases: bool = True,
+        from_pretrained: bool | None = None,
+        history_file: str | os.PathLike | None = None,
         strict: bool = False,
         prefix: str = "geometry",
     ) -> GeometryTracker:
@@ -180,6 +276,8 @@ class GeometryTracker:
             measure_on_end=measure_on_end,
             log_spectrum_every=log_spectrum_every,
             track_phases=track_phases,
+            from_pretrained=from_pretrained,
+            history_file=history_file,
             strict=strict,
             prefix=prefix,
         )
@@ -198,27 +296,119 @@ class GeometryTracker:
             raise ValueError(f"the probe set has {len(self.probes)} sequence(s); geometry needs at least 2.")
         return self.probes
 
+    def check_model(self, model: nn.Module) -> nn.Module:
+        """The HF causal LM inside ``model``, after checking the tracked layers exist in it.
+
+        Raises ``ValueError`` (no HF model inside, a layer out of range) so that the
+        callbacks fail once, before the first step, instead of warning at every measurement.
+        """
+        lm = find_causal_lm(model)
+        resolve_layers(self.config.layers, num_hidden_layers(lm))
+        return lm
+
+    def begin(self, owner: Any, start_step: int, *, pretrained_hint: tuple[bool, str] | None = None) -> list[str]:
+        """Start (or resume) a training run driven by ``owner`` (the trainer); returns messages.
+
+        * A state restored from a checkpoint continues its history.
+        * The same trainer training on from where it stopped continues its history too.
+        * Otherwise (a different trainer, or one that starts over at an earlier step) a
+          non-empty history is a finished stage: it moves to :attr:`stages` (nothing is
+          dropped) and a new history starts.
+
+        ``from_pretrained=None`` is resolved here, per stage, by the first rule that applies:
+        a restored stage keeps its value; a later stage of a reused tracker is post-training;
+        a run starting at step > 0 has no initialisation to see; else ``pretrained_hint``
+        (the adapter's ``(value, reason)``, e.g. a TRL trainer or a model loaded with
+        ``from_pretrained``); else from scratch.
+        """
+        messages: list[str] = []
+        same_owner = self._owner is not None and self._owner() is owner
+        went_back = bool(self.history) and start_step < self.history[-1]["step"]
+        if self.history and not self._restored and (not same_owner or went_back):
+            self.stages.append(self._stage_record())
+            n = len(self.stages[-1]["history"])
+            self._reset_stage()
+            messages.append(
+                f"a new training with the same callback: stage {len(self.stages) + 1} starts; the "
+                f"{n} measurement(s) of the earlier stage are kept in `stages` (not in `history`)."
+            )
+        restored_value = self.from_pretrained if self._restored else None
+        self._restored = False
+        try:
+            self._owner = weakref.ref(owner)
+        except TypeError:
+            self._owner = None
+        self._last_attempt = None
+        self._reset_cost()
+        self._train_started = time.perf_counter()
+        first = self.history[0]["step"] if self.history else start_step
+        if self.from_pretrained_option is not None:
+            value, reason = self.from_pretrained_option, "from_pretrained option"
+        elif restored_value is not None:
+            value, reason = restored_value, self.from_pretrained_reason or "restored from the checkpoint"
+        elif self.stages:
+            value, reason = True, "a later stage of a reused callback"
+        elif first > 0:
+            value, reason = True, f"the trajectory starts at step {first}, not at initialisation"
+        elif pretrained_hint is not None:
+            value, reason = pretrained_hint
+        else:
+            value, reason = False, "a model without a pretrained name_or_path"
+        changed = value != self.from_pretrained
+        self.from_pretrained, self.from_pretrained_reason = value, reason
+        if changed and self.track_phases and self.from_pretrained_option is None:
+            if value:
+                messages.append(
+                    f"phases: post-training ({reason}): a falling RankMe is compression-seeking, never "
+                    "warmup. Pass from_pretrained=False if this run trains from scratch."
+                )
+            else:
+                messages.append(
+                    f"phases: training from scratch ({reason}): an early RankMe collapse is warmup. "
+                    "Pass from_pretrained=True for post-training."
+                )
+        return messages
+
     # ------------------------------------------------------------- scheduling
     @property
     def last_step(self) -> int | None:
         return self.history[-1]["step"] if self.history else None
 
     def due(self, step: int, event: str) -> bool:
-        """Whether to measure at ``step`` for ``event`` in ``{"start", "step", "end"}``."""
-        if step == self.last_step:
+        """Whether to measure at ``step`` for ``event`` in ``{"start", "step", "end"}``.
+
+        One attempt per step: a step already measured, or whose measurement failed, is not
+        tried again (the final step is seen by two hooks, and under gradient accumulation
+        every micro-batch of a step sees the same global step).
+        """
+        if step == self.last_step or step == self._last_attempt:
             return False
         if event == "start":
             return self.measure_on_start and step == 0
         if event == "end":
-            return self.measure_on_end
+            return self.measure_on_end or self._periodic(step)
+        return self._periodic(step)
+
+    def _periodic(self, step: int) -> bool:
         periodic = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
         return periodic or step in self.extra_steps
 
     # --------------------------------------------------------------- measuring
-    def measure(self, model: nn.Module, step: int) -> Measurement | None:
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """Count the time of the block (a measurement and its logging) as measuring cost."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cost_seconds += time.perf_counter() - start
+
+    def measure(self, model: nn.Module, step: int, *, final: bool = False) -> Measurement | None:
         """Measure now. All ranks must call this together. None if the measurement failed."""
         if self.probes is None:
             raise RuntimeError("GeometryTracker.prepare(tokenizer) must run before measure().")
+        self._last_attempt = int(step)
+        start = time.perf_counter()
         try:
             result = measure_geometry(model, self.probes, self.config)
         except Exception as err:
@@ -228,34 +418,76 @@ class GeometryTracker:
             return None
         if self.strict:
             _raise_on_bad_rows(result, step)
+        self.cost_measurements += 1
+        if self.history and step <= self.history[-1]["step"]:
+            # The run went back (a manual call, or a resume without the checkpoint's state):
+            # later records no longer describe this run, and phases need increasing steps.
+            self.history = [r for r in self.history if r["step"] < step]
         scalars = result.scalars(self.prefix)
         record: dict[str, Any] = {"step": int(step), **scalars}
         measurement = Measurement(step=int(step), scalars=scalars, result=result)
+        self._check_provenance(result, int(step), measurement.notes)
         self.num_measurements += 1
         measurement.log_spectrum = self.log_spectrum_every > 0 and (
-            (self.num_measurements - 1) % self.log_spectrum_every == 0
+            final or (self.num_measurements - 1) % self.log_spectrum_every == 0
         )
-        if self.history and step <= self.history[-1]["step"]:
-            # The run went back (resumed from an earlier checkpoint, or a manual call): its
-            # future records no longer describe this run, and phases need increasing steps.
-            self.history = [r for r in self.history if r["step"] < step]
         self.history.append(record)
         if self.track_phases:
             self._update_phase(measurement, record)
+        seconds = time.perf_counter() - start
+        scalars[f"{self.prefix}/seconds"] = seconds
+        record[f"{self.prefix}/seconds"] = seconds
         return measurement
+
+    def _check_provenance(self, result: GeometryResult, step: int, notes: list[str]) -> None:
+        """Adopt the provenance of ``result``; warn by name when it differs from the history's."""
+        current = {
+            **result.provenance(),
+            "probe_options": self.probe_options.to_dict() if self._probes_from_options else None,
+            "trajectory": {
+                "layer": result.last.layer,
+                "num_layers": result.num_layers,
+                "rankme": result.trajectory_key("rankme", self.prefix),
+                "alpha": result.trajectory_key("alpha", self.prefix),
+                "phase": result.trajectory_key("phase", self.prefix),
+            },
+        }
+        previous = self.provenance
+        self.provenance = current
+        if previous is None or previous.get("precision") != current["precision"]:
+            notes.append(_precision_note(current, self.config.autocast))
+        if previous is None:
+            if self.comparable_from is None:
+                self.comparable_from = self.history[0]["step"] if self.history else step
+            return
+        changed = _provenance_differences(previous, current)
+        if not changed:
+            return
+        self.provenance_changes.append({"step": step, "changed": changed})
+        self.comparable_from = step
+        self.phase = None
+        names = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        warn(
+            f"geomtrace: from step {step} the geometry is measured differently from the earlier history "
+            f"({names}); values before and after are not comparable, and phases restart at step {step}."
+        )
 
     def _update_phase(self, measurement: Measurement, record: dict[str, Any]) -> None:
         from geomtrace.phases import PHASE_CODES, current_phase
 
-        rankme_key, alpha_key = f"{self.prefix}/rankme", f"{self.prefix}/alpha"
-        points = [r for r in self.history if math.isfinite(r.get(rankme_key, math.nan))]
+        keys = self.trajectory_keys()
+        first = self.comparable_from if self.comparable_from is not None else -math.inf
+        points = [
+            r for r in self.history if r["step"] >= first and math.isfinite(r.get(keys["rankme"], math.nan))
+        ]
         if not points:
             return
         try:
             segment = current_phase(
                 [r["step"] for r in points],
-                [r[rankme_key] for r in points],
-                [r.get(alpha_key, math.nan) for r in points],
+                [r[keys["rankme"]] for r in points],
+                [r.get(keys["alpha"], math.nan) for r in points],
+                allow_warmup=not self.from_pretrained,
             )
         except Exception as err:  # phase detection is advisory: never stop tracking for it
             if self.strict:
@@ -267,44 +499,201 @@ class GeometryTracker:
         name = segment.name
         measurement.phase = name
         code = float(PHASE_CODES[name])
-        measurement.scalars[f"{self.prefix}/phase"] = code
-        record[f"{self.prefix}/phase"] = code
+        measurement.scalars[keys["phase"]] = code
+        record[keys["phase"]] = code
         record["phase"] = name
         if self.phase is not None and name != self.phase:
             measurement.transition = (self.phase, name)
-            measurement.scalars[f"{self.prefix}/phase_transition"] = 1.0
-            measurement.text[f"{self.prefix}/phase"] = (
+            measurement.scalars[f"{keys['phase']}_transition"] = 1.0
+            measurement.text[keys["phase"]] = (
                 f"step {measurement.step}: {self.phase} -> {name} (confidence {segment.confidence:.2f}, "
                 f"since step {segment.start_step:g})"
             )
         elif self.phase is None:
-            measurement.text[f"{self.prefix}/phase"] = f"step {measurement.step}: phase {name}"
+            measurement.text[keys["phase"]] = f"step {measurement.step}: phase {name}"
         self.phase = name
+
+    def trajectory_keys(self) -> dict[str, str]:
+        """Tags of *the* trajectory (the deepest tracked layer): ``rankme``, ``alpha``, ``phase``.
+
+        From the latest measurement's provenance (:meth:`GeometryResult.trajectory_key`);
+        before any measurement, the last layer's ``geometry/<name>``.
+        """
+        trajectory = (self.provenance or {}).get("trajectory") or {}
+        return {name: trajectory.get(name, f"{self.prefix}/{name}") for name in ("rankme", "alpha", "phase")}
+
+    # ------------------------------------------------------------------ ending
+    def end(self) -> list[str]:
+        """Messages for the end of a training: the trajectory summary and the cost of watching."""
+        lines = []
+        if self.history:
+            lines.append(self.summary())
+        cost = self.cost()
+        if cost is not None and cost["measurements"]:
+            lines.append(
+                f"cost: {cost['measurements']} measurement(s) took {cost['seconds_measuring']:.1f} s, "
+                f"{100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training; "
+                f"{cost['probe_tokens']:,} probe tokens ({cost['probes']} probes) per measurement"
+            )
+        return lines
+
+    def cost(self) -> dict[str, Any] | None:
+        """Time spent measuring (and logging) in the current training, and its share of it."""
+        if self._train_started is None:
+            return None
+        training = time.perf_counter() - self._train_started
+        return {
+            "measurements": self.cost_measurements,
+            "seconds_measuring": round(self.cost_seconds, 3),
+            "seconds_training": round(training, 3),
+            "share": self.cost_seconds / training if training > 0 else math.nan,
+            "probes": len(self.probes) if self.probes is not None else 0,
+            "probe_tokens": self.probes.num_tokens() if self.probes is not None else 0,
+        }
+
+    # ------------------------------------------------------------------ record
+    def _stage_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "history": [dict(r) for r in self.history],
+            "phase": self.phase,
+            "num_measurements": self.num_measurements,
+            "provenance": self.provenance,
+            "provenance_changes": [dict(c) for c in self.provenance_changes],
+            "comparable_from": self.comparable_from,
+            "from_pretrained": self.from_pretrained,
+            "from_pretrained_reason": self.from_pretrained_reason,
+        }
+        return out
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """The JSON-ready record of this run: ``history``, ``provenance`` and the rest.
+
+        Top-level keys: ``history`` (rows ``{"step", "geometry/rankme", ...}``),
+        ``provenance`` (probe description and fingerprint, ``n_probes``, ``precision`` the
+        probes ran in, ``measure_config``, ``probe_options``, ``trajectory``), ``phase``,
+        ``from_pretrained``, ``schedule``; when they apply ``provenance_changes``,
+        ``stages`` and ``cost``; then ``extra``.
+        """
+        out: dict[str, Any] = {
+            "history": [dict(r) for r in self.history],
+            "provenance": self.provenance,
+            "phase": self.phase,
+            "from_pretrained": self.from_pretrained,
+            "schedule": {
+                "every_n_steps": self.every_n_steps,
+                "extra_steps": sorted(self.extra_steps),
+                "measure_on_start": self.measure_on_start,
+                "measure_on_end": self.measure_on_end,
+            },
+        }
+        if self.provenance_changes:
+            out["provenance_changes"] = [dict(c) for c in self.provenance_changes]
+        if self.stages:
+            out["stages"] = [dict(s) for s in self.stages]
+        cost = self.cost()
+        if cost is not None:
+            out["cost"] = cost
+        out.update(extra)
+        return out
+
+    def save(self, path: str | os.PathLike | None = None, **extra: Any) -> Path | None:
+        """Write :meth:`record` as JSON, atomically (a temporary file, then a rename)."""
+        target = Path(path) if path is not None else self.history_file
+        if target is None:
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_json_safe(self.record(**extra)), indent=1, allow_nan=True))
+        os.replace(tmp, target)
+        return target
+
+    def autosave(self) -> None:
+        """:meth:`save` to ``history_file`` when set; a failure warns once (raises if ``strict``)."""
+        try:
+            self.save()
+        except OSError as err:  # a full disk must not stop training
+            if self.strict:
+                raise
+            if not self._warned_save:
+                self._warned_save = True
+                warn(f"geomtrace: writing the history to {self.history_file} failed: {err}")
 
     # ------------------------------------------------------------- resumption
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history], "phase": self.phase, "num_measurements": self.num_measurements}
+        """What a checkpoint keeps: the current stage, earlier stages (no options: they may change)."""
+        return {"version": STATE_VERSION, **self._stage_record(), "stages": [dict(s) for s in self.stages]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (or a version-1 one: history, phase, num_measurements)."""
         self.history = [dict(r) for r in state.get("history", [])]
         self.phase = state.get("phase")
         self.num_measurements = int(state.get("num_measurements", len(self.history)))
+        self.provenance = state.get("provenance")
+        self.provenance_changes = [dict(c) for c in state.get("provenance_changes", [])]
+        self.comparable_from = state.get("comparable_from")
+        self.from_pretrained = state.get("from_pretrained")
+        self.from_pretrained_reason = state.get("from_pretrained_reason")
+        self.stages = [dict(s) for s in state.get("stages", [])]
+        self._restored = True
+        self._last_attempt = None
 
     def summary(self) -> str:
-        """A short text summary of the RankMe / alpha trajectory so far."""
-        key_r, key_a = f"{self.prefix}/rankme", f"{self.prefix}/alpha"
+        """A short text summary of the RankMe / alpha trajectory so far (the trajectory layer)."""
+        keys = self.trajectory_keys()
+        key_r, key_a = keys["rankme"], keys["alpha"]
         rows = [r for r in self.history if key_r in r]
         if not rows:
             return "no geometry measurements yet"
         low = min(rows, key=lambda r: r[key_r])
         high = max(rows, key=lambda r: r[key_r])
         first, last = rows[0], rows[-1]
+        layer = (self.provenance or {}).get("trajectory", {})
+        where = "" if key_r == f"{self.prefix}/rankme" else f"layer {layer.get('layer')} "
         return (
-            f"RankMe {first[key_r]:.1f} (step {first['step']}) -> min {low[key_r]:.1f} (step {low['step']}) "
+            f"{where}RankMe {first[key_r]:.1f} (step {first['step']}) -> min {low[key_r]:.1f} (step {low['step']}) "
             f"-> max {high[key_r]:.1f} (step {high['step']}) -> {last[key_r]:.1f} (step {last['step']}); "
             f"alpha {first.get(key_a, math.nan):.3f} -> {last.get(key_a, math.nan):.3f}"
             + (f"; phase now: {self.phase}" if self.phase else "")
+            + (f" (since step {self.comparable_from}: measured differently before)" if self.provenance_changes else "")
         )
+
+
+def _precision_note(provenance: dict[str, Any], autocast: str) -> str:
+    """Say how the probes run: the user should know when they are not fp32 (e.g. TRL's bf16)."""
+    precision = provenance["precision"]
+    line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
+    if precision in ("bf16", "fp16") and autocast == "auto":
+        line += (
+            f" (autocast='auto' follows the trainer's mixed precision; `geomtrace replay` measures in the "
+            "weights' dtype, so its values differ by ~1e-3: pass autocast='off' for fp32 probes)"
+        )
+    return line
+
+
+def _provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{name: (old, new)}`` for every difference that makes values incomparable."""
+    changed: dict[str, tuple[Any, Any]] = {}
+    for name in _COMPARED_PROVENANCE:
+        if old.get(name) != new.get(name):
+            changed["probe set" if name == "probe_fingerprint" else name] = (old.get(name), new.get(name))
+    old_config, new_config = old.get("measure_config") or {}, new.get("measure_config") or {}
+    for name in _COMPARED_CONFIG:
+        if _plain(old_config.get(name)) != _plain(new_config.get(name)):
+            changed[name] = (old_config.get(name), new_config.get(name))
+    return changed
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _json_safe(value: Any) -> Any:
+    """Tuples to lists (JSON has no tuples); everything else as is."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _raise_on_bad_rows(result: GeometryResult, step: int) -> None:

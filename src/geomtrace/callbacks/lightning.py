@@ -8,16 +8,16 @@ from torch import nn
 
 from geomtrace._optional import require
 from geomtrace._warnings import warn
-from geomtrace.features import LayerSelection, TokenSelection, find_causal_lm
+from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
 from geomtrace.probes import ProbeSet
-from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement
+from geomtrace.callbacks._tensorboard import write_text_and_figures
+from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
 
 _lightning = require("lightning", "the GeometryMonitor callback")
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # noqa: E402
-from lightning.pytorch.utilities.rank_zero import rank_zero_info  # noqa: E402
 
 __all__ = ["GeometryMonitor"]
 
@@ -34,8 +34,10 @@ class GeometryMonitor(Callback):
 
     Logged keys (last layer; other tracked layers as ``geometry/layer{L}/...``):
     ``geometry/rankme``, ``geometry/alpha``, ``geometry/alpha_r2``, ``geometry/n_samples``,
-    and with ``track_phases`` ``geometry/phase`` (0 stable, 1 warmup, 2 entropy-seeking,
-    3 compression-seeking) and ``geometry/phase_transition``.
+    ``geometry/seconds`` (the measurement's wall time), and with ``track_phases``
+    ``geometry/phase`` (0 stable, 1 warmup, 2 entropy-seeking, 3 compression-seeking) and
+    ``geometry/phase_transition``, which follow *the* trajectory: the deepest tracked layer
+    (``geometry/layer{L}/phase`` when that is not the final layer).
 
     Args:
         tokenizer: tokenizer for the probes. Default: ``pl_module.tokenizer`` or
@@ -58,8 +60,14 @@ class GeometryMonitor(Callback):
         model_getter: ``callable(pl_module) -> nn.Module`` returning the HF model, for
             modules where it cannot be found automatically.
         measure_on_start, measure_on_end: measure at step 0 / when training ends.
-        log_spectrum_every: eigenspectrum figure every this many measurements (0: never).
+        log_spectrum_every: eigenspectrum figure every this many measurements and at the
+            final one (0: never).
         track_phases: log the current geometric phase.
+        from_pretrained: whether the fit starts from a trained model (post-training: a
+            falling RankMe is compression-seeking, never warmup). ``None`` (default):
+            automatic, see docs/lightning.md.
+        history_file: rank 0 writes the history with its provenance to this JSON file
+            (atomically) after every measurement.
         strict: raise measurement errors instead of warning and training on.
         prefix: prefix of the logged keys.
 
@@ -97,6 +105,8 @@ class GeometryMonitor(Callback):
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
         track_phases: bool = True,
+        from_pretrained: bool | None = None,
+        history_file: str | None = None,
         strict: bool = False,
         prefix: str = "geometry",
     ) -> None:
@@ -111,25 +121,51 @@ class GeometryMonitor(Callback):
         self.tokenizer = tokenizer
         self.model_getter = model_getter
         self._model: nn.Module | None = None
+        self._warned_figures = False
 
     # ----------------------------------------------------------------- state
     @property
     def state_key(self) -> str:
-        config = self.tracker.config
-        return self._generate_state_key(
-            every_n_steps=self.tracker.every_n_steps, layers=config.layers, tokens=config.tokens, prefix=self.tracker.prefix
-        )
+        # Only the prefix tells two monitors of one trainer apart. Options such as the
+        # schedule may change between a run and its resume without losing the history;
+        # changes that make values incomparable are warned about at the next measurement.
+        return self._generate_state_key(prefix=self.tracker.prefix)
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Every measurement so far: ``{"step": ..., "geometry/rankme": ..., ...}``."""
+        """Every measurement of the current training: ``{"step": ..., "geometry/rankme": ..., ...}``."""
         return self.tracker.history
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """Earlier trainings of this monitor (a new ``Trainer`` started a new stage), oldest first."""
+        return self.tracker.stages
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """History, provenance, stages and cost as one JSON-ready dict (see ``GeometryTracker.record``)."""
+        return self.tracker.record(**extra)
+
+    def summary(self) -> str:
+        """A short text summary of the RankMe / alpha trajectory so far."""
+        return self.tracker.summary()
 
     def state_dict(self) -> dict[str, Any]:
         return self.tracker.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state_dict)
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the state key held only the prefix used the options too
+        # (``GeometryMonitor{'every_n_steps': 100, ...}``): take such a state over.
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        name = type(self).__qualname__
+        legacy = [key for key in states if isinstance(key, str) and key.startswith(name + "{")
+                  and f"'prefix': {self.tracker.prefix!r}" in key]
+        if len(legacy) == 1:
+            self.load_state_dict(states[legacy[0]])
 
     # ----------------------------------------------------------------- set-up
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -155,14 +191,16 @@ class GeometryMonitor(Callback):
                 raise MisconfigurationException(
                     f"GeometryMonitor: model_getter returned {type(model).__name__}, expected an nn.Module."
                 )
-            return model
+        else:
+            model = pl_module
         try:
-            return find_causal_lm(pl_module)
+            lm = self.tracker.check_model(model)
         except (TypeError, ValueError) as err:
             raise MisconfigurationException(
-                f"GeometryMonitor found no Hugging Face model in {type(pl_module).__name__}: {err} "
-                "Pass GeometryMonitor(model_getter=lambda module: module.<your model>)."
+                f"GeometryMonitor cannot measure {type(model).__name__}: {err} "
+                "Pass GeometryMonitor(model_getter=lambda module: module.<your HF model>) and layers that exist."
             ) from err
+        return model if self.model_getter is not None else lm
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Looked up here rather than in setup: a model built in `configure_model` (the way
@@ -172,15 +210,21 @@ class GeometryMonitor(Callback):
 
     # ---------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        messages = self.tracker.begin(trainer, int(trainer.global_step), pretrained_hint=loaded_model_hint(self._model))
+        if trainer.is_global_zero:
+            report(messages)
         self._maybe_measure(trainer, "start")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._maybe_measure(trainer, "step")
+        # The final step is measured here, not in on_train_end: ModelCheckpoint (always run
+        # after the other callbacks) then saves a state that holds it.
+        self._maybe_measure(trainer, "end" if _final_batch(trainer, batch_idx) else "step")
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self._maybe_measure(trainer, "end")
-        if trainer.is_global_zero and self.tracker.history:
-            rank_zero_info(f"[geomtrace] {self.tracker.summary()}")
+        self._maybe_measure(trainer, "end")  # training stopped early (EarlyStopping, max_time, ...)
+        if trainer.is_global_zero:
+            report(self.tracker.end())
+            self.tracker.autosave()
 
     def _maybe_measure(self, trainer: Any, event: str) -> None:
         # Every rank reaches the same decision from the same global_step, so all ranks
@@ -188,10 +232,13 @@ class GeometryMonitor(Callback):
         step = int(trainer.global_step)
         if self._model is None or not self.tracker.due(step, event):
             return
-        with trainer.precision_plugin.forward_context():
-            measurement = self.tracker.measure(self._model, step)
-        if measurement is not None and trainer.is_global_zero:
-            self._log(trainer, measurement)
+        with self.tracker.timing():
+            with trainer.precision_plugin.forward_context():
+                measurement = self.tracker.measure(self._model, step, final=event == "end")
+            if measurement is not None and trainer.is_global_zero:
+                report(measurement.notes)
+                self._log(trainer, measurement)
+                self.tracker.autosave()
 
     # -------------------------------------------------------------- logging
     def _log(self, trainer: Any, measurement: Measurement) -> None:
@@ -208,19 +255,18 @@ class GeometryMonitor(Callback):
         experiment = getattr(logger, "experiment", None)
         if not hasattr(experiment, "add_figure"):
             return  # figures and text only for TensorBoard-like writers
-        for tag, text in measurement.text.items():
-            experiment.add_text(tag, text, global_step=measurement.step)
-        if measurement.log_spectrum:
-            from geomtrace.plots import eigenspectrum_figure
+        skipped = write_text_and_figures(experiment, measurement, self.tracker.prefix)
+        if skipped and not self._warned_figures:
+            self._warned_figures = True
+            warn(f"GeometryMonitor: {skipped}")
 
-            result = measurement.result
-            label = f"step {measurement.step}"
-            for index, layer in result.layers.items():
-                name = "last layer" if index == result.num_layers else f"layer {index}"
-                figure = eigenspectrum_figure(
-                    {label: layer.eigenvalues},
-                    {label: (layer.fit_ranks, layer.fit_values)},
-                    title=f"{name}: RankMe {layer.rankme:.1f}, alpha {layer.alpha:.3f}",
-                )
-                tag = f"{self.tracker.prefix}/eigenspectrum" + ("" if index == result.num_layers else f"/layer{index}")
-                experiment.add_figure(tag, figure, global_step=measurement.step, close=True)
+
+def _final_batch(trainer: Any, batch_idx: int) -> bool:
+    """Whether this batch ends the fit: ``max_steps`` reached or the last batch of the last epoch."""
+    max_steps = trainer.max_steps
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0 or trainer.current_epoch + 1 < max_epochs:
+        return False
+    return bool(trainer.is_last_batch) or batch_idx + 1 >= trainer.num_training_batches

@@ -38,23 +38,22 @@ from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
 from geomtrace.probes import ProbeSet
-from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement
+from geomtrace.callbacks._tensorboard import write_text_and_figures
+from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
 
 require("transformers", "the GeometryCallback")
 from transformers import Trainer, TrainerCallback  # noqa: E402
 from transformers.trainer_callback import ExportableState  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 __all__ = ["GeometryCallback"]
-
-logger = hf_logging.get_logger(__name__)
 
 # Options that state() saves as "args" (JSON). transformers rebuilds the callback from them
 # when it restores a checkpoint; tokenizer / probes / non-JSON probe sources cannot be saved.
 _SAVED_OPTIONS = (
     "every_n_steps", "extra_steps", "probe_source", "num_sequences", "min_tokens", "max_tokens", "seed", "chat_template",
     "layers", "tokens", "skip_first_token", "batch_size", "spectrum", "eps", "fit_range", "max_components",
-    "autocast", "measure_on_start", "measure_on_end", "log_spectrum_every", "track_phases", "strict", "prefix",
+    "autocast", "measure_on_start", "measure_on_end", "log_spectrum_every", "track_phases", "from_pretrained",
+    "history_file", "strict", "prefix",
 )
 
 
@@ -68,9 +67,10 @@ class GeometryCallback(TrainerCallback, ExportableState):
 
     Logged keys (last layer; other tracked layers as ``geometry/layer{L}/...``):
     ``geometry/rankme``, ``geometry/alpha``, ``geometry/alpha_r2``, ``geometry/n_samples``,
-    and with ``track_phases`` ``geometry/phase`` (0 stable, 1 warmup, 2 entropy-seeking,
-    3 compression-seeking) and ``geometry/phase_transition``. TensorBoard also gets
-    ``geometry/eigenspectrum`` figures and ``geometry/phase`` text.
+    ``geometry/seconds`` (the measurement's wall time), and with ``track_phases``
+    ``geometry/phase`` (0 stable, 1 warmup, 2 entropy-seeking, 3 compression-seeking) and
+    ``geometry/phase_transition``, which follow the deepest tracked layer. TensorBoard also
+    gets ``geometry/eigenspectrum`` figures and the phase as text.
 
     Args:
         every_n_steps: measure every this many optimizer steps (0: only start and end).
@@ -90,12 +90,21 @@ class GeometryCallback(TrainerCallback, ExportableState):
             precision), ``"bf16"``/``"fp16"`` (autocast the probes only; cheaper in an fp32
             run), ``"off"`` (no autocast, the model's dtype). Statistics are fp32/fp64 always.
         measure_on_start, measure_on_end: measure at step 0 / when training ends.
-        log_spectrum_every: eigenspectrum figure every this many measurements (0: never).
+        log_spectrum_every: eigenspectrum figure every this many measurements and at the
+            final one (0: never).
         track_phases: log the current geometric phase.
+        from_pretrained: whether training starts from a trained model (post-training: a
+            falling RankMe is compression-seeking, never warmup). ``None`` (default):
+            automatic (TRL trainers and models loaded with ``from_pretrained`` are
+            post-training), see docs/transformers.md.
+        history_file: the main process writes the history with its provenance to this
+            JSON file (atomically) after every measurement.
         strict: raise measurement errors (and NaN/Inf features) instead of warning.
         prefix: prefix of the logged keys.
         tokenizer: tokenizer for the probes; default: the trainer's ``processing_class``
             (its ``.tokenizer`` for multimodal processors).
+        model_getter: ``callable(model) -> nn.Module`` returning the HF model to probe from
+            the trainer's model, when it cannot be found automatically.
 
     Example::
 
@@ -129,9 +138,12 @@ class GeometryCallback(TrainerCallback, ExportableState):
         measure_on_end: bool = True,
         log_spectrum_every: int = 5,
         track_phases: bool = True,
+        from_pretrained: bool | None = None,
+        history_file: str | None = None,
         strict: bool = False,
         prefix: str = "geometry",
         tokenizer: Any = None,
+        model_getter: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
         tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
@@ -139,23 +151,31 @@ class GeometryCallback(TrainerCallback, ExportableState):
             self.tracker = GeometryTracker.from_options(**tracker_options)
         except (TypeError, ValueError) as err:
             raise ValueError(f"GeometryCallback: {err}") from err
+        if model_getter is not None and not callable(model_getter):
+            raise ValueError("GeometryCallback: model_getter must be a callable(model) -> nn.Module.")
         self._options = {name: _jsonable(value) for name, value in options.items()}
         self.tokenizer = tokenizer
+        self.model_getter = model_getter
         self._trainer: Trainer | None = None
         self._joined_replaced = False
-        self._probe_fingerprint: str | None = None
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------ public API
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Every measurement so far: ``{"step": ..., "geometry/rankme": ..., ...}``."""
+        """Every measurement of the current training: ``{"step": ..., "geometry/rankme": ..., ...}``."""
         return self.tracker.history
 
     @history.setter
     def history(self, value: list[dict[str, Any]]) -> None:
+        # Restores a checkpoint of an earlier geomtrace version (history, phase, num_measurements).
         self._join_replaced()
-        self.tracker.history = [dict(record) for record in value]
+        self.tracker.load_state_dict({**self.tracker.state_dict(), "history": [dict(r) for r in value]})
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """Earlier trainings of this callback (a new ``Trainer`` started a new stage), oldest first."""
+        return self.tracker.stages
 
     def bind(self, trainer: Trainer) -> GeometryCallback:
         """Log through ``trainer`` (normally found automatically on ``on_train_begin``)."""
@@ -168,22 +188,30 @@ class GeometryCallback(TrainerCallback, ExportableState):
         """A short text summary of the RankMe / alpha trajectory so far."""
         return self.tracker.summary()
 
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """History, provenance, stages and cost as one JSON-ready dict (see ``GeometryTracker.record``)."""
+        return self.tracker.record(**extra)
+
     # ---------------------------------------------------------- resumption
     def state(self) -> dict[str, Any]:
         """What ``Trainer`` saves in ``trainer_state.json`` at each checkpoint (ExportableState)."""
-        tracker_state = self.tracker.state_dict()
         return {
             "args": {name: value for name, value in self._options.items() if value is not _UNSAVED},
-            "attributes": {
-                "history": tracker_state["history"],
-                "phase": tracker_state["phase"],
-                "num_measurements": tracker_state["num_measurements"],
-                "probe_fingerprint": self._probe_fingerprint,
-            },
+            "attributes": {"tracker_state": self.tracker.state_dict()},
         }
 
     # transformers restores a callback with setattr(new_instance, name, value) for each saved
     # attribute; these properties route the values into the tracker.
+    @property
+    def tracker_state(self) -> dict[str, Any]:
+        """The tracker's state (history, provenance, stages): what a checkpoint restores."""
+        return self.tracker.state_dict()
+
+    @tracker_state.setter
+    def tracker_state(self, value: dict[str, Any]) -> None:
+        self._join_replaced()
+        self.tracker.load_state_dict(value)
+
     @property
     def phase(self) -> str | None:
         """The current geometric phase (None until enough measurements)."""
@@ -202,16 +230,6 @@ class GeometryCallback(TrainerCallback, ExportableState):
     def num_measurements(self, value: int) -> None:
         self._join_replaced()
         self.tracker.num_measurements = int(value)
-
-    @property
-    def probe_fingerprint(self) -> str | None:
-        """Fingerprint of the probe set in use (checked against the checkpoint's on resume)."""
-        return self._probe_fingerprint
-
-    @probe_fingerprint.setter
-    def probe_fingerprint(self, value: str | None) -> None:
-        self._join_replaced()
-        self._restored_fingerprint = value
 
     def _join_replaced(self) -> None:
         """Take over the configuration of the callback instance this one replaces on resume.
@@ -247,46 +265,69 @@ class GeometryCallback(TrainerCallback, ExportableState):
                 )
         tokenizer = self.tokenizer if self.tokenizer is not None else _text_tokenizer(kwargs.get("processing_class"))
         try:
-            probes = self.tracker.prepare(tokenizer)
+            self.tracker.prepare(tokenizer)
         except (TypeError, ValueError, OSError, RuntimeError) as err:
             raise ValueError(
                 f"GeometryCallback could not build its probe set: {err} Pass the model's tokenizer to the "
                 "trainer (processing_class=...) or GeometryCallback(tokenizer=...)."
             ) from err
-        self._probe_fingerprint = probes.fingerprint()
-        restored = getattr(self, "_restored_fingerprint", None)
-        if restored is not None and restored != self._probe_fingerprint:
-            warn(
-                "GeometryCallback: the probe set differs from the one of the checkpoint being resumed "
-                f"({self._probe_fingerprint} vs {restored}); values before and after the resume are not comparable."
-            )
-        self._maybe_measure(args, state, kwargs.get("model"), "start")
+        model = self._probed_model(kwargs.get("model"))
+        owner = self._trainer if self._trainer is not None else state
+        messages = self.tracker.begin(owner, int(state.global_step), pretrained_hint=_pretrained_hint(self._trainer, model))
+        if state.is_world_process_zero:
+            report(messages)
+        self._maybe_measure(args, state, model, "start")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # Measure the final step here rather than in on_train_end: TensorBoardCallback closes
-        # its writer in its own on_train_end, which runs before ours.
+        # its writer in its own on_train_end, which runs before ours, and the Trainer saves
+        # its last checkpoint after on_step_end, so the checkpoint holds the final measurement.
         final = state.max_steps > 0 and state.global_step >= state.max_steps
-        self._maybe_measure(args, state, kwargs.get("model"), "end" if final else "step")
+        self._maybe_measure(args, state, self._probed_model(kwargs.get("model")), "end" if final else "step")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._maybe_measure(args, state, kwargs.get("model"), "end")
-        if state.is_world_process_zero and self.tracker.history:
-            logger.info(f"[geomtrace] {self.tracker.summary()}")
+        self._maybe_measure(args, state, self._probed_model(kwargs.get("model")), "end")
+        if state.is_world_process_zero:
+            report(self.tracker.end())
+            self.tracker.autosave()
+
+    def _probed_model(self, model: nn.Module | None) -> nn.Module | None:
+        """The model the probes run through, checked: fails once, clearly, when it has no HF LM."""
+        if model is None:
+            return None
+        if self.model_getter is not None:
+            model = self.model_getter(model)
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"GeometryCallback: model_getter returned {type(model).__name__}, expected an nn.Module.")
+        if id(model) != getattr(self, "_checked_model", None):
+            try:
+                self.tracker.check_model(model)
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"GeometryCallback cannot measure {type(model).__name__}: {err} Pass "
+                    "GeometryCallback(model_getter=lambda model: model.<your HF model>) and layers that exist."
+                ) from err
+            self._checked_model = id(model)
+        return model
 
     # ----------------------------------------------------------- measuring
     def _maybe_measure(self, args: Any, state: Any, model: nn.Module | None, event: str) -> None:
         # Every rank reaches the same decision from the same global_step, so all ranks enter
         # the measurement's collectives together.
         step = int(state.global_step)
-        due = self.tracker.due(step, event) or (event == "end" and self.tracker.due(step, "step"))
-        if model is None or self.tracker.probes is None or not due:
+        if model is None or self.tracker.probes is None or not self.tracker.due(step, event):
             return
         autocast = self._trainer.accelerator.autocast() if self._trainer is not None else nullcontext()
-        with autocast:
-            measurement = self.tracker.measure(model, step)
-        if measurement is None:
-            return
-        self._publish(args, state, measurement)
+        with self.tracker.timing():
+            with autocast:
+                measurement = self.tracker.measure(model, step, final=event == "end")
+            if measurement is None:
+                return
+            if state.is_world_process_zero:
+                report(measurement.notes)
+            self._publish(args, state, measurement)
+            if state.is_world_process_zero:
+                self.tracker.autosave()
 
     # ------------------------------------------------------------- logging
     def _publish(self, args: Any, state: Any, measurement: Measurement) -> None:
@@ -329,37 +370,15 @@ class GeometryCallback(TrainerCallback, ExportableState):
         if writer is None:
             return
         try:
-            step = measurement.step
             for tag, value in measurement.scalars.items():
-                writer.add_scalar(tag, value, step)
-            for tag, text in measurement.text.items():
-                writer.add_text(tag, text, step)
-            if measurement.log_spectrum:
-                self._add_figures(writer, measurement)
+                writer.add_scalar(tag, value, measurement.step)
+            skipped = write_text_and_figures(writer, measurement, self.tracker.prefix)
+            if skipped:
+                self._warn_once("figures", f"GeometryCallback: {skipped}")
             writer.flush()
         finally:
             if own:
                 writer.close()
-
-    def _add_figures(self, writer: Any, measurement: Measurement) -> None:
-        try:
-            from geomtrace.plots import eigenspectrum_figure
-        except ImportError as err:  # plots need matplotlib; scalars do not
-            self._warn_once("figures", f"GeometryCallback: eigenspectrum figures skipped ({err}).")
-            return
-        result, prefix = measurement.result, self.tracker.prefix
-        label = f"step {measurement.step}"
-        for index, layer in result.layers.items():
-            last = index == result.num_layers
-            if layer.eigenvalues.size == 0:
-                continue
-            figure = eigenspectrum_figure(
-                {label: layer.eigenvalues},
-                {label: (layer.fit_ranks, layer.fit_values)},
-                title=f"{'last layer' if last else f'layer {index}'}: RankMe {layer.rankme:.1f}, alpha {layer.alpha:.3f}",
-            )
-            tag = f"{prefix}/eigenspectrum" + ("" if last else f"/layer{index}")
-            writer.add_figure(tag, figure, global_step=measurement.step, close=True)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -398,6 +417,13 @@ def _trainer_in_stack(accept: Callable[[Trainer], bool]) -> Trainer | None:
     finally:
         del frame  # break the frame reference cycle
     return None
+
+
+def _pretrained_hint(trainer: Trainer | None, model: nn.Module | None) -> tuple[bool, str] | None:
+    """``(True, reason)`` for a TRL trainer (post-training by design) or a model loaded by name."""
+    if trainer is not None and type(trainer).__module__.split(".")[0] == "trl":
+        return True, f"a TRL {type(trainer).__name__}"
+    return loaded_model_hint(model)
 
 
 def _text_tokenizer(processing_class: Any) -> Any:
