@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,10 @@ def test_option_names_with_dashes_or_underscores():
     assert vars(dashed) == vars(under) and dashed.num_sequences == 9 and dashed.no_tensorboard is True
     assert parse_args(["plot", "a", "b", "--linear-x"]).runs == ["a", "b"]
     assert parse_args(["export", "out", "--format", "csv"]).run == "out"
+
+
+def test_missing_cli_extra_is_one_line_with_the_install_hint(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jsonargparse", None)  # import fails as if not installed
+    assert main(["replay", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "geomtrace[cli]"' in err and len(err.splitlines()) == 1

@@ -663,7 +663,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``geomtrace`` command line; returns the exit code (0 ok, 1 some checkpoints
     failed, 2 bad input, 130 interrupted). Usage errors found while parsing (and --help,
     --version, --print_config) end in SystemExit, as with argparse."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ImportError as err:  # the cli extra is missing: say which, in one line
+        print(f"geomtrace: error: {err}", file=sys.stderr)
+        return 2
     from geomtrace.probes import ProbeLoadError
     from geomtrace.replay.sources import CheckpointLoadError
 
