@@ -57,8 +57,10 @@ def test_next_checkpoint_loads_in_the_background_one_ahead(fake_load):
     calls, alive = fake_load
     ckpts = _ckpts(5)
     most_alive = 0
-    with prefetch.CheckpointLoader(ckpts, {"dtype": "float32", "device": "cpu"}, prefetch=True,
+    # an accelerator device: whole loads run in the background (the fake model's .to() is a no-op)
+    with prefetch.CheckpointLoader(ckpts, {"dtype": "float32", "device": "cuda"}, prefetch=True,
                                    describe_error=_describe) as loader:
+        assert loader.build_in_background
         for index, ckpt in enumerate(ckpts):
             loaded = loader.take(index)
             model, error = loaded.model, loaded.error
@@ -89,10 +91,13 @@ def test_no_prefetch_loads_everything_in_the_loop(fake_load):
     assert {thread for _, thread in calls} == {"MainThread"}
 
 
-@pytest.mark.parametrize("load", [{"dtype": "bf16"}, {"dtype": "auto"}, {"dtype": "float32", "device_map": "auto"}])
-def test_other_dtypes_only_fetch_in_the_background(fake_load, load):
+@pytest.mark.parametrize("load", [{"dtype": "bf16", "device": "cuda"}, {"dtype": "auto", "device": "cuda"},
+                                  {"dtype": "float32", "device": "cuda", "device_map": "auto"},
+                                  {"dtype": "float32", "device": "cpu"}, {"dtype": "float32"}])
+def test_other_settings_only_fetch_in_the_background(fake_load, load):
     # transformers builds models under a process-wide default dtype: only a build in the
-    # default dtype may run beside a measurement; otherwise the background only fetches.
+    # default dtype may run beside a measurement; a CPU measurement uses every core, so a
+    # build beside it only competes. Otherwise the background only fetches.
     calls, _ = fake_load
     with prefetch.CheckpointLoader(_ckpts(3), load, prefetch=True, describe_error=_describe) as loader:
         assert not loader.build_in_background
@@ -103,7 +108,10 @@ def test_other_dtypes_only_fetch_in_the_background(fake_load, load):
     assert ("step1", "fetch") in calls
 
 
-def test_prefetched_replay_equals_sequential(tmp_path):
+@pytest.mark.parametrize("build_in_background", [False, True])
+def test_prefetched_replay_equals_sequential(tmp_path, monkeypatch, build_in_background):
+    # on the CPU the background only fetches; force whole background builds too (the GPU route)
+    monkeypatch.setattr(prefetch, "background_build_is_safe", lambda load: build_in_background)
     root = tmp_path / "run"
     for i, step in enumerate((0, 10, 20)):
         build_tiny_model(seed=i).save_pretrained(root / f"checkpoint-{step}")
@@ -113,7 +121,7 @@ def test_prefetched_replay_equals_sequential(tmp_path):
     results = {}
     for mode in (False, True):
         out = tmp_path / f"prefetch-{mode}"
-        summary = run_replay(local_checkpoints(root), out, probe_options=ProbeOptions(num_sequences=16, max_tokens=32),
+        summary = run_replay(local_checkpoints(root), out, probe_options=ProbeOptions(num_sequences=24, max_tokens=32),
                              prefetch=mode, progress=False, verbose=False)
         assert list(summary.failed) == ["checkpoint-5"] and "load failed" in summary.failed["checkpoint-5"]
         results[mode] = [(r["key"], r["rankme"], r["alpha"]) for r in ResultsStore(out).records()]

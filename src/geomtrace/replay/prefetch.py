@@ -14,11 +14,14 @@ Bounds and rules:
 * The background thread only runs what cannot disturb the measurement in the loop's
   thread. transformers builds a model under a process-wide ``torch.set_default_dtype``
   (the checkpoint's dtype) for a moment; a forward running then in the other thread could
-  create tensors in that dtype. So the whole load runs in the background only when the
-  weights are loaded in the process's default dtype (fp32, the default); otherwise (bf16,
-  fp16, ``auto``, Lightning builders, ``device_map``) the background thread only *fetches*
-  (downloads the hub revision into the cache, reads the files into the page cache) and the
-  model is built in the loop's thread.
+  create tensors in that dtype. And a measurement on the CPU already uses every core: a
+  model built beside it only competes with its threads (on a busy 2-core machine the
+  overlapped loop measured slower, see ``docs/benchmarks.md``). So the whole load runs in
+  the background only when the measurement runs on an accelerator and the weights are
+  loaded in the process's default dtype (fp32, the default); otherwise (a CPU device, bf16,
+  fp16, ``auto``, ``device_map``) the background thread only *fetches* (downloads the hub
+  revision into the cache, reads the files into the page cache), which waits on the network
+  or the disk rather than the CPU, and the model is built in the loop's thread.
 * A failed background load is that checkpoint's failure, with the same message as a load
   in the loop's thread. Under torch.distributed every rank keeps the same schedule: the
   background thread does local I/O only, every collective stays in the loop's thread.
@@ -49,8 +52,9 @@ class Loaded:
 
 
 def background_build_is_safe(load: dict[str, Any]) -> bool:
-    """Whether a whole load may run beside a measurement (see the module doc)."""
-    if load.get("device_map") is not None:
+    """Whether a whole load may run beside a measurement: on an accelerator, in the default
+    dtype, without ``device_map`` (see the module doc)."""
+    if load.get("device_map") is not None or str(load.get("device") or "cpu").startswith("cpu"):
         return False
     dtype = resolve_dtype(load.get("dtype"))
     return dtype == torch.get_default_dtype()
