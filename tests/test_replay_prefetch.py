@@ -124,7 +124,9 @@ def test_prefetched_replay_equals_sequential(tmp_path, monkeypatch, build_in_bac
         summary = run_replay(local_checkpoints(root), out, probe_options=ProbeOptions(num_sequences=24, max_tokens=32),
                              prefetch=mode, progress=False, verbose=False)
         assert list(summary.failed) == ["checkpoint-5"] and "load failed" in summary.failed["checkpoint-5"]
-        results[mode] = [(r["key"], r["rankme"], r["alpha"]) for r in ResultsStore(out).records()]
+        records = ResultsStore(out).records()
+        results[mode] = [(r["key"], r["rankme"], r["alpha"]) for r in records]
+        assert all(0 <= r["load_wait_seconds"] and 0 < r["load_seconds"] for r in records)
         failures = ResultsStore(out).failures()
         assert [f["key"] for f in failures] == ["checkpoint-5"]
     assert results[True] == results[False]  # identical, not just close

@@ -43,12 +43,14 @@ __all__ = ["CheckpointLoader", "Loaded"]
 
 @dataclass
 class Loaded:
-    """One checkpoint as the loop receives it: ``model`` (None when ``error``) and the
-    seconds its loading took (in the background: its own duration, not the wait)."""
+    """One checkpoint as the loop receives it: ``model`` (None when ``error``), the seconds
+    its loading took (in the background: its own duration) and ``wait``, the seconds the
+    loop waited for it (what prefetching did not hide)."""
 
     model: Any
     error: str | None
     seconds: float
+    wait: float = 0.0
 
 
 def background_build_is_safe(load: dict[str, Any]) -> bool:
@@ -96,12 +98,14 @@ class CheckpointLoader:
     def take(self, index: int) -> Loaded:
         """Checkpoint ``index``, loaded on the loop's device (waits for its background load);
         then starts loading ``index + 1`` in the background."""
+        t0 = time.perf_counter()
         ckpt = self.checkpoints[index]
         future = self._pending.pop(index, None)
         if future is not None:
             loaded = self._finish(ckpt, future.result())
         else:
-            loaded = self._load_here(ckpt, time.perf_counter())
+            loaded = self._load_here(ckpt, t0)
+        loaded.wait = time.perf_counter() - t0
         self._start(index + 1)
         return loaded
 

@@ -346,7 +346,7 @@ def build_records(
 RECORD_KEYS: frozenset[str] = frozenset({
     "key", "step", "revision", "tokens", "stage", "layer", "rankme", "alpha", "r2", "n_samples", "dim", "model",
     "probe", "probe_fingerprint", "seconds", "precision", "n_params", "n_dropped", "num_layers", "spectrum", "kind",
-    "path", "load_seconds", "config_id", "n_layers", "eigenspectrum", EXTRA_METRICS_FIELD,
+    "path", "load_seconds", "load_wait_seconds", "config_id", "n_layers", "eigenspectrum", EXTRA_METRICS_FIELD,
 })
 
 
@@ -452,9 +452,13 @@ class _CheckpointOutputs:
     tensorboard_spectra: bool
     expected_precision: str | None
 
-    def measured(self, ckpt: Checkpoint, result: GeometryResult, *, n_params: int, load_seconds: float) -> None:
+    def measured(
+        self, ckpt: Checkpoint, result: GeometryResult, *, n_params: int, load_seconds: float, load_wait: float
+    ) -> None:
         """Record a measured checkpoint: one record per layer, its spectra (and extra
-        metrics' arrays) as one unit, its TensorBoard scalars and its summary line."""
+        metrics' arrays) as one unit, its TensorBoard scalars and its summary line.
+        ``load_seconds``: how long loading took; ``load_wait``: how long the loop waited for
+        it (less when it was loaded ahead)."""
         if result.precision not in self.summary.precisions:
             self.summary.precisions.append(result.precision)
             if self.expected_precision and result.precision != self.expected_precision and self.rank == 0:
@@ -465,7 +469,8 @@ class _CheckpointOutputs:
             return
         self.store.append(
             build_records(ckpt, result, n_params=n_params, tokens_per_step=self.tokens_per_step,
-                          extra={"load_seconds": load_seconds, "config_id": self.summary.config_id}),
+                          extra={"load_seconds": load_seconds, "load_wait_seconds": load_wait,
+                                 "config_id": self.summary.config_id}),
             spectra={i: g.eigenvalues for i, g in result.layers.items()},
             arrays={i: g.extra_arrays for i, g in result.layers.items() if g.extra_arrays},
         )
@@ -645,7 +650,7 @@ def run_replay(
         preloaded = None  # the loader holds it now
         for index, ckpt in enumerate(todo):
             loaded = loader.take(index)  # starts loading the next checkpoint in the background
-            model, error, load_seconds = loaded.model, loaded.error, loaded.seconds
+            model, error, load_seconds, load_wait = loaded.model, loaded.error, loaded.seconds, loaded.wait
             loaded = None
             result = None
             if _all_agree(error is None, device):
@@ -657,7 +662,8 @@ def run_replay(
             elif error is None:
                 error = "load failed on another rank"
             if result is not None:
-                outputs.measured(ckpt, result, n_params=_n_params(model), load_seconds=load_seconds)
+                outputs.measured(ckpt, result, n_params=_n_params(model), load_seconds=load_seconds,
+                                 load_wait=load_wait)
             else:
                 outputs.failed(ckpt, error or "unknown error")
             model = result = None
