@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -394,7 +395,8 @@ def test_like_replays_a_live_chat_run_exactly(chat_run, tmp_path, recwarn):
                  "--output", str(out), *QUIET, "--no-tensorboard"]) == 0
     records = ResultsStore(out).records()
     assert [r["rankme"] for r in records] == [row["geometry/rankme"] for row in history]  # identical
-    assert [r["alpha"] for r in records] == [row["geometry/alpha"] for row in history]
+    # identical too (NaN where the spectrum is too short for the fit: NaN in the same places)
+    np.testing.assert_array_equal([r["alpha"] for r in records], [row["geometry/alpha"] for row in history])
     assert {r["precision"] for r in records} == {"bf16"}
     assert [r["tokens"] for r in records] == [10_000, 20_000]  # the live run's tokens_per_step
     assert not [w for w in recwarn if "differ" in str(w.message)]

@@ -26,8 +26,9 @@ import torch
 
 from geomtrace._distributed import rank_and_world_size
 from geomtrace._warnings import warn
-from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
+from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
 from geomtrace.probes import ProbeSet
+from geomtrace.replay.prefetch import CheckpointLoader
 from geomtrace.replay.sources import (
     Checkpoint,
     CheckpointLoadError,
@@ -36,7 +37,7 @@ from geomtrace.replay.sources import (
     resolve_device,
     resolve_dtype,
 )
-from geomtrace.replay.store import OutputConflictError, ResultsStore, check_output_dir
+from geomtrace.replay.store import EXTRA_METRICS_FIELD, OutputConflictError, ResultsStore, check_output_dir
 from geomtrace.tracking import ProbeOptions as _TrackerProbeOptions
 
 __all__ = [
@@ -296,6 +297,10 @@ def build_records(
     plus ``precision``, ``n_params``, ``n_dropped``, ``num_layers``, ``spectrum``, ``kind``,
     ``path`` and ``extra``).
 
+    The scalar values of the user's extra metrics (``LayerGeometry.extras``) are fields of
+    the record under their names (``pr``; ``name/key`` for a metric returning a dict), listed
+    in its ``extra_metrics`` field, beside ``rankme`` and ``alpha``.
+
     ``tokens`` comes from the revision name; else ``step * tokens_per_step`` when given.
     """
     tokens = ckpt.tokens
@@ -330,7 +335,32 @@ def build_records(
                 **(extra or {}),
             }
         )
+        if layer.extras:
+            records[-1].update(layer.extras)
+            records[-1][EXTRA_METRICS_FIELD] = list(layer.extras)
     return records
+
+
+#: Fields of a record that an extra metric's name may not take (build_records' own, the
+#: fields run_replay and the store add, and those of the geometry itself).
+RECORD_KEYS: frozenset[str] = frozenset({
+    "key", "step", "revision", "tokens", "stage", "layer", "rankme", "alpha", "r2", "n_samples", "dim", "model",
+    "probe", "probe_fingerprint", "seconds", "precision", "n_params", "n_dropped", "num_layers", "spectrum", "kind",
+    "path", "load_seconds", "load_wait_seconds", "config_id", "n_layers", "eigenspectrum", EXTRA_METRICS_FIELD,
+})
+
+
+def check_extra_metrics(extra_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`geomtrace.measure.validate_extra_metrics`, and names that are free in a replay
+    record (a metric called ``step`` or ``path`` would overwrite that field)."""
+    extras = validate_extra_metrics(extra_metrics)
+    taken = sorted(name for name in extras if name in RECORD_KEYS)
+    if taken:
+        raise ValueError(
+            f"extra metric name(s) {', '.join(map(repr, taken))} are fields of a replay record; rename them "
+            "(e.g. extra_metrics={'pr': ParticipationRatio()})"
+        )
+    return extras
 
 
 def _run_info(
@@ -405,6 +435,61 @@ def _say(line: str, bar: Any) -> None:
         print(line, flush=True)
 
 
+@dataclass
+class _CheckpointOutputs:
+    """The one place where a checkpoint's outcome is written: the summary (every rank), and
+    on rank 0 the results store, TensorBoard and the console. Whatever else is recorded per
+    checkpoint belongs in :meth:`measured` / :meth:`failed`, so that all of it is written as
+    one outcome and ``failures.jsonl`` stays the only record of a failure."""
+
+    summary: ReplaySummary
+    store: ResultsStore | None  # None off rank 0
+    writer: Any  # TensorBoardLogger or None
+    bar: Any
+    rank: int
+    verbose: bool
+    tokens_per_step: int | None
+    tensorboard_spectra: bool
+    expected_precision: str | None
+
+    def measured(
+        self, ckpt: Checkpoint, result: GeometryResult, *, n_params: int, load_seconds: float, load_wait: float
+    ) -> None:
+        """Record a measured checkpoint: one record per layer, its spectra (and extra
+        metrics' arrays) as one unit, its TensorBoard scalars and its summary line.
+        ``load_seconds``: how long loading took; ``load_wait``: how long the loop waited for
+        it (less when it was loaded ahead)."""
+        if result.precision not in self.summary.precisions:
+            self.summary.precisions.append(result.precision)
+            if self.expected_precision and result.precision != self.expected_precision and self.rank == 0:
+                warn(f"{ckpt.key}: the probe forward ran in {result.precision}, the reference run's in "
+                     f"{self.expected_precision}: values differ by round-off of that size (set --dtype/--autocast)")
+        self.summary.measured.append(ckpt.key)
+        if self.store is None:
+            return
+        self.store.append(
+            build_records(ckpt, result, n_params=n_params, tokens_per_step=self.tokens_per_step,
+                          extra={"load_seconds": load_seconds, "load_wait_seconds": load_wait,
+                                 "config_id": self.summary.config_id}),
+            spectra={i: g.eigenvalues for i, g in result.layers.items()},
+            arrays={i: g.extra_arrays for i, g in result.layers.items() if g.extra_arrays},
+        )
+        if self.writer is not None:
+            self.writer.log(ckpt, result, spectra=self.tensorboard_spectra)
+        if self.verbose:
+            _say(_summary_line(ckpt, result, load_seconds), self.bar)
+
+    def failed(self, ckpt: Checkpoint, error: str) -> None:
+        """Record a checkpoint that could not be loaded or measured (retried by the next run)."""
+        self.summary.failed[ckpt.key] = error
+        if self.store is None:
+            return
+        self.store.record_failure(ckpt.key, error, step=ckpt.step, revision=ckpt.revision, model=ckpt.model,
+                                  path=ckpt.path)
+        if self.verbose:
+            _say(f"[geomtrace] {ckpt.key}: FAILED, skipped ({error})", self.bar)
+
+
 def _bind_output(output: str | os.PathLike, info: dict[str, Any], device: str) -> None:
     """Rank 0 binds ``info`` to the output; every rank raises together on a conflict."""
     rank, _ = rank_and_world_size()
@@ -451,6 +536,8 @@ def run_replay(
     progress: bool = True,
     verbose: bool = True,
     reference: Mapping[str, Any] | None = None,
+    prefetch: bool = True,
+    extra_metrics: Mapping[str, Any] | None = None,
 ) -> ReplaySummary:
     """Measure ``checkpoints`` in order into the results store at ``output``; resumable.
 
@@ -476,6 +563,17 @@ def run_replay(
         verbose: a one-line summary per checkpoint (rank 0).
         reference: the provenance of a run to reproduce (``geomtrace replay --like``): a
             warning when the probe fingerprint or the forward's precision differs from it.
+        prefetch: load checkpoint ``k + 1`` in a background thread while ``k`` is measured
+            (at most one extra model, in host memory; see :mod:`geomtrace.replay.prefetch`).
+            Off with ``device_map`` (a sharded model would be loaded twice onto the GPUs).
+        extra_metrics: ``{name: metric}``, your torchmetrics metrics on the ``(N, d)`` feature
+            rows, measured on the same forward (see :func:`geomtrace.measure.measure_geometry`).
+            Their scalar values are record fields named ``name`` (listed in the record's
+            ``extra_metrics``) and TensorBoard tags ``geometry/<name>`` /
+            ``geometry/layer<L>/<name>``, like RankMe and alpha; non-scalar values are stored
+            beside the eigenspectrum (:meth:`~geomtrace.replay.store.ResultsStore.extra_arrays`).
+            They do not change the measurement configuration: checkpoints already done are
+            skipped, so a metric added later is measured only on the checkpoints still to do.
 
     The output holds one measurement configuration (:func:`measurement_identity`, stored in
     ``run.json``): a run with another one raises
@@ -486,6 +584,7 @@ def run_replay(
     start = time.perf_counter()
     config = config or MeasureConfig()
     config.validate()
+    extra_metrics = check_extra_metrics(extra_metrics)
     if probes is None and isinstance(probe_options, ProbeOptions):
         probe_options.validate()
     check_output_dir(output, writable=True)
@@ -499,7 +598,7 @@ def run_replay(
     rank, _ = rank_and_world_size()
     load = dict(dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
                 model_builder=model_builder, base_model=base_model)
-    writer = None
+    writer = loader = None
     try:
         # The probe set decides what counts as done, so it comes first. A model loaded only to
         # get its tokenizer is kept for its own measurement.
@@ -543,53 +642,30 @@ def run_replay(
         bar = _progress_bar(len(todo), progress and rank == 0)
         if verbose and rank == 0 and summary.skipped:
             _say(f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {output}; skipping them", bar)
-        expected = (reference or {}).get("precision")
-        for ckpt in todo:
-            t0 = time.perf_counter()
-            model, error = None, known_failures.get(ckpt.key)
-            if error is None:
-                try:
-                    if preloaded is not None and preloaded[0] is ckpt:
-                        model, t0 = preloaded[1], preloaded[2]
-                        preloaded = None
-                    else:
-                        model, _ = load_checkpoint_model(ckpt, **load)
-                except Exception as err:  # noqa: BLE001 - one bad checkpoint must not stop the replay
-                    error = _load_error(err)
-            load_seconds = time.perf_counter() - t0
+        outputs = _CheckpointOutputs(summary, store, writer, bar, rank=rank, verbose=verbose,
+                                     tokens_per_step=tokens_per_step, tensorboard_spectra=tensorboard_spectra,
+                                     expected_precision=(reference or {}).get("precision"))
+        loader = CheckpointLoader(todo, load, prefetch=prefetch and device_map is None, describe_error=_load_error,
+                                  known_failures=known_failures, preloaded=preloaded)
+        preloaded = None  # the loader holds it now
+        for index, ckpt in enumerate(todo):
+            loaded = loader.take(index)  # starts loading the next checkpoint in the background
+            model, error, load_seconds, load_wait = loaded.model, loaded.error, loaded.seconds, loaded.wait
+            loaded = None
             result = None
             if _all_agree(error is None, device):
                 try:
-                    result = measure_geometry(model, probes, config, progress=progress and rank == 0)
+                    result = measure_geometry(model, probes, config, progress=progress and rank == 0,
+                                              extra_metrics=extra_metrics)
                 except Exception as err:  # noqa: BLE001 - all ranks raise together (measure_geometry agrees)
                     error = f"measurement failed: {type(err).__name__}: {err}"
             elif error is None:
                 error = "load failed on another rank"
             if result is not None:
-                if result.precision not in summary.precisions:
-                    summary.precisions.append(result.precision)
-                    if expected and result.precision != expected and rank == 0:
-                        warn(f"{ckpt.key}: the probe forward ran in {result.precision}, the reference run's in "
-                             f"{expected}: values differ by round-off of that size (set --dtype/--autocast)")
-            if result is not None and store is not None:
-                store.append(
-                    build_records(ckpt, result, n_params=_n_params(model), tokens_per_step=tokens_per_step,
-                                  extra={"load_seconds": load_seconds, "config_id": summary.config_id}),
-                    spectra={i: g.eigenvalues for i, g in result.layers.items()},
-                )
-                if writer is not None:
-                    writer.log(ckpt, result, spectra=tensorboard_spectra)
-                if verbose:
-                    _say(_summary_line(ckpt, result, load_seconds), bar)
-            if result is not None:
-                summary.measured.append(ckpt.key)
+                outputs.measured(ckpt, result, n_params=_n_params(model), load_seconds=load_seconds,
+                                 load_wait=load_wait)
             else:
-                summary.failed[ckpt.key] = error or "unknown error"
-                if store is not None:
-                    store.record_failure(ckpt.key, error or "unknown error", step=ckpt.step,
-                                         revision=ckpt.revision, model=ckpt.model, path=ckpt.path)
-                    if verbose:
-                        _say(f"[geomtrace] {ckpt.key}: FAILED, skipped ({error})", bar)
+                outputs.failed(ckpt, error or "unknown error")
             model = result = None
             _release_memory(device)
             if bar is not None:
@@ -597,6 +673,8 @@ def run_replay(
         if bar is not None:
             bar.close()
     finally:
+        if loader is not None:
+            loader.close()
         if writer is not None:
             writer.close()
         if created_group:

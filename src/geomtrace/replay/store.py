@@ -41,9 +41,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NoReturn, Sequence
 
 import numpy as np
+
+from geomtrace.trajectory import to_float as _num
 
 try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
     import fcntl
@@ -55,6 +57,7 @@ __all__ = [
     "ResultsStore",
     "RECORD_FIELDS",
     "METRIC_FIELDS",
+    "EXTRA_METRICS_FIELD",
     "atomic_write_bytes",
     "check_output_dir",
     "atomic_write_text",
@@ -71,6 +74,12 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 #: Float fields whose JSON ``null`` reads back as ``nan``.
 METRIC_FIELDS: tuple[str, ...] = ("rankme", "alpha", "r2", "rankme_singular", "loss", "seconds")
+#: The record field that lists the names of the user's extra metrics
+#: (``run_replay(extra_metrics=...)``); each name is a float field of the record too (NaN
+#: reads back as ``nan``), and non-scalar values are arrays in the spectrum file
+#: (:meth:`ResultsStore.extra_arrays`).
+EXTRA_METRICS_FIELD = "extra_metrics"
+_EXTRA_ARRAY_PREFIX = "extra:"
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +153,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _decode(record: dict[str, Any]) -> dict[str, Any]:
-    for f in METRIC_FIELDS:
+    extras = record.get(EXTRA_METRICS_FIELD)
+    names = [n for n in extras if isinstance(n, str)] if isinstance(extras, list) else []
+    for f in (*METRIC_FIELDS, *names):
         if f in record and record[f] is None:
             record[f] = math.nan
     return record
@@ -367,37 +378,58 @@ class ResultsStore:
 
         Raises ValueError naming the file when it exists but is not a spectrum file
         (truncated, overwritten, or holding pickled data, which is never loaded here)."""
+        members = self._spectrum_file(key, layer)
+        if members is None:
+            return None
+        if "eigenspectrum" not in members:
+            self._unreadable(key, layer, "no 'eigenspectrum' array in it")
+        return members["eigenspectrum"]
+
+    def extra_arrays(self, key: str, layer: int) -> dict[str, np.ndarray]:
+        """The non-scalar values of the extra metrics of ``key`` at ``layer`` (``{name:
+        array}``, empty when there are none). Raises ValueError as :meth:`spectrum`."""
+        members = self._spectrum_file(key, layer) or {}
+        n = len(_EXTRA_ARRAY_PREFIX)
+        return {name[n:]: a for name, a in members.items() if name.startswith(_EXTRA_ARRAY_PREFIX)}
+
+    def _spectrum_file(self, key: str, layer: int) -> dict[str, np.ndarray] | None:
+        """Every array of the spectrum file of ``key`` at ``layer``; None when absent."""
         p = self.spectrum_path(key, layer)
         if not p.is_file():
             return None
         import zipfile
 
-        why = None
         if not zipfile.is_zipfile(p):
-            why = "not an .npz archive: truncated or overwritten"
-        else:
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    return np.array(z["eigenspectrum"])
-            except KeyError:
-                why = "no 'eigenspectrum' array in it"
-            except ValueError:  # numpy's message would suggest allow_pickle: never for files found on disk
-                why = "it holds pickled (object) data, which geomtrace does not load"
-            except (OSError, zipfile.BadZipFile, EOFError) as err:
-                why = f"unreadable ({type(err).__name__})"
+            self._unreadable(key, layer, "not an .npz archive: truncated or overwritten")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return {name: np.array(z[name]) for name in z.files}
+        except ValueError:  # numpy's message would suggest allow_pickle: never for files found on disk
+            why = "it holds pickled (object) data, which geomtrace does not load"
+        except (OSError, zipfile.BadZipFile, EOFError) as err:
+            why = f"unreadable ({type(err).__name__})"
+        self._unreadable(key, layer, why)
+
+    def _unreadable(self, key: str, layer: int, why: str) -> NoReturn:
         raise ValueError(
-            f"{p}: not a readable eigenspectrum file ({why}); it is left as is. Delete it and replay "
-            f"checkpoint {key!r} again, or export without spectra (--no-spectra)"
+            f"{self.spectrum_path(key, layer)}: not a readable eigenspectrum file ({why}); it is left as is. Delete "
+            f"it and replay checkpoint {key!r} again, or export without spectra (--no-spectra)"
         )
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, records: Sequence[dict[str, Any]], spectra: dict[int, np.ndarray] | None = None) -> None:
+    def append(
+        self,
+        records: Sequence[dict[str, Any]],
+        spectra: dict[int, np.ndarray] | None = None,
+        arrays: dict[int, dict[str, np.ndarray]] | None = None,
+    ) -> None:
         """Append one checkpoint's records (one per layer) as a unit.
 
-        ``spectra`` maps layer -> eigenspectrum; they are written first (atomically), then
-        all JSON lines in one ``write()``. All records must share one ``key`` and have a
-        ``layer``.
+        ``spectra`` maps layer -> eigenspectrum and ``arrays`` layer -> ``{name: array}``
+        (non-scalar values of extra metrics, stored beside that layer's eigenspectrum); the
+        files are written first (atomically), then all JSON lines in one ``write()``. All
+        records must share one ``key`` and have a ``layer``.
         """
         records = list(records)
         if not records:
@@ -408,12 +440,15 @@ class ResultsStore:
         key = next(iter(keys))
         if any("layer" not in r for r in records):
             raise ValueError("every record needs a 'layer' field")
-        if spectra:
+        arrays = arrays or {}
+        if spectra or arrays:
             self.spectra_dir.mkdir(parents=True, exist_ok=True)
-            for layer, spec in spectra.items():
-                arr = np.asarray(_to_numpy(spec), dtype=np.float64)
+            for layer in sorted(set(spectra or {}) | set(arrays)):
+                members = {_EXTRA_ARRAY_PREFIX + name: np.asarray(_to_numpy(a)) for name, a in arrays.get(layer, {}).items()}
+                if spectra and layer in spectra:
+                    members["eigenspectrum"] = np.asarray(_to_numpy(spectra[layer]), dtype=np.float64)
                 buf = io.BytesIO()
-                np.savez(buf, eigenspectrum=arr)
+                np.savez(buf, **members)
                 atomic_write_bytes(self.spectrum_path(key, layer), buf.getvalue())
         n = len({r["layer"] for r in records})
         lines = []
@@ -460,13 +495,6 @@ def _records_and_spectra(records_or_store: ResultsStore | Iterable[dict[str, Any
     if isinstance(records_or_store, ResultsStore):
         return records_or_store.records(), records_or_store
     return [dict(r) for r in records_or_store], None
-
-
-def _num(v: Any) -> float:
-    try:
-        return math.nan if v is None else float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def export_seed_npy(
