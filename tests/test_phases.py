@@ -367,7 +367,10 @@ def test_smooth_noiseless_curve_flags_no_outliers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         segs = detect_phases(steps, np.exp(y))
-    assert [s.name for s in segs] == THREE
+    # The tail approaches 40 from 41 (-2.7% over two thirds of the run): below the effect
+    # size (min_rankme_change 5%), a plateau.
+    assert [s.name for s in segs] == [*THREE, "stable"]
+    assert y[segs[3].start_index] - y[-1] < np.log(1.05)
     assert abs(segs[0].end_index - np.argmin(y[:20])) <= 1  # bottom of the collapse
     assert abs(segs[1].end_index - np.argmax(y[11:]) - 11) <= 1  # top of the bump
 
