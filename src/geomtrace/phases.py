@@ -576,6 +576,12 @@ def detect_phases(
         if lab == _FLAT:
             name = "stable"
             conf = math.exp(-max(abs(t_y), abs(t_a)) / enter_threshold)
+            if min_rankme_change > 0:
+                # Stable also when a significant move is below the effect size: as sure as it is small.
+                small = 1.0 - abs(math.expm1(dy)) / min_rankme_change
+                if da is not None and min_alpha_change > 0:
+                    small = min(small, 1.0 - abs(da) / min_alpha_change)
+                conf = max(conf, small)
         else:
             if lab == _UP:
                 name = "entropy-seeking"
