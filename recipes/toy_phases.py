@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The three geometric phases from the paper's mechanism, in a toy that runs in seconds on CPU.
+"""The three geometric phases from the paper's mechanism, in a toy that runs in about a second on CPU.
 
 Li et al. (2025) explain the warmup / entropy-seeking / compression-seeking sequence of RankMe
 by gradient descent on cross-entropy under two conditions: skewed token frequencies and a
@@ -9,19 +9,20 @@ bones.
 
 * Tokens: a vocabulary of ``--vocab`` tokens with Zipfian frequencies q_k ~ k^-zipf.
 * Data: each token i (the context) is followed by a next-token distribution P(.|i) drawn
-  around the unigram frequencies (Dirichlet with mean q; ``--concentration`` sets how much
-  the contexts differ). The training objective is the exact expected loss over this data
+  around the unigram frequencies (Dirichlet with mean q; ``ToyConfig.concentration`` sets
+  how much the contexts differ). The training objective is the exact expected loss over this data
   (full-batch gradient descent): sum_i q_i CE(P(.|i), softmax(W e_i)).
 * Model: free features per context (a linear feature extractor on one-hot inputs, E: one
-  d-dimensional feature per token) and a linear classifier (unembedding) W.
+  d-dimensional feature per token, whitened at initialisation so RankMe starts at d) and a
+  linear classifier (unembedding) W.
 * Measurement: geomtrace's own metrics (RankMe, the eigenspectrum; alpha-ReQ where d allows
   a fit) on the features of a fixed probe set of contexts drawn in proportion to their
   frequency, as an LM's probe text would be.
 
-    python recipes/toy_phases.py                              # three phases, a figure, ~seconds
+    python recipes/toy_phases.py                              # the three phases: table, ~1 s
     python recipes/toy_phases.py --control uniform            # equal token frequencies
     python recipes/toy_phases.py --control no-bottleneck      # d = vocabulary size
-    python recipes/toy_phases.py --control mse                # squared error instead of cross-entropy
+    python recipes/toy_phases.py --control mse                # squared error (step / 8: no oscillation)
     python recipes/toy_phases.py --output outputs/toy && geomtrace phases outputs/toy/geometry.json
 
 ``--output DIR`` writes DIR/geometry.json (the history JSON that ``geomtrace phases`` and
