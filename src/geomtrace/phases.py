@@ -242,11 +242,12 @@ def _ext_window(w: int) -> int:
     return max(3, (w + 1) // 2)
 
 
-def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
+def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float | None) -> tuple[float, float]:
     """(fitted change over the segment, t-statistic of its slope) for one segment.
 
     A straight line against log-step or against measurement index, whichever fits better
-    (the same two time axes as the boundary refinement).
+    (the same two time axes as the boundary refinement). ``sigma=None``: the t-statistic
+    uses the segment's own residual scatter (its own noise, whatever the global estimate).
     """
     if len(x) < 2:
         return 0.0, 0.0
@@ -257,7 +258,12 @@ def _seg_fit(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[float, float]:
         slope = float(dx @ (y - y.mean())) / sxx
         sse = float(np.sum((y - y.mean() - slope * dx) ** 2))
         if sse < best[0]:
-            best = (sse, slope * float(axis[-1] - axis[0]), slope * math.sqrt(sxx) / sigma)
+            if sigma is None:
+                own = math.sqrt(sse / (len(x) - 2)) if len(x) > 2 else 0.0
+                t = slope * math.sqrt(sxx) / own if own > 0 else math.copysign(math.inf, slope)
+            else:
+                t = slope * math.sqrt(sxx) / sigma
+            best = (sse, slope * float(axis[-1] - axis[0]), t)
     return best[1], best[2]
 
 
@@ -308,6 +314,24 @@ def _outliers(x: np.ndarray, y: np.ndarray, sigma: float, k: float) -> np.ndarra
     zs = np.stack(z)
     out[i] = np.all(np.abs(zs) > k, axis=0) & (np.all(zs > 0, axis=0) | np.all(zs < 0, axis=0))
     return out
+
+
+def _point_noise(x: np.ndarray, y: np.ndarray, fallback: float) -> float:
+    """Point-to-point noise sigma: the median offset of the interior points from the chord
+    of their two neighbours (a robust scale, so a few turning points do not inflate it;
+    smooth stretches contribute ~0, pure noise its full scatter). ``fallback`` below 3 points."""
+    if len(x) < 3:
+        return fallback
+    return max(1.4826 * float(np.median(np.abs(_chord_z(x, y)))), 1e-12)
+
+
+def _alternates(x: np.ndarray, y: np.ndarray) -> bool:
+    """Do the offsets from the neighbours' chords mostly alternate in sign, as independent
+    noise makes them (about 73% sign changes), rather than run in stretches, as a curved
+    trend makes them?"""
+    z = _chord_z(x, y) if len(x) >= 3 else np.zeros(0)
+    z = z[z != 0]
+    return len(z) >= 4 and float(np.mean(np.sign(z[1:]) != np.sign(z[:-1]))) >= 0.6
 
 
 def _hysteresis(t: np.ndarray, enter: float, exit_: float) -> np.ndarray:
@@ -387,6 +411,26 @@ def _hinge_knot(x: np.ndarray, y: np.ndarray, lo: int, hi: int, cands: range) ->
     return best, best_sse
 
 
+def _ramp_knot(x: np.ndarray, y: np.ndarray, lo: int, hi: int, cands: range, flat_right: bool) -> int:
+    """Knot (index) of the best "trend, then plateau" fit of y[lo:hi+1] (or plateau, then
+    trend): a line that turns exactly flat at the knot.
+
+    Where a trend runs into a plateau through a rounded knee, a free two-piece fit puts its
+    corner in the middle of the bend and leaves the rest of the rise inside the plateau;
+    a flat second piece puts the knot where the values reach the plateau level.
+    """
+    best, best_sse = int(cands[0]), np.inf
+    for axis in (x, np.arange(len(x), dtype=np.float64)):
+        xs, ys = axis[lo : hi + 1], y[lo : hi + 1]
+        for j in cands:
+            d = xs - axis[j]
+            ramp = np.minimum(d, 0.0) if flat_right else np.maximum(d, 0.0)
+            sse = _sse(np.column_stack([np.ones_like(d), ramp]), ys)
+            if sse < best_sse - 1e-12 * max(best_sse, 1e-300) if np.isfinite(best_sse) else True:
+                best, best_sse = int(j), sse
+    return best
+
+
 # ----------------------------------------------------------------------------- detection
 
 
@@ -404,6 +448,8 @@ def detect_phases(
     allow_warmup: bool = True,
     outlier_threshold: float | None = 4.0,
     flat_rankme_change: float = 0.1,
+    min_rankme_change: float = 0.05,
+    min_alpha_change: float = 0.05,
 ) -> list[PhaseSegment]:
     """Segment a RankMe (and optionally alpha-ReQ) trajectory into geometric phases.
 
@@ -433,6 +479,13 @@ def detect_phases(
             while RankMe's relative change over it is below this (and not significant);
             otherwise the segment is stable. A RankMe change of a factor >= 1.5 (+50% /
             -33%) always names the segment by RankMe's direction, whatever the noise.
+        min_rankme_change: effect size: a trend must move RankMe by at least this
+            relative amount over its segment (fitted, in log: ``log(1 + min_rankme_change)``)
+            ...
+        min_alpha_change: ...or alpha by at least this much (absolute) in the trend's
+            direction; a smaller move, however significant, is ``"stable"``. Noiseless
+            trajectories (full-batch toys, replays of deterministic checkpoints) make tiny
+            drifts significant; these two keep them from being named phases.
 
     Returns:
         Segments in order, covering all valid points; consecutive segments share their
@@ -451,8 +504,10 @@ def detect_phases(
         min_points,
         outlier_threshold,
     )
-    if not flat_rankme_change >= 0:
-        raise ValueError(f"flat_rankme_change must be >= 0, got {flat_rankme_change!r}")
+    for name, value in (("flat_rankme_change", flat_rankme_change), ("min_rankme_change", min_rankme_change),
+                        ("min_alpha_change", min_alpha_change)):
+        if not value >= 0:  # also rejects NaN
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
     s, r, a, idx = _prepare(steps, rankme, alpha)
     n = len(s)
     if n == 0:
@@ -493,7 +548,8 @@ def detect_phases(
     # until nothing changes.
     runs = _runs(labels)
     ctx = _Ctx(
-        x, y, a, sig_y, sig_a, w, enter_threshold, exit_threshold, min_segment_length, flat_rankme_change
+        x, y, a, sig_y, sig_a, w, enter_threshold, exit_threshold, min_segment_length, flat_rankme_change,
+        (math.log1p(min_rankme_change), min_alpha_change),
     )
     labs, knots = ctx.tidy([rr[0] for rr in runs], [rr[1] for rr in runs[1:]])
     for _ in range(10):
@@ -515,19 +571,56 @@ def detect_phases(
             t_a = -t_a  # entropy direction positive
         ruled = ctx.rankme_rule(lab, i0, i1, t_y)
         lab = lab if ruled is None else ruled  # settled already unless the rounds ran out
+        if lab != _FLAT and not ctx.large_enough(lab, i0, i1):
+            lab = _FLAT
         if lab == _FLAT:
             name = "stable"
             conf = math.exp(-max(abs(t_y), abs(t_a)) / enter_threshold)
+            if min_rankme_change > 0:
+                # Stable also when a significant move is below the effect size: as sure as it is small.
+                small = 1.0 - abs(math.expm1(dy)) / min_rankme_change
+                if da is not None and min_alpha_change > 0:
+                    small = min(small, 1.0 - abs(da) / min_alpha_change)
+                conf = max(conf, small)
         else:
             if lab == _UP:
                 name = "entropy-seeking"
             else:
-                name = "warmup" if (k == 0 and allow_warmup) else "compression-seeking"
+                # The initial collapse: RankMe itself falls (alpha alone never makes a warmup),
+                # and nothing but stable segments (the first steps barely moving) precede it.
+                first_fall = all(seg.name == "stable" for seg in out)
+                rankme_falls = dy <= -ctx.min_effect[0] and (t_y <= -enter_threshold or ctx.large(i0, i1) < 0)
+                name = "warmup" if (allow_warmup and first_fall and rankme_falls) else "compression-seeking"
             # A large RankMe move counts as at least enter_threshold (the noise estimate may not).
-            t_eff = lab * max(lab * t_y, enter_threshold) if lab * dy >= _LARGE_MOVE else t_y
+            t_eff = lab * max(lab * t_y, enter_threshold) if ctx.large(i0, i1) == lab else t_y
             conf = _trend_confidence(lab, t_eff, t_a if a is not None else None, enter_threshold)
         out.append(_make(name, s, idx, i0, i1, conf, dy, da))
+    _warn_if_noisy(out, ctx.sig_point if _alternates(x, y) else 0.0)
     return out
+
+
+#: Noise sigma of log RankMe (about the relative scatter between neighbouring
+#: measurements) above which the phases are flagged as unreliable. Measured trajectories
+#: scatter by 0.2-3% (docs/phases.md).
+_NOISY_SIGMA = 0.1
+
+
+def _warn_if_noisy(segments: list[PhaseSegment], sigma: float) -> None:
+    """Warn when the trajectory is mostly noise or keeps reversing: phases then mislead."""
+    trends = [seg for seg in segments if seg.name != "stable"]
+    reversals = sum(
+        (a.rankme_change > 0) != (b.rankme_change > 0) for a, b in zip(trends, trends[1:])
+    )
+    if sigma > _NOISY_SIGMA:
+        warn(
+            f"RankMe scatters by about {100 * sigma:.0f}% between neighbouring measurements: only "
+            "moves well above that are phases (measure on more probe sequences to reduce it)"
+        )
+    elif reversals >= 4:  # warmup, entropy, compression, entropy (post-training) is 3
+        warn(
+            f"the trajectory reverses direction {reversals} times ({len(trends)} trend segments): an "
+            "oscillating or noisy measurement? Check it (probe count, precision) before reading phases"
+        )
 
 
 class _Ctx:
@@ -545,6 +638,7 @@ class _Ctx:
         exit_: float,
         min_len: int,
         flat_change: float,
+        min_effect: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.x, self.y, self.a = x, y, a
         self.sig_y, self.sig_a = sig_y, sig_a
@@ -552,6 +646,8 @@ class _Ctx:
         self.a_smooth = None if a is None else a - _local_fits(x, a, _ext_window(w))[2]
         self.w, self.enter, self.exit, self.min_len = w, enter, exit_, min_len
         self.flat_change = flat_change
+        self.min_effect = min_effect  # (log RankMe change, alpha change) a trend needs
+        self.sig_point = _point_noise(x, y, sig_y)
         self.n = len(x)
 
     def t_stats(self, i0: int, i1: int) -> tuple[float, float]:
@@ -576,6 +672,10 @@ class _Ctx:
             t_left, t_right = self.t_stats(left, b)[0], self.t_stats(b, right)[0]
             rankme = self.a is None or max(abs(t_left), abs(t_right)) >= self.enter
             target, sig = (self.y, self.sig_y) if rankme else (self.a, self.sig_a)
+            if (labs[k - 1] == _FLAT) != (labs[k] == _FLAT):
+                # A trend meets a plateau: the plateau piece is flat by definition.
+                bounds[k] = _ramp_knot(self.x, target, lo, hi, range(lo_c, hi_c + 1), labs[k] == _FLAT)
+                continue
             knot, _ = _hinge_knot(self.x, target, lo, hi, range(lo_c, hi_c + 1))
             # Misfit of the corner, judged just around it (neighbouring knots stay out).
             lo2, hi2 = max(left, knot - w // 2 - 1), min(right, knot + w // 2 + 1)
@@ -643,7 +743,7 @@ class _Ctx:
             return None
         knot, _ = _hinge_knot(self.x, self.y, lo, hi, range(lo + m - 1, hi - m + 2))
         d1, d2 = self.fit(lo, knot)[0], self.fit(knot, hi)[0]
-        if d1 * d2 < 0 and min(abs(d1), abs(d2)) >= _LARGE_MOVE:
+        if d1 * d2 < 0 and self.large(lo, knot) and self.large(knot, hi):
             return knot, d1, d2
         return None
 
@@ -657,7 +757,8 @@ class _Ctx:
         """
         dy = self.fit(i0, i1)[0]
         rank_dir = _UP if dy > 0 else _DOWN
-        if abs(dy) >= _LARGE_MOVE or (lab != _FLAT and rank_dir * t_y >= self.enter):
+        significant = lab != _FLAT and rank_dir * t_y >= self.enter and abs(dy) >= self.min_effect[0]
+        if self.large(i0, i1) or significant:
             return rank_dir
         if lab == -rank_dir and abs(math.expm1(dy)) >= self.flat_change:
             return _FLAT
@@ -665,6 +766,43 @@ class _Ctx:
 
     def fit(self, i0: int, i1: int) -> tuple[float, float]:
         return _seg_fit(self.x[i0 : i1 + 1], self.y[i0 : i1 + 1], self.sig_y)
+
+    def large(self, i0: int, i1: int) -> int:
+        """The direction of a large RankMe move (a factor >= 1.5 over a segment), else 0.
+
+        Large moves name a segment whatever the local-fit noise estimate says (a sharp turn
+        on few points inflates it), but only if the move is not itself compatible with the
+        point-to-point scatter (:func:`_point_noise`, which turns do not inflate): t >=
+        ``exit_threshold``. Pure noise of a factor 1.5 and more would otherwise make
+        alternating "phases".
+        """
+        dy, t_own = _seg_fit(self.x[i0 : i1 + 1], self.y[i0 : i1 + 1], self.sig_point)
+        if abs(dy) >= _LARGE_MOVE and dy * t_own >= self.exit * abs(dy):
+            return _UP if dy > 0 else _DOWN
+        return 0
+
+    def large_enough(self, lab: int, i0: int, i1: int) -> bool:
+        """Effect size: does RankMe (relative) or alpha (absolute) move at least the minimum
+        over the segment, in the direction ``lab``? (Alpha falls in entropy-seeking.)"""
+        if lab * self.fit(i0, i1)[0] >= self.min_effect[0]:
+            return True
+        if self.a is None:
+            return False
+        da = _seg_fit(self.x[i0 : i1 + 1], self.a[i0 : i1 + 1], 1.0)[0]
+        return -lab * da >= self.min_effect[1]
+
+    def drifts_throughout(self, drift: int, i0: int, i1: int, by_rankme: bool) -> bool:
+        """Does the drift hold in both halves of the segment (each at ``exit_threshold``)?
+
+        A slow drift does; the tail of a trend that runs into a plateau through a rounded
+        knee moves only the first half, and is part of the plateau's edge, not a trend.
+        """
+        mid = (i0 + i1) // 2
+        for lo, hi in ((i0, mid), (mid, i1)):
+            t_y, t_a = self.t_stats(lo, hi)
+            if drift * (t_y if by_rankme else t_a) < self.exit:
+                return False
+        return True
 
     def settle(self, labs: list[int], knots: list[int]) -> tuple[list[int], list[int]]:
         """One round of segment-level checks; returns new (labels, knots)."""
@@ -680,10 +818,18 @@ class _Ctx:
             if labs[k] != _FLAT:
                 if max(labs[k] * t_y, labs[k] * t_a) < self.enter:
                     labs[k] = _FLAT  # the trend does not hold over the segment as a whole
+                elif not self.large_enough(labs[k], bounds[k], bounds[k + 1]):
+                    labs[k] = _FLAT  # significant but too small to be a phase
                 continue
             t_dir = t_y if abs(t_y) >= self.exit or self.a is None else t_a
-            if length >= 2 * self.w and abs(t_dir) >= self.enter:
-                labs[k] = _UP if t_dir > 0 else _DOWN  # slow drift, below the local resolution
+            drift = _UP if t_dir > 0 else _DOWN
+            if (
+                length >= 2 * self.w
+                and abs(t_dir) >= self.enter
+                and self.large_enough(drift, bounds[k], bounds[k + 1])
+                and self.drifts_throughout(drift, bounds[k], bounds[k + 1], t_dir is t_y)
+            ):
+                labs[k] = drift  # slow drift, below the local resolution
                 continue
             # A flat segment is only a plateau if the trend next to it really stops: the
             # slope change at their knot must be significant, else the trend continues.

@@ -3,6 +3,8 @@
 * :func:`trajectory_figure` - RankMe and alpha vs step, tokens or FLOPs, several runs
   overlaid, optional phase shading.
 * :func:`eigenspectrum_figure` - eigenspectra on log-log axes with the fitted power laws.
+* :func:`phase_spectrum_figure` - one run: RankMe with its phases shaded, and the top
+  eigenvalues over time (which directions grow or shrink in each phase).
 * :func:`save_figure` - write PNG / SVG / PDF atomically.
 
 Log x axes use ``symlog`` with the linear part ``[0, smallest positive x]``: step 0 (the
@@ -24,7 +26,7 @@ import numpy as np
 from geomtrace._optional import require
 from geomtrace.trajectory import trajectory_from_rows
 
-__all__ = ["PHASE_COLORS", "eigenspectrum_figure", "save_figure", "trajectory_figure"]
+__all__ = ["PHASE_COLORS", "eigenspectrum_figure", "phase_spectrum_figure", "save_figure", "trajectory_figure"]
 
 #: Shading colour of each phase (see :mod:`geomtrace.phases`).
 PHASE_COLORS = {
@@ -198,6 +200,66 @@ def eigenspectrum_figure(
         ax.legend(fontsize="small", loc="best")
     if title:
         ax.set_title(title)
+    return fig
+
+
+def phase_spectrum_figure(
+    steps: Sequence[float],
+    rankme: Sequence[float],
+    eigenvalues: Sequence[Sequence[float]],
+    phases: Sequence[Any] | None = None,
+    *,
+    alpha: Sequence[float] | None = None,
+    top: int = 4,
+    log_x: bool = True,
+    title: str | None = None,
+) -> Any:
+    """One run: RankMe (top, phases shaded), optionally alpha-ReQ, and the ``top`` largest
+    eigenvalues of the feature covariance over time (bottom, log y).
+
+    Args:
+        steps: measurement steps.
+        rankme: RankMe at each step.
+        eigenvalues: the spectrum (descending) at each step; only the first ``top`` are drawn.
+        phases: :class:`geomtrace.phases.PhaseSegment` list to shade (in steps).
+        alpha: alpha-ReQ at each step (a middle panel), optional.
+        top: how many eigenvalues to draw.
+        log_x: symlog x axis (see the module doc), else linear.
+        title: figure title.
+
+    Returns a matplotlib ``Figure``.
+    """
+    plt = _pyplot()
+    x = np.asarray(steps, dtype=np.float64)
+    if not (len(x) == len(rankme) == len(eigenvalues)):
+        raise ValueError(f"steps, rankme and eigenvalues lengths differ: {len(x)}, {len(rankme)}, {len(eigenvalues)}")
+    if alpha is not None and len(alpha) != len(x):
+        raise ValueError(f"steps and alpha lengths differ: {len(x)} != {len(alpha)}")
+    k = max(1, min(top, min((len(v) for v in eigenvalues), default=0)))
+    lam = np.array([[float(v[i]) if i < len(v) else np.nan for i in range(k)] for v in eigenvalues])
+    rows = 3 if alpha is not None else 2
+    fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(7.0, 2.6 * rows + 0.6), constrained_layout=True)
+    axes[0].plot(x, rankme, marker="o", ms=2.5, color="black", label="RankMe")
+    axes[0].set_ylabel("RankMe")
+    if alpha is not None:
+        axes[1].plot(x, alpha, marker="o", ms=2.5, color="tab:purple")
+        axes[1].set_ylabel(r"$\alpha$-ReQ")
+    for i in range(k):
+        positive = np.where(lam[:, i] > 0, lam[:, i], np.nan)
+        axes[-1].plot(x, positive, lw=1.4, label=rf"$\lambda_{{{i + 1}}}$")
+    axes[-1].set_yscale("log")
+    axes[-1].set_ylabel("top eigenvalues")
+    axes[-1].legend(fontsize="small", loc="best", ncol=min(k, 4))
+    if phases:
+        _shade_phases(axes, phases, float)
+        axes[0].legend(fontsize="small", loc="best")
+    if log_x:
+        _set_log_x(axes[-1], [x])
+    axes[-1].set_xlabel("training step" + (" (symlog)" if log_x else ""))
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

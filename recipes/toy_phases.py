@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""The three geometric phases from the paper's mechanism, in a toy that runs in about a second on CPU.
+
+Li et al. (2025) explain the warmup / entropy-seeking / compression-seeking sequence of RankMe
+by gradient descent on cross-entropy under two conditions: skewed token frequencies and a
+representational bottleneck (feature dimension d smaller than the number of classes). This
+recipe is that mechanism with nothing else around it: a bigram language model reduced to its
+bones.
+
+* Tokens: a vocabulary of ``--vocab`` tokens with Zipfian frequencies q_k ~ k^-zipf.
+* Data: each token i (the context) is followed by a next-token distribution P(.|i) drawn
+  around the unigram frequencies (Dirichlet with mean q; ``ToyConfig.concentration`` sets
+  how much the contexts differ). The training objective is the exact expected loss over this data
+  (full-batch gradient descent): sum_i q_i CE(P(.|i), softmax(W e_i)).
+* Model: free features per context (a linear feature extractor on one-hot inputs, E: one
+  d-dimensional feature per token, whitened at initialisation so RankMe starts at d) and a
+  linear classifier (unembedding) W.
+* Measurement: geomtrace's own metrics (RankMe, the eigenspectrum; alpha-ReQ where d allows
+  a fit) on the features of a fixed probe set of contexts drawn in proportion to their
+  frequency, as an LM's probe text would be.
+
+    python recipes/toy_phases.py                              # the three phases: table, ~1 s
+    python recipes/toy_phases.py --control uniform            # equal token frequencies
+    python recipes/toy_phases.py --control no-bottleneck      # d = vocabulary size
+    python recipes/toy_phases.py --control mse                # squared error (step / 8: no oscillation)
+    python recipes/toy_phases.py --output outputs/toy && geomtrace phases outputs/toy/geometry.json
+
+``--output DIR`` writes DIR/geometry.json (the history JSON that ``geomtrace phases`` and
+``geomtrace plot`` read, like the pretrain recipe's), DIR/toy_phases.png (RankMe with the
+detected phases shaded, and the top eigenvalues over time) and TensorBoard logs in
+DIR/tensorboard. What the default and the controls show, measured: docs/phases.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CONTROLS = ("uniform", "no-bottleneck", "mse")
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """One toy run. The defaults show warmup, entropy-seeking and compression-seeking."""
+
+    vocab: int = 32
+    dim: int = 2
+    zipf: float = 1.5
+    concentration: float = 0.3
+    steps: int = 2000
+    lr: float = 1.0
+    init: float = 0.1
+    seed: int = 0
+    loss: str = "ce"
+    uniform: bool = False
+    num_probes: int = 512
+    num_measurements: int = 70
+
+    def validate(self) -> None:
+        if self.vocab < 2 or self.dim < 1:
+            raise ValueError(f"need vocab >= 2 and dim >= 1, got vocab={self.vocab}, dim={self.dim}")
+        if self.loss not in ("ce", "mse"):
+            raise ValueError(f"loss must be 'ce' or 'mse', got {self.loss!r}")
+        if self.steps < 10 or self.lr <= 0 or self.init <= 0:
+            raise ValueError(f"need steps >= 10, lr > 0, init > 0, got {self.steps}, {self.lr}, {self.init}")
+        if self.num_probes < self.vocab:
+            raise ValueError(f"num_probes ({self.num_probes}) must be >= vocab ({self.vocab}): every token is probed")
+
+
+def with_control(config: ToyConfig, control: str | None) -> ToyConfig:
+    """The config of one control: each changes exactly one of the mechanism's conditions."""
+    if control is None:
+        return config
+    if control == "uniform":
+        return replace(config, uniform=True)  # equal token frequencies
+    if control == "no-bottleneck":
+        return replace(config, dim=config.vocab)  # d = number of classes
+    if control == "mse":
+        # Squared error on the next-token distribution. Its curvature (2 q_i per logit) is
+        # about 8x cross-entropy's (q_i p (1 - p) <= q_i / 4): at the same step size gradient
+        # descent oscillates (a period-2 cycle, measured), so the step is scaled by 1/8.
+        return replace(config, loss="mse", lr=config.lr / 8)
+    raise ValueError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+
+
+def make_task(config: ToyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(q, P): token frequencies q (sum 1) and next-token distributions P (vocab x vocab)."""
+    rng = np.random.default_rng(config.seed)
+    ranks = np.arange(1, config.vocab + 1, dtype=np.float64)
+    q = np.ones(config.vocab) if config.uniform else ranks**-config.zipf
+    q /= q.sum()
+    # Each context's next-token distribution scatters around the unigram frequencies, so
+    # the marginal token frequencies stay skewed (or uniform for the control). The small
+    # floor keeps the Dirichlet sampler away from all-zero rows for very rare tokens.
+    P = rng.dirichlet(q * config.concentration * config.vocab + 1e-3, size=config.vocab)
+    return q, P
+
+
+def probe_contexts(q: np.ndarray, num_probes: int) -> np.ndarray:
+    """A fixed probe multiset of contexts, each token about q_i * num_probes times (>= 1)."""
+    counts = np.maximum(1, np.round(q * num_probes)).astype(np.int64)
+    return np.repeat(np.arange(len(q)), counts)
+
+
+def measurement_steps(steps: int, n: int) -> list[int]:
+    """About ``n`` steps: log-spaced early (the warmup is fast) and evenly spaced later."""
+    log_part = np.unique(np.round(np.geomspace(1, steps, n // 2)).astype(int))
+    lin_part = np.linspace(0, steps, n - n // 2 + 1).astype(int)
+    return sorted({0, *log_part.tolist(), *lin_part.tolist()})
+
+
+def measure(features: torch.Tensor) -> dict[str, Any]:
+    """geomtrace's own metrics on one set of feature rows: RankMe, the eigenspectrum, and
+    alpha-ReQ where the spectrum is long enough for its fit (d >= 16: ranks 12..16+).
+
+    The functional core is used (not the torchmetrics classes) so the recipe does not pay
+    torchmetrics' import time (~10 s here); the numbers are the same (tests/test_metrics.py).
+    """
+    from geomtrace.functional import alpha_req, covariance_from_features, eigenspectrum, rankme
+
+    spectrum = eigenspectrum(covariance_from_features(features), n_samples=features.shape[0])
+    row: dict[str, Any] = {"geometry/rankme": float(rankme(spectrum)),
+                           "eigenvalues": [float(v) for v in spectrum]}
+    if features.shape[1] >= 16:
+        fit = alpha_req(spectrum)
+        row["geometry/alpha"], row["geometry/alpha_r2"] = float(fit.alpha), float(fit.r2)
+    return row
+
+
+def isotropic(E: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+    """``E`` linearly mapped so that the probe features are centred and white (RankMe = d).
+
+    A randomly initialised network's features are close to isotropic (high RankMe); with
+    few contexts and skewed probe counts a raw Gaussian draw is not (RankMe 1.6 to 2.0 of
+    2, by seed), and its first steps can then move RankMe either way. Whitening makes the
+    start the same for every seed: the collapse is the first thing that happens.
+    """
+    rows = E[probes]
+    centred = E - rows.mean(0)
+    cov = torch.cov(rows.T).reshape(E.shape[1], E.shape[1])
+    vals, vecs = torch.linalg.eigh(cov)
+    # d >= number of contexts (the no-bottleneck control): the centred rows span fewer than
+    # d dimensions; whiten within their span.
+    inv_sqrt = torch.where(vals > 1e-9 * vals.max(), vals.clamp_min(1e-300).rsqrt(), torch.zeros_like(vals))
+    return centred @ vecs @ torch.diag(inv_sqrt) @ vecs.T
+
+
+def train(config: ToyConfig, on_measure: Any = None) -> list[dict[str, Any]]:
+    """Full-batch gradient descent; returns the history rows (one per measurement).
+
+    ``on_measure(row)`` is called after each measurement (TensorBoard logging).
+    """
+    config.validate()
+    q_np, P_np = make_task(config)
+    f64 = torch.float64
+    q, P = torch.tensor(q_np, dtype=f64), torch.tensor(P_np, dtype=f64)
+    gen = torch.Generator().manual_seed(config.seed)
+    scale = config.init / math.sqrt(config.dim)
+    probes = torch.from_numpy(probe_contexts(q_np, config.num_probes))
+    E = isotropic(torch.randn(config.vocab, config.dim, generator=gen, dtype=f64), probes) * scale  # features
+    W = torch.randn(config.vocab, config.dim, generator=gen, dtype=f64) * scale  # classifier
+    when = set(measurement_steps(config.steps, config.num_measurements))
+    history: list[dict[str, Any]] = []
+    for step in range(config.steps + 1):
+        logits = E @ W.T
+        if config.loss == "ce":
+            log_p = torch.log_softmax(logits, dim=1)
+            loss = -(q[:, None] * P * log_p).sum()
+            grad = q[:, None] * (log_p.exp() - P)  # d loss / d logits
+        else:
+            loss = (q[:, None] * (logits - P) ** 2).sum()
+            grad = 2.0 * q[:, None] * (logits - P)
+        if step in when:
+            row = {"step": step, **measure(E[probes]), "loss": float(loss)}
+            history.append(row)
+            if on_measure is not None:
+                on_measure(row)
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"the loss diverged at step {step}: lower --lr (now {config.lr})")
+        if step < config.steps:
+            E, W = E - config.lr * (grad @ W), W - config.lr * (grad.T @ E)
+    return history
+
+
+def detect(history: list[dict[str, Any]]) -> list[Any]:
+    """Phases of a toy history, by geomtrace's detector at its defaults."""
+    from geomtrace.phases import detect_phases
+
+    alpha = [r["geometry/alpha"] for r in history] if "geometry/alpha" in history[0] else None
+    return detect_phases([r["step"] for r in history], [r["geometry/rankme"] for r in history], alpha)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def _tensorboard(directory: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # tensorboard is optional
+        print(f"[toy] no TensorBoard logs ({err}; pip install tensorboard)")
+        return None
+    return SummaryWriter(str(directory))
+
+
+def _log_row(writer: Any, row: dict[str, Any]) -> None:
+    step = row["step"]
+    writer.add_scalar("geometry/rankme", row["geometry/rankme"], step)
+    if "geometry/alpha" in row:
+        writer.add_scalar("geometry/alpha", row["geometry/alpha"], step)
+    writer.add_scalar("train/loss", row["loss"], step)
+    for k, value in enumerate(row["eigenvalues"][:4], start=1):
+        writer.add_scalar(f"geometry/eigenvalue_{k}", value, step)
+
+
+def plot(history: list[dict[str, Any]], phases: list[Any], path: Path, title: str) -> Path:
+    """RankMe with the phases shaded, and the top eigenvalues over time."""
+    from geomtrace.plots import phase_spectrum_figure, save_figure
+
+    alpha = [r["geometry/alpha"] for r in history] if "geometry/alpha" in history[0] else None
+    figure = phase_spectrum_figure([r["step"] for r in history], [r["geometry/rankme"] for r in history],
+                                   [r["eigenvalues"] for r in history], phases, alpha=alpha, title=title)
+    return save_figure(figure, path, dpi=80)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from geomtrace.phases import format_segments
+
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
+    config = with_control(ToyConfig(vocab=args.vocab, dim=args.dim, zipf=args.zipf, steps=args.steps, lr=args.lr,
+                                    seed=args.seed), args.control)
+    label = f"toy, control {args.control}" if args.control else "toy"
+    output = Path(args.output) if args.output else None
+    writer = None
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        writer = None if args.no_tensorboard else _tensorboard(output / "tensorboard")
+    started = time.perf_counter()
+    history = train(config, on_measure=(lambda row: _log_row(writer, row)) if writer else None)
+    seconds = time.perf_counter() - started
+    phases = detect(history)
+    if writer is not None:
+        writer.add_text("geometry/phases", format_segments(phases).replace("\n", "  \n"), config.steps)
+        writer.close()
+    summary: dict[str, Any] = {"config": asdict(config), "control": args.control, "history": history,
+                               "phases": [s.to_dict() for s in phases], "seconds": seconds}
+    if not args.quiet:
+        print(f"[toy] {label}: vocab {config.vocab}, d = {config.dim}, Zipf {0 if config.uniform else config.zipf}, "
+              f"loss {config.loss}, {config.steps} steps of full-batch gradient descent in {seconds:.1f}s")
+        rankme = [r["geometry/rankme"] for r in history]
+        print(f"[toy] RankMe {rankme[0]:.2f} at step 0, min {min(rankme):.2f}, max {max(rankme):.2f}, "
+              f"{rankme[-1]:.2f} at step {config.steps}")
+        print(format_segments(phases))
+    if output is not None:
+        _write_json(output / "geometry.json", {"history": history, "config": asdict(config),
+                                               "control": args.control, "phases": summary["phases"]})
+        summary["json"] = str(output / "geometry.json")
+        if not args.no_plot:
+            summary["plot"] = str(plot(history, phases, output / "toy_phases.png", label))
+        if not args.quiet:
+            print(f"[toy] history: {summary['json']}  (geomtrace phases {summary['json']})")
+            if "plot" in summary:
+                print(f"[toy] figure: {summary['plot']}")
+            if writer is not None:
+                print(f"[toy] TensorBoard: tensorboard --logdir {output / 'tensorboard'}")
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = ToyConfig()
+    parser.add_argument("--control", choices=CONTROLS, default=None,
+                        help="remove one condition of the mechanism: uniform token frequencies, no bottleneck "
+                        "(d = vocabulary), or mean-squared error instead of cross-entropy")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data and the initialisation")
+    parser.add_argument("--vocab", type=int, default=defaults.vocab, help="number of tokens (classes)")
+    parser.add_argument("--dim", type=int, default=defaults.dim, help="feature dimension d (the bottleneck)")
+    parser.add_argument("--zipf", type=float, default=defaults.zipf, help="Zipf exponent of the token frequencies")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="full-batch gradient descent steps")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    parser.add_argument("--output", default=None,
+                        help="write geometry.json, toy_phases.png and TensorBoard logs into this folder")
+    parser.add_argument("--no-plot", action="store_true", help="with --output: no figure")
+    parser.add_argument("--no-tensorboard", action="store_true", help="with --output: no TensorBoard logs")
+    parser.add_argument("--quiet", action="store_true", help="print nothing")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
