@@ -11,6 +11,7 @@ from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
+from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
 from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
@@ -70,6 +71,11 @@ class GeometryMonitor(Callback):
             (atomically) after every measurement.
         strict: raise measurement errors instead of warning and training on.
         prefix: prefix of the logged keys.
+        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` (QA set + ∞-gram
+            index), or several with distinct names, measured right after each geometry
+            measurement on every rank; logs ``memorization/spearman``, ``memorization/pearson``,
+            ``memorization/answer_logprob``, ``memorization/n_scored`` (``memorization/<name>/...``
+            for a named probe). The ∞-gram side is computed once per run. See docs/memorization.md.
 
     Example::
 
@@ -109,6 +115,7 @@ class GeometryMonitor(Callback):
         history_file: str | None = None,
         strict: bool = False,
         prefix: str = "geometry",
+        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
     ) -> None:
         tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
         super().__init__()
