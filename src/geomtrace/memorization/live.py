@@ -6,7 +6,8 @@ callbacks) runs after each successful geometry measurement, on every rank:
 * the ∞-gram side of each probe is computed once per run, at the first measurement (rank 0
   queries the index and broadcasts; a failure there disables the probe for the rest of the
   run with one warning, instead of retrying a slow or offline index at every step);
-* the model side runs at every measurement; a failure skips that step's memorization values
+* the model side runs at every measurement, one forward per QA set (probes sharing a QA set,
+  e.g. under both zero rules, share it); a failure skips that step's memorization values
   with a warning (the geometry values are still logged); ``strict=True`` raises instead.
 
 Every rank takes the same branch: the ∞-gram outcome is broadcast and the model-side
@@ -23,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from geomtrace._warnings import warn
+from geomtrace.memorization.likelihood import AnswerLogprobs
 from geomtrace.memorization.probe import MemorizationProbe
 
 __all__ = ["LIVE_KEYS", "LiveMemorization"]
@@ -72,17 +74,19 @@ class LiveMemorization:
         scalars: dict[str, float] = {}
         notes: list[str] = []
         start = time.perf_counter()
+        shared: dict[tuple[Any, ...], AnswerLogprobs] = {}  # one forward per QA set and options
         for i, probe in enumerate(self.probes):
             if not self._prepare(i, probe, notes):
                 continue
             try:
-                summary = probe.measure_result(model).summary
+                result = probe.measure_result(model, scores=shared.get(probe.model_side_key()))
             except Exception as err:
                 if self.strict:
                     raise
                 warn(f"geomtrace: {_label(probe)} at step {step} failed and was skipped: {err}")
                 continue
-            scalars.update({probe.key(key): float(summary[key]) for key in LIVE_KEYS})
+            shared[probe.model_side_key()] = result.model
+            scalars.update({probe.key(key): float(result.summary[key]) for key in LIVE_KEYS})
         if scalars:
             scalars["memorization/seconds"] = time.perf_counter() - start
         return scalars, notes
