@@ -1,8 +1,11 @@
 """Benchmark the core metrics; prints ratios measured side by side in one run.
 
-(i)   RankMe.update throughput relative to a bare fp32 X^T X on the same batches.
-(ii)  End-to-end RankMe + AlphaReQ vs the paper scripts' route (stack all features,
-      center, full SVD/PCA) at N = 50k, d = 1024.
+(i)   RankMe.update (and Geometry.update) throughput relative to a bare fp32 X^T X on the
+      same batches.
+(ii)  End-to-end RankMe + alpha-ReQ vs the paper scripts' route (stack all features,
+      center, full SVD/PCA) at N = 50k, d = 1024, for each way a user may write it:
+      ``RankMe()`` and ``AlphaReQ()`` as two separate metrics, the two in a
+      ``MetricCollection`` (one compute group: one accumulation), and ``Geometry()``.
 (iii) Peak memory (RSS above the post-import baseline, each run in a fresh process) of
       both routes as N grows from 20k to 200k.
 
@@ -50,7 +53,7 @@ def interleaved_best(repeats: int, *fns) -> list[float]:
 
 
 def update_throughput(n: int, d: int, batch: int, repeats: int) -> dict:
-    from geomtrace import RankMe
+    from geomtrace import Geometry, RankMe
 
     data = list(batches(n, d, batch))
 
@@ -59,14 +62,24 @@ def update_throughput(n: int, d: int, batch: int, repeats: int) -> dict:
         for x in data:
             acc += x.T @ x
 
-    def metric() -> None:
-        m = RankMe()
-        for x in data:
-            m.update(x)
+    def updater(cls):
+        def run() -> None:
+            m = cls()
+            for x in data:
+                m.update(x)
 
-    bare(), metric()  # warm up threads, allocator and kernels
-    t_bare, t_metric = interleaved_best(repeats, bare, metric)
-    return {"bare_matmul_s": t_bare, "rankme_update_s": t_metric, "throughput_ratio": t_bare / t_metric}
+        return run
+
+    rankme, geometry = updater(RankMe), updater(Geometry)
+    bare(), rankme(), geometry()  # warm up threads, allocator and kernels
+    t_bare, t_rankme, t_geometry = interleaved_best(repeats, bare, rankme, geometry)
+    return {
+        "bare_matmul_s": t_bare,
+        "rankme_update_s": t_rankme,
+        "geometry_update_s": t_geometry,
+        "throughput_ratio": t_bare / t_rankme,
+        "geometry_throughput_ratio": t_bare / t_geometry,
+    }
 
 
 def naive_route(data: list[torch.Tensor]) -> tuple[float, float]:
@@ -96,7 +109,19 @@ def naive_svdvals_route(data: list[torch.Tensor]) -> tuple[float, float]:
     return float(F.rankme(eigenvalues)), float(F.alpha_req(eigenvalues).alpha)
 
 
-def streaming_route(data) -> tuple[float, float]:
+def separate_route(data) -> tuple[float, float]:
+    """``RankMe()`` and ``AlphaReQ()`` as two metrics: two accumulations of the covariance."""
+    from geomtrace import AlphaReQ, RankMe
+
+    rankme, alpha = RankMe(), AlphaReQ()
+    for x in data:
+        rankme.update(x)
+        alpha.update(x)
+    return float(rankme.compute()), float(alpha.compute()["alpha"])
+
+
+def collection_route(data) -> tuple[float, float]:
+    """The two in a ``MetricCollection``: one compute group, one accumulation."""
     from torchmetrics import MetricCollection
 
     from geomtrace import AlphaReQ, RankMe
@@ -108,21 +133,41 @@ def streaming_route(data) -> tuple[float, float]:
     return float(out["rankme"]), float(out["alpha"])
 
 
+def geometry_route(data) -> tuple[float, float]:
+    """``Geometry()``: RankMe, alpha, R^2 and the spectrum from one accumulation."""
+    from geomtrace import Geometry
+
+    metric = Geometry(eigenvalues=False)
+    for x in data:
+        metric.update(x)
+    out = metric.compute()
+    return float(out["rankme"]), float(out["alpha"])
+
+
+STREAMING_ROUTES = {"separate": separate_route, "collection": collection_route, "geometry": geometry_route}
+streaming_route = geometry_route  # the one the memory sweep runs
+
+
 def end_to_end(n: int, d: int, batch: int, repeats: int) -> dict:
     data = list(batches(n, d, batch))
     result: dict = {}
-    t_stream = best_of(repeats, lambda: result.__setitem__("stream", streaming_route(data)))
-    t_naive = best_of(repeats, lambda: result.__setitem__("naive", naive_route(data)))
-    t_svdvals = best_of(repeats, lambda: result.__setitem__("svdvals", naive_svdvals_route(data)))
-    return {
-        "naive_s": t_naive,
-        "svdvals_s": t_svdvals,
-        "speedup_vs_svdvals": t_svdvals / t_stream,
-        "geomtrace_s": t_stream,
-        "speedup": t_naive / t_stream,
-        "rankme_rel_diff": abs(result["stream"][0] - result["naive"][0]) / result["naive"][0],
-        "alpha_rel_diff": abs(result["stream"][1] - result["naive"][1]) / result["naive"][1],
-    }
+
+    def timed(name, route):
+        return lambda: result.__setitem__(name, route(data))
+
+    names = [*STREAMING_ROUTES, "naive", "svdvals"]
+    routes = [*STREAMING_ROUTES.values(), naive_route, naive_svdvals_route]
+    times = dict(zip(names, interleaved_best(repeats, *(timed(n, r) for n, r in zip(names, routes)))))
+    out: dict = {"naive_s": times["naive"], "svdvals_s": times["svdvals"]}
+    for name in STREAMING_ROUTES:
+        out[name] = {
+            "seconds": times[name],
+            "speedup": times["naive"] / times[name],
+            "speedup_vs_svdvals": times["svdvals"] / times[name],
+            "rankme_rel_diff": abs(result[name][0] - result["naive"][0]) / result["naive"][0],
+            "alpha_rel_diff": abs(result[name][1] - result["naive"][1]) / result["naive"][1],
+        }
+    return out
 
 
 def _status_mib(field: str) -> float:
@@ -166,6 +211,8 @@ def memory_sweep(ns: list[int], d: int, batch: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
+    parser.add_argument("--repeats", type=int, default=3, help="end-to-end rounds (best of each route)")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out (iii)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -178,13 +225,19 @@ def main() -> None:
     n_update = 8192 if args.quick else 65536
     up = update_throughput(n_update, d, 1024, repeats=5)
     print(f"(i)   update: bare X^T X {up['bare_matmul_s']:.3f}s, RankMe.update {up['rankme_update_s']:.3f}s "
-          f"-> throughput ratio {up['throughput_ratio']:.2f} (aim >= 0.8)", flush=True)
+          f"-> throughput ratio {up['throughput_ratio']:.2f}; Geometry.update {up['geometry_update_s']:.3f}s "
+          f"-> {up['geometry_throughput_ratio']:.2f} (aim >= 0.8)", flush=True)
     n_e2e = 10000 if args.quick else 50000
-    e2e = end_to_end(n_e2e, d, 1024, repeats=1 if not args.quick else 2)
-    print(f"(ii)  end-to-end N={n_e2e} d={d}: naive {e2e['naive_s']:.2f}s, geomtrace {e2e['geomtrace_s']:.2f}s "
-          f"-> {e2e['speedup']:.1f}x faster (aim >= 5x); vs svdvals-only {e2e['svdvals_s']:.2f}s "
-          f"-> {e2e['speedup_vs_svdvals']:.1f}x; RankMe rel diff {e2e['rankme_rel_diff']:.1e}, "
-          f"alpha rel diff {e2e['alpha_rel_diff']:.1e}", flush=True)
+    e2e = end_to_end(n_e2e, d, 1024, repeats=args.repeats)
+    print(f"(ii)  end-to-end N={n_e2e} d={d}: naive (stack + full SVD) {e2e['naive_s']:.2f}s, "
+          f"svdvals-only {e2e['svdvals_s']:.2f}s", flush=True)
+    for name in STREAMING_ROUTES:
+        row = e2e[name]
+        print(f"      {name:>10}: {row['seconds']:.2f}s -> {row['speedup']:.1f}x faster than naive, "
+              f"{row['speedup_vs_svdvals']:.1f}x than svdvals; RankMe rel diff {row['rankme_rel_diff']:.1e}, "
+              f"alpha rel diff {row['alpha_rel_diff']:.1e}", flush=True)
+    if args.skip_memory:
+        return
     ns = [5000, 10000, 20000] if args.quick else [20000, 50000, 100000, 200000]
     print(f"(iii) peak memory above baseline, d={d}:")
     memory_sweep(ns, d, 1024)

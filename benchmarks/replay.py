@@ -16,7 +16,14 @@ that is most of the saving; ``--vocab-size 2048`` shows the gain from batching a
 Loading is timed in both; the routes alternate per checkpoint so that background load
 hits both alike. Prints sequences/second, the ratio, and how closely the values agree.
 
-Usage: python benchmarks/replay.py [--checkpoints 3] [--probes 512] [--threads N]
+``--part overlap`` times the replay loop itself: sequential (``prefetch=False``: load k,
+measure k, load k + 1, ...) against overlapped (``prefetch=True``: checkpoint k + 1 loads in
+a background thread while k is measured), on the same local checkpoints, in ``--rounds``
+rounds whose order alternates; prints each round's ratio and the median, with the mean
+load and measure time per checkpoint that explain it.
+
+Usage: python benchmarks/replay.py [--part naive|overlap|all] [--checkpoints 3] [--probes 512]
+       [--rounds 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +78,33 @@ def naive_replay(ckpt_dirs: list[Path], sequences: list[list[int]]) -> list[tupl
     return out
 
 
+def overlap_benchmark(ckpts, probes, config, tmp: Path, rounds: int) -> None:
+    """Sequential vs overlapped replay loop, side by side in each round (order alternating)."""
+    from geomtrace.replay import ResultsStore, run_replay
+
+    print(f"\n{'round':<8}{'sequential s':>14}{'overlapped s':>14}{'ratio':>8}")
+    ratios, loads, measures = [], [], []
+    for r in range(rounds):
+        times = {}
+        for prefetch in ((False, True) if r % 2 == 0 else (True, False)):
+            out = tmp / f"overlap-{r}-{prefetch}"
+            start = time.perf_counter()
+            summary = run_replay(ckpts, out, probes=probes, config=config, prefetch=prefetch, progress=False,
+                                 verbose=False, tensorboard_dir=None)
+            times[prefetch] = time.perf_counter() - start
+            assert not summary.failed, summary.failed
+            if not prefetch:
+                records = ResultsStore(out).records()
+                loads += [rec["load_seconds"] for rec in records]
+                measures += [rec["seconds"] for rec in records]
+        ratios.append(times[False] / times[True])
+        print(f"{r + 1:<8}{times[False]:>14.2f}{times[True]:>14.2f}{ratios[-1]:>8.2f}")
+    load, measure = statistics.mean(loads), statistics.mean(measures)
+    print(f"median sequential / overlapped over {rounds} rounds: {statistics.median(ratios):.2f}x")
+    print(f"per checkpoint (sequential runs): load {load:.2f} s, measure {measure:.2f} s; "
+          f"perfect overlap would give (L + M) / max(L, M) = {(load + measure) / max(load, measure):.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", type=int, default=3)
@@ -79,6 +114,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vocab-size", type=int, default=50304, help="model vocabulary (Pythia: 50304)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--part", choices=("naive", "overlap", "all"), default="all",
+                        help="naive: vs the paper scripts' loop; overlap: sequential vs prefetching replay loop")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the overlap comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +140,10 @@ def main() -> None:
         # warm-up (first-call costs of torch / transformers) on one checkpoint, not timed
         run_replay(ckpts[:1], Path(tmp) / "warm", probes=probes, config=MeasureConfig(batch_size=args.batch_size),
                    progress=False, verbose=False)
+        if args.part in ("overlap", "all"):
+            overlap_benchmark(ckpts, probes, MeasureConfig(batch_size=args.batch_size), Path(tmp), args.rounds)
+        if args.part == "overlap":
+            return
         naive_replay([Path(ckpts[0].path)], probes.sequences[:16])
 
         # Interleaved per checkpoint, so load from other processes hits both routes alike.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: org/model\nbatchsize: 8\n")
     assert exit_code(["replay", "--config", str(cfg)]) == 2
-    assert "unknown option 'batchsize'" in capsys.readouterr().err
+    assert "does not accept option 'batchsize'" in capsys.readouterr().err
 
 
 def test_pythia_preset_resolves():
@@ -139,9 +140,10 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_argparse_rejects_bad_choices(capsys):
+def test_the_parser_rejects_bad_choices(capsys):
     assert exit_code(["replay", "--model", "a/b", "--tokens", "first"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Expected a typing.Literal['last', 'mean', 'all']" in err and "first" in err
 
 
 def test_dry_run_filters_and_shards(capsys):
@@ -227,11 +229,13 @@ def test_only_the_latest_probe_set_is_used(run_dir, tmp_path):
     assert [r["step"] for r in import_seed_npy(out)] == [*STEPS, 256000]
 
 
-@pytest.mark.parametrize("line, message", [("dtype: int8", "unknown dtype"), ("device: gpu", "--device")])
+@pytest.mark.parametrize("line, message", [("dtype: int8", "Given value: int8"), ("device: gpu", "--device"),
+                                           ("batch_size: many", 'Parser key "batch_size"')])
 def test_config_values_are_checked_before_loading(tmp_path, capsys, line, message):
+    # typed options: a config file's values are checked like the command line's
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: a/b\nrevisions: step0\noutput: {tmp_path / 'out'}\n{line}\n")
-    assert main(["replay", "--config", str(cfg)]) == 2
+    assert exit_code(["replay", "--config", str(cfg)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing was loaded or written
 
@@ -363,3 +367,47 @@ def test_repeated_live_steps_keep_the_last_value(tmp_path, capsys):
     with pytest.warns(UserWarning, match="1 measurement.s. repeat an earlier step"):
         assert main(["phases", str(history), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[-1]["end_step"] == STEPS[-1]
+
+
+# ----------------------------------------------------------------------------- issue 12 item 6: jsonargparse
+
+
+def test_print_config_round_trips_through_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["replay", "--model", "org/m", "--revisions", "step0,step1", "--batch-size", "8", "--layers", "1,2",
+              "--dry-run", "-o", "out", "--print_config"])
+    assert err.value.code == 0
+    printed = capsys.readouterr().out
+    assert "batch_size: 8" in printed and "dry_run: true" in printed and "output: out" in printed
+    cfg = tmp_path / "printed.yaml"
+    cfg.write_text(printed)
+    again = parse_args(["replay", "--config", str(cfg)])
+    first = parse_args(["replay", "--model", "org/m", "--revisions", "step0,step1", "--batch-size", "8",
+                        "--layers", "1,2", "--dry-run", "-o", "out"])
+    assert vars(again) == vars(first)
+
+
+def test_environment_variables_and_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMTRACE_REPLAY__BATCH_SIZE", "7")
+    monkeypatch.setenv("GEOMTRACE_REPLAY__DRY_RUN", "true")
+    assert parse_args(["replay"]).batch_size == 7 and parse_args(["replay"]).dry_run is True
+    assert parse_args(["replay", "--batch-size", "3"]).batch_size == 3  # the command line wins
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_size: 5\n")
+    assert parse_args(["replay", "--config", str(cfg)]).batch_size == 5
+    assert parse_args(["replay", "--config", str(cfg), "--batch-size", "4"]).batch_size == 4
+
+
+def test_option_names_with_dashes_or_underscores():
+    dashed = parse_args(["replay", "--num-sequences", "9", "--no-tensorboard", "--output", "o"])
+    under = parse_args(["replay", "--num_sequences", "9", "--no_tensorboard", "-o", "o"])
+    assert vars(dashed) == vars(under) and dashed.num_sequences == 9 and dashed.no_tensorboard is True
+    assert parse_args(["plot", "a", "b", "--linear-x"]).runs == ["a", "b"]
+    assert parse_args(["export", "out", "--format", "csv"]).run == "out"
+
+
+def test_missing_cli_extra_is_one_line_with_the_install_hint(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jsonargparse", None)  # import fails as if not installed
+    assert main(["replay", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "geomtrace[cli]"' in err and len(err.splitlines()) == 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchmetrics import MetricCollection
 
-from geomtrace import AlphaReQ, EigenSpectrum, RankMe
+from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
 
 WORKER = Path(__file__).parent / "workers" / "metrics_ddp.py"
 
@@ -26,12 +26,16 @@ def free_port() -> int:
 def single_process_reference() -> dict:
     sys.path.insert(0, str(WORKER.parent))
     try:
-        from metrics_ddp import features
+        from metrics_ddp import extreme_features, features
     finally:
         sys.path.pop(0)
     metrics = MetricCollection({"rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
     metrics.update(features())
-    return metrics.compute()
+    out = metrics.compute()
+    geometry = Geometry(fit_range=(2, 20))
+    geometry.update(extreme_features())
+    out["extreme"] = geometry.compute()
+    return out
 
 
 @pytest.mark.parametrize("split", [700, 900], ids=["uneven", "rank1-empty"])
@@ -52,3 +56,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split):
         assert got["r2"] == pytest.approx(float(reference["r2"]), rel=1e-6)
         torch.testing.assert_close(torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0)
         assert got["local_n"] == (split if rank == 0 else 900 - split)
+        # ranks with different shifts (and one with no rows) agree on one before summing
+        assert got["extreme_n"] == 900
+        assert got["extreme_rankme"] == pytest.approx(float(reference["extreme"]["rankme"]), rel=1e-8)
+        assert got["extreme_alpha"] == pytest.approx(float(reference["extreme"]["alpha"]), rel=1e-8)

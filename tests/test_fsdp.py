@@ -41,3 +41,7 @@ def test_fsdp2_sharded_model_matches_single_process(tmp_path):
         got = json.loads(Path(f"{out}.rank{rank}").read_text())
         assert got["n_samples"] == 33
         assert got["rankme"] == pytest.approx(single.rankme, rel=1e-6)
+        # extra_metrics: synchronised by their own compute(); one that failed on rank 1 only
+        # is NaN on both ranks (skipped by all, no rank left waiting in its sync).
+        assert got["pr"] == pytest.approx(single.eigenvalues.sum() ** 2 / (single.eigenvalues**2).sum(), rel=1e-6)
+        assert got["broken_is_nan"]

@@ -133,3 +133,62 @@ def test_covariance_from_features_matches_numpy():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(30, 6))
     np.testing.assert_allclose(F.covariance_from_features(torch.tensor(x)).numpy(), np.cov(x, rowvar=False), rtol=1e-12)
+
+
+# ------------------------------------------------------------- short spectra, round-off rule
+@pytest.mark.parametrize(
+    ("length", "fit_range", "n_samples"),
+    [(0, (12, 100), None), (3, (12, 100), None), (11, (12, 100), None), (12, (12, 100), None),
+     (40, (50, 100), None), (200, (12, 100), 10), (200, (12, 100), 1)],
+    ids=["empty", "d3", "d11", "d12", "start-beyond-d", "N10", "N1"],
+)
+def test_alpha_req_on_short_spectra_is_nan_with_one_warning_never_an_error(length, fit_range, n_samples):
+    values = torch.arange(1, length + 1, dtype=torch.float64) ** -1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = F.alpha_req(values, fit_range, n_samples=n_samples)
+    assert math.isnan(float(fit.alpha)) and math.isnan(float(fit.r2)) and math.isnan(float(fit.intercept))
+    assert [w.category for w in caught] == [GeometryWarning]
+    assert "at least 5" in str(caught[0].message) and "alpha and R^2 are NaN" in str(caught[0].message)
+
+
+def test_alpha_req_leaves_out_ranks_of_n_and_beyond_and_values_at_the_floor():
+    values = torch.arange(1, 201, dtype=torch.float64) ** -1.0
+    assert F.alpha_req(values, n_samples=41).ranks[-1] == 40  # rank <= N - 1
+    floor = float(values[59])  # the 60th value and all smaller ones are "round-off"
+    fit = F.alpha_req(values, floor=floor)
+    assert fit.ranks[-1] == 59 and float(fit.alpha) == pytest.approx(1.0, rel=1e-12)
+    untouched = F.alpha_req(values, floor=float(values[-1]) / 2)
+    assert untouched.ranks[-1] == 100
+
+
+def test_roundoff_floor_is_the_unit_roundoff_of_the_accumulation_times_the_trace():
+    assert F.roundoff_floor(3.0, torch.float32) == pytest.approx(3.0 * 2.0**-24, rel=1e-15)
+    assert F.roundoff_floor(3.0, torch.float64) == pytest.approx(3.0 * 2.0**-53, rel=1e-15)
+    # quantized inputs: u_in^2 (trace + |mean|^2) / d when that is larger
+    bf16 = F.unit_roundoff(torch.bfloat16)
+    assert bf16 == 2.0**-8
+    assert F.roundoff_floor(3.0, input_roundoff=bf16, mean_norm_sq=61.0, dim=4) == pytest.approx(bf16**2 * 16.0)
+    assert F.roundoff_floor(3.0, input_roundoff=2.0**-24, mean_norm_sq=61.0, dim=4) == pytest.approx(3.0 * 2.0**-24)
+    with pytest.raises(TypeError, match="floating point"):
+        F.roundoff_floor(1.0, torch.int64)
+
+
+@pytest.mark.parametrize("eps", [-1e-7, float("nan"), float("inf")])
+def test_rankme_rejects_a_bad_eps(eps):
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        F.rankme(torch.ones(4), eps=eps)
+    with pytest.raises(TypeError, match="eps must be a number"):
+        F.rankme(torch.ones(4), eps="small")
+
+
+def test_rankme_with_eps_zero_counts_exact_zeros_as_nothing():
+    values = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    assert float(F.rankme(values, eps=0.0)) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_eigenspectrum_rejects_a_non_finite_covariance_clearly():
+    cov = torch.eye(3, dtype=torch.float64)
+    cov[0, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        F.eigenspectrum(cov)

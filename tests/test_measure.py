@@ -1,9 +1,14 @@
-"""measure_geometry options that are not covered through the callbacks: probe precision."""
+"""measure_geometry options not covered through the callbacks: probe precision, short spectra."""
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pytest
 import torch
+
+from geomtrace import GeometryWarning
 
 from geomtrace.measure import MeasureConfig, measure_geometry, probe_autocast
 from geomtrace.probes import load_probes
@@ -13,7 +18,7 @@ from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
 @pytest.fixture(scope="module")
 def setup():
     tokenizer = train_bpe_tokenizer()
-    model = build_tiny_model("gpt_neox", tokenizer=tokenizer)  # d = 128: alpha is defined
+    model = build_tiny_model("gpt_neox", tokenizer=tokenizer)  # d = 64: alpha over ranks 12..63
     return model, load_probes(tokenizer, num_sequences=160)
 
 
@@ -86,3 +91,38 @@ def test_trajectory_key_follows_the_deepest_tracked_layer(setup):
     inner = measure_geometry(model, probes, MeasureConfig(layers=[0, 1], batch_size=64))
     assert inner.trajectory_key("rankme") == "geometry/layer1/rankme"
     assert inner.trajectory_key("rankme") in inner.scalars()
+
+
+def test_bf16_and_fp32_fit_the_same_ranks(setup):
+    # The LayerNorm'd features span d - 1 = 63 directions; the 64th eigenvalue is fp32
+    # round-off (~3e-9 of lambda_1 here) or exactly 0 in bf16. It must not enter the fit,
+    # or alpha differs between the two (3.91 vs 3.57 on an AVX2-only CPU, issue 9).
+    model, probes = setup
+    plain, _ = _measure(model, probes, "auto")
+    low, _ = _measure(model, probes, "bf16")
+    assert plain.fit_ranks[-1] == low.fit_ranks[-1] == 63
+    assert plain.eigenvalues.shape == (64,)  # the spectrum itself keeps k = min(N, d) values
+
+
+@pytest.mark.parametrize(
+    ("hidden_size", "num_sequences", "options"),
+    [(8, 40, {}), (64, 8, {}), (64, 40, {"max_components": 10}), (64, 40, {"fit_range": (100, 200)})],
+    ids=["d8", "N8", "max_components10", "fit-start-beyond-d"],
+)
+def test_short_spectra_measure_rankme_and_warn_once_for_alpha(hidden_size, num_sequences, options):
+    tokenizer = train_bpe_tokenizer()
+    model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=hidden_size, num_heads=2)
+    probes = load_probes(tokenizer, num_sequences=num_sequences)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = measure_geometry(model, probes, MeasureConfig(**options)).last
+    assert [w.category for w in caught] == [GeometryWarning]
+    assert "alpha and R^2 are NaN" in str(caught[0].message)
+    assert math.isnan(result.alpha) and math.isnan(result.r2)
+    assert 1.0 < result.rankme <= min(hidden_size, num_sequences) + 1e-3
+    assert result.eigenvalues.size == min(hidden_size, num_sequences, options.get("max_components", hidden_size))
+
+
+def test_negative_eps_is_a_clear_error():
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        MeasureConfig(eps=-1e-7).validate()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchmetrics import MetricCollection
 
-from geomtrace import AlphaReQ, EigenSpectrum, GeometryWarning, RankMe
+from geomtrace import AlphaReQ, EigenSpectrum, Geometry, GeometryWarning, RankMe
 from geomtrace import functional as F
 from geomtrace.covariance import CovarianceAccumulator
 
@@ -316,3 +316,346 @@ def test_deferred_fold_matches_direct_accumulation_across_many_batches():
     acc.update(x)
     expected = F.eigenspectrum(acc.covariance(), n_samples=3000)
     torch.testing.assert_close(metric.compute()[:30], expected[:30], rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------------- hardening: round-off and rank (issue 9)
+def power_law_features(n: int, d: int, decay: float, seed: int, layer_norm: bool = False) -> torch.Tensor:
+    """fp32 features with eigenvalues ~ k^-decay in a random basis, optionally LayerNorm'd."""
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.arange(1, d + 1, dtype=torch.float32) ** (-decay / 2)
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    x = (torch.randn(n, d, generator=gen) * scales) @ basis.T + 0.5
+    if layer_norm:
+        weight, bias = 1 + 0.2 * torch.randn(d, generator=gen), 0.1 * torch.randn(d, generator=gen)
+        x = torch.nn.functional.layer_norm(x, (d,), weight, bias)
+    return x
+
+
+def reference_fit(x: torch.Tensor, last: int) -> F.PowerLawFit:
+    """alpha of the float64 two-pass spectrum over ranks 12..last, no floor."""
+    values = torch.from_numpy(reference_spectrum(x.double().numpy()))
+    return F.alpha_req(values, (12, last))
+
+
+def streamed(metric, x: torch.Tensor, batch: int = 1024):
+    for rows in x.split(batch):
+        metric.update(rows)
+    return metric
+
+
+@pytest.mark.parametrize(
+    ("d", "n", "decay"), [(1024, 2048, 3.0), (512, 1024, 1.0), (256, 4096, 2.0), (256, 2048, 0.5)]
+)
+def test_roundoff_rule_keeps_genuine_power_law_tails(d, n, decay):
+    # alpha = 3 puts lambda_100 at ~1e-6 of lambda_1: the rule must not take it for round-off.
+    x = power_law_features(n, d, decay, seed=d + n)
+    fit = streamed(AlphaReQ(), x).compute_fit()
+    assert int(fit.ranks[0]) == 12 and int(fit.ranks[-1]) == 100 and fit.ranks.numel() == 89
+    assert float(fit.alpha) == pytest.approx(float(reference_fit(x, 100).alpha), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("d", "n", "dtype", "offset"),
+    [(64, 160, torch.float32, 0.0), (64, 1000, torch.float32, 0.0), (128, 30, torch.float32, 0.0),
+     (128, 50, torch.float32, 0.0), (64, 1000, torch.bfloat16, 5.0)],
+    ids=["d64-N160", "d64-N1000", "d128-N30", "d128-N50", "bf16-d64-mean5"],
+)
+def test_roundoff_rule_drops_the_null_eigenvalues_of_layernorm_and_n_below_d(d, n, dtype, offset):
+    # LayerNorm'd rows span d - 1 dimensions and N centred rows N - 1: what lies beyond is
+    # fp32 round-off (~1e-9 of lambda_1, or exactly 0) and used to swing alpha (issue 9). In
+    # bf16 features with a mean, it is bf16 quantization (~5e-6 of lambda_1 here).
+    x = (power_law_features(n, d, 1.0, seed=7, layer_norm=True) + offset).to(dtype)
+    last = min(n - 1, d - 1)
+    fit = streamed(AlphaReQ(), x).compute_fit()
+    assert int(fit.ranks[-1]) == last
+    assert float(fit.alpha) == pytest.approx(float(reference_fit(x.float(), last).alpha), rel=1e-5)
+
+
+def test_alpha_of_layernorm_features_is_stable_under_tiny_changes():
+    x = power_law_features(160, 64, 1.0, seed=3, layer_norm=True)
+    alphas = []
+    for seed in range(6):
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + seed))
+        alphas.append(float(streamed(AlphaReQ(), x * (1 + 1e-6 * noise)).compute()["alpha"]))
+    assert max(alphas) - min(alphas) < 1e-4 * abs(alphas[0])
+
+
+def test_rankme_keeps_the_reference_convention_with_roundoff_eigenvalues():
+    x = power_law_features(160, 64, 1.0, seed=5, layer_norm=True)
+    reference = reference_spectrum(x.double().numpy())  # k = min(N, d) = 64 values, eps on each
+    assert float(streamed(RankMe(), x).compute()) == pytest.approx(reference_rankme(reference), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "options"),
+    [(8, 64, {}), (100, 10, {}), (100, 64, {"max_components": 10}), (200, 40, {"fit_range": (50, 100)})],
+    ids=["N8", "d10", "max_components10", "fit-start-beyond-d"],
+)
+def test_short_spectra_give_nan_alpha_with_one_warning_and_keep_rankme_and_spectrum(n, d, options):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n + d))
+    metric = Geometry(**options)
+    metric.update(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = metric.compute()
+    assert [w.category for w in caught] == [GeometryWarning]
+    assert math.isnan(float(out["alpha"])) and math.isnan(float(out["r2"]))
+    assert 1.0 < float(out["rankme"]) <= min(n, d, options.get("max_components", d)) + 1e-3
+    assert out["eigenvalues"].numel() == min(n, d, options.get("max_components", d))
+    assert torch.isfinite(out["eigenvalues"]).all()
+
+
+# --------------------------------------------------------- hardening: cancellation (issue 9)
+def extreme_offset_features(n: int = 3000, d: int = 48, mean: float = 1e6, std: float = 0.01) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, d, dtype=torch.float64)
+    return spread * std + mean
+
+
+@pytest.mark.parametrize("batch", [100, 3000])
+def test_extreme_mean_to_spread_ratio_does_not_cancel(batch):
+    # (mean/std)^2 = 1e16 ~ 1/eps(fp64): S - s s^T/n around 0 loses every digit (RankMe 18.7
+    # instead of 25.6 in issue 9); around the first batch's mean it loses none.
+    x = extreme_offset_features()
+    reference = reference_spectrum(x.numpy())
+    metric = streamed(Geometry(), x, batch)
+    out = metric.compute()
+    assert float(out["rankme"]) == pytest.approx(reference_rankme(reference), rel=1e-8)
+    np.testing.assert_allclose(out["eigenvalues"][:20].numpy(), reference[:20], rtol=1e-7)
+
+
+def test_merge_state_and_forward_combine_sums_around_different_shifts():
+    x = extreme_offset_features()
+    x[1500:] += 0.05  # the second part's first batch mean (its shift) differs
+    reference = reference_rankme(reference_spectrum(x.numpy()))
+    left, right = streamed(RankMe(), x[:1500], 100), streamed(RankMe(), x[1500:], 100)
+    left.merge_state(right)
+    assert float(left.compute()) == pytest.approx(reference, rel=1e-8)
+    empty = RankMe()
+    empty.merge_state(left)
+    assert float(empty.compute()) == pytest.approx(reference, rel=1e-8)
+    forwarded = RankMe()
+    for rows in x.split(500):
+        batch_value = forwarded(rows)
+        alone = RankMe()
+        alone.update(rows)
+        assert float(batch_value) == pytest.approx(float(alone.compute()), rel=1e-10)  # forward = this batch
+    assert float(forwarded.compute()) == pytest.approx(reference, rel=1e-8)  # compute = everything
+
+
+# ------------------------------------------------- hardening: degenerate features (issue 9)
+@pytest.mark.parametrize(
+    ("n", "d", "dtype", "batch"),
+    [(100, 8, torch.float32, 100), (1000, 64, torch.float32, 64), (5, 3, torch.float64, 5), (3000, 256, torch.bfloat16, 700)],
+)
+def test_zero_variance_is_nan_with_one_warning_whatever_the_size_and_dtype(n, d, dtype, batch):
+    row = torch.randn(d, generator=torch.Generator().manual_seed(d)) * 3 + 0.7
+    x = row.expand(n, d).to(dtype)
+    geometry, rankme, spectrum = (streamed(m, x, batch) for m in (Geometry(), RankMe(), EigenSpectrum()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, value, values = geometry.compute(), rankme.compute(), spectrum.compute()
+    messages = [str(w.message) for w in caught if w.category is GeometryWarning]
+    assert len(messages) == 3 and all("zero variance" in m for m in messages)  # one per metric
+    assert math.isnan(float(out["rankme"])) and math.isnan(float(out["alpha"])) and math.isnan(float(value))
+    assert torch.equal(values, torch.zeros(min(n, d), dtype=torch.float64))
+    assert torch.equal(out["eigenvalues"], values)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-40, 1e30], ids=["tiny", "subnormal", "huge"])
+def test_rankme_is_scale_invariant_at_extreme_fp32_magnitudes(scale):
+    # fp32 products of 1e-30 underflow and of 1e30 overflow: the GEMM runs on the features
+    # scaled by an exact power of two, the float64 sums stay in the features' units.
+    x = (spectrum_features(2000, 48, 1.0, seed=21).double() * scale).float()
+    reference = reference_spectrum(x.double().numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = streamed(Geometry(), x, 300).compute()
+    assert float(out["rankme"]) == pytest.approx(reference_rankme(reference), rel=1e-6)
+    np.testing.assert_allclose(out["eigenvalues"][:10].numpy(), reference[:10], rtol=1e-5)
+
+
+def test_magnitude_jumps_between_batches_stay_exact():
+    x = spectrum_features(3000, 48, 1.0, seed=22)
+    parts = [x[:1000], x[1000:2000] * 1e25, x[2000:2600] * 1e-25, x[2600:]]
+    metric = RankMe()
+    for part in parts:
+        for rows in part.split(200):
+            metric.update(rows)
+    reference = reference_rankme(reference_spectrum(torch.cat(parts).double().numpy()))
+    assert float(metric.compute()) == pytest.approx(reference, rel=1e-6)
+
+
+def test_float64_overflow_is_nan_with_a_warning_not_a_linalg_error():
+    metric = Geometry()
+    metric.update(torch.randn(50, 4, dtype=torch.float64) * 1e200)
+    with pytest.warns(GeometryWarning, match="overflowed float64"):
+        out = metric.compute()
+    assert math.isnan(float(out["rankme"])) and math.isnan(float(out["alpha"]))
+
+
+# ----------------------------------------------------------- hardening: messages (issue 9)
+def test_masks_must_be_boolean_or_zero_one():
+    x = torch.randn(4, 25, 8)
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor of booleans"):
+        RankMe().update(x, mask=[[True] * 25] * 4)
+    with pytest.raises(ValueError, match=r"0/1 like an attention mask.*mask > 0.5"):
+        RankMe().update(x, mask=torch.rand(4, 25))
+    attention = (torch.rand(4, 25) > 0.3).long()  # an attention mask: 0/1 integers
+    as_ints, as_bools = RankMe(), RankMe()
+    as_ints.update(x, mask=attention)
+    as_bools.update(x, mask=attention.bool())
+    assert float(as_ints.n_samples) == int(attention.sum())
+    assert float(as_ints.compute()) == float(as_bools.compute())
+
+
+@pytest.mark.parametrize("make", [lambda: RankMe(eps=-1e-7), lambda: Geometry(eps=-1.0)])
+def test_negative_eps_is_a_clear_error(make):
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        make()
+
+
+def test_dtype_changes_keep_float64_states_and_set_dtype_sets_the_result_dtype():
+    x = torch.randn(300, 16)
+    plain = RankMe()
+    plain.update(x[:150])
+    plain.update(x[150:])
+    for convert in (lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.to(torch.float32)):
+        metric = convert(RankMe())
+        metric.update(x[:150])
+        metric = convert(metric)
+        metric.update(x[150:])
+        assert metric.second_moment.dtype == torch.float64 and metric.feature_sum.dtype == torch.float64
+        assert float(metric.compute()) == pytest.approx(float(plain.compute()), rel=1e-10)
+    low = RankMe().set_dtype(torch.float32)
+    low.update(x)
+    assert low.second_moment.dtype == torch.float64
+    assert low.compute().dtype == torch.float32
+    assert float(low.compute()) == pytest.approx(float(plain.compute()), rel=1e-6)
+    with pytest.raises(ValueError, match="floating point dtype"):
+        RankMe().set_dtype(torch.int64)
+
+
+def test_meta_device_gets_a_clear_message_and_can_be_materialised():
+    with torch.device("meta"):
+        metric = RankMe()
+    with pytest.raises(RuntimeError, match="meta device"):
+        metric.update(torch.randn(10, 4))
+    metric = metric.to_empty(device="cpu")
+    metric.update(torch.randn(100, 4))
+    assert 1.0 < float(metric.compute()) <= 4.0
+    with pytest.raises(ValueError, match="meta device"):
+        RankMe().update(torch.randn(10, 4, device="meta"))
+
+
+def test_all_nan_input_gives_d_nans_as_documented():
+    metric = EigenSpectrum()
+    with pytest.warns(GeometryWarning):
+        metric.update(torch.full((10, 5), float("nan")))
+        out = metric.compute()
+    assert out.shape == (5,) and torch.isnan(out).all()
+
+
+def test_state_dict_saved_before_the_shift_existed_still_loads():
+    x = spectrum_features(400, 16, 1.0, seed=23, offset=5.0)
+    first = RankMe()
+    first.update(x[:200])
+    # The old format: sums around 0 and no shift / window scale.
+    from geomtrace.covariance import moments_of
+
+    moments = moments_of(first)  # folds: nothing pending
+    old = first.state_dict()
+    old["feature_sum"] = moments.total + moments.n * moments.shift
+    old["second_moment"] = moments.gram()
+    del old["shift"], old["pending_scale"]
+    resumed = RankMe()
+    resumed.load_state_dict(old)
+    resumed.update(x[200:])
+    straight = RankMe()
+    straight.update(x)
+    # sums around 0 at offset 5 carry ~1e-8 of cancellation: the old format's own precision
+    assert float(resumed.compute()) == pytest.approx(float(straight.compute()), rel=1e-6)
+
+
+# ---------------------------------------------------------------------- Geometry (issue 12)
+def test_geometry_equals_the_single_purpose_metrics_and_forms_one_compute_group():
+    x = spectrum_features(900, 128, 1.0, seed=24, offset=2.0)
+    metrics = MetricCollection({"geometry": Geometry(), "rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
+    for rows in x.split(300):
+        metrics.update(rows)
+    assert len(metrics.compute_groups) == 1
+    geometry = metrics["geometry"].compute()
+    assert float(geometry["rankme"]) == float(metrics["rankme"].compute())
+    assert float(geometry["alpha"]) == float(metrics["alpha"].compute()["alpha"])
+    assert float(geometry["r2"]) == float(metrics["alpha"].compute()["r2"])
+    assert torch.equal(geometry["eigenvalues"], metrics["spectrum"].compute())
+    summary = metrics["geometry"].compute_summary()
+    assert summary.n_samples == 900 and summary.dim == 128 and summary.fit.ranks[-1] == 100
+    scalars_only = Geometry(eigenvalues=False)
+    scalars_only.update(x)
+    assert set(scalars_only.compute()) == {"rankme", "alpha", "r2"}
+
+
+def test_geometry_pickles_resets_and_round_trips_its_state_dict():
+    x = spectrum_features(600, 32, 1.0, seed=25, offset=1e3)
+    metric = Geometry(fit_range=(2, 20), eps=1e-6)
+    metric.update(x[:250])
+    clone = pickle.loads(pickle.dumps(metric))
+    resumed = Geometry(fit_range=(2, 20), eps=1e-6)
+    resumed.load_state_dict(metric.state_dict())
+    for m in (metric, clone, resumed):
+        m.update(x[250:])
+    values = [m.compute() for m in (metric, clone, resumed)]
+    for other in values[1:]:
+        assert float(other["rankme"]) == float(values[0]["rankme"])
+        assert float(other["alpha"]) == float(values[0]["alpha"])
+    metric.reset()
+    assert metric.dim is None and metric.shift.numel() == 0
+
+
+def test_scaled_windows_survive_state_dict_merge_state_and_pickling():
+    # 1e-30 features: the fp32 buffer holds them scaled by 2**100; every way the state
+    # travels must carry that scale along.
+    x = (spectrum_features(1200, 24, 1.0, seed=26).double() * 1e-30).float()
+    reference = reference_rankme(reference_spectrum(x.double().numpy()))
+    first, second = streamed(RankMe(), x[:500], 100), streamed(RankMe(), x[500:], 100)
+    assert int(first.pending_scale) != 0 and int(first.pending_count) > 0
+    resumed = RankMe()
+    resumed.load_state_dict(first.state_dict())
+    resumed = pickle.loads(pickle.dumps(resumed))
+    resumed.merge_state(second)
+    assert float(resumed.compute()) == pytest.approx(reference, rel=1e-6)
+
+
+def test_singular_rankme_of_all_zero_features_is_nan_with_a_warning():
+    metric = RankMe(spectrum="singular")
+    metric.update(torch.zeros(10, 4))
+    with pytest.warns(GeometryWarning, match="exactly 0"):
+        assert math.isnan(float(metric.compute()))
+
+
+def test_plot_draws_the_scalar_results():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = torch.randn(300, 16)
+    for metric in (RankMe(), AlphaReQ(), Geometry()):
+        metric.update(x)
+        figure, _ = metric.plot()
+        assert figure is not None
+    with pytest.raises(NotImplementedError, match="log-log"):
+        EigenSpectrum().plot()
+
+
+def test_merge_state_errors_say_what_is_wrong():
+    metric = RankMe()
+    metric.update(torch.randn(50, 16))
+    with pytest.raises(ValueError, match="lacks"):
+        metric.merge_state({"sum_value": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="instance of RankMe"):
+        metric.merge_state(AlphaReQ())
+    other = RankMe()
+    other.update(torch.randn(50, 8))
+    with pytest.raises(ValueError, match="dimension 8 into one of dimension 16"):
+        metric.merge_state(other)

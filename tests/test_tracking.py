@@ -71,7 +71,7 @@ def test_measure_records_history_phase_and_state(tokenizer):
 
 def test_a_rewound_run_replaces_its_future_records(tokenizer):
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer)
-    tracker = GeometryTracker(every_n_steps=1, probe_options=ProbeOptions(num_sequences=16))
+    tracker = GeometryTracker(every_n_steps=1, probe_options=ProbeOptions(num_sequences=24))  # N - 1 >= 16: alpha defined
     tracker.prepare(tokenizer)
     for step in (0, 10, 20, 30):
         tracker.measure(model, step)

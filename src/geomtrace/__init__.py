@@ -12,12 +12,12 @@ from geomtrace._warnings import GeometryWarning
 
 __version__ = "0.1.0"
 
-__all__ = ["AlphaReQ", "EigenSpectrum", "GeometryWarning", "RankMe", "__version__"]
+__all__ = ["AlphaReQ", "EigenSpectrum", "Geometry", "GeometryWarning", "RankMe", "__version__"]
 
-_LAZY = {"AlphaReQ": "geomtrace.metrics", "EigenSpectrum": "geomtrace.metrics", "RankMe": "geomtrace.metrics"}
+_LAZY = {name: "geomtrace.metrics" for name in ("AlphaReQ", "EigenSpectrum", "Geometry", "RankMe")}
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from geomtrace.metrics import AlphaReQ, EigenSpectrum, RankMe
+    from geomtrace.metrics import AlphaReQ, EigenSpectrum, Geometry, RankMe
 
 
 def __getattr__(name: str) -> Any:

@@ -41,23 +41,36 @@ def agree_on_dim(local_dim: int, device: torch.device, group: Any = None) -> int
 
 
 def all_reduce_moments(
-    n: Tensor, total: Tensor | None, second: Tensor | None, group: Any = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Sum ``n``, ``total`` (d,) and ``second`` (d, d) over ranks in place.
+    n: Tensor, shift: Tensor | None, total: Tensor | None, second: Tensor | None, group: Any = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sum the moments ``n``, ``total`` (d,) and ``second`` (d, d) over ranks, around one shift.
 
-    Empty or missing ``total``/``second`` (a rank with no rows) are replaced by zeros of
-    the agreed dimension before the reduction, so every rank enters the same collectives.
+    Each rank's sums are around its own shift (its first batch's mean). The ranks first agree
+    on a common shift, the row-weighted mean of theirs (one all-reduce of ``d + 1`` numbers;
+    every rank gets the same bits), recentre onto it (exact algebra in fp64, see
+    :func:`geomtrace.covariance.recenter`), then sum in place. Empty or missing tensors (a
+    rank with no rows) are replaced by zeros of the agreed dimension first, so every rank
+    enters the same collectives. Returns ``(n, shift, total, second)``.
     """
+    from geomtrace.covariance import recenter
+
     dist = torch.distributed
     device = n.device
     local_dim = 0 if total is None else total.numel()
     d = agree_on_dim(local_dim, device, group)
-    if total is None or total.numel() != d:
+    if total is None or total.numel() != d or second is None or shift is None or shift.numel() != d:
+        shift = torch.zeros(d, dtype=torch.float64, device=device)
         total = torch.zeros(d, dtype=torch.float64, device=device)
         second = torch.zeros(d, d, dtype=torch.float64, device=device)
-    assert second is not None
+        n = torch.zeros((), dtype=torch.float64, device=device)
+    if d:
+        weighted = torch.cat([shift * n, n.reshape(1).to(torch.float64)])
+        dist.all_reduce(weighted, op=dist.ReduceOp.SUM, group=group)
+        rows = weighted[d]
+        common = weighted[:d] / rows if float(rows) > 0 else torch.zeros_like(shift)
+        recenter(n, shift, total, second, common)
     dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
     if d:
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
         dist.all_reduce(second, op=dist.ReduceOp.SUM, group=group)
-    return n, total, second
+    return n, shift, total, second

@@ -15,6 +15,8 @@ _EXTRA_FOR = {
     "tensorboard": "tensorboard",
     "matplotlib": "plot",
     "yaml": "cli",
+    "jsonargparse": "cli",
+    "docstring_parser": "cli",
     "tqdm": "cli",
     "infini_gram": "memorization",
 }

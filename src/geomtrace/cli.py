@@ -1,190 +1,253 @@
-"""``geomtrace`` command line: ``replay``, ``plot``, ``export``, ``phases``.
+"""``geomtrace`` command line: ``replay``, ``plot``, ``export``, ``phases`` (on jsonargparse).
 
-Every subcommand takes ``--config FILE.yaml``: a mapping whose keys are the long option
-names (``batch-size`` or ``batch_size``); options given on the command line override it.
-Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error (one line).
-See ``docs/cli.md``. Only the standard library is imported before a command runs, so
-``--help`` and ``--version`` answer at once.
+The options of each subcommand are the typed parameters of the function of the same name
+below (:func:`replay`, :func:`plot`, :func:`export`, :func:`phases`), documented by their
+docstrings. jsonargparse gives every subcommand ``--config FILE.yaml`` (keys: the option
+names), ``--print_config`` and environment variables (``GEOMTRACE_REPLAY__BATCH_SIZE``).
+Options are spelled with dashes (``--batch-size``) as before; the underscore spelling
+(``--batch_size``, the config key) works too.
+
+Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error (one line),
+130 interrupted. See ``docs/cli.md``. Nothing heavier than jsonargparse is imported before a
+command runs, so ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence, Union
 
-__all__ = ["build_parser", "main", "parse_args", "replay_checkpoints", "measure_config", "probe_options"]
+__all__ = ["build_parser", "export", "main", "measure_config", "parse_args", "phases", "plot", "probe_options",
+           "replay", "replay_checkpoints"]
 
-_EPILOG_CONFIG = (
-    "Options may also come from --config FILE.yaml (keys = long option names, dashes or "
-    "underscores); command-line flags override the file."
-)
+_ENV_PREFIX = "GEOMTRACE"
 
 
 class UsageError(Exception):
     """Bad input found after parsing: reported as one line, exit code 2."""
 
 
+# ----------------------------------------------------------------------------- commands
+#
+# Each function's signature is its subcommand's options; its docstring's Args are their help.
+# Options default to None ("not given") where --like or a derived default may fill them.
+
+def replay(
+    model: str | None = None,
+    checkpoints: str | None = None,
+    revisions: Union[str, list[str], None] = None,
+    revisions_file: str | None = None,
+    step_range: str | None = None,
+    log_spaced: int | None = None,
+    stage: str | None = None,
+    shard: str | None = None,
+    dry_run: bool = False,
+    layers: Union[int, list[int], str, None] = None,
+    tokens: Literal["last", "mean", "all"] | None = None,
+    batch_size: int | None = None,
+    max_components: int | None = None,
+    fit_range: Union[str, list[int], None] = None,
+    spectrum: Literal["covariance", "singular"] | None = None,
+    autocast: Literal["auto", "off", "bf16", "fp16"] | None = None,
+    skip_first_token: bool = False,
+    like: str | None = None,
+    probe_file: str | None = None,
+    probe_dataset: str | None = None,
+    probe_config: str | None = None,
+    probe_split: str | None = None,
+    probe_column: str | None = None,
+    num_sequences: int | None = None,
+    min_tokens: int | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    chat_template: bool = False,
+    system_prompt: str | None = None,
+    tokenizer: str | None = None,
+    dtype: Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16", "auto"] | None = None,
+    device: str | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    model_builder: str | None = None,
+    base_model: str | None = None,
+    output: str | None = None,
+    tokens_per_step: int | None = None,
+    tensorboard: str | None = None,
+    no_tensorboard: bool = False,
+    tensorboard_spectra: bool = False,
+    no_prefetch: bool = False,
+    no_progress: bool = False,
+    quiet: bool = False,
+) -> int:
+    """Measure RankMe / alpha-ReQ over checkpoints (hub revisions or local folders).
+
+    Measure representation geometry over a series of checkpoints with one fixed probe set.
+    Resumable: checkpoints already in OUTPUT (same measurement configuration) are skipped; an
+    output measured otherwise is refused. Under torchrun every rank loads each checkpoint and
+    measures a shard of the probes; rank 0 writes. Example: geomtrace replay --model
+    EleutherAI/pythia-160m --revisions pythia-paper --output runs/pythia-160m
+
+    Args:
+        model: hub model id, e.g. EleutherAI/pythia-160m (with --revisions)
+        checkpoints: local folder of checkpoint-N/ or stepN/ model or PEFT adapter folders, or Lightning *.ckpt files
+        revisions: comma list (step0,step1000) or a preset: pythia (154), pythia-paper (30, log-spaced), all (every
+            branch of the repo; needs network)
+        revisions_file: revision names, one per line (# comments)
+        step_range: START:STOP[:EVERY], keep steps START <= s <= STOP with (s - START) % EVERY == 0
+        log_spaced: keep N checkpoints evenly spread in log(1 + step)
+        stage: keep one training stage (OLMo-2: stage1, stage2, ...)
+        shard: I/N, measure only shard I of N (0-based, round-robin); N independent jobs may write to the same
+            --output
+        dry_run: list the checkpoints that would be measured and exit
+        layers: last (default: last layer after the final norm), all, or comma indices into hidden_states
+            (0 = embeddings)
+        tokens: which token states per probe (default last)
+        batch_size: probe sequences per forward pass (default 32)
+        max_components: keep at most this many eigenvalues (2048 reproduces the paper's scripts; default: all)
+        fit_range: LO:HI, alpha-ReQ fit ranks, 1-based inclusive (default 12:100)
+        spectrum: RankMe on covariance eigenvalues (paper, default) or singular values
+        autocast: precision of the probe forward: auto (default: the weights' dtype) or autocast to bf16/fp16 with
+            fp32 weights (faster on GPUs; statistics stay fp32/fp64)
+        skip_first_token: with --tokens mean/all: leave out each probe's first token (BOS / attention sink)
+        like: measure like RUN: a live history .json (e.g. outputs/pretrain/geometry.json) or a replay output;
+            takes its probe options, measurement options and precision (explicit options win)
+        probe_file: .txt (one text per line), .jsonl or .json file of probe texts (UTF-8)
+        probe_dataset: hub dataset name, e.g. wikitext
+        probe_config: dataset config, e.g. wikitext-103-raw-v1
+        probe_split: dataset split (default train)
+        probe_column: text field of the dataset or .jsonl file (default text)
+        num_sequences: number of probe sequences (default 1024, at least 2)
+        min_tokens: drop probes shorter than this (default 11)
+        max_tokens: truncate probes to this many tokens (default 128)
+        seed: seed of the probe selection (default 0)
+        chat_template: wrap each probe as a user message in the tokenizer's chat template, measured at the
+            generation prompt (post-trained models; as the callbacks' chat_template=True)
+        system_prompt: system message of --chat-template probes
+        tokenizer: tokenizer name or path (default: the first checkpoint's own)
+        dtype: weights dtype (default fp32); features are upcast to fp32 for the statistics
+        device: cpu, cuda, cuda:N or auto (default auto: cuda if available)
+        device_map: from_pretrained device_map, e.g. auto (big models over GPUs)
+        trust_remote_code: allow custom model code
+        model_builder: MODULE:ATTRIBUTE, for Lightning .ckpt: your LightningModule class, or a
+            function(hyper_parameters) -> module (or (module, tokenizer))
+        base_model: base model of PEFT adapter checkpoints (default: the adapter's base_model_name_or_path)
+        output: results folder (required)
+        tokens_per_step: tokens = step * N where revisions carry no token count (Pythia: 2097152)
+        tensorboard: TensorBoard log dir (default OUT/tensorboard)
+        no_tensorboard: do not write TensorBoard events
+        tensorboard_spectra: also log an eigenspectrum figure per checkpoint
+        no_prefetch: load each checkpoint only after the previous one was measured (default: the next one loads in
+            the background)
+        no_progress: no progress bars
+        quiet: no per-checkpoint summary lines
+    """
+    return _cmd_replay(argparse.Namespace(**_arguments(locals())))
+
+
+def plot(
+    runs: list[str],
+    x: Literal["step", "tokens", "flops"] | None = None,
+    layer: int | None = None,
+    stage: str | None = None,
+    output: str | None = None,
+    labels: Union[str, list[str], None] = None,
+    phases: bool = False,
+    linear_x: bool = False,
+    title: str | None = None,
+) -> int:
+    """RankMe and alpha-ReQ trajectories of one or more runs.
+
+    Plot RankMe (top) and alpha-ReQ (bottom) against step, tokens or FLOPs (6 * n_params *
+    tokens); several runs are overlaid. The x axis is symlog: step 0 stays visible.
+
+    Args:
+        runs: replay output folders or live history .json files
+        x: x axis (default step)
+        layer: layer index (default: the deepest measured layer)
+        stage: one training stage when steps restart per stage (OLMo-2)
+        output: figure path, .png/.svg/.pdf (default RUN/trajectory.png)
+        labels: comma list of legend labels (default: folder names)
+        phases: shade the phases detected on the first run
+        linear_x: linear x axis
+        title: figure title
+    """
+    return _cmd_plot(argparse.Namespace(**_arguments(locals())))
+
+
+def export(
+    run: str | None = None,
+    format: Literal["seed-npy", "csv"] | None = None,  # noqa: A002 - the option's name
+    output: str | None = None,
+    layer: int | None = None,
+    no_spectra: bool = False,
+) -> int:
+    """Export results as the paper's .npy dict or as CSV.
+
+    seed-npy: np.save of {step: {'rankme', 'alpha', 'eigenspectrum', 'r2', ...}} for one
+    layer, the paper's format (a pickle: read it with np.load(..., allow_pickle=True).item(),
+    only from sources you trust). csv: one row per checkpoint and layer.
+
+    Args:
+        run: replay output folder
+        format: seed-npy (default) or csv
+        output: default OUT/geometry_layer<L>.npy (seed-npy) or OUT/results.csv (csv)
+        layer: layer (seed-npy default: deepest; csv default: all layers)
+        no_spectra: seed-npy without eigenspectra
+    """
+    return _cmd_export(argparse.Namespace(**_arguments(locals())))
+
+
+def phases(
+    run: str | None = None,
+    layer: int | None = None,
+    stage: str | None = None,
+    no_warmup: bool = False,
+    json: bool = False,
+) -> int:
+    """Detect geometric phases (warmup, entropy-seeking, compression-seeking).
+
+    Segment a run's RankMe / alpha-ReQ trajectory into phases and print a table.
+
+    Args:
+        run: replay output folder or live history .json file
+        layer: layer index (default: the deepest measured layer)
+        stage: one training stage when steps restart per stage (OLMo-2)
+        no_warmup: the run does not start at initialisation (post-training): no warmup phase
+        json: print the segments as JSON
+    """
+    return _cmd_phases(argparse.Namespace(**_arguments(locals())))
+
+
+COMMANDS: dict[str, Callable[..., int]] = {"replay": replay, "plot": plot, "export": export, "phases": phases}
+_POSITIONAL = {"runs": "*", "run": "?"}
+_SHORT = {"output": "-o", "quiet": "-q"}
+#: Help sections of the replay options (the others list theirs in signature order).
+_GROUPS = {
+    "replay": {
+        "checkpoints": ("model", "checkpoints", "revisions", "revisions_file", "step_range", "log_spaced", "stage",
+                        "shard", "dry_run"),
+        "measurement": ("layers", "tokens", "batch_size", "max_components", "fit_range", "spectrum", "autocast",
+                        "skip_first_token", "like"),
+        "probes (fixed for the whole replay)": ("probe_file", "probe_dataset", "probe_config", "probe_split",
+                                                "probe_column", "num_sequences", "min_tokens", "max_tokens", "seed",
+                                                "chat_template", "system_prompt", "tokenizer"),
+        "loading": ("dtype", "device", "device_map", "trust_remote_code", "model_builder", "base_model",
+                    "no_prefetch"),
+        "output": ("output", "tokens_per_step", "tensorboard", "no_tensorboard", "tensorboard_spectra",
+                   "no_progress", "quiet"),
+    },
+}
+
+
+def _arguments(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
 # ----------------------------------------------------------------------------- parser
-
-
-def _add_replay(sub: Any) -> None:
-    p = sub.add_parser(
-        "replay",
-        help="measure RankMe / alpha-ReQ over checkpoints (hub revisions or local folders)",
-        description=(
-            "Measure representation geometry over a series of checkpoints with one fixed probe set. "
-            "Resumable: checkpoints already in OUTPUT (same probes) are skipped. Under torchrun every "
-            "rank loads each checkpoint and measures a shard of the probes; rank 0 writes."
-        ),
-        epilog=_EPILOG_CONFIG + " Example: geomtrace replay --model EleutherAI/pythia-160m "
-        "--revisions pythia-paper --output runs/pythia-160m",
-    )
-    src = p.add_argument_group("checkpoints")
-    src.add_argument("--model", help="hub model id, e.g. EleutherAI/pythia-160m (with --revisions)")
-    src.add_argument("--checkpoints", metavar="DIR",
-                     help="local folder of checkpoint-N/ or stepN/ model folders or Lightning *.ckpt files")
-    src.add_argument("--revisions", help="comma list (step0,step1000) or a preset: pythia (154), "
-                     "pythia-paper (30, log-spaced), all (every branch of the repo; needs network)")
-    src.add_argument("--revisions-file", metavar="FILE", help="revision names, one per line (# comments)")
-    src.add_argument("--step-range", metavar="START:STOP[:EVERY]",
-                     help="keep steps START <= s <= STOP with (s - START) %% EVERY == 0")
-    src.add_argument("--log-spaced", type=int, metavar="N", help="keep N checkpoints evenly spread in log(1 + step)")
-    src.add_argument("--stage", help="keep one training stage (OLMo-2: stage1, stage2, ...)")
-    src.add_argument("--shard", metavar="I/N", help="measure only shard I of N (0-based, round-robin); "
-                     "N independent jobs may write to the same --output")
-    src.add_argument("--dry-run", action="store_true", help="list the checkpoints that would be measured and exit")
-
-    meas = p.add_argument_group("measurement")
-    meas.add_argument("--layers", help="last (default: last layer after the final norm), all, or comma "
-                      "indices into hidden_states (0 = embeddings)")
-    meas.add_argument("--tokens", choices=("last", "mean", "all"), help="which token states per probe (default last)")
-    meas.add_argument("--batch-size", type=int, help="probe sequences per forward pass (default 32)")
-    meas.add_argument("--max-components", type=int, help="keep at most this many eigenvalues "
-                      "(2048 reproduces the paper's scripts; default: all)")
-    meas.add_argument("--fit-range", metavar="LO:HI", help="alpha-ReQ fit ranks, 1-based inclusive (default 12:100)")
-    meas.add_argument("--spectrum", choices=("covariance", "singular"),
-                      help="RankMe on covariance eigenvalues (paper, default) or singular values")
-    meas.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"),
-                      help="precision of the probe forward: auto (default: the weights' dtype) or autocast to "
-                      "bf16/fp16 with fp32 weights (faster on GPUs; statistics stay fp32/fp64)")
-    meas.add_argument("--skip-first-token", action="store_true", default=None,
-                      help="with --tokens mean/all: leave out each probe's first token (BOS / attention sink)")
-    meas.add_argument("--like", metavar="RUN",
-                      help="measure like RUN: a live history .json (e.g. outputs/pretrain/geometry.json) or a replay "
-                      "output; takes its probe options, measurement options and precision (explicit options win)")
-
-    probes = p.add_argument_group("probes (fixed for the whole replay)")
-    probes.add_argument("--probe-file", metavar="PATH", help=".txt (one text per line) or .jsonl file")
-    probes.add_argument("--probe-dataset", metavar="NAME", help="hub dataset name, e.g. wikitext")
-    probes.add_argument("--probe-config", metavar="NAME", help="dataset config, e.g. wikitext-103-raw-v1")
-    probes.add_argument("--probe-split", help="dataset split (default train)")
-    probes.add_argument("--probe-column", help="text field of the dataset or .jsonl file (default text)")
-    probes.add_argument("--num-sequences", type=int, help="number of probe sequences (default 1024)")
-    probes.add_argument("--min-tokens", type=int, help="drop probes shorter than this (default 11)")
-    probes.add_argument("--max-tokens", type=int, help="truncate probes to this many tokens (default 128)")
-    probes.add_argument("--seed", type=int, help="seed of the probe selection (default 0)")
-    probes.add_argument("--chat-template", action="store_true", default=None,
-                        help="wrap each probe as a user message in the tokenizer's chat template, measured at the "
-                        "generation prompt (post-trained models; as the callbacks' chat_template=True)")
-    probes.add_argument("--system-prompt", metavar="TEXT", help="system message of --chat-template probes")
-    probes.add_argument("--tokenizer", help="tokenizer name or path (default: the first checkpoint's own)")
-
-    load = p.add_argument_group("loading")
-    load.add_argument("--dtype", choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16", "auto"),
-                      help="weights dtype (default fp32); features are upcast to fp32 for the statistics")
-    load.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default auto (cuda if available)")
-    load.add_argument("--device-map", help="from_pretrained device_map, e.g. auto (big models over GPUs)")
-    load.add_argument("--trust-remote-code", action="store_true", default=None, help="allow custom model code")
-    load.add_argument("--model-builder", metavar="MODULE:ATTRIBUTE",
-                      help="for Lightning .ckpt: your LightningModule class, or a function(hyper_parameters) -> "
-                      "module (or (module, tokenizer))")
-    load.add_argument("--base-model", metavar="NAME_OR_PATH",
-                      help="base model of PEFT adapter checkpoints (default: the adapter's base_model_name_or_path)")
-
-    out = p.add_argument_group("output")
-    out.add_argument("--output", "-o", metavar="OUT", help="results folder (required)")
-    out.add_argument("--tokens-per-step", type=int, metavar="N",
-                     help="tokens = step * N where revisions carry no token count (Pythia: 2097152)")
-    out.add_argument("--tensorboard", metavar="DIR", help="TensorBoard log dir (default OUT/tensorboard)")
-    out.add_argument("--no-tensorboard", action="store_true", default=None, help="do not write TensorBoard events")
-    out.add_argument("--tensorboard-spectra", action="store_true", default=None,
-                     help="also log an eigenspectrum figure per checkpoint")
-    out.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
-    out.add_argument("--quiet", "-q", action="store_true", default=None, help="no per-checkpoint summary lines")
-    p.set_defaults(handler=_cmd_replay)
-
-
-def _add_run_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", type=int, help="layer index (default: the deepest measured layer)")
-    p.add_argument("--stage", help="one training stage when steps restart per stage (OLMo-2)")
-
-
-def _add_plot(sub: Any) -> None:
-    p = sub.add_parser(
-        "plot", help="RankMe and alpha-ReQ trajectories of one or more runs",
-        description="Plot RankMe (top) and alpha-ReQ (bottom) against step, tokens or FLOPs "
-        "(6 * n_params * tokens); several runs are overlaid. The x axis is symlog: step 0 stays visible.",
-        epilog=_EPILOG_CONFIG,
-    )
-    p.add_argument("runs", nargs="*", metavar="RUN", help="replay output folders or live history .json files")
-    p.add_argument("--x", choices=("step", "tokens", "flops"), help="x axis (default step)")
-    _add_run_selection(p)
-    p.add_argument("--output", "-o", metavar="FIG", help="figure path, .png/.svg/.pdf (default RUN/trajectory.png)")
-    p.add_argument("--labels", help="comma list of legend labels (default: folder names)")
-    p.add_argument("--phases", action="store_true", default=None, help="shade the phases detected on the first run")
-    p.add_argument("--linear-x", action="store_true", default=None, help="linear x axis")
-    p.add_argument("--title", help="figure title")
-    p.set_defaults(handler=_cmd_plot)
-
-
-def _add_export(sub: Any) -> None:
-    p = sub.add_parser(
-        "export", help="export results as the paper's .npy dict or as CSV",
-        description="seed-npy: np.save of {step: {'rankme', 'alpha', 'eigenspectrum', 'r2', ...}} for one "
-        "layer, the paper's format (a pickle: read it with np.load(..., allow_pickle=True).item(), only from "
-        "sources you trust). csv: one row per checkpoint and layer.",
-        epilog=_EPILOG_CONFIG,
-    )
-    p.add_argument("run", nargs="?", metavar="OUT", help="replay output folder")
-    p.add_argument("--format", choices=("seed-npy", "csv"), help="default seed-npy")
-    p.add_argument("--output", "-o", metavar="PATH",
-                   help="default OUT/geometry_layer<L>.npy (seed-npy) or OUT/results.csv (csv)")
-    p.add_argument("--layer", type=int, help="layer (seed-npy default: deepest; csv default: all layers)")
-    p.add_argument("--no-spectra", action="store_true", default=None, help="seed-npy without eigenspectra")
-    p.set_defaults(handler=_cmd_export)
-
-
-def _add_phases(sub: Any) -> None:
-    p = sub.add_parser(
-        "phases", help="detect geometric phases (warmup, entropy-seeking, compression-seeking)",
-        description="Segment a run's RankMe / alpha-ReQ trajectory into phases and print a table.",
-        epilog=_EPILOG_CONFIG,
-    )
-    p.add_argument("run", nargs="?", metavar="RUN", help="replay output folder or live history .json file")
-    _add_run_selection(p)
-    p.add_argument("--no-warmup", action="store_true", default=None,
-                   help="the run does not start at initialisation (post-training): no warmup phase")
-    p.add_argument("--json", action="store_true", default=None, help="print the segments as JSON")
-    p.set_defaults(handler=_cmd_phases)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``geomtrace`` argument parser (subcommands replay, plot, export, phases)."""
-    parser = argparse.ArgumentParser(
-        prog="geomtrace",
-        description="Representation geometry (RankMe, alpha-ReQ) of language models over checkpoints.",
-        epilog="Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error.",
-    )
-    parser.add_argument("--version", action="version", version=f"geomtrace {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_replay, _add_plot, _add_export, _add_phases):
-        add(sub)
-    for p in sub.choices.values():
-        p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML mapping")
-    return parser
 
 
 def _version() -> str:
@@ -193,57 +256,83 @@ def _version() -> str:
     return __version__
 
 
-# ----------------------------------------------------------------------------- config files
-
-
-def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    for action in parser._actions:  # argparse keeps subparsers here; no public accessor
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[command]
-    raise KeyError(command)
-
-
-def load_config(path: str | os.PathLike, valid: set[str]) -> dict[str, Any]:
-    """Read a YAML mapping of options; keys may use dashes or underscores. Raises
-    UsageError on a missing file, a non-mapping or an unknown key."""
+def _docs(fn: Callable[..., Any]) -> tuple[str, str, dict[str, str]]:
+    """``(summary, description, {parameter: help})`` from a command's docstring."""
     from geomtrace._optional import require
 
-    yaml = require("yaml", "--config files")
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UsageError(f"{p} is not valid YAML: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{p} must hold a mapping of option: value, got {type(data).__name__}")
-    out = {}
-    for key, value in data.items():
-        dest = str(key).strip().lstrip("-").replace("-", "_")
-        if dest not in valid:
-            raise UsageError(f"{p}: unknown option {key!r}; valid keys: {', '.join(sorted(valid))}")
-        out[dest] = value
-    return out
+    doc = require("docstring_parser", "the geomtrace command line").parse(inspect.getdoc(fn) or "")
+    helps = {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
+    return doc.short_description or "", " ".join((doc.long_description or "").split()), helps
+
+
+def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
+    """Add one option per parameter of ``fn``, typed by its annotation (jsonargparse checks
+    the values, from the command line, a --config file or the environment alike)."""
+    hints = typing.get_type_hints(fn)
+    _, _, helps = _docs(fn)
+    groups = {name: title for title, names in _GROUPS.get(fn.__name__, {}).items() for name in names}
+    sections: dict[str, Any] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        title = groups.get(name)
+        target = parser if title is None else sections.setdefault(title, parser.add_argument_group(title))
+        kind, default, help_text = hints[name], param.default, helps.get(name, "")
+        if name in _POSITIONAL:
+            target.add_argument(name, nargs=_POSITIONAL[name], type=str, help=help_text,
+                                **({"default": None} if _POSITIONAL[name] == "?" else {}))
+            continue
+        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else []) + (
+            [_SHORT[name]] if name in _SHORT else [])
+        if kind is bool:  # a flag, as before: --dry-run (true/false in a config file or the environment)
+            target.add_argument(*flags, dest=name, action="store_true", default=default, help=help_text)
+        else:
+            target.add_argument(*flags, dest=name, type=kind, default=default, help=help_text)
+
+
+def build_parser() -> Any:
+    """The ``geomtrace`` parser (a ``jsonargparse.ArgumentParser``; subcommands replay, plot,
+    export, phases), each subcommand built from its function's signature."""
+    from geomtrace._optional import require
+
+    jsonargparse = require("jsonargparse", "the geomtrace command line")
+    ActionConfigFile, ArgumentParser = jsonargparse.ActionConfigFile, jsonargparse.ArgumentParser
+    parser = ArgumentParser(
+        prog="geomtrace",
+        description="Representation geometry (RankMe, alpha-ReQ) of language models over checkpoints.",
+        epilog="Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error, 130 interrupted.",
+        env_prefix=_ENV_PREFIX,
+        default_env=True,
+        version=_version(),
+    )
+    subcommands = parser.add_subcommands(dest="command", metavar="COMMAND")
+    for name, fn in COMMANDS.items():
+        summary, description, _ = _docs(fn)
+        sub = ArgumentParser(
+            description=f"{summary} {description}".strip(),
+            epilog="Options also come from --config FILE.yaml (keys: the option names, see --print_config) and "
+            f"from {_ENV_PREFIX}_{name.upper()}__<OPTION> environment variables; later arguments override "
+            "earlier ones, so give --config first.",
+            env_prefix=_ENV_PREFIX,
+            default_env=True,
+        )
+        sub.add_argument("--config", action=ActionConfigFile, help="read options from a YAML file")
+        _add_signature(sub, fn)
+        subcommands.add_subcommand(name, sub, help=summary)
+    return parser
+
+
+def subcommand_parser(parser: Any, command: str) -> Any:
+    """The parser of one subcommand of :func:`build_parser`'s parser."""
+    return parser._subcommands_action._name_parser_map[command]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with ``--config`` applied (file values first, flags override)."""
-    parser = build_parser()
+    """Parse ``argv``: a flat namespace of the subcommand's options plus ``command``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if args.config:
-        sub = _subparser(parser, args.command)
-        valid = {a.dest for a in sub._actions if a.dest not in ("help", "config", "handler")}
-        try:
-            defaults = load_config(args.config, valid)
-        except UsageError as err:
-            sub.error(str(err))
-        sub.set_defaults(**defaults)
-        args = parser.parse_args(argv)
-    return args
+    cfg = build_parser().parse_args(argv)
+    command = cfg["command"]
+    values = cfg[command].as_dict() if hasattr(cfg[command], "as_dict") else dict(vars(cfg[command]))
+    values = {k: v for k, v in values.items() if k not in ("config", "print_config", "__path__")}
+    return argparse.Namespace(command=command, **values)
 
 
 # ----------------------------------------------------------------------------- option helpers
@@ -301,7 +390,7 @@ def measure_config(args: argparse.Namespace, like: Any = None) -> Any:
     given = {
         "layers": None if args.layers is None else _layers(args.layers),
         "tokens": args.tokens,
-        "skip_first_token": getattr(args, "skip_first_token", None),
+        "skip_first_token": getattr(args, "skip_first_token", None) or None,  # a flag: only ever turns it on
         "batch_size": args.batch_size,
         "max_components": args.max_components,
         "fit_range": _fit_range(args.fit_range),
@@ -341,7 +430,7 @@ def probe_options(args: argparse.Namespace, like: Any = None) -> Any:
         "text_column": args.probe_column,
         "split": args.probe_split,
         "config_name": args.probe_config,
-        "chat_template": args.chat_template,
+        "chat_template": args.chat_template or None,  # a flag: only ever turns it on
         "system_prompt": args.system_prompt,
     }
     base = dict(like.probe_options) if like else {}
@@ -469,6 +558,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         verbose=not args.quiet,
         reference=like.provenance if like else None,
+        prefetch=not args.no_prefetch,
     )
     if not args.quiet:
         print(summary)
@@ -571,13 +661,19 @@ def _cmd_phases(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``geomtrace`` command line; returns the exit code (0 ok, 1 some checkpoints
-    failed, 2 bad input)."""
-    args = parse_args(argv)
+    failed, 2 bad input, 130 interrupted). Usage errors found while parsing (and --help,
+    --version, --print_config) end in SystemExit, as with argparse."""
+    try:
+        args = parse_args(argv)
+    except ImportError as err:  # the cli extra is missing: say which, in one line
+        print(f"geomtrace: error: {err}", file=sys.stderr)
+        return 2
     from geomtrace.probes import ProbeLoadError
     from geomtrace.replay.sources import CheckpointLoadError
 
+    options = {k: v for k, v in vars(args).items() if k != "command"}
     try:
-        return int(args.handler(args))
+        return int(COMMANDS[args.command](**options))
     except (UsageError, ValueError, OSError, KeyError, ImportError, ProbeLoadError, CheckpointLoadError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         one_line = " ".join(str(message).split())  # library messages may hold newlines

@@ -1,39 +1,100 @@
-"""Streaming covariance moments: update, merge, finalize. Torch only.
+"""Streaming covariance moments: the one accumulation engine. Torch only.
 
-The accumulated quantities are three plain sums, so batches, processes and ranks combine
-them by addition (``all_reduce(SUM)``):
+The accumulated quantities are plain sums around a fixed **shift** ``c`` (the first
+batch's mean), so batches, processes and ranks combine them by addition once their shifts
+agree (see :func:`recenter`):
 
 * ``n``: number of rows,
-* ``s = sum x`` (float64),
-* ``S = sum x x^T`` (float64), built per batch without ever forming ``x x^T`` in low
-  precision around a large mean.
+* ``s = sum (x - c)`` (float64),
+* ``S = sum (x - c)(x - c)^T`` (float64).
 
 Per batch (see ``docs/concepts.md``, "Numerics"): ``s_b`` is summed in float64,
 ``mu_b = s_b / n_b``, ``m`` is ``mu_b`` rounded to the compute dtype, ``M2_b = (X_b - m)^T
-(X_b - m)`` is a fast fp32 matmul (the subtraction is exact enough because ``m`` is close to
-every row's mean), ``delta = mu_b - m`` in float64 and ``S += M2_b + n_b (mu_b mu_b^T -
-delta delta^T)``. At the end ``C = (S - s s^T / n) / (n - 1)`` in float64. Raw fp32
-``sum x x^T - n mu mu^T`` loses every digit when LLM activations carry large means.
+(X_b - m)`` is a fast fp32 GEMM accumulated in place into an fp32 buffer, ``delta = mu_b -
+m`` in float64, and ``S += M2_b + n_b ((mu_b - c)(mu_b - c)^T - delta delta^T)``; the rank-one
+terms of up to :data:`FOLD_EVERY` batches are folded at once as two small fp64 GEMMs. At the
+end ``C = (S - s s^T / n) / (n - 1)`` in float64: with the shift, ``s / n = mu - c`` is
+small and the subtraction cancels nothing (without it, ``S - s s^T / n`` loses every digit
+once ``(mean / std)^2`` nears ``1 / eps(fp64)``).
+
+Magnitudes outside ``2**+-20`` are rescaled by an exact power of two before the fp32 GEMM
+(its products would underflow below ~1e-19 or overflow above ~1e19); the float64 sums stay
+in the features' own units.
+
+The state lives in any object with the attributes of :data:`STATE_NAMES` and
+:data:`PENDING_NAMES`: the torchmetrics metrics (:mod:`geomtrace.metrics`) hold them as
+metric states, :class:`CovarianceAccumulator` as plain tensors. Both run the functions here.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "FOLD_EVERY",
+    "PENDING_NAMES",
+    "STATE_NAMES",
     "CovarianceAccumulator",
+    "Moments",
     "PreparedRows",
-    "accumulate_rows",
-    "batch_moments",
+    "accumulate",
     "covariance_from_moments",
+    "default_states",
+    "fold",
     "fold_rank_one",
+    "merge_states",
+    "moments_of",
     "prepare_rows",
+    "recenter",
 ]
 
+#: Batches whose fp32 M2 and rank-one terms are buffered before one fp64 fold.
+FOLD_EVERY: int = 32
+#: The accumulated sums (float64), combined across ranks once their shifts agree, and the
+#: unit round-off of the coarsest input dtype seen (combined by max).
+STATE_NAMES: tuple[str, ...] = ("n_samples", "shift", "feature_sum", "second_moment", "n_dropped", "input_roundoff")
+#: The deferred per-batch work, folded into ``second_moment`` before sync, compute or merge.
+PENDING_NAMES: tuple[str, ...] = (
+    "pending_m2",
+    "pending_means",
+    "pending_corrections",
+    "pending_weights",
+    "pending_count",
+    "pending_scale",
+)
 
+# Features whose largest magnitude lies in [2**-20, 2**20] go into the fp32 GEMM as they are;
+# others are scaled by an exact power of two. A window of buffered batches shares one scale;
+# a batch whose scaled magnitude would leave [2**-30, 2**30] folds the window first.
+_NO_SCALE_BAND = 20
+_WINDOW_BAND = 30
+
+
+def default_states(device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """The empty state (``d`` unknown until the first update): name -> tensor."""
+    f64 = torch.float64
+    return {
+        "n_samples": torch.zeros((), dtype=f64, device=device),
+        "shift": torch.zeros(0, dtype=f64, device=device),
+        "feature_sum": torch.zeros(0, dtype=f64, device=device),
+        "second_moment": torch.zeros(0, 0, dtype=f64, device=device),
+        "n_dropped": torch.zeros((), dtype=f64, device=device),
+        "input_roundoff": torch.zeros((), dtype=f64, device=device),
+        "pending_m2": torch.zeros(0, 0, dtype=torch.float32, device=device),
+        "pending_means": torch.zeros(0, 0, dtype=f64, device=device),
+        "pending_corrections": torch.zeros(0, 0, dtype=f64, device=device),
+        "pending_weights": torch.zeros(0, dtype=f64, device=device),
+        "pending_count": torch.zeros((), dtype=f64, device=device),
+        "pending_scale": torch.zeros((), dtype=f64, device=device),
+    }
+
+
+# --------------------------------------------------------------------------- input
 @dataclass(frozen=True)
 class PreparedRows:
     """Rows ready to accumulate: finite, 2-D, in the compute dtype (fp32 or fp64)."""
@@ -42,6 +103,33 @@ class PreparedRows:
     n_dropped: int
     #: float64 column sums of ``rows`` (computed anyway for the finiteness check).
     batch_sum: Tensor | None = None
+    #: The feature dimension ``d`` (known even when every row was dropped).
+    dim: int = 0
+    #: The dtype the features arrived in (bf16 features carry bf16 quantization).
+    input_dtype: torch.dtype = torch.float32
+
+
+def _check_mask(mask: Any, features: Tensor) -> Tensor:
+    """A boolean row mask of shape ``features.shape[:-1]`` (0/1 integer or float masks accepted)."""
+    expected = tuple(features.shape[:-1])
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"mask must be a torch.Tensor of booleans with shape {expected} (True keeps a row), got "
+            f"{type(mask).__name__}. Convert it with torch.as_tensor(mask, dtype=torch.bool)."
+        )
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"mask must have shape features.shape[:-1] = {expected}, got {tuple(mask.shape)}.")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex():
+        raise TypeError(f"mask must be boolean (or 0/1 like an attention mask), got dtype {mask.dtype}.")
+    if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
+        raise ValueError(
+            f"mask must be boolean, or 0/1 like an attention mask; got {mask.dtype} values such as {bad}. "
+            "Threshold it yourself (e.g. mask > 0.5) so that it is clear which rows are kept."
+        )
+    return mask != 0
 
 
 def prepare_rows(features: Tensor, mask: Tensor | None = None, *, expected_dim: int | None = None) -> PreparedRows:
@@ -50,19 +138,27 @@ def prepare_rows(features: Tensor, mask: Tensor | None = None, *, expected_dim: 
     Args:
         features: ``(N, d)`` or ``(..., d)`` floating point tensor (any float dtype; bf16 and
             fp16 are upcast to fp32, fp64 stays fp64).
-        mask: optional boolean tensor of shape ``features.shape[:-1]``; ``True`` keeps a row
-            (e.g. an attention mask to skip padding).
+        mask: optional tensor of shape ``features.shape[:-1]``, boolean or 0/1 (an attention
+            mask); ``True``/1 keeps a row (e.g. to skip padding).
         expected_dim: the feature dimension seen so far, to reject a changing ``d``.
 
     Returns:
         The kept rows and how many rows were dropped for containing NaN or Inf.
     """
     if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}.")
+        raise TypeError(
+            f"features must be a torch.Tensor, got {type(features).__name__}. "
+            "Pass the hidden states as a tensor of shape (N, d) or (..., d)."
+        )
     if not features.is_floating_point():
         raise TypeError(
             f"features must be a floating point tensor (hidden states), got dtype {features.dtype}. "
             "Integer inputs such as token ids are not features: pass the model's hidden states."
+        )
+    if features.device.type == "meta":
+        raise ValueError(
+            "features are on the meta device (shapes without data, e.g. a model built under "
+            "torch.device('meta') or init_empty_weights): load real weights before measuring."
         )
     if features.ndim < 1:
         raise ValueError("features must have at least one dimension (the feature dimension d).")
@@ -74,58 +170,132 @@ def prepare_rows(features: Tensor, mask: Tensor | None = None, *, expected_dim: 
             f"feature dimension changed from {expected_dim} to {d}. A metric accumulates one "
             "covariance: use one metric per layer/model, or call reset() before switching."
         )
-    rows = features.reshape(-1, d)
+    rows = features.detach().reshape(-1, d)
     if mask is not None:
-        if mask.shape != features.shape[:-1]:
-            raise ValueError(
-                f"mask must have shape features.shape[:-1] = {tuple(features.shape[:-1])}, got {tuple(mask.shape)}."
-            )
-        rows = rows[mask.reshape(-1).to(device=rows.device, dtype=torch.bool)]
+        keep = _check_mask(mask, features)
+        rows = rows[keep.reshape(-1).to(device=rows.device)]
+    input_dtype = rows.dtype
     compute_dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
     rows = rows.to(compute_dtype)
-    # The float64 column sums are needed anyway; they are finite exactly when every row is,
-    # so the per-row scan only runs for a batch that does contain NaN/Inf.
+    # The float64 column sums are needed anyway; they are finite exactly when every row is
+    # (barring an fp64 overflow of the sum itself, handled by the per-row scan), so the scan
+    # only runs for a batch that does contain NaN/Inf.
     batch_sum = torch.sum(rows, dim=0, dtype=torch.float64)
     if bool(torch.isfinite(batch_sum).all()):
-        return PreparedRows(rows, 0, batch_sum)
+        return PreparedRows(rows, 0, batch_sum, d, input_dtype)
     finite = torch.isfinite(rows).all(dim=1)
     n_dropped = int(rows.shape[0] - finite.sum().item())
     rows = rows[finite]
-    return PreparedRows(rows, n_dropped, torch.sum(rows, dim=0, dtype=torch.float64))
+    return PreparedRows(rows, n_dropped, torch.sum(rows, dim=0, dtype=torch.float64), d, input_dtype)
 
 
-def batch_moments(
-    rows: Tensor, m2_out: Tensor | None = None, batch_sum: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-batch pieces: ``(batch_sum, mean, correction, m2)``.
+# ----------------------------------------------------------------------- the engine
+def materialize(state: Any, d: int, dtype: torch.dtype, device: torch.device, fold_every: int = FOLD_EVERY) -> None:
+    """Give an empty state its dimension ``d`` (zeros; the shift is set by the first rows)."""
+    f64 = torch.float64
+    state.n_samples = torch.zeros((), dtype=f64, device=device)
+    state.shift = torch.zeros(d, dtype=f64, device=device)
+    state.feature_sum = torch.zeros(d, dtype=f64, device=device)
+    state.second_moment = torch.zeros(d, d, dtype=f64, device=device)
+    state.n_dropped = state.n_dropped.to(device)
+    state.input_roundoff = state.input_roundoff.to(device)
+    materialize_pending(state, dtype, fold_every)
 
-    ``batch_sum`` and ``mean`` are float64, ``correction = mean - fp32(mean)`` (float64) and
-    ``m2 = (X - fp32(mean))^T (X - fp32(mean))`` in the rows' dtype. With ``m2_out`` the
-    matmul accumulates into it in place (``m2_out += ...``, fused into the GEMM) and it is
-    returned as ``m2``. ``batch_sum`` may be passed when already known.
+
+def materialize_pending(state: Any, dtype: torch.dtype, fold_every: int = FOLD_EVERY) -> None:
+    """Allocate the deferred-work buffers (after materialize, or on a state restored by a sync)."""
+    d, device, f64 = state.feature_sum.numel(), state.feature_sum.device, torch.float64
+    state.pending_m2 = torch.zeros(d, d, dtype=dtype, device=device)
+    state.pending_means = torch.zeros(fold_every, d, dtype=f64, device=device)
+    state.pending_corrections = torch.zeros(fold_every, d, dtype=f64, device=device)
+    state.pending_weights = torch.zeros(fold_every, dtype=f64, device=device)
+    state.pending_count = torch.zeros((), dtype=f64, device=device)
+    state.pending_scale = torch.zeros((), dtype=f64, device=device)
+
+
+def _scale_exponent(amax: float) -> int:
+    """Power of two that brings ``amax`` into [0.5, 1); 0 when it is already in the safe band."""
+    if amax == 0.0 or 2.0**-_NO_SCALE_BAND <= amax <= 2.0**_NO_SCALE_BAND:
+        return 0
+    return -math.frexp(amax)[1]
+
+
+def _times_power_of_two(values: Tensor, exponent: int) -> Tensor:
+    """``values * 2**exponent``, exact; in steps, because 2**130 itself is not an fp32 number."""
+    while exponent:
+        step = max(-100, min(100, exponent))
+        values = values * 2.0**step
+        exponent -= step
+    return values
+
+
+def _fits_window(amax: float, exponent: int) -> bool:
+    return amax == 0.0 or 2.0**-_WINDOW_BAND <= math.ldexp(amax, exponent) <= 2.0**_WINDOW_BAND
+
+
+def accumulate(state: Any, prepared: PreparedRows, fold_every: int = FOLD_EVERY) -> None:
+    """Add one batch of clean rows into ``state`` (in place: compute-group members share it).
+
+    The dimension is fixed by the first batch, even one whose rows were all dropped.
     """
+    rows = prepared.rows
+    device = state.second_moment.device
+    if state.feature_sum.numel() == 0:
+        materialize(state, prepared.dim or rows.shape[1], rows.dtype, device, fold_every)
+    elif state.pending_means.numel() == 0:  # states restored by a sync on a rank that had no rows
+        materialize_pending(state, rows.dtype, fold_every)
     n_b = rows.shape[0]
+    if n_b == 0:
+        return
+    state.input_roundoff.clamp_(min=torch.finfo(prepared.input_dtype).eps / 2.0)
+    f64 = torch.float64
+    batch_sum = prepared.batch_sum
+    if rows.dtype != state.pending_m2.dtype or rows.device != device or batch_sum is None:
+        # the mean must be that of the very rows that enter the GEMM
+        rows = rows.to(device=device, dtype=state.pending_m2.dtype)
+        batch_sum = torch.sum(rows, dim=0, dtype=torch.float64)
     # Never under autocast: the matmul must stay in fp32 (or fp64).
-    with torch.autocast(device_type=rows.device.type, enabled=False):
-        if batch_sum is None:
-            batch_sum = torch.sum(rows, dim=0, dtype=torch.float64)
+    with torch.autocast(device_type=device.type, enabled=False):
         mean = batch_sum / n_b
-        rounded_mean = mean.to(rows.dtype)
-        centered = rows - rounded_mean
-        if m2_out is None:
-            m2 = centered.T @ centered
-        else:
-            m2 = m2_out.addmm_(centered.T, centered.to(m2_out.dtype) if centered.dtype != m2_out.dtype else centered)
-        correction = mean - rounded_mean.to(torch.float64)
-    return batch_sum, mean, correction, m2
+        low, high = torch.aminmax(rows)
+        # One host sync for every scalar the update branches on.
+        seen, slot, window, amax = torch.stack(
+            [state.n_samples, state.pending_count, state.pending_scale, torch.maximum(high, -low).to(f64)]
+        ).tolist()
+        slot, window = int(slot), int(window)
+        if seen == 0:  # the first rows fix the shift (nothing to recentre yet)
+            state.shift.copy_(mean)
+        if slot and not _fits_window(amax, window):
+            fold(state)
+            slot = 0
+        if slot == 0:
+            window = _scale_exponent(amax)
+            state.pending_scale.fill_(window)
+        exponent = window
+        scaled_mean = mean * 2.0**exponent if exponent else mean  # exact: a power of two
+        rounded_mean = scaled_mean.to(rows.dtype)
+        centered = _times_power_of_two(rows, exponent) if exponent else rows
+        centered = centered - rounded_mean
+        state.pending_m2.addmm_(centered.T, centered)
+        correction = scaled_mean - rounded_mean.to(f64)
+        if exponent:
+            correction = correction * 2.0**-exponent
+    deviation = mean - state.shift
+    state.n_samples += n_b
+    state.feature_sum.add_(deviation, alpha=n_b)
+    state.pending_means[slot] = deviation
+    state.pending_corrections[slot] = correction
+    state.pending_weights[slot] = n_b
+    state.pending_count += 1
+    if slot + 1 >= state.pending_means.shape[0]:
+        fold(state)
 
 
 def fold_rank_one(second: Tensor, means: Tensor, corrections: Tensor, weights: Tensor) -> None:
-    """``second += sum_b w_b (mu_b mu_b^T - delta_b delta_b^T)`` in place, as two small fp64 GEMMs.
+    """``second += sum_b w_b (m_b m_b^T - delta_b delta_b^T)`` in place, as two small fp64 GEMMs.
 
-    Adding ``n_b (mu_b mu_b^T - delta_b delta_b^T)`` to the sum around the rounded mean
-    turns it into ``sum x x^T``; stacking many batches makes it one matmul instead of two
-    ``d^2`` passes per batch.
+    With ``m_b = mu_b - c`` this turns the sums of centred M2 into ``sum (x - c)(x - c)^T``;
+    stacking many batches makes it one matmul instead of two ``d^2`` passes per batch.
     """
     if means.shape[0] == 0:
         return
@@ -133,19 +303,144 @@ def fold_rank_one(second: Tensor, means: Tensor, corrections: Tensor, weights: T
     second.addmm_(corrections.T * weights, corrections, alpha=-1.0)
 
 
-def accumulate_rows(
-    rows: Tensor, n: Tensor, total: Tensor, second: Tensor, batch_sum: Tensor | None = None
-) -> None:
-    """Add one batch of clean rows into the float64 sums ``n``, ``total``, ``second`` in place."""
-    n_b = rows.shape[0]
-    if n_b == 0:
+def fold(state: Any) -> None:
+    """Move the deferred per-batch terms into ``second_moment``, in place."""
+    count = int(state.pending_count)
+    if count == 0:
         return
-    batch_sum, mean, correction, m2 = batch_moments(rows, batch_sum=batch_sum)
-    n.add_(n_b)
-    total.add_(batch_sum)
-    second.add_(m2)
-    weight = torch.tensor([float(n_b)], dtype=torch.float64, device=second.device)
-    fold_rank_one(second, mean[None], correction[None], weight)
+    exponent = int(state.pending_scale)
+    if abs(exponent) < 500:
+        state.second_moment.add_(state.pending_m2, alpha=2.0 ** (-2 * exponent))  # exact rescale
+    else:  # fp64 features beyond ~1e150: the true sums overflow (reported at compute)
+        state.second_moment.add_(_times_power_of_two(state.pending_m2.to(torch.float64), -2 * exponent))
+    fold_rank_one(
+        state.second_moment,
+        state.pending_means[:count],
+        state.pending_corrections[:count],
+        state.pending_weights[:count],
+    )
+    for name in PENDING_NAMES:
+        getattr(state, name).zero_()
+
+
+def recenter(n: Tensor | float, shift: Tensor, total: Tensor, second: Tensor, new_shift: Tensor) -> None:
+    """Move sums around ``shift`` to sums around ``new_shift``, in place (``shift`` too).
+
+    ``sum (x - c')(x - c')^T = S + s d^T + d s^T + n d d^T`` and ``sum (x - c') = s + n d``
+    with ``d = c - c'``: exact algebra, and accurate in fp64 while both shifts lie within a
+    few thousand standard deviations of the data.
+    """
+    delta = shift - new_shift
+    if not bool(torch.any(delta != 0)):
+        return
+    count = float(n)
+    second.add_(torch.outer(total, delta)).add_(torch.outer(delta, total)).add_(torch.outer(delta, delta), alpha=count)
+    total.add_(delta, alpha=count)
+    shift.copy_(new_shift)
+
+
+def merge_states(state: Any, incoming: Mapping[str, Tensor], fold_every: int = FOLD_EVERY) -> None:
+    """Add another state's sums (a mapping of :data:`STATE_NAMES` + :data:`PENDING_NAMES`) into ``state``.
+
+    Each side's deferred terms are folded first; the merged sums keep the shift of the side
+    with more rows (the other side is recentred onto it). ``incoming`` is not modified.
+    """
+    missing = [name for name in ("n_samples", "feature_sum", "second_moment", "n_dropped") if name not in incoming]
+    if missing:
+        raise ValueError(f"cannot merge: the incoming state lacks {missing}; pass a metric of the same class or its state.")
+    dropped = incoming["n_dropped"].to(state.n_dropped.device)
+    roundoff = incoming.get("input_roundoff")
+    if roundoff is not None:
+        state.input_roundoff = torch.maximum(state.input_roundoff, roundoff.to(state.input_roundoff.device))
+    d = incoming["feature_sum"].numel()
+    if d == 0:
+        state.n_dropped = state.n_dropped + dropped
+        return
+    device = state.second_moment.device
+    if state.feature_sum.numel() == 0:
+        materialize(state, d, incoming["pending_m2"].dtype, device, fold_every)
+    elif state.feature_sum.numel() != d:
+        raise ValueError(f"cannot merge a state of dimension {d} into one of dimension {state.feature_sum.numel()}.")
+    fold(state)
+    other = _Folded(incoming, device)
+    if float(other.n_samples) == 0:
+        state.n_dropped = state.n_dropped + dropped
+        return
+    if float(state.n_samples) == 0:
+        state.shift.copy_(other.shift)
+    elif float(other.n_samples) > float(state.n_samples):
+        recenter(state.n_samples, state.shift, state.feature_sum, state.second_moment, other.shift)
+    else:
+        recenter(other.n_samples, other.shift, other.feature_sum, other.second_moment, state.shift)
+    state.n_samples += other.n_samples
+    state.feature_sum.add_(other.feature_sum)
+    state.second_moment.add_(other.second_moment)
+    state.n_dropped = state.n_dropped + dropped
+
+
+class _Folded:
+    """A folded copy of an incoming state's sums, on ``device`` (the incoming tensors stay untouched)."""
+
+    def __init__(self, incoming: Mapping[str, Tensor], device: torch.device) -> None:
+        d = incoming["feature_sum"].numel()
+        copy = {name: value.to(device).clone() for name, value in incoming.items() if isinstance(value, Tensor)}
+        # States saved before the shift and the window scale existed: sums around 0, unscaled.
+        if copy.get("shift") is None or copy["shift"].numel() != d:
+            copy["shift"] = torch.zeros(d, dtype=torch.float64, device=device)
+        for name in ("pending_scale", "input_roundoff"):
+            copy.setdefault(name, torch.zeros((), dtype=torch.float64, device=device))
+        for name in STATE_NAMES + PENDING_NAMES:
+            setattr(self, name, copy[name])
+        if self.pending_means.numel() and int(self.pending_count):
+            fold(self)
+
+
+# ---------------------------------------------------------------------- the result
+@dataclass(frozen=True)
+class Moments:
+    """Folded float64 sums around ``shift``: everything a spectrum is computed from."""
+
+    n: float
+    shift: Tensor
+    total: Tensor
+    second: Tensor
+    #: The dtype the Gram matrix was accumulated in (fp32 unless every input was fp64).
+    accumulation_dtype: torch.dtype = torch.float32
+    n_dropped: int = 0
+    #: Unit round-off of the coarsest input dtype (0 when unknown).
+    input_roundoff: float = 0.0
+
+    @property
+    def dim(self) -> int:
+        return self.total.numel()
+
+    def covariance(self) -> Tensor:
+        """The unbiased float64 covariance (shift-invariant)."""
+        return covariance_from_moments(self.n, self.total, self.second)
+
+    def mean(self) -> Tensor:
+        return self.shift + self.total / self.n
+
+    def gram(self) -> Tensor:
+        """``sum x x^T`` (uncentred), for the singular-value RankMe."""
+        c, s = self.shift, self.total
+        return self.second + torch.outer(s, c) + torch.outer(c, s) + self.n * torch.outer(c, c)
+
+
+def moments_of(state: Any) -> Moments:
+    """Fold ``state`` and return its :class:`Moments` (the tensors are the state's own)."""
+    if state.feature_sum.numel() and state.pending_means.numel():
+        fold(state)
+    dtype = state.pending_m2.dtype if state.pending_m2.numel() else torch.float32
+    return Moments(
+        n=float(state.n_samples),
+        shift=state.shift,
+        total=state.feature_sum,
+        second=state.second_moment,
+        accumulation_dtype=dtype,
+        n_dropped=int(state.n_dropped),
+        input_roundoff=float(state.input_roundoff),
+    )
 
 
 def covariance_from_moments(n: Tensor | float, total: Tensor, second: Tensor) -> Tensor:
@@ -158,67 +453,66 @@ def covariance_from_moments(n: Tensor | float, total: Tensor, second: Tensor) ->
     return (cov + cov.T) * 0.5
 
 
+# ------------------------------------------------------------- framework-free view
 class CovarianceAccumulator:
     """Framework-free streaming covariance: ``update``, ``merge``, ``all_reduce``, ``covariance``.
 
-    The torchmetrics metrics in :mod:`geomtrace.metrics` hold the same three sums as
-    metric states; this class is for code that wants the moments without torchmetrics.
+    A thin holder of the same state the torchmetrics metrics keep, run by the same
+    functions (:func:`accumulate`, :func:`fold`, :func:`merge_states`), for code that wants
+    the moments without torchmetrics.
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
-        self.n = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.total: Tensor | None = None
-        self.second: Tensor | None = None
-        self.n_dropped = 0
+        for name, value in default_states(self.device).items():
+            setattr(self, name, value)
 
     @property
     def dim(self) -> int | None:
         """The feature dimension, or None before the first update."""
-        return None if self.total is None else self.total.numel()
+        return self.feature_sum.numel() or None
 
-    def _ensure(self, d: int, device: torch.device) -> None:
-        if self.total is None:
-            self.n = self.n.to(device)
-            self.total = torch.zeros(d, dtype=torch.float64, device=device)
-            self.second = torch.zeros(d, d, dtype=torch.float64, device=device)
+    @property
+    def n(self) -> Tensor:
+        """Number of rows accumulated (float64 scalar)."""
+        return self.n_samples
 
     def update(self, features: Tensor, mask: Tensor | None = None) -> int:
         """Accumulate a batch; returns the number of rows dropped for NaN/Inf."""
         prepared = prepare_rows(features, mask, expected_dim=self.dim)
-        rows = prepared.rows
-        if self.device is not None:
-            rows = rows.to(self.device)
-        self._ensure(rows.shape[1], rows.device)
-        assert self.total is not None and self.second is not None
-        batch_sum = prepared.batch_sum.to(rows.device) if prepared.batch_sum is not None else None
-        accumulate_rows(rows, self.n, self.total, self.second, batch_sum)
+        if self.device is None and self.feature_sum.numel() == 0:
+            for name in STATE_NAMES + PENDING_NAMES:
+                setattr(self, name, getattr(self, name).to(prepared.rows.device))
+        accumulate(self, prepared)
         self.n_dropped += prepared.n_dropped
         return prepared.n_dropped
 
+    def state(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in STATE_NAMES + PENDING_NAMES}
+
     def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
         """Add another accumulator's sums into this one (in place) and return self."""
-        if other.total is None:
-            return self
-        assert other.second is not None
-        if self.total is not None and self.total.numel() != other.total.numel():
-            raise ValueError(f"cannot merge covariances of dimension {self.dim} and {other.dim}.")
-        self._ensure(other.total.numel(), other.total.device)
-        assert self.total is not None and self.second is not None
-        self.n.add_(other.n.to(self.n.device))
-        self.total.add_(other.total.to(self.total.device))
-        self.second.add_(other.second.to(self.second.device))
-        self.n_dropped += other.n_dropped
+        merge_states(self, other.state())
         return self
 
-    def all_reduce(self, group=None) -> None:  # noqa: ANN001 - torch ProcessGroup
+    def all_reduce(self, group: Any = None) -> None:
         """Sum the moments over all ranks in place. Every rank must call it, also with no rows."""
         from geomtrace._distributed import all_reduce_moments
 
-        self.n, self.total, self.second = all_reduce_moments(self.n, self.total, self.second, group=group)
+        if self.feature_sum.numel():
+            fold(self)
+        self.n_samples, self.shift, self.feature_sum, self.second_moment = all_reduce_moments(
+            self.n_samples, self.shift, self.feature_sum, self.second_moment, group=group
+        )
+        torch.distributed.all_reduce(self.n_dropped, op=torch.distributed.ReduceOp.SUM, group=group)
+        torch.distributed.all_reduce(self.input_roundoff, op=torch.distributed.ReduceOp.MAX, group=group)
+
+    def moments(self) -> Moments:
+        """The folded sums (see :class:`Moments`)."""
+        return moments_of(self)
 
     def covariance(self) -> Tensor:
         """The float64 covariance of everything accumulated."""
-        if self.total is None or self.second is None:
+        if self.feature_sum.numel() == 0:
             raise ValueError("no features were accumulated yet.")
-        return covariance_from_moments(self.n, self.total, self.second)
+        return self.moments().covariance()

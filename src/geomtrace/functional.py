@@ -9,7 +9,10 @@ No state and no framework beyond torch. The conventions follow the paper's scrip
   ``RankMe = exp(-sum_i p_i log p_i)``;
 * alpha-ReQ: weighted least squares of ``log lambda_r = -alpha log r + b`` over the
   1-based ranks ``r`` in ``fit_range`` (inclusive), weights ``1/r``; R^2 is the plain
-  coefficient of determination of that fit in log space over the fit range.
+  coefficient of determination of that fit in log space over the fit range. Only
+  eigenvalues that can be non-zero enter the fit: ranks below ``N`` (a centred covariance of
+  N rows has rank <= N - 1) and values above the accumulation's round-off floor
+  (:func:`roundoff_floor`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ __all__ = [
     "covariance_from_features",
     "eigenspectrum",
     "rankme",
+    "roundoff_floor",
     "singular_spectrum",
+    "unit_roundoff",
+    "validate_eps",
 ]
 
 
@@ -96,6 +102,11 @@ def eigenspectrum(
         float64 tensor of ``k = min(N, d, max_components)`` eigenvalues, largest first.
     """
     _check_square(covariance, "covariance")
+    if not bool(torch.isfinite(covariance).all()):
+        raise ValueError(
+            "covariance has NaN or Inf entries: its features were not finite or overflowed. "
+            "Drop non-finite rows first (the metrics do) or rescale the features."
+        )
     eigenvalues = torch.linalg.eigvalsh(covariance.to(torch.float64))
     # eigvalsh returns ascending order; round-off can make zero eigenvalues slightly
     # negative. Clip (never abs: a -1e-12 is a zero, not a 1e-12).
@@ -118,9 +129,25 @@ def singular_spectrum(
 
 
 def _as_spectrum(values: Tensor) -> Tensor:
+    if not isinstance(values, Tensor):
+        raise TypeError(f"a spectrum must be a torch.Tensor, got {type(values).__name__}.")
     if values.ndim != 1:
         raise ValueError(f"Expected a 1-D spectrum, got shape {tuple(values.shape)}.")
     return values.to(torch.float64)
+
+
+def validate_eps(eps: float) -> float:
+    """Check RankMe's epsilon: a finite number >= 0 (a negative one can make some ``p_i`` < 0)."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a number >= 0 (the paper uses {DEFAULT_EPS:g}), got {eps!r}.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"eps must be a finite number >= 0 (the paper uses {DEFAULT_EPS:g}; 0 disables it), got {eps!r}. "
+            "A negative eps makes the smallest normalised eigenvalues negative and their log undefined."
+        )
+    return value
 
 
 def rankme(spectrum: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
@@ -129,41 +156,101 @@ def rankme(spectrum: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     ``p_i = v_i / sum_j v_j + eps`` and ``RankMe = exp(-sum_i p_i log p_i)``. Pass
     covariance eigenvalues (the paper's convention) or singular values from
     :func:`singular_spectrum` (Garrido et al.). Scale-invariant. Returns a float64
-    scalar; NaN when the spectrum is empty or sums to zero.
+    scalar; NaN when the spectrum is empty, not finite or sums to zero (zero variance).
     """
+    eps = validate_eps(eps)
     values = _as_spectrum(spectrum)
     total = values.sum()
     if values.numel() == 0 or not torch.isfinite(total) or total <= 0:
         return torch.tensor(math.nan, dtype=torch.float64, device=values.device)
     p = values / total + eps
-    return torch.exp(-(p * torch.log(p)).sum())
+    # 0 * log 0 = 0 (only reachable with eps = 0 and exact zeros).
+    return torch.exp(-torch.special.xlogy(p, p).sum())
 
 
-def alpha_req(eigenvalues: Tensor, fit_range: tuple[int, int] = DEFAULT_FIT_RANGE) -> PowerLawFit:
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit round-off ``u`` of a floating dtype: 2**-24 for fp32, 2**-53 for fp64, 2**-8 for bf16."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"expected a floating point dtype, got {dtype}.")
+    return torch.finfo(dtype).eps / 2.0
+
+
+def roundoff_floor(
+    trace: float | Tensor,
+    accumulation_dtype: torch.dtype = torch.float32,
+    *,
+    input_roundoff: float = 0.0,
+    mean_norm_sq: float = 0.0,
+    dim: int = 1,
+) -> float:
+    """Eigenvalues at or below this level are round-off, not spectrum: ``max(a, q)`` with
+
+    * ``a = u_acc * trace(C)``, the error of the accumulation: ``u_acc`` is the unit round-off
+      of the dtype the Gram matrix was accumulated in (2**-24 for fp32). An fp32 GEMM ``A^T A``
+      has componentwise errors ``|E| <= gamma |A|^T |A|``, so ``||E||_2 <= gamma ||A||_F^2 =
+      gamma (N - 1) trace(C)``: every eigenvalue carries an absolute error of about
+      ``gamma trace(C)``. Measured on this route (blocked BLAS, fp32 windows of 32 batches),
+      ``gamma < 0.1 u``; a genuine alpha = 3 power law still has ``lambda_100 ~ 14 u trace(C)``.
+    * ``q = u_in^2 (trace(C) + |mean|^2) / d``, the quantization of the features themselves:
+      rounding each value ``x`` to its dtype (``u_in``: 2**-8 for bf16, 2**-11 for fp16) adds
+      a noise of variance up to ``(u_in x)^2 / 3`` per coordinate, about ``u_in^2 E[x^2] / 6``
+      on average, to every direction (and is all a LayerNorm's null direction holds). ``q``
+      is about 6 times that average, and negligible for fp32 features.
+
+    See ``docs/concepts.md`` ("Round-off and rank").
+    """
+    floor = float(trace) * unit_roundoff(accumulation_dtype)
+    if input_roundoff > 0 and dim > 0:
+        floor = max(floor, input_roundoff**2 * (float(trace) + float(mean_norm_sq)) / dim)
+    return floor
+
+
+def alpha_req(
+    eigenvalues: Tensor,
+    fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
+    *,
+    n_samples: int | None = None,
+    floor: float = 0.0,
+) -> PowerLawFit:
     """Fit ``log lambda_r = -alpha log r + b`` by weighted least squares (weights ``1/r``).
 
     Args:
         eigenvalues: descending eigenvalues (e.g. from :func:`eigenspectrum`).
         fit_range: 1-based inclusive ranks ``(first, last)``; the paper uses ``(12, 100)``.
-            The range is clipped to the eigenvalues that exist and are positive.
+            The range is clipped to the eigenvalues that exist and can be non-zero.
+        n_samples: the number of samples ``N`` behind a *centred* covariance: it has rank
+            at most ``N - 1``, so ranks ``>= N`` are left out (their eigenvalues are round-off).
+        floor: eigenvalues ``<= floor`` are treated as absent (round-off, see
+            :func:`roundoff_floor`); the default keeps every positive eigenvalue.
 
     Returns:
-        A :class:`PowerLawFit`. With fewer than :data:`MIN_FIT_POINTS` usable ranks,
-        alpha, r2 and intercept are NaN and one :class:`~geomtrace.GeometryWarning` is emitted.
+        A :class:`PowerLawFit`. With fewer than :data:`MIN_FIT_POINTS` usable ranks (a short
+        spectrum: N or d below the fit range's start, a small ``max_components``...), alpha,
+        r2 and intercept are NaN and one :class:`~geomtrace.GeometryWarning` is emitted.
+        It never raises for a short or empty spectrum.
     """
     first, last = _validate_fit_range(fit_range)
     values = _as_spectrum(eigenvalues)
     device = values.device
     stop = min(last, values.numel())
+    if n_samples is not None:
+        stop = min(stop, int(n_samples) - 1)
+    stop = max(stop, first - 1)  # an empty range, never a negative-length arange
     ranks = torch.arange(first, stop + 1, device=device, dtype=torch.int64)
-    selected = values[first - 1 : stop] if stop >= first else values[:0]
-    usable = selected > 0  # log(0) is undefined; exact zeros are rank deficiency, not decay
+    selected = values[first - 1 : stop]
+    # log(0) is undefined; exact zeros and round-off are rank deficiency, not decay.
+    usable = (selected > max(float(floor), 0.0)) & torch.isfinite(selected)
     ranks, selected = ranks[usable], selected[usable]
     if ranks.numel() < MIN_FIT_POINTS:
+        limits = [f"the spectrum has {values.numel()} values"]
+        if n_samples is not None:
+            limits.append(f"N = {int(n_samples)} samples give at most {max(int(n_samples) - 1, 0)} non-zero ones")
+        if floor > 0:
+            limits.append(f"{int((values > floor).sum())} lie above the round-off floor {floor:.3g}")
         warn(
-            f"alpha-ReQ needs at least {MIN_FIT_POINTS} positive eigenvalues in ranks "
-            f"{first}..{last}, found {ranks.numel()} (spectrum has {values.numel()} values). "
-            "Use more probe samples, a wider model, or a lower fit_range; alpha is NaN."
+            f"alpha-ReQ needs at least {MIN_FIT_POINTS} positive eigenvalues in ranks {first}..{last}, "
+            f"found {ranks.numel()} ({'; '.join(limits)}). Use more probe samples (N > {last}), a wider "
+            f"layer (d >= {last}), a larger max_components or a lower fit_range; alpha and R^2 are NaN."
         )
         nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
         return PowerLawFit(nan, nan.clone(), nan.clone(), ranks, torch.full_like(selected, math.nan))

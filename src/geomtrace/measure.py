@@ -10,19 +10,20 @@ this function, they give identical numbers for the same model and probe set.
 from __future__ import annotations
 
 import math
+import re
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal, get_args
+from typing import Any, Iterator, Literal, Mapping, get_args
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 
 from geomtrace import functional as F
 from geomtrace._distributed import rank_and_world_size
 from geomtrace._warnings import warn
-from geomtrace.covariance import CovarianceAccumulator
 from geomtrace.features import (
     FeatureSpec,
     LayerSelection,
@@ -32,10 +33,12 @@ from geomtrace.features import (
     num_hidden_layers,
     resolve_layers,
 )
+from geomtrace.metrics import Geometry, GeometrySummary
 from geomtrace.probes import ProbeSet
 
 __all__ = [
     "AUTOCAST_CHOICES",
+    "RESERVED_NAMES",
     "AutocastSetting",
     "GeometryResult",
     "LayerGeometry",
@@ -45,7 +48,15 @@ __all__ = [
     "measure_geometry",
     "metric_key",
     "probe_autocast",
+    "validate_extra_metrics",
 ]
+
+#: Names an extra metric cannot take: the built-in values of a layer (and the tags the
+#: callbacks log beside them).
+RESERVED_NAMES: frozenset[str] = frozenset(
+    {"geometry", "rankme", "alpha", "alpha_r2", "r2", "n_samples", "eigenspectrum", "eigenvalues", "seconds", "phase"}
+)
+_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
 #: Precision settings of the probe forward (:attr:`MeasureConfig.autocast`).
 AutocastSetting = Literal["auto", "off", "bf16", "fp16"]
@@ -106,6 +117,7 @@ class MeasureConfig:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.spectrum not in ("covariance", "singular"):
             raise ValueError(f"spectrum must be 'covariance' or 'singular', got {self.spectrum!r}")
+        F.validate_eps(self.eps)
         if self.max_components is not None and (not isinstance(self.max_components, int) or self.max_components < 1):
             raise ValueError(f"max_components must be a positive int or None, got {self.max_components!r}")
         if self.rows_per_update < 1:
@@ -138,10 +150,18 @@ class LayerGeometry:
     eigenvalues: np.ndarray = field(default_factory=lambda: np.zeros(0))
     fit_ranks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     fit_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: Scalar values of the ``extra_metrics`` (:func:`measure_geometry`), by name; a metric
+    #: whose ``compute()`` returns a dict contributes ``"<name>/<key>"`` entries; a metric
+    #: that failed is NaN (with a warning).
+    extras: dict[str, float] = field(default_factory=dict)
+    #: Non-scalar values of the ``extra_metrics`` (tensors of more than one element), by name.
+    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
-        """The logged numbers: rankme, alpha, alpha_r2, n_samples."""
-        return {"rankme": self.rankme, "alpha": self.alpha, "alpha_r2": self.r2, "n_samples": float(self.n_samples)}
+        """The logged numbers: rankme, alpha, alpha_r2, n_samples, then the extra metrics' scalars."""
+        out = {"rankme": self.rankme, "alpha": self.alpha, "alpha_r2": self.r2, "n_samples": float(self.n_samples)}
+        out.update(self.extras)
+        return out
 
 
 def metric_key(name: str, layer: int, last_layer: int, prefix: str = "geometry") -> str:
@@ -284,8 +304,14 @@ def measure_geometry(
     *,
     distributed: bool | None = None,
     progress: bool = False,
+    extra_metrics: Mapping[str, Metric] | None = None,
 ) -> GeometryResult:
     """Measure RankMe and alpha-ReQ of ``model`` on ``probes`` for each configured layer.
+
+    Each tracked layer gets one :class:`torchmetrics.MetricCollection`: a
+    :class:`geomtrace.Geometry` (RankMe, alpha-ReQ and the spectrum from one covariance
+    accumulation) plus a fresh copy of every ``extra_metrics`` entry, all fed the same
+    ``(N, d)`` feature rows of the same forward.
 
     Args:
         model: an HF causal LM, or a module holding one (Lightning module, DDP, PEFT...).
@@ -295,12 +321,24 @@ def measure_geometry(
         distributed: sum over torch.distributed ranks; default: when initialised with > 1 rank.
             Every rank must call this function at the same point (it runs collectives).
         progress: show a progress bar (rank 0 only).
+        extra_metrics: ``{name: metric}``, torchmetrics metrics whose ``update`` takes one
+            ``(N, d)`` float tensor of feature rows (the rows the geometry sees, fp32 or
+            fp64, NaN/Inf rows included as extracted). Each is
+            cloned and reset per layer (the objects given are not touched) and synchronised
+            by its own ``compute()`` under torch.distributed. Its value appears in
+            :attr:`LayerGeometry.extras` under ``name`` (a dict result as ``name/key``; a
+            tensor of more than one element in :attr:`LayerGeometry.extra_arrays`), hence in
+            :meth:`GeometryResult.scalars` as ``geometry/<name>`` (final layer) or
+            ``geometry/layer<L>/<name>``. Names: letters, digits, ``_`` and ``-``, starting
+            with a letter, not one of :data:`RESERVED_NAMES`. A metric that raises is NaN with
+            a :class:`~geomtrace.GeometryWarning`; the geometry is still measured.
 
     Raises:
         RuntimeError: when the forward failed on this or another rank (all ranks raise, none hang).
     """
     config = config or MeasureConfig()
     config.validate()
+    extras = validate_extra_metrics(extra_metrics)
     if len(probes) == 0:
         raise ValueError("the probe set is empty: give at least 2 probe sequences")
     start = time.perf_counter()
@@ -312,14 +350,15 @@ def measure_geometry(
         rank, world_size = 0, 1
     device = _device_of(lm)
     shard = probes.shard(rank, world_size) if world_size > 1 else probes
-    accumulators = {layer: CovarianceAccumulator(device) for layer in layers}
+    collections = {layer: _layer_collection(layer, config, device, world_size > 1, extras) for layer in layers}
+    failed: set[tuple[int, str]] = set()
     n_batches = _batch_count(len(shard), config.batch_size, world_size, device)
 
     error: BaseException | None = None
     precision = "fp32"
     try:
         precision = _run_forwards(
-            model, probes, shard, config, accumulators, n_batches, device, progress and rank == 0
+            model, probes, shard, config, collections, failed, n_batches, device, progress and rank == 0
         )
     except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
         error = err
@@ -327,14 +366,15 @@ def measure_geometry(
         if error is not None:
             raise RuntimeError(f"geometry measurement failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("geometry measurement failed on another rank")
-    if world_size > 1:
-        for layer in layers:
-            accumulators[layer].all_reduce()
-            dropped = torch.tensor([float(accumulators[layer].n_dropped)], device=device)
-            torch.distributed.all_reduce(dropped)
-            accumulators[layer].n_dropped = int(dropped.item())
-
-    results = {layer: _layer_geometry(layer, accumulators[layer], config) for layer in layers}
+    # compute_summary() / compute() sum the states over ranks, metric by metric in the same
+    # order on every rank; a metric that failed on any rank is skipped on all of them.
+    failed = _failed_on_any_rank(failed, layers, list(extras), world_size, device)
+    results = {
+        layer: _layer_geometry(layer, collections[layer][_GEOMETRY].compute_summary()) for layer in layers
+    }
+    for layer in layers:
+        for name in extras:
+            _add_extra(results[layer], name, collections[layer][name], (layer, name) in failed)
     return GeometryResult(
         layers=results,
         num_layers=n_layers,
@@ -352,21 +392,22 @@ def _run_forwards(
     probes: ProbeSet,
     shard: ProbeSet,
     config: MeasureConfig,
-    accumulators: dict[int, CovarianceAccumulator],
+    collections: dict[int, MetricCollection],
+    failed: set[tuple[int, str]],
     n_batches: int,
     device: torch.device,
     progress: bool,
 ) -> str:
-    """Run the probe forwards into the accumulators; returns the forward's precision."""
+    """Run the probe forwards into each layer's metrics; returns the forward's precision."""
     spec = config.feature_spec
-    pending: dict[int, list[torch.Tensor]] = {layer: [] for layer in accumulators}
+    pending: dict[int, list[torch.Tensor]] = {layer: [] for layer in collections}
     pending_rows = 0
 
     def flush() -> None:
         nonlocal pending_rows
         for layer, chunks in pending.items():
             if chunks:
-                accumulators[layer].update(torch.cat(chunks))
+                _update_layer(layer, collections[layer], torch.cat(chunks), failed)
                 chunks.clear()
         pending_rows = 0
 
@@ -400,29 +441,142 @@ def _run_forwards(
     return precision
 
 
-def _layer_geometry(layer: int, acc: CovarianceAccumulator, config: MeasureConfig) -> LayerGeometry:
-    n = int(acc.n.item())
-    dim = acc.dim or 0
-    if acc.n_dropped:
-        warn(f"layer {layer}: dropped {acc.n_dropped} feature row(s) containing NaN or Inf.")
-    if n < 2 or acc.second is None:
-        warn(f"layer {layer}: a spectrum needs at least 2 samples, got {n}; results are NaN.")
-        return LayerGeometry(layer, math.nan, math.nan, math.nan, n, dim, acc.n_dropped)
-    eigenvalues = F.eigenspectrum(acc.covariance(), config.max_components, n_samples=n)
-    if config.spectrum == "singular":
-        rankme = F.rankme(F.singular_spectrum(acc.second, config.max_components, n_samples=n), eps=config.eps)
+_GEOMETRY = "geometry"
+
+
+def validate_extra_metrics(extra_metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
+    """Check ``extra_metrics`` (see :func:`measure_geometry`); returns a plain dict.
+
+    Raises ``TypeError``/``ValueError`` saying which entry is wrong and what to do. The
+    callbacks and replay call it when they are created, so a bad entry fails at once.
+    """
+    if extra_metrics is None:
+        return {}
+    if not isinstance(extra_metrics, Mapping):
+        raise TypeError(
+            "extra_metrics must be a mapping {name: torchmetrics.Metric}, got "
+            f"{type(extra_metrics).__name__}; e.g. extra_metrics={{'pr': ParticipationRatio()}}."
+        )
+    out: dict[str, Metric] = {}
+    for name, metric in extra_metrics.items():
+        if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"extra metric name {name!r} is not usable as a logging tag: use letters, digits, '_' "
+                "and '-', starting with a letter (e.g. 'participation_ratio')."
+            )
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"extra metric name {name!r} is taken by geomtrace's own values "
+                f"({', '.join(sorted(RESERVED_NAMES))}); choose another name."
+            )
+        if isinstance(metric, MetricCollection) or not isinstance(metric, Metric):
+            raise TypeError(
+                f"extra metric {name!r} must be a torchmetrics.Metric whose update() takes (N, d) "
+                f"features, got {type(metric).__name__}. Give each metric of a collection its own name."
+            )
+        out[name] = metric
+    return out
+
+
+def _layer_collection(
+    layer: int, config: MeasureConfig, device: torch.device, sync: bool, extras: Mapping[str, Metric]
+) -> MetricCollection:
+    """The layer's metrics: the geometry plus a fresh, reset copy of each extra metric."""
+    geometry = Geometry(
+        spectrum=config.spectrum,
+        eps=config.eps,
+        fit_range=config.fit_range,
+        max_components=config.max_components,
+        sync_on_compute=sync,
+    )
+    geometry.label = f"layer {layer}"
+    members: dict[str, Metric] = {_GEOMETRY: geometry}
+    for name, template in extras.items():
+        metric = template.clone()
+        metric.reset()
+        # Sum over ranks exactly when the geometry does (also when distributed=False is
+        # asked for inside an initialised process group).
+        metric.sync_on_compute = sync
+        metric._to_sync = sync
+        members[name] = metric
+    # Each member is updated by _update_layer (a failing extra must not stop the others);
+    # the collection holds them, moves them and resets them as one.
+    return MetricCollection(members, compute_groups=False).to(device)
+
+
+def _update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed: set[tuple[int, str]]) -> None:
+    # Extra metrics get fp32 (fp64 stays fp64), as the contract says; the geometry upcasts itself.
+    extra_rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
+    for name, metric in collection.items(keep_base=True, copy_state=False):
+        if name == _GEOMETRY:
+            metric.update(rows)
+            continue
+        if (layer, name) in failed:
+            continue
+        try:
+            metric.update(extra_rows)
+        except Exception as err:  # noqa: BLE001 - a user's metric must not cost the geometry
+            failed.add((layer, name))
+            warn(f"extra metric {name!r} failed to update on layer {layer} ({type(err).__name__}: {err}); it is NaN.")
+
+
+def _failed_on_any_rank(
+    failed: set[tuple[int, str]], layers: list[int], names: list[str], world_size: int, device: torch.device
+) -> set[tuple[int, str]]:
+    if world_size == 1 or not names:
+        return failed
+    keys = [(layer, name) for layer in layers for name in names]
+    flags = torch.tensor([1.0 if key in failed else 0.0 for key in keys], device=device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return {key for key, flag in zip(keys, flags.tolist()) if flag > 0}
+
+
+def _add_extra(target: LayerGeometry, name: str, metric: Metric, failed: bool) -> None:
+    """Put an extra metric's value into ``target.extras`` / ``target.extra_arrays``."""
+    if failed:
+        target.extras[name] = math.nan
+        return
+    try:
+        scalars, arrays = _flatten_value(name, metric.compute())
+    except Exception as err:  # noqa: BLE001 - a user's metric must not cost the geometry
+        warn(f"extra metric {name!r} failed to compute on layer {target.layer} ({type(err).__name__}: {err}); it is NaN.")
+        target.extras[name] = math.nan
+        return
+    target.extras.update(scalars)
+    target.extra_arrays.update(arrays)
+
+
+def _flatten_value(name: str, value: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    scalars: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            inner_scalars, inner_arrays = _flatten_value(f"{name}/{key}", item)
+            scalars.update(inner_scalars)
+            arrays.update(inner_arrays)
+    elif isinstance(value, Tensor) and value.numel() != 1:
+        arrays[name] = value.detach().to(torch.float64).cpu().numpy()
+    elif isinstance(value, (Tensor, int, float, np.floating, np.integer)):
+        scalars[name] = float(value)
     else:
-        rankme = F.rankme(eigenvalues, eps=config.eps)
-    fit = F.alpha_req(eigenvalues, config.fit_range)
+        raise TypeError(f"compute() returned {type(value).__name__}; expected a tensor, a number or a dict of them")
+    return scalars, arrays
+
+
+def _layer_geometry(layer: int, summary: GeometrySummary) -> LayerGeometry:
+    n = summary.n_samples
+    eigenvalues = summary.eigenvalues.cpu().numpy()
+    if n < 2 or not np.isfinite(eigenvalues).any():
+        eigenvalues = np.zeros(0)  # undefined (warned by the metric): no spectrum to plot
     return LayerGeometry(
         layer=layer,
-        rankme=float(rankme),
-        alpha=float(fit.alpha),
-        r2=float(fit.r2),
+        rankme=float(summary.rankme),
+        alpha=float(summary.alpha),
+        r2=float(summary.r2),
         n_samples=n,
-        dim=dim,
-        n_dropped=acc.n_dropped,
-        eigenvalues=eigenvalues.cpu().numpy(),
-        fit_ranks=fit.ranks.cpu().numpy(),
-        fit_values=fit.fitted.cpu().numpy(),
+        dim=summary.dim,
+        n_dropped=summary.n_dropped,
+        eigenvalues=eigenvalues,
+        fit_ranks=summary.fit.ranks.cpu().numpy(),
+        fit_values=summary.fit.fitted.cpu().numpy(),
     )

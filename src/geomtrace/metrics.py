@@ -1,16 +1,33 @@
-"""torchmetrics metrics RankMe, AlphaReQ and EigenSpectrum over one shared covariance state.
+"""torchmetrics metrics over one shared covariance state: Geometry, RankMe, AlphaReQ, EigenSpectrum.
 
-All three hold the same states (``n_samples``, ``feature_sum``, ``second_moment``,
-``n_dropped``: plain sums, see :mod:`geomtrace.covariance`), so a ``MetricCollection``
-of them forms one compute group and accumulates the covariance once. Across processes
-the states are summed by an in-place ``all_reduce(SUM)`` instead of torchmetrics'
-all-gather, so the memory per rank during sync stays about ``d^2``.
+All four hold the same states (``n_samples``, ``shift``, ``feature_sum``,
+``second_moment``, ``n_dropped`` and the deferred-work buffers; see
+:mod:`geomtrace.covariance`, which runs them). :class:`Geometry` returns RankMe, alpha-ReQ,
+R² and the eigenspectrum from one accumulation and one eigendecomposition: it is the fast
+way to get more than one of them. A ``MetricCollection`` of the single-purpose metrics
+forms one compute group (one accumulation) but decomposes once per member.
+
+Across processes the states are summed by an in-place ``all_reduce(SUM)`` around one agreed
+shift instead of torchmetrics' all-gather, so the memory per rank during sync stays about
+``d^2``.
+
+torchmetrics semantics, as they apply here:
+
+* ``metric(x)`` (``forward``) accumulates ``x`` *and* returns the value of ``x`` alone (a
+  per-batch RankMe of a batch of rows, NaN with a warning for a batch of fewer than 2 rows);
+  ``compute()`` gives the value over everything accumulated since the last ``reset()``.
+* The states stay float64 (the accumulation runs fp32/fp64 inside); ``.half()``,
+  ``.to(torch.bfloat16)`` and the like leave them alone, and ``set_dtype(dtype)`` only sets the
+  dtype of the results.
+* ``AlphaReQ`` and ``Geometry`` return dicts: log them with ``self.log_dict(metric.compute())``
+  (Lightning's ``self.log(name, metric)`` takes metrics that return one scalar, such as
+  ``RankMe``); see ``docs/concepts.md``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,17 +36,120 @@ from torchmetrics import Metric
 from geomtrace import functional as F
 from geomtrace._distributed import all_reduce_moments
 from geomtrace._warnings import warn
-from geomtrace.covariance import batch_moments, covariance_from_moments, fold_rank_one, prepare_rows
+from geomtrace.covariance import (
+    FOLD_EVERY,
+    Moments,
+    accumulate,
+    default_states,
+    fold,
+    merge_states,
+    moments_of,
+    prepare_rows,
+)
 
-__all__ = ["AlphaReQ", "EigenSpectrum", "RankMe", "Spectrum"]
+__all__ = [
+    "AlphaReQ",
+    "CovarianceSpectrum",
+    "EigenSpectrum",
+    "Geometry",
+    "GeometrySummary",
+    "RankMe",
+    "Spectrum",
+    "covariance_spectrum",
+]
 
 Spectrum = Literal["covariance", "singular"]
-_STATES = ("n_samples", "feature_sum", "second_moment", "n_dropped")
-_PENDING = ("pending_m2", "pending_means", "pending_corrections", "pending_weights", "pending_count")
 
 
+# ----------------------------------------------------------------- from moments to spectrum
+class CovarianceSpectrum(NamedTuple):
+    """The covariance eigenvalues of some moments, or why there are none.
+
+    Attributes:
+        eigenvalues: float64, descending, ``k = min(N, d, max_components)`` values; None when
+            the spectrum is undefined (fewer than 2 samples, a covariance that overflowed).
+            All zeros for constant features.
+        floor: the round-off floor (:func:`geomtrace.functional.roundoff_floor`) for alpha.
+        problem: None, or ``(key, message)`` with key ``"few"``, ``"overflow"`` or ``"constant"``.
+    """
+
+    eigenvalues: Tensor | None
+    floor: float
+    problem: tuple[str, str] | None
+
+
+def covariance_spectrum(moments: Moments, max_components: int | None = None, who: str = "geometry") -> CovarianceSpectrum:
+    """Eigenvalues of the covariance of ``moments``, with the degenerate-input rules applied.
+
+    * fewer than 2 samples: undefined (``"few"``);
+    * a covariance that is not finite (fp64 overflow: features beyond ~1e154): undefined (``"overflow"``);
+    * zero variance, i.e. a total variance no larger than rounding the features' own values
+      would give (``trace(C) <= u^2 (trace(C) + |mean|^2)``, ``u`` the unit round-off of the
+      coarser of the input and accumulation dtypes): all eigenvalues are exactly 0
+      (``"constant"``; RankMe and alpha are NaN).
+    """
+    n, d = moments.n, moments.dim
+    if n < 2 or d == 0:
+        message = (
+            f"{who}: a spectrum needs at least 2 samples, got {n:g}; the result is NaN. "
+            "Feed more probe sequences (or check that the masks keep some rows)."
+        )
+        return CovarianceSpectrum(None, math.inf, ("few", message))
+    covariance = moments.covariance()
+    if not bool(torch.isfinite(covariance).all()):
+        message = (
+            f"{who}: the covariance overflowed float64 (features of magnitude beyond ~1e154); the result "
+            "is NaN. RankMe and alpha are scale-invariant: divide the features by a constant."
+        )
+        return CovarianceSpectrum(None, math.inf, ("overflow", message))
+    trace = float(covariance.diagonal().sum())
+    mean_norm_sq = float(moments.mean().square().sum())
+    unit = max(F.unit_roundoff(moments.accumulation_dtype), moments.input_roundoff)
+    k = min(int(n), d, max_components or d)
+    if trace <= unit**2 * (trace + mean_norm_sq):
+        message = (
+            f"{who}: the features have zero variance (all {int(n)} rows are equal up to round-off); RankMe "
+            "and alpha are NaN. Check that the layer's output depends on its input (e.g. not a "
+            "collapsed or all-zero layer) and that the probes differ."
+        )
+        zeros = torch.zeros(k, dtype=torch.float64, device=covariance.device)
+        return CovarianceSpectrum(zeros, math.inf, ("constant", message))
+    eigenvalues = F.eigenspectrum(covariance, max_components, n_samples=int(n))
+    floor = F.roundoff_floor(
+        trace, moments.accumulation_dtype, input_roundoff=moments.input_roundoff, mean_norm_sq=mean_norm_sq, dim=d
+    )
+    return CovarianceSpectrum(eigenvalues, floor, None)
+
+
+class GeometrySummary(NamedTuple):
+    """Everything one accumulation gives (:meth:`Geometry.compute_summary`)."""
+
+    rankme: Tensor
+    alpha: Tensor
+    r2: Tensor
+    #: Covariance eigenvalues, descending (``d`` NaNs when undefined, zeros for constant features).
+    eigenvalues: Tensor
+    fit: F.PowerLawFit
+    n_samples: int
+    dim: int
+    n_dropped: int
+
+
+def _to_device(value: Tensor, device: torch.device) -> Tensor:
+    if value.device.type == "meta" and device.type != "meta":
+        return torch.zeros(value.shape, dtype=value.dtype, device=device)  # meta holds only defaults
+    return value.to(device)
+
+
+def _nan_fit(device: torch.device) -> F.PowerLawFit:
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+    empty = torch.zeros(0, dtype=torch.float64, device=device)
+    return F.PowerLawFit(nan, nan.clone(), nan.clone(), empty.long(), empty)
+
+
+# ----------------------------------------------------------------------- the base metric
 class _CovarianceMetric(Metric):
-    """Base: the streaming covariance states, their update, sync and spectrum."""
+    """Base: the streaming covariance states, their update, sync, merge and spectra."""
 
     is_differentiable = False
     # Neither a higher nor a lower effective rank is "better" in general: it depends on
@@ -38,17 +158,22 @@ class _CovarianceMetric(Metric):
     full_state_update = False
 
     n_samples: Tensor
+    shift: Tensor
     feature_sum: Tensor
     second_moment: Tensor
     n_dropped: Tensor
+    input_roundoff: Tensor
     pending_m2: Tensor
     pending_means: Tensor
     pending_corrections: Tensor
     pending_weights: Tensor
     pending_count: Tensor
+    pending_scale: Tensor
 
     #: Batches whose rank-one corrections and fp32 M2 are buffered before one fp64 fold.
-    fold_every: int = 32
+    fold_every: int = FOLD_EVERY
+    #: Names the metric in its warnings (e.g. ``"layer 3"``); the class name when None.
+    label: str | None = None
 
     def __init__(
         self,
@@ -61,28 +186,20 @@ class _CovarianceMetric(Metric):
         super().__init__(**kwargs)
         if spectrum not in ("covariance", "singular"):
             raise ValueError(f"spectrum must be 'covariance' or 'singular', got {spectrum!r}.")
-        if max_components is not None and (not isinstance(max_components, int) or max_components < 1):
+        if max_components is not None and (
+            isinstance(max_components, bool) or not isinstance(max_components, int) or max_components < 1
+        ):
             raise ValueError(f"max_components must be a positive int or None, got {max_components!r}.")
         self.spectrum = spectrum
         self.max_components = max_components
         self.strict = strict
         self._warned: set[str] = set()
+        self._output_dtype: torch.dtype = torch.float64
         # The dimension d is unknown until the first update: states start empty and are
-        # materialised then (reset() restores the empty defaults).
-        f64 = torch.float64
-        self.add_state("n_samples", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("feature_sum", torch.zeros(0, dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("second_moment", torch.zeros(0, 0, dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("n_dropped", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
-        # Deferred per-batch work (folded into second_moment every `fold_every` batches and
-        # before sync/compute): the fp32 sum of centered M2 (accumulated inside the GEMM) and
-        # the batch means/corrections whose rank-one terms become one fp64 matmul. They are
-        # states so that compute groups share them and state_dict() captures them exactly.
-        self.add_state("pending_m2", torch.zeros(0, 0), dist_reduce_fx="sum", persistent=True)
-        self.add_state("pending_means", torch.zeros(0, 0, dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("pending_corrections", torch.zeros(0, 0, dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("pending_weights", torch.zeros(0, dtype=f64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("pending_count", torch.zeros((), dtype=f64), dist_reduce_fx="sum", persistent=True)
+        # materialised then (reset() restores the empty defaults). All are sums or
+        # deferred sums; the sync and merge below combine them (never torchmetrics' gather).
+        for name, default in default_states().items():
+            self.add_state(name, default, dist_reduce_fx="sum", persistent=True)
 
     # ------------------------------------------------------------------ update
     @property
@@ -95,65 +212,26 @@ class _CovarianceMetric(Metric):
 
         Args:
             features: ``(N, d)`` or ``(..., d)`` floating point tensor of any float dtype.
-            mask: optional boolean tensor of shape ``features.shape[:-1]``; False rows are
-                skipped (padding).
+            mask: optional tensor of shape ``features.shape[:-1]``, boolean or 0/1 (an
+                attention mask); False/0 rows are skipped (padding).
         """
+        self._check_not_meta()
         prepared = prepare_rows(features, mask, expected_dim=self.dim)
         if prepared.n_dropped:
             self._on_dropped_rows(prepared.n_dropped)
-        rows = prepared.rows.to(self.second_moment.device)
-        if rows.shape[0] == 0:
-            return
-        if self.dim is None:
-            self._materialize(rows.shape[1], rows.dtype, rows.device)
-        elif self.pending_means.numel() == 0:  # states restored by a sync on a rank that had no rows
-            self._materialize_pending(rows.dtype)
-        slot = int(self.pending_count)
-        known_sum = prepared.batch_sum.to(rows.device) if prepared.batch_sum is not None else None
-        batch_sum, mean, correction, _ = batch_moments(
-            rows.to(self.pending_m2.dtype), m2_out=self.pending_m2, batch_sum=known_sum
-        )
-        self.n_samples += rows.shape[0]
-        self.feature_sum += batch_sum
-        self.pending_means[slot] = mean
-        self.pending_corrections[slot] = correction
-        self.pending_weights[slot] = rows.shape[0]
-        self.pending_count += 1
-        if slot + 1 >= self.fold_every:
-            self._fold()
+        accumulate(self, prepared, self.fold_every)
 
-    def _materialize(self, d: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.feature_sum = torch.zeros(d, dtype=torch.float64, device=device)
-        self.second_moment = torch.zeros(d, d, dtype=torch.float64, device=device)
-        self._materialize_pending(dtype)
-
-    def _materialize_pending(self, dtype: torch.dtype) -> None:
-        d, device, f64 = self.feature_sum.numel(), self.feature_sum.device, torch.float64
-        self.pending_m2 = torch.zeros(d, d, dtype=dtype, device=device)
-        self.pending_means = torch.zeros(self.fold_every, d, dtype=f64, device=device)
-        self.pending_corrections = torch.zeros(self.fold_every, d, dtype=f64, device=device)
-        self.pending_weights = torch.zeros(self.fold_every, dtype=f64, device=device)
-        self.pending_count = torch.zeros((), dtype=f64, device=device)
-
-    def _fold(self) -> None:
-        """Move the deferred per-batch terms into ``second_moment`` (in place: compute-group
-        members share these tensors and must all see the fold)."""
-        count = int(self.pending_count)
-        if count == 0:
-            return
-        self.second_moment.add_(self.pending_m2)
-        fold_rank_one(
-            self.second_moment,
-            self.pending_means[:count],
-            self.pending_corrections[:count],
-            self.pending_weights[:count],
-        )
-        for name in _PENDING:
-            getattr(self, name).zero_()
+    def _check_not_meta(self) -> None:
+        if self.second_moment.device.type == "meta":
+            raise RuntimeError(
+                f"{type(self).__name__}'s states are on the meta device (it was created under "
+                "torch.device('meta') or moved there), so it holds no data. Give it a real device "
+                "first: metric.to_empty(device='cpu') (or 'cuda')."
+            )
 
     def _on_dropped_rows(self, count: int) -> None:
         message = (
-            f"{type(self).__name__}: dropped {count} feature row(s) containing NaN or Inf. "
+            f"{self._who}: dropped {count} feature row(s) containing NaN or Inf. "
             "The model may be diverging; pass strict=True to raise instead."
         )
         if self.strict:
@@ -161,94 +239,231 @@ class _CovarianceMetric(Metric):
         self.n_dropped += count
         self._warn_once("dropped", message)
 
+    @property
+    def _who(self) -> str:
+        return self.label or type(self).__name__
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warn(message, stacklevel=4)
 
-    # -------------------------------------------------------------------- sync
+    # -------------------------------------------------------- sync, merge, load
     def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
-        # All states are sums: reduce them in place instead of gathering world_size copies.
-        # Reduce copies: in a MetricCollection compute group the state tensors are shared
-        # with the other members, which must keep seeing the local (unsynced) sums.
+        # All states are sums: reduce them in place (around one agreed shift) instead of
+        # gathering world_size copies. Reduce copies: in a MetricCollection compute group the
+        # state tensors are shared with the other members, which must keep seeing the local sums.
         group = process_group or self.process_group
-        self._fold()
-        n, total, second = all_reduce_moments(
-            self.n_samples.clone(), self.feature_sum.clone(), self.second_moment.clone(), group=group
+        if self.feature_sum.numel():
+            fold(self)
+        n, shift, total, second = all_reduce_moments(
+            self.n_samples.clone(), self.shift.clone(), self.feature_sum.clone(), self.second_moment.clone(), group=group
         )
-        dropped = self.n_dropped.clone()
-        torch.distributed.all_reduce(dropped, op=torch.distributed.ReduceOp.SUM, group=group)
-        self.n_samples, self.feature_sum, self.second_moment, self.n_dropped = n, total, second, dropped
+        dist = torch.distributed
+        dropped, roundoff = self.n_dropped.clone(), self.input_roundoff.clone()
+        dist.all_reduce(dropped, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(roundoff, op=dist.ReduceOp.MAX, group=group)
+        self.n_samples, self.shift, self.feature_sum, self.second_moment = n, shift, total, second
+        self.n_dropped, self.input_roundoff = dropped, roundoff
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        # merge_state(): sums, but a side that has seen no rows has empty tensors, and each
-        # side's deferred terms must be folded first.
-        incoming = dict(incoming_state)
-        if incoming["feature_sum"].numel() == 0:
-            return
-        count = int(incoming["pending_count"])
-        if count:
-            second = incoming["second_moment"].clone() + incoming["pending_m2"]
-            fold_rank_one(
-                second,
-                incoming["pending_means"][:count],
-                incoming["pending_corrections"][:count],
-                incoming["pending_weights"][:count],
-            )
-            incoming["second_moment"] = second
-        d = incoming["feature_sum"].numel()
-        if self.dim is None:
-            self._materialize(d, incoming["pending_m2"].dtype, self.second_moment.device)
-        elif self.dim != d:
-            raise ValueError(f"cannot merge a state of dimension {d} into one of {self.dim}.")
-        self._fold()
-        for name in _STATES:
-            setattr(self, name, getattr(self, name) + incoming[name].to(getattr(self, name).device))
+        # merge_state() and forward(): sums around possibly different shifts; see merge_states.
+        merge_states(self, incoming_state, self.fold_every)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # A state saved before the shift existed holds sums around 0.
+        d = self.feature_sum.numel()
+        if self.shift.numel() != d:
+            self.shift = torch.zeros(d, dtype=torch.float64, device=self.feature_sum.device)
         # Accumulation continues after a restore: don't warn that compute() precedes update().
         if float(self.n_samples) > 0:
             self._update_count = max(self._update_count, 1)
         self._computed = None
 
+    # --------------------------------------------------- devices and dtypes
+    def _apply(self, fn: Callable, exclude_state: Any = (), recurse: bool = True) -> Metric:
+        # Move the states between devices but never change their dtype: float64 sums are
+        # what makes the covariance exact (torchmetrics would cast them on .to(dtype) or
+        # set_dtype). States on the meta device hold only defaults: they become zeros
+        # (so to_empty() works; torchmetrics' own _apply does not take `recurse`).
+        names = tuple(self._defaults)
+        this = super()._apply(fn, exclude_state=names)
+        device = this.device
+        for name in names:
+            setattr(this, name, _to_device(getattr(this, name), device))
+            this._defaults[name] = _to_device(this._defaults[name], device)
+        return this
+
+    def set_dtype(self, dst_type: str | torch.dtype) -> Metric:
+        """Set the dtype of the *results*; the states stay float64 (the covariance needs them)."""
+        dtype = getattr(torch, dst_type) if isinstance(dst_type, str) else dst_type
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"set_dtype takes a floating point dtype, got {dst_type!r}.")
+        self._output_dtype = dtype
+        self._computed = None
+        return self
+
+    def _out(self, value: Tensor) -> Tensor:
+        return value if self._output_dtype == torch.float64 else value.to(self._output_dtype)
+
     # ----------------------------------------------------------------- compute
-    def _spectrum_or_none(self) -> Tensor | None:
-        """The selected spectrum, or None (with one warning) when there are < 2 samples."""
-        self._fold()
-        n = float(self.n_samples)
-        if n < 2 or self.dim is None:
-            self._warn_once(
-                "few",
-                f"{type(self).__name__}: a spectrum needs at least 2 samples, got {n:g}; the result is NaN. "
-                "Feed more probe sequences (or check that the masks keep some rows).",
-            )
+    def _moments(self) -> Moments:
+        self._check_not_meta()
+        return moments_of(self)
+
+    def _covariance_spectrum(self, moments: Moments) -> CovarianceSpectrum:
+        result = covariance_spectrum(moments, self.max_components, who=self._who)
+        if result.problem is not None:
+            self._warn_once(*result.problem)
+        return result
+
+    def _singular_values(self, moments: Moments) -> Tensor | None:
+        if moments.n < 2 or moments.dim == 0:
+            self._covariance_spectrum(moments)  # warns "few"
             return None
-        k_limit = int(n)
+        gram = moments.gram()
+        if not bool(torch.isfinite(gram).all()):
+            self._covariance_spectrum(moments)  # warns "overflow"
+            return None
+        if float(gram.diagonal().sum()) <= 0:
+            self._warn_once("zero", f"{self._who}: every feature is exactly 0; the singular-value RankMe is NaN.")
+            return None
+        return F.singular_spectrum(gram, self.max_components, n_samples=int(moments.n))
+
+    def _rankme(self, moments: Moments, spectrum: CovarianceSpectrum | None, eps: float) -> Tensor:
         if self.spectrum == "singular":
-            return F.singular_spectrum(self.second_moment, self.max_components, n_samples=k_limit)
-        covariance = covariance_from_moments(self.n_samples, self.feature_sum, self.second_moment)
-        return F.eigenspectrum(covariance, self.max_components, n_samples=k_limit)
+            values = self._singular_values(moments)
+        else:
+            spectrum = spectrum or self._covariance_spectrum(moments)
+            values = None if spectrum.problem else spectrum.eigenvalues
+        return self._nan() if values is None else F.rankme(values, eps=eps)
+
+    def _fit(self, moments: Moments, spectrum: CovarianceSpectrum, fit_range: tuple[int, int]) -> F.PowerLawFit:
+        if spectrum.problem is not None or spectrum.eigenvalues is None:
+            return _nan_fit(self.second_moment.device)
+        return F.alpha_req(spectrum.eigenvalues, fit_range=fit_range, n_samples=int(moments.n), floor=spectrum.floor)
+
+    def _eigenvalues_or_nan(self, moments: Moments, spectrum: CovarianceSpectrum) -> Tensor:
+        if spectrum.eigenvalues is None:
+            return torch.full((moments.dim,), math.nan, dtype=torch.float64, device=self.second_moment.device)
+        return spectrum.eigenvalues
 
     def _nan(self) -> Tensor:
         return torch.tensor(math.nan, dtype=torch.float64, device=self.second_moment.device)
+
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plot a result of ``compute()``/``forward`` (or a list of them) with torchmetrics' plotter.
+
+        Needs matplotlib. Returns ``(figure, axes)``.
+        """
+        return self._plot(val, ax)
+
+    def _synced(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the synchronised state, like ``compute`` does (for the richer results)."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True):
+            return fn()
+
+
+# ----------------------------------------------------------------------------- metrics
+class Geometry(_CovarianceMetric):
+    r"""RankMe, alpha-ReQ, R² and the eigenspectrum from one accumulation: the fast way to get them.
+
+    ``compute()`` returns ``{"rankme", "alpha", "r2", "eigenvalues"}`` (float64; the first
+    three scalars, ``eigenvalues`` the covariance spectrum, descending). With
+    ``eigenvalues=False`` the dict holds only the three scalars, ready for
+    ``self.log_dict(metric.compute())``. :meth:`compute_summary` also gives the power-law fit
+    (ranks and fitted values, for plots) and the counts. The definitions are those of
+    :class:`RankMe`, :class:`AlphaReQ` and :class:`EigenSpectrum`.
+
+    Args:
+        spectrum: RankMe on ``"covariance"`` eigenvalues (paper) or ``"singular"`` values.
+        eps: RankMe's epsilon (paper: ``1e-7``).
+        fit_range: alpha-ReQ ranks (1-based, inclusive; paper: 12 to 100).
+        max_components: keep the top-k eigenvalues (paper's scripts: ``2048``).
+        eigenvalues: include the eigenvalues in ``compute()``'s dict.
+        strict: raise on NaN/Inf rows instead of dropping them with a warning.
+        kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
+
+    Example:
+        >>> import torch
+        >>> from geomtrace import Geometry
+        >>> metric = Geometry()
+        >>> metric.update(torch.randn(4096, 8))
+        >>> out = metric.compute()
+        >>> sorted(out), 7.5 < float(out["rankme"]) <= 8.0
+        (['alpha', 'eigenvalues', 'r2', 'rankme'], True)
+    """
+
+    def __init__(
+        self,
+        spectrum: Spectrum = "covariance",
+        eps: float = F.DEFAULT_EPS,
+        fit_range: tuple[int, int] = F.DEFAULT_FIT_RANGE,
+        max_components: int | None = None,
+        eigenvalues: bool = True,
+        strict: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(spectrum=spectrum, max_components=max_components, strict=strict, **kwargs)
+        self.eps = F.validate_eps(eps)
+        self.fit_range = F._validate_fit_range(fit_range)
+        self.return_eigenvalues = bool(eigenvalues)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"rankme", "alpha", "r2"[, "eigenvalues"]}`` of everything accumulated (synchronised)."""
+        summary = self._summary()
+        out = {"rankme": summary.rankme, "alpha": summary.alpha, "r2": summary.r2}
+        if self.return_eigenvalues:
+            out["eigenvalues"] = summary.eigenvalues
+        return {key: self._out(value) for key, value in out.items()}
+
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plot RankMe, alpha and R² (the eigenvalues are left out). Needs matplotlib."""
+        if val is None:
+            val = self.compute()
+        strip = lambda v: {k: t for k, t in v.items() if k != "eigenvalues"}  # noqa: E731
+        val = [strip(v) for v in val] if isinstance(val, (list, tuple)) else strip(val)
+        return self._plot(val, ax)
+
+    def compute_summary(self) -> GeometrySummary:
+        """Everything, with the full power-law fit (synchronised across processes like ``compute``)."""
+        return self._synced(self._summary)
+
+    def _summary(self) -> GeometrySummary:
+        moments = self._moments()
+        spectrum = self._covariance_spectrum(moments)
+        fit = self._fit(moments, spectrum, self.fit_range)
+        return GeometrySummary(
+            rankme=self._rankme(moments, spectrum, self.eps),
+            alpha=fit.alpha,
+            r2=fit.r2,
+            eigenvalues=self._eigenvalues_or_nan(moments, spectrum),
+            fit=fit,
+            n_samples=int(moments.n),
+            dim=moments.dim,
+            n_dropped=moments.n_dropped,
+        )
 
 
 class RankMe(_CovarianceMetric):
     r"""Effective rank (RankMe) of a stream of features.
 
-    ``RankMe = exp(-sum_i p_i log p_i)`` with ``p_i = lambda_i / sum_j lambda_j + eps``.
+    ``RankMe = exp(-sum_i p_i log p_i)`` with ``p_i = lambda_i / sum_j lambda_j + eps`` over
+    the top ``k = min(N, d, max_components)`` eigenvalues (the paper's convention).
 
     Args:
         spectrum: ``"covariance"`` (default; the paper's convention: eigenvalues of the
             feature covariance) or ``"singular"`` (Garrido et al., 2023: singular values of
             the uncentered feature matrix). The two differ a lot: log which one you use.
-        eps: added to every normalised eigenvalue (paper: ``1e-7``).
+        eps: added to every normalised eigenvalue (paper: ``1e-7``); must be >= 0.
         max_components: keep the top-k eigenvalues (paper's scripts: ``2048``).
         strict: raise on NaN/Inf rows instead of dropping them with a warning.
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
 
-    ``compute()`` returns a float64 scalar tensor; NaN with one warning for fewer than 2 samples.
+    ``compute()`` returns a float64 scalar tensor; NaN with one warning for fewer than 2
+    samples or zero variance. ``metric(x)`` returns the RankMe of the batch ``x`` alone (and
+    accumulates it). Want alpha too? Use :class:`Geometry` (one accumulation for both).
 
     Example:
         >>> import torch
@@ -268,25 +483,28 @@ class RankMe(_CovarianceMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(spectrum=spectrum, max_components=max_components, strict=strict, **kwargs)
-        self.eps = eps
+        self.eps = F.validate_eps(eps)
 
     def compute(self) -> Tensor:
         """The RankMe of everything accumulated (synchronised across processes)."""
-        values = self._spectrum_or_none()
-        return self._nan() if values is None else F.rankme(values, eps=self.eps)
+        moments = self._moments()
+        return self._out(self._rankme(moments, None, self.eps))
 
 
 class AlphaReQ(_CovarianceMetric):
     r"""Eigenspectrum decay (alpha-ReQ) of a stream of features.
 
     Fits ``log lambda_r = -alpha log r + b`` by weighted least squares (weights ``1/r``)
-    over the 1-based ranks ``fit_range`` (paper: 12 to 100).
+    over the 1-based ranks ``fit_range`` (paper: 12 to 100), clipped to the eigenvalues that
+    can be non-zero: at most ``N - 1`` of them, and none at the round-off level of the
+    accumulation (``<= u trace(C)``, see ``docs/concepts.md``).
 
     ``compute()`` returns a dict ``{"alpha": Tensor, "r2": Tensor}`` (float64 scalars; a
-    ``MetricCollection`` flattens it into two keys). :meth:`compute_fit` returns the whole
-    :class:`~geomtrace.functional.PowerLawFit` for plots. Fewer than 2 samples, or fewer
-    than 5 usable eigenvalues in the fit range, give NaN with one warning. Ranks up to 100
-    need ``d >= 100``.
+    ``MetricCollection`` flattens it into two keys; log it with ``self.log_dict``).
+    :meth:`compute_fit` returns the whole :class:`~geomtrace.functional.PowerLawFit` for
+    plots. Fewer than 2 samples, zero variance, or fewer than 5 usable eigenvalues in the
+    fit range (N or d below the range's start...) give NaN with one warning, never an error.
+    Ranks up to 100 need ``d >= 100``. Want RankMe too? Use :class:`Geometry`.
     """
 
     def __init__(
@@ -301,28 +519,25 @@ class AlphaReQ(_CovarianceMetric):
 
     def compute(self) -> dict[str, Tensor]:
         """``{"alpha": ..., "r2": ...}`` of everything accumulated."""
-        fit = self._fit()
-        return {"alpha": fit.alpha, "r2": fit.r2}
+        fit = self._alpha_fit()
+        return {"alpha": self._out(fit.alpha), "r2": self._out(fit.r2)}
 
     def compute_fit(self) -> F.PowerLawFit:
         """The full power-law fit (synchronised across processes like ``compute``)."""
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True):
-            return self._fit()
+        return self._synced(self._alpha_fit)
 
-    def _fit(self) -> F.PowerLawFit:
-        values = self._spectrum_or_none()
-        if values is None:
-            nan = self._nan()
-            empty = torch.zeros(0, dtype=torch.float64, device=nan.device)
-            return F.PowerLawFit(nan, nan.clone(), nan.clone(), empty.long(), empty)
-        return F.alpha_req(values, fit_range=self.fit_range)
+    def _alpha_fit(self) -> F.PowerLawFit:
+        moments = self._moments()
+        return self._fit(moments, self._covariance_spectrum(moments), self.fit_range)
 
 
 class EigenSpectrum(_CovarianceMetric):
     """Eigenvalues of the feature covariance (or singular values), largest first.
 
-    ``compute()`` returns a float64 1-D tensor of ``min(N, d, max_components)`` values;
-    with fewer than 2 samples, ``d`` NaNs (empty before any update) and one warning.
+    ``compute()`` returns a float64 1-D tensor of ``min(N, d, max_components)`` values. With
+    fewer than 2 samples it returns ``d`` NaNs (``d`` is known from the first update, even one
+    whose rows were all dropped; an empty tensor before any update) and warns once; constant
+    features give zeros and a warning.
     """
 
     def __init__(
@@ -334,9 +549,21 @@ class EigenSpectrum(_CovarianceMetric):
     ) -> None:
         super().__init__(spectrum=spectrum, max_components=max_components, strict=strict, **kwargs)
 
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Not a scalar to plot over time: draw the spectrum on log-log axes yourself, e.g.
+        ``plt.loglog(range(1, k + 1), metric.compute())``."""
+        raise NotImplementedError(
+            "EigenSpectrum returns a whole spectrum, which torchmetrics' plot cannot draw: plot it on "
+            "log-log axes yourself (plt.loglog(range(1, len(values) + 1), values))."
+        )
+
     def compute(self) -> Tensor:
         """The spectrum of everything accumulated."""
-        values = self._spectrum_or_none()
-        if values is None:
-            return torch.full((self.dim or 0,), math.nan, dtype=torch.float64, device=self.second_moment.device)
-        return values
+        moments = self._moments()
+        if self.spectrum == "singular":
+            values = self._singular_values(moments)
+            if values is None:
+                values = torch.full((moments.dim,), math.nan, dtype=torch.float64, device=self.second_moment.device)
+            return self._out(values)
+        return self._out(self._eigenvalues_or_nan(moments, self._covariance_spectrum(moments)))
+

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from geomtrace._optional import require
+from geomtrace.trajectory import trajectory_from_rows
 
 __all__ = ["PHASE_COLORS", "eigenspectrum_figure", "memorization_series", "save_figure", "trajectory_figure"]
 
@@ -66,8 +67,6 @@ def _columns(run: Any, layer: int | None) -> dict[str, np.ndarray]:
         n = len(run["rankme"])
         return {c: np.asarray(run[c], dtype=np.float64) if c in run else np.full(n, np.nan) for c in _COLUMNS}
     if isinstance(run, Sequence) and not isinstance(run, str):
-        from geomtrace.replay.results import trajectory_from_rows
-
         run = trajectory_from_rows(list(run), layer=layer)
     if all(hasattr(run, c) for c in _COLUMNS):
         return {c: np.asarray(getattr(run, c), dtype=np.float64) for c in _COLUMNS}

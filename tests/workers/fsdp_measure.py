@@ -6,8 +6,10 @@ Usage: python fsdp_measure.py OUT_JSON PORT
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -31,9 +33,23 @@ def run(rank: int, port: int, out: str) -> None:
     for layer in model.gpt_neox.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    result = measure_geometry(model, load_probes(tokenizer, num_sequences=PROBES), MeasureConfig(batch_size=8)).last
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the example metrics
+    from feature_metrics import BrokenOnRankOne, ParticipationRatio
+
+    extra = {"pr": ParticipationRatio(), "broken": BrokenOnRankOne()}
+    result = measure_geometry(
+        model, load_probes(tokenizer, num_sequences=PROBES), MeasureConfig(batch_size=8), extra_metrics=extra
+    ).last
     with open(f"{out}.rank{rank}", "w") as handle:
-        json.dump({"rankme": result.rankme, "n_samples": result.n_samples}, handle)
+        json.dump(
+            {
+                "rankme": result.rankme,
+                "n_samples": result.n_samples,
+                "pr": result.extras["pr"],
+                "broken_is_nan": math.isnan(result.extras["broken"]),
+            },
+            handle,
+        )
     dist.destroy_process_group()
 
 

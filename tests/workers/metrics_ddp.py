@@ -19,13 +19,23 @@ def features() -> torch.Tensor:
     return (torch.randn(900, 128, generator=gen) * torch.linspace(0.1, 3.0, 128) + 20.0).float()
 
 
+def extreme_features() -> torch.Tensor:
+    """float64, mean 1e6 and spread 0.01, the second half shifted: each rank's first batch
+    (its shift) differs, and sums around 0 would lose every digit at (mean/std)^2 ~ 1e16."""
+    gen = torch.Generator().manual_seed(321)
+    x = torch.randn(900, 32, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, 32, dtype=torch.float64)
+    x = x * 0.01 + 1e6
+    x[450:] += 0.03
+    return x
+
+
 def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     from torchmetrics import MetricCollection
 
-    from geomtrace import AlphaReQ, EigenSpectrum, RankMe
+    from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("all_gather must not be used to sync covariance states")
@@ -38,12 +48,20 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
         metrics.update(batch)
     out_values = metrics.compute()
     local_n = float(metrics["rankme"].n_samples)  # local state is restored after compute
+    extreme = extreme_features()
+    geometry = Geometry(fit_range=(2, 20))
+    for batch in (extreme[:split] if rank == 0 else extreme[split:]).split(64):
+        geometry.update(batch)
+    summary = geometry.compute_summary()
     result = {
         "rankme": float(out_values["rankme"]),
         "alpha": float(out_values["alpha"]),
         "r2": float(out_values["r2"]),
         "top": out_values["spectrum"][:20].tolist(),
         "local_n": local_n,
+        "extreme_rankme": float(summary.rankme),
+        "extreme_alpha": float(summary.alpha),
+        "extreme_n": summary.n_samples,
     }
     with open(f"{out}.rank{rank}", "w") as handle:
         json.dump(result, handle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+import geomtrace.replay.prefetch as prefetch
 import geomtrace.replay.runner as runner
 from geomtrace.cli import main
 
@@ -25,5 +26,6 @@ def slow(load):
 
 if __name__ == "__main__":
     delay = float(sys.argv[1])
-    runner.load_checkpoint_model = slow(runner.load_checkpoint_model)
+    runner.load_checkpoint_model = slow(runner.load_checkpoint_model)  # the tokenizer search
+    prefetch.load_checkpoint_model = slow(prefetch.load_checkpoint_model)  # the loop (and its prefetch)
     sys.exit(main(sys.argv[3:]))

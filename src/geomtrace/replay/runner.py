@@ -28,6 +28,7 @@ from geomtrace._distributed import rank_and_world_size
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.probes import ProbeSet
+from geomtrace.replay.prefetch import CheckpointLoader
 from geomtrace.replay.sources import (
     Checkpoint,
     CheckpointLoadError,
@@ -451,6 +452,7 @@ def run_replay(
     progress: bool = True,
     verbose: bool = True,
     reference: Mapping[str, Any] | None = None,
+    prefetch: bool = True,
 ) -> ReplaySummary:
     """Measure ``checkpoints`` in order into the results store at ``output``; resumable.
 
@@ -476,6 +478,9 @@ def run_replay(
         verbose: a one-line summary per checkpoint (rank 0).
         reference: the provenance of a run to reproduce (``geomtrace replay --like``): a
             warning when the probe fingerprint or the forward's precision differs from it.
+        prefetch: load checkpoint ``k + 1`` in a background thread while ``k`` is measured
+            (at most one extra model, in host memory; see :mod:`geomtrace.replay.prefetch`).
+            Off with ``device_map`` (a sharded model would be loaded twice onto the GPUs).
 
     The output holds one measurement configuration (:func:`measurement_identity`, stored in
     ``run.json``): a run with another one raises
@@ -499,7 +504,7 @@ def run_replay(
     rank, _ = rank_and_world_size()
     load = dict(dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
                 model_builder=model_builder, base_model=base_model)
-    writer = None
+    writer = loader = None
     try:
         # The probe set decides what counts as done, so it comes first. A model loaded only to
         # get its tokenizer is kept for its own measurement.
@@ -544,19 +549,13 @@ def run_replay(
         if verbose and rank == 0 and summary.skipped:
             _say(f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {output}; skipping them", bar)
         expected = (reference or {}).get("precision")
-        for ckpt in todo:
-            t0 = time.perf_counter()
-            model, error = None, known_failures.get(ckpt.key)
-            if error is None:
-                try:
-                    if preloaded is not None and preloaded[0] is ckpt:
-                        model, t0 = preloaded[1], preloaded[2]
-                        preloaded = None
-                    else:
-                        model, _ = load_checkpoint_model(ckpt, **load)
-                except Exception as err:  # noqa: BLE001 - one bad checkpoint must not stop the replay
-                    error = _load_error(err)
-            load_seconds = time.perf_counter() - t0
+        loader = CheckpointLoader(todo, load, prefetch=prefetch and device_map is None, describe_error=_load_error,
+                                  known_failures=known_failures, preloaded=preloaded)
+        preloaded = None  # the loader holds it now
+        for index, ckpt in enumerate(todo):
+            loaded = loader.take(index)  # starts loading the next checkpoint in the background
+            model, error, load_seconds = loaded.model, loaded.error, loaded.seconds
+            loaded = None
             result = None
             if _all_agree(error is None, device):
                 try:
@@ -597,6 +596,8 @@ def run_replay(
         if bar is not None:
             bar.close()
     finally:
+        if loader is not None:
+            loader.close()
         if writer is not None:
             writer.close()
         if created_group:

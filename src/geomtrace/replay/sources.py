@@ -43,6 +43,7 @@ __all__ = [
     "hub_checkpoints",
     "local_checkpoints",
     "shard_checkpoints",
+    "fetch_checkpoint",
     "load_checkpoint_model",
     "load_checkpoint_tokenizer",
     "resolve_dtype",
@@ -783,3 +784,41 @@ def load_checkpoint_model(
     raise ValueError(
         f"unknown checkpoint kind {ckpt.kind!r}; expected 'hub', 'hf_folder', 'peft_adapter' or 'lightning_ckpt'"
     )
+
+
+#: Files a model load reads: fetched ahead by :func:`fetch_checkpoint`.
+_FETCH_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
+_READ_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+def _read_through(path: Path, chunk: int = 1 << 24) -> None:
+    """Read a file once so that the load that follows finds it in the page cache."""
+    with path.open("rb") as handle:
+        while handle.read(chunk):
+            pass
+
+
+def fetch_checkpoint(ckpt: Checkpoint, *, base_model: str | None = None) -> None:
+    """Bring ``ckpt``'s files close without building anything: download a hub revision into
+    the local cache, or read a local checkpoint's weight files into the page cache.
+
+    Touches no process-wide torch state, so it may run beside a measurement. Never raises:
+    the load that follows reports any problem properly.
+    """
+    try:
+        if ckpt.kind == "hub":
+            hub = require("huggingface_hub", "downloading checkpoints")
+            hub.snapshot_download(ckpt.model, revision=ckpt.revision, allow_patterns=_FETCH_PATTERNS)
+            return
+        if not ckpt.path:
+            return
+        path = Path(ckpt.path)
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in _READ_SUFFIXES)
+        if ckpt.kind == "peft_adapter":
+            base = _adapter_base(path, base_model)
+            if base and Path(base).is_dir():
+                files += sorted(p for p in Path(base).iterdir() if p.suffix in _READ_SUFFIXES)
+        for f in files:
+            _read_through(f)
+    except Exception:  # noqa: BLE001 - fetching ahead is an optimisation; the load reports errors
+        return

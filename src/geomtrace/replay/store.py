@@ -45,6 +45,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from geomtrace.trajectory import to_float as _num
+
 try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -460,13 +462,6 @@ def _records_and_spectra(records_or_store: ResultsStore | Iterable[dict[str, Any
     if isinstance(records_or_store, ResultsStore):
         return records_or_store.records(), records_or_store
     return [dict(r) for r in records_or_store], None
-
-
-def _num(v: Any) -> float:
-    try:
-        return math.nan if v is None else float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def export_seed_npy(

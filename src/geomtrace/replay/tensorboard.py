@@ -48,6 +48,8 @@ class TensorBoardLogger:
 
 
 def _spectrum_figure(ckpt: Checkpoint, result: GeometryResult) -> Any:
+    # geomtrace.plots is a leaf (numpy, matplotlib, geomtrace.trajectory) that the callbacks
+    # and replay both draw with: this import points down. Lazy: matplotlib only when drawing.
     from geomtrace.plots import eigenspectrum_figure
 
     spectra = {f"layer {i}": g.eigenvalues for i, g in result.layers.items()}
