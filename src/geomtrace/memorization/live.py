@@ -27,7 +27,7 @@ from geomtrace._warnings import warn
 from geomtrace.memorization.likelihood import AnswerLogprobs
 from geomtrace.memorization.probe import MemorizationProbe
 
-__all__ = ["LIVE_KEYS", "LiveMemorization"]
+__all__ = ["LIVE_KEYS", "LiveMemorization", "probe_list"]
 
 #: Summary keys logged live, as ``memorization[/<probe name>]/<key>``.
 LIVE_KEYS = ("spearman", "pearson", "answer_logprob", "n_scored")
@@ -43,19 +43,7 @@ class LiveMemorization:
     """
 
     def __init__(self, probes: MemorizationProbe | Sequence[MemorizationProbe], *, strict: bool = False) -> None:
-        listed = [probes] if isinstance(probes, MemorizationProbe) else list(probes)
-        if not listed or not all(isinstance(p, MemorizationProbe) for p in listed):
-            raise TypeError(
-                "memorization must be a geomtrace.memorization.MemorizationProbe or a list of them, got "
-                f"{type(probes).__name__}: build one with MemorizationProbe(QASet..., NgramIndex...)."
-            )
-        keys = [p.key("spearman") for p in listed]
-        if len(set(keys)) != len(keys):
-            raise ValueError(
-                "several memorization probes log under the same keys; give each a distinct name= "
-                "(e.g. MemorizationProbe(qa, index, name='train') and name='heldout')."
-            )
-        self.probes = listed
+        self.probes = probe_list(probes)
         self.strict = strict
         self.tokenizer: Any = None
         self._ready: dict[int, bool] = {}  # probe position -> ∞-gram side prepared (False: failed this run)
@@ -112,6 +100,23 @@ class LiveMemorization:
             f"{scores.n_scored} scorable by the ∞-gram ({probe.zero_probability} zero rule), computed once"
         )
         return True
+
+
+def probe_list(probes: MemorizationProbe | Sequence[MemorizationProbe]) -> list[MemorizationProbe]:
+    """``probes`` as a checked list: MemorizationProbe objects with distinct logged keys."""
+    listed = [probes] if isinstance(probes, MemorizationProbe) else list(probes) if isinstance(probes, Sequence) else []
+    if not listed or not all(isinstance(p, MemorizationProbe) for p in listed):
+        raise TypeError(
+            "memorization must be a geomtrace.memorization.MemorizationProbe or a list of them, got "
+            f"{type(probes).__name__}: build one with MemorizationProbe(QASet..., NgramIndex...)."
+        )
+    keys = [p.key("spearman") for p in listed]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            "several memorization probes log under the same keys; give each a distinct name= "
+            "(e.g. MemorizationProbe(qa, index, name='train') and name='heldout')."
+        )
+    return listed
 
 
 def _label(probe: MemorizationProbe) -> str:
