@@ -10,6 +10,12 @@ every ``--checkpoint-every`` steps) that ``geomtrace replay`` measures again, an
 printing where the logs are, a summary of the trajectory, the time spent measuring and the
 path of a PNG plot of it.
 
+Memorization beside geometry (with the ``memorization`` extra, Python >= 3.11): a few
+paragraphs are held out of training, the training text is indexed with infini-gram
+(``OUTPUT/ngram``), and cloze pairs cut from the training text and from the held-out text
+are measured at every geometry step (``memorization/<probe>/spearman``, ``answer_logprob``,
+``n_scored``; see docs/memorization.md). ``--memorization-pairs 0`` turns it off.
+
     python recipes/pretrain.py                       # the demo, a few minutes on CPU
     python recipes/pretrain.py --max-steps 2000 --corpus zipf
     python recipes/pretrain.py --model EleutherAI/pythia-160m --from-config  # real shape, hub config
@@ -68,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="probe forward precision: auto (the trainer's), bf16/fp16 (autocast the probes only), off")
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
     geometry.add_argument("--no-geometry", action="store_true", help="train without GeometryMonitor (baseline)")
+    memo = parser.add_argument_group("memorization")
+    memo.add_argument("--memorization-pairs", type=int, default=256,
+                      help="cloze pairs per probe (training text, held-out text); 0: no memorization, no hold-out")
+    memo.add_argument("--heldout-fraction", type=float, default=0.05,
+                      help="share of the corpus's documents held out of training for the held-out probes")
     out = parser.add_argument_group("output")
     out.add_argument("--output", default="outputs/pretrain", help="logs, checkpoints, final model and plots go here")
     out.add_argument("--checkpoint-steps", default="0,4,16,64",
@@ -271,6 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     texts = build_corpus(args)
     tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size)
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # one stream, cut below
+    encoded, memorization = memorization_probes(args, tokenizer, encoded, output)
     ids = torch.tensor([token for text_ids in encoded for token in (*text_ids, tokenizer.eos_token_id)])
     dataset = TokenBlocks(ids, args.seq_len)
     sampler = RepeatedShuffle(len(dataset), max(1, args.max_steps) * args.batch_size, args.seed)
@@ -290,7 +302,8 @@ def run(args: argparse.Namespace) -> dict:
         # (the automatic rule would read that name as a pretrained start).
         monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=args.every_n_steps, extra_steps=extra,
                                   num_sequences=args.num_probes, batch_size=args.probe_batch_size, layers=layers,
-                                  autocast=args.probe_autocast, from_pretrained=False, history_file=str(history_path))
+                                  autocast=args.probe_autocast, from_pretrained=False, history_file=str(history_path),
+                                  memorization=memorization)
         callbacks.append(monitor)
     saved_steps = checkpoint_steps(args)
     if saved_steps:
@@ -344,10 +357,46 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def memorization_probes(args: argparse.Namespace, tokenizer, encoded: list[list[int]], output: Path):
+    """``(documents to train on, memorization probes or None)``.
+
+    Holds ``--heldout-fraction`` of the documents out of training, indexes the rest (what the
+    model trains on) with infini-gram and cuts cloze pairs from both parts. Probes: ``train``
+    and ``heldout`` under geomtrace's zero rule, and ``heldout_seedrule`` under the seed's (a
+    zero-probability token dropped instead of the pair: on a small corpus most held-out answers
+    hold one, see docs/memorization.md).
+    """
+    if args.no_geometry or args.every_n_steps <= 0 or args.memorization_pairs <= 0:
+        return encoded, None
+    from geomtrace.memorization import MemorizationProbe, NgramIndex, QASet, hold_out
+
+    try:
+        from geomtrace.memorization.index import require_infini_gram
+
+        require_infini_gram()
+    except ImportError as err:
+        print(f"[pretrain] no memorization tracking: {err}", flush=True)
+        return encoded, None
+    train_docs, held_docs = hold_out(encoded, fraction=args.heldout_fraction, seed=args.seed)
+    index = NgramIndex.build(train_docs, output / "ngram", vocab_size=len(tokenizer))
+    n = args.memorization_pairs
+    train_qa = QASet.cloze(train_docs, n=n, seed=args.seed, description="training text")
+    held_qa = QASet.cloze(held_docs, n=n, seed=args.seed, description="held-out text")
+    options = {"batch_size": args.probe_batch_size, "autocast": args.probe_autocast}
+    probes = [
+        MemorizationProbe(train_qa, index, name="train", **options),
+        MemorizationProbe(held_qa, index, name="heldout", **options),
+        MemorizationProbe(held_qa, index, name="heldout_seedrule", zero_probability="as_one", **options),
+    ]
+    print(f"[pretrain] memorization: {len(held_docs)} of {len(encoded)} documents held out of training; "
+          f"{len(train_qa)} + {len(held_qa)} cloze pairs against the index of the training text", flush=True)
+    return train_docs, probes
+
+
 def _plot(monitor, path: Path) -> Path | None:
     try:
         from geomtrace.phases import detect_phases
-        from geomtrace.plots import save_figure, trajectory_figure
+        from geomtrace.plots import memorization_series, save_figure, trajectory_figure
     except ImportError as err:
         print(f"[pretrain] no plot ({err})")
         return None
@@ -356,7 +405,11 @@ def _plot(monitor, path: Path) -> Path | None:
     run = {"step": steps, "rankme": [r[keys["rankme"]] for r in history],
            "alpha": [r[keys["alpha"]] for r in history]}
     phases = detect_phases(run["step"], run["rankme"], run["alpha"]) if len(steps) >= 5 else None
-    figure = trajectory_figure({"pretrain": run}, x="step", phases=phases)
+    memorization = memorization_series(history, "spearman")
+    for name, series in memorization_series(history, "answer_logprob").items():
+        memorization.setdefault(name, {}).update(series)
+    figure = trajectory_figure({"pretrain": run}, x="step", phases=phases, memorization=memorization or None,
+                               memorization_keys=("spearman", "answer_logprob"))
     save_figure(figure, path)
     return path
 

@@ -64,3 +64,17 @@ def queries(documents: list[list[int]], n: int, seed: int) -> list[tuple[list[in
             token = rng.choice(vocab)
         out.append((context, token))
     return out
+
+
+def repetitive_documents(n_docs: int = 24, length: int = 24, seed: int = 1) -> list[list[int]]:
+    """Token ids 3..6: short contexts recur, so answers get different ∞-gram probabilities."""
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 7) for _ in range(length)] for _ in range(n_docs)]
+
+
+def cloze_probe(documents: list[list[int]], source=None, **kwargs):
+    """16 cloze pairs (2-4 question tokens, 3 answer tokens) of ``documents``, brute-force ∞-gram source."""
+    from geomtrace.memorization import MemorizationProbe, QASet
+
+    qa = QASet.cloze(documents, n=16, answer_tokens=3, question_tokens=4, min_question_tokens=2, seed=0)
+    return MemorizationProbe(qa, source or BruteForceSource(documents), batch_size=8, **kwargs)

@@ -25,6 +25,7 @@ from geomtrace.tiny import train_bpe_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lightning_helpers import TinyLM, read_scalars, token_loader  # noqa: E402
+from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents  # noqa: E402
 
 PROBES = 48
 
@@ -313,5 +314,77 @@ def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
     assert ddp["history"][0]["geometry/rankme"] == pytest.approx(single.rankme, rel=1e-6)
     assert ddp["history"][0]["geometry/n_samples"] == PROBES
     assert [r["step"] for r in ddp["history"]] == [0, 3, 4]
+    # Memorization at the same steps, sharded over the ranks: the single-process values.
+    direct = cloze_probe(repetitive_documents()).measure(module.model)
+    assert ddp["history"][0]["memorization/answer_logprob"] == pytest.approx(direct["answer_logprob"], abs=1e-5)
+    assert [r["memorization/n_scored"] for r in ddp["history"]] == [16, 16, 16]
+    assert ddp["infgram_queries"] == 16 * 3  # rank 0's queries, once per run
     record = json.loads(out.with_suffix(".history.json").read_text())  # written by rank 0
     assert record["history"] == ddp["history"] and record["provenance"]["n_probes"] == PROBES
+
+
+# ------------------------------------------------------------------ memorization
+MEMORIZATION_KEYS = ("memorization/spearman", "memorization/pearson", "memorization/answer_logprob",
+                     "memorization/n_scored")
+
+
+def test_memorization_is_logged_beside_geometry_and_the_infgram_side_computed_once(tmp_path, tokenizer, capsys):
+    documents = repetitive_documents()
+    probe = cloze_probe(documents)
+    path = tmp_path / "geometry.json"
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, memorization=probe, history_file=str(path))
+    trainer(tmp_path, [monitor], max_steps=5).fit(TinyLM(tokenizer), token_loader(tokenizer))
+    scalars = read_scalars(tmp_path / "tb")
+    for key in MEMORIZATION_KEYS:
+        assert [step for step, _ in scalars[key]] == [0, 2, 4, 5], key
+    assert [value for _, value in scalars["memorization/n_scored"]] == [16.0] * 4  # cloze answers occur in the corpus
+    assert all(-1.0 <= value <= 1.0 for _, value in scalars["memorization/spearman"])
+    # One ∞-gram query per answer token for the whole run, not per measurement.
+    assert probe.index.queries == 16 * 3
+    assert sum("computed once" in line for line in capsys.readouterr().out.splitlines()) == 1
+    # Step 0 is the initial model: the same values as a direct measurement of it.
+    direct = cloze_probe(documents).measure(TinyLM(tokenizer).model)
+    first = monitor.history[0]
+    assert first["memorization/answer_logprob"] == pytest.approx(direct["answer_logprob"], abs=1e-5)
+    assert first["memorization/spearman"] == pytest.approx(direct["spearman"], abs=1e-2)
+    record = json.loads(path.read_text())
+    assert record["history"][-1]["memorization/n_scored"] == 16
+    assert record["memorization"][0]["qa"].startswith("cloze:corpus n=16")
+
+
+class FailingSource(BruteForceSource):
+    def prob(self, context_ids, next_id):
+        raise ConnectionError("index offline")
+
+
+def test_memorization_errors_warn_keep_geometry_and_strict_raises(tmp_path, tokenizer):
+    documents = repetitive_documents()
+    bad = [[len(tokenizer) + 5] * 20 for _ in range(3)]  # token ids beyond the vocabulary
+    probes = [
+        cloze_probe(documents, FailingSource([]), name="offline"),  # the ∞-gram side fails: once, for the run
+        cloze_probe(bad, name="bad"),  # the model side fails: skipped at each step
+        cloze_probe(documents, name="good"),
+    ]
+    monitor = GeometryMonitor(every_n_steps=1, num_sequences=PROBES, memorization=probes)
+    with pytest.warns(GeometryWarning) as caught:
+        trainer(tmp_path / "a", [monitor], max_steps=2).fit(TinyLM(tokenizer), token_loader(tokenizer))
+    messages = [str(w.message) for w in caught]
+    assert sum("'offline' could not compute its ∞-gram side" in m and "index offline" in m for m in messages) == 1
+    assert sum("'bad' at step" in m and "failed and was skipped" in m for m in messages) == 3
+    assert [r["step"] for r in monitor.history] == [0, 1, 2]
+    for row in monitor.history:  # geometry and the working probe still logged
+        assert "geometry/rankme" in row and row["memorization/good/n_scored"] == 16
+        assert not any(key.startswith(("memorization/offline/", "memorization/bad/")) for key in row)
+    strict = GeometryMonitor(every_n_steps=1, num_sequences=PROBES, memorization=cloze_probe(bad), strict=True)
+    with pytest.raises(RuntimeError, match="answer log-likelihood failed"):
+        trainer(tmp_path / "b", [strict], max_steps=2).fit(TinyLM(tokenizer), token_loader(tokenizer))
+
+
+def test_memorization_option_is_checked_up_front():
+    documents = repetitive_documents()
+    with pytest.raises(MisconfigurationException, match="MemorizationProbe"):
+        GeometryMonitor(memorization="trivia_qa")
+    with pytest.raises(MisconfigurationException, match="distinct name"):
+        GeometryMonitor(memorization=[cloze_probe(documents), cloze_probe(documents)])
+    named = [cloze_probe(documents, name="train"), cloze_probe(documents, name="heldout")]
+    assert len(GeometryMonitor(memorization=named).tracker.memorization.probes) == 2

@@ -165,6 +165,31 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
 
 
+def test_sft_trainer_logs_memorization_beside_geometry(tok, tmp_path, tb_dir):
+    from trl import SFTConfig, SFTTrainer
+
+    from memorization_helpers import cloze_probe, repetitive_documents
+
+    data = Dataset.from_list([
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
+    ])
+    probe = cloze_probe(repetitive_documents())
+    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, memorization=probe)
+    trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+                         train_dataset=data, processing_class=tok, callbacks=[callback])
+    trainer.train()
+    board = assert_logged(tb_dir, callback, [0, 2, 4])
+    for key in ("memorization/spearman", "memorization/pearson", "memorization/answer_logprob", "memorization/n_scored"):
+        assert sorted(board[key]) == [0, 2, 4], key
+        for record in callback.history:
+            assert board[key][record["step"]] == pytest.approx(record[key], rel=1e-6, nan_ok=True)
+    assert set(board["memorization/n_scored"].values()) == {16.0}
+    assert not any(tag.startswith("train/memorization") for tag in board)
+    assert probe.index.queries == 16 * 3  # the ∞-gram side once per run
+    logged = [entry["step"] for entry in trainer.state.log_history if "memorization/answer_logprob" in entry]
+    assert logged == [0, 2, 4]
+
+
 def test_dpo_trainer(tok, tmp_path, tb_dir):
     from trl import DPOConfig, DPOTrainer
 

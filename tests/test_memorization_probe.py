@@ -132,6 +132,27 @@ def test_zero_rule_option_changes_what_is_scorable(model):
     assert strict["answer_logprob"] == pytest.approx(seed_rule["answer_logprob"])  # the model side is the same
 
 
+def test_live_probes_on_one_qa_set_share_one_forward(model, monkeypatch):
+    import geomtrace.memorization.probe as probe_module
+    from geomtrace.memorization.live import LiveMemorization
+
+    qa = held_out_cloze()
+    live = LiveMemorization([MemorizationProbe(qa, BruteForceSource(DOCS), name="strict"),
+                             MemorizationProbe(qa, BruteForceSource(DOCS), name="seed", zero_probability="as_one"),
+                             MemorizationProbe(held_out_cloze(5), BruteForceSource(DOCS), name="other")])
+    calls = []
+    real = probe_module.answer_logprobs
+    monkeypatch.setattr(probe_module, "answer_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scalars, notes = live.measure(model, step=3)
+    assert len(calls) == 2  # one forward for the shared QA set, one for the other
+    assert len(notes) == 3 and all("computed once" in note for note in notes)
+    seed_rule = MemorizationProbe(qa, BruteForceSource(DOCS), zero_probability="as_one").measure(model)
+    assert scalars["memorization/seed/spearman"] == pytest.approx(seed_rule["spearman"], nan_ok=True)
+    assert scalars["memorization/seed/n_scored"] == seed_rule["n_scored"]
+    assert scalars["memorization/strict/answer_logprob"] == scalars["memorization/seed/answer_logprob"]
+    assert live.measure(model, step=4)[1] == []  # prepared once: no second note
+
+
 def test_probe_keys_and_arguments():
     qa = held_out_cloze(3)
     assert MemorizationProbe(qa, BruteForceSource(DOCS)).key("spearman") == "memorization/spearman"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geomtrace.phases import PhaseSegment
-from geomtrace.plots import eigenspectrum_figure, save_figure, trajectory_figure
+from geomtrace.plots import eigenspectrum_figure, memorization_series, save_figure, trajectory_figure
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 
@@ -65,6 +65,35 @@ def test_phase_shading_maps_steps_to_x():
     # the second span covers tokens 800 .. 12800
     span = spans[1]  # a Rectangle in data x coordinates
     assert span.get_x() == pytest.approx(800) and span.get_x() + span.get_width() == pytest.approx(12800)
+
+
+def test_memorization_series_from_live_rows():
+    rows = [{"step": 0, "geometry/rankme": 1.0, "memorization/train/spearman": 0.1, "memorization/heldout/spearman": 0.2},
+            {"step": 4, "geometry/rankme": 1.0},  # memorization skipped at this step
+            {"step": 8, "memorization/train/spearman": 0.3, "memorization/train/answer_logprob": -3.0}]
+    assert memorization_series(rows) == {"train": {"step": [0.0, 8.0], "spearman": [0.1, 0.3]},
+                                         "heldout": {"step": [0.0], "spearman": [0.2]}}
+    unnamed = [{"step": 2, "memorization/spearman": 0.5}]
+    assert memorization_series(unnamed) == {"memorization": {"step": [2.0], "spearman": [0.5]}}
+    assert memorization_series(rows, "answer_logprob") == {"train": {"step": [8.0], "answer_logprob": [-3.0]}}
+
+
+def test_memorization_panels_share_x_and_phase_shading():
+    phases = [PhaseSegment("warmup", 0, 8, 0, 4, 0.9, -0.5), PhaseSegment("entropy-seeking", 8, 128, 4, 8, 0.8, 0.7)]
+    memorization = {"train": {"step": [8, 0, 64], "spearman": [0.2, 0.1, 0.4], "answer_logprob": [-2, -3, -1]},
+                    "heldout": {"step": [0, 64], "spearman": [0.0, 0.3]}}
+    fig = trajectory_figure({"a": _columns()}, x="tokens", phases=phases, memorization=memorization,
+                            memorization_keys=("spearman", "answer_logprob"))
+    assert len(fig.axes) == 4
+    ax_s, ax_l = fig.axes[2], fig.axes[3]
+    train = ax_s.get_lines()[0]
+    np.testing.assert_allclose(train.get_xdata(), [0, 800, 6400])  # steps mapped to tokens, sorted
+    np.testing.assert_allclose(train.get_ydata(), [0.1, 0.2, 0.4])
+    assert [line.get_label() for line in ax_s.get_lines()] == ["train", "heldout"]
+    assert [line.get_label() for line in ax_l.get_lines()] == ["train"]  # heldout lacks the key
+    assert len(ax_s.patches) == 2 and ax_s.patches[1].get_x() == pytest.approx(800)
+    assert ax_l.get_xscale() == "symlog"
+    assert len(trajectory_figure({"a": _columns()}, memorization_keys=("spearman",)).axes) == 2  # none given
 
 
 def test_bad_runs_raise():

@@ -27,7 +27,7 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
     argv = [
         "--max-steps", "4", "--every-n-steps", "2", "--extra-steps", "", "--num-probes", "32", "--hidden-size", "64",
         "--num-layers", "2", "--vocab-size", "512", "--batch-size", "4", "--output", str(out), "--quiet",
-        "--checkpoint-steps", "0,1", "--checkpoint-every", "3",
+        "--memorization-pairs", "24", "--checkpoint-steps", "0,1", "--checkpoint-every", "3",
     ]
     summary = run_recipe(argv)
     assert [r["step"] for r in summary["history"]] == [0, 2, 4]
@@ -46,6 +46,17 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
     found = local_checkpoints(out / "checkpoints")
     assert [c.step for c in found] == [0, 1, 3, 4] and all(c.kind == "hf_folder" for c in found)
     assert all((Path(c.path) / "tokenizer.json").exists() for c in found)
+    # Memorization beside geometry: training-text and held-out cloze pairs against the index
+    # of the training text, at the geometry steps.
+    pytest.importorskip("infini_gram")
+    for name in ("train", "heldout", "heldout_seedrule"):
+        for key in ("spearman", "answer_logprob", "n_scored"):
+            assert [s for s, _ in scalars[f"memorization/{name}/{key}"]] == [0, 2, 4], (name, key)
+    last = summary["history"][-1]
+    assert last["memorization/train/n_scored"] == 24  # a training-text answer always occurs in the index
+    assert last["memorization/heldout/n_scored"] <= last["memorization/heldout_seedrule/n_scored"]
+    assert [p["name"] for p in payload["memorization"]] == ["train", "heldout", "heldout_seedrule"]
+    assert "held out of training" in printed and (out / "ngram").is_dir()
 
     # Run again into the same folder with another series: no stale checkpoint or curve is left.
     run_recipe([*argv[:-4], "--checkpoint-steps", "2", "--checkpoint-every", "0"])

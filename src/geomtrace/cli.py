@@ -82,6 +82,13 @@ def replay(
     no_prefetch: bool = False,
     no_progress: bool = False,
     quiet: bool = False,
+    qa: str | None = None,
+    qa_limit: int | None = None,
+    index: str | None = None,
+    infini_gram_api: str | None = None,
+    index_tokenizer: str | None = None,
+    zero_probability: Literal["unscorable", "as_one"] | None = None,
+    memorization_name: str | None = None,
 ) -> int:
     """Measure RankMe / alpha-ReQ over checkpoints (hub revisions or local folders).
 
@@ -144,6 +151,16 @@ def replay(
             the background)
         no_progress: no progress bars
         quiet: no per-checkpoint summary lines
+        qa: memorization QA pairs: a .jsonl file of {"question", "answer"} objects, or trivia_qa (the seed's
+            TriviaQA rc validation, from the hub); needs --index or --infini-gram-api
+        qa_limit: keep the first N QA pairs
+        index: infini-gram index folder of the training corpus (geomtrace's NgramIndex or any infini-gram index)
+        infini_gram_api: query the public infini-gram API instead, with this index name (the seed's:
+            v4_piletrain_llama); answers are cached on disk
+        index_tokenizer: tokenizer of the index when it is not the model's (the seed: a Llama-2 index for Pythia)
+        zero_probability: an answer token the corpus never continues with: unscorable (default: the pair is left
+            out of the correlation) or as_one (the seed's rule: that token is dropped)
+        memorization_name: the probe's name in OUT/memorization (default memorization)
     """
     return _cmd_replay(argparse.Namespace(**_arguments(locals())))
 
@@ -158,6 +175,7 @@ def plot(
     phases: bool = False,
     linear_x: bool = False,
     title: str | None = None,
+    memorization: Union[str, list[str], None] = None,
 ) -> int:
     """RankMe and alpha-ReQ trajectories of one or more runs.
 
@@ -174,6 +192,8 @@ def plot(
         phases: shade the phases detected on the first run
         linear_x: linear x axis
         title: figure title
+        memorization: summary keys drawn in panels under RankMe and alpha when a run holds memorization records
+            (default spearman; e.g. spearman,answer_logprob; none for no panel)
     """
     return _cmd_plot(argparse.Namespace(**_arguments(locals())))
 
@@ -189,7 +209,9 @@ def export(
 
     seed-npy: np.save of {step: {'rankme', 'alpha', 'eigenspectrum', 'r2', ...}} for one
     layer, the paper's format (a pickle: read it with np.load(..., allow_pickle=True).item(),
-    only from sources you trust). csv: one row per checkpoint and layer.
+    only from sources you trust). With memorization probes in the run, seed-npy also writes
+    the seed's memorization files beside it: infgram/<probe>/triviaqa_<N>samples.npy and
+    llm_likelihood/<probe>/triviaqa_step_<step>.npy. csv: one row per checkpoint and layer.
 
     Args:
         run: replay output folder
@@ -239,6 +261,8 @@ _GROUPS = {
                     "no_prefetch"),
         "output": ("output", "tokens_per_step", "tensorboard", "no_tensorboard", "tensorboard_spectra",
                    "no_progress", "quiet"),
+        "memorization (model vs ∞-gram answer likelihood, per checkpoint)": (
+            "qa", "qa_limit", "index", "infini_gram_api", "index_tokenizer", "zero_probability", "memorization_name"),
     },
 }
 
@@ -539,6 +563,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not ckpts:
         print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
         return 0
+    memorization = memorization_probe(args, trust_remote_code=bool(args.trust_remote_code))
     tensorboard = None if args.no_tensorboard else (args.tensorboard or os.path.join(args.output, "tensorboard"))
     summary = run_replay(
         ckpts,
@@ -559,10 +584,46 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         verbose=not args.quiet,
         reference=like.provenance if like else None,
         prefetch=not args.no_prefetch,
+        memorization=memorization,
     )
     if not args.quiet:
         print(summary)
     return 1 if summary.failed else 0
+
+
+def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False) -> Any:
+    """The :class:`~geomtrace.memorization.MemorizationProbe` of parsed replay options, or None."""
+    source = args.index or args.infini_gram_api
+    memorization_only = (args.qa_limit, args.index_tokenizer, args.zero_probability, args.memorization_name)
+    if args.qa is None:
+        if source or any(v is not None for v in memorization_only):
+            raise UsageError("the memorization options need --qa (a .jsonl of question/answer pairs, or trivia_qa)")
+        return None
+    if bool(args.index) == bool(args.infini_gram_api):
+        raise UsageError("--qa needs exactly one of --index DIR (an infini-gram index of the training corpus) or "
+                         "--infini-gram-api NAME (the public API)")
+    from geomtrace.memorization import IndexNotReadyError, InfiniGramAPI, MemorizationProbe, NgramIndex, QALoadError, QASet
+
+    try:
+        if args.qa == "trivia_qa":
+            qa = QASet.trivia_qa(limit=args.qa_limit)
+        else:
+            if not Path(args.qa).is_file():
+                raise UsageError(f"--qa {args.qa}: no such file (a .jsonl of question/answer pairs, or trivia_qa)")
+            qa = QASet.from_jsonl(args.qa)
+            if args.qa_limit is not None:
+                qa = QASet(qa.pairs[: args.qa_limit], f"{qa.description} limit={args.qa_limit}")
+        index = NgramIndex.open(args.index) if args.index else InfiniGramAPI(args.infini_gram_api)
+    except (IndexNotReadyError, QALoadError) as err:
+        raise UsageError(str(err)) from err
+    index_tokenizer = None
+    if args.index_tokenizer:
+        from geomtrace.replay.runner import _load_tokenizer
+
+        index_tokenizer = _load_tokenizer(args.index_tokenizer, trust_remote_code=trust_remote_code)
+    return MemorizationProbe(qa, index, name=args.memorization_name, index_tokenizer=index_tokenizer,
+                             zero_probability=args.zero_probability or "unscorable",
+                             batch_size=args.batch_size or 32, autocast=args.autocast or "auto")
 
 
 def _run_paths(args: argparse.Namespace, many: bool) -> list[str]:
@@ -589,11 +650,51 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     phases = None
     if args.phases:
         phases = _detect(next(iter(runs.values())), allow_warmup=True)
-    fig = trajectory_figure(runs, x=args.x or "step", phases=phases, log_x=not args.linear_x, title=args.title)
+    keys = _memorization_keys(args.memorization)
+    lines = _memorization_lines(dict(zip(labels, paths)), keys)
+    fig = trajectory_figure(runs, x=args.x or "step", phases=phases, log_x=not args.linear_x, title=args.title,
+                            memorization=lines or None, memorization_keys=keys)
     first = Path(paths[0])
     out = args.output or str((first if first.is_dir() else Path.cwd()) / "trajectory.png")
     print(save_figure(fig, out))
     return 0
+
+
+_MEMORIZATION_PANEL_KEYS = ("spearman", "pearson", "answer_logprob", "n_scored")
+
+
+def _memorization_keys(value: Any) -> list[str]:
+    keys = _items(value) or ["spearman"]
+    if keys == ["none"]:
+        return []
+    unknown = [k for k in keys if k not in _MEMORIZATION_PANEL_KEYS]
+    if unknown:
+        raise UsageError(f"--memorization {','.join(unknown)}: choose from {', '.join(_MEMORIZATION_PANEL_KEYS)} or none")
+    return keys
+
+
+def _memorization_lines(runs: dict[str, str], keys: list[str]) -> dict[str, dict[str, list[float]]]:
+    """``{line label: {"step": [...], key: [...]}}`` of every run's memorization records (a
+    replay output's memorization.jsonl, or a live history's memorization/... values)."""
+    from geomtrace.plots import memorization_series
+    from geomtrace.replay.memorization import MemorizationStore
+
+    lines: dict[str, dict[str, list[float]]] = {}
+    for label, path in runs.items():
+        per_probe: dict[str, dict[str, list[float]]] = {}
+        for key in keys:
+            if Path(path).is_dir():
+                found = MemorizationStore(path).series(key)
+            else:
+                import json
+
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+                found = memorization_series(data.get("history", []) if isinstance(data, dict) else data, key)
+            for probe, series in found.items():
+                per_probe.setdefault(probe, {"step": series["step"]})[key] = series[key]
+        for probe, series in per_probe.items():
+            lines[probe if len(runs) == 1 else f"{label}: {probe}"] = series
+    return lines
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -627,6 +728,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
     path = args.output or run / f"geometry_layer{layer}.npy"
     print(export_seed_npy(records, path, layer=layer, spectra=not args.no_spectra))
+    from geomtrace.replay.memorization import export_seed_memorization
+
+    # The memorization probes' ∞-gram and model sides in the seed's two formats, beside it.
+    for written in export_seed_memorization(run, Path(path).parent):
+        print(written)
     return 0
 
 

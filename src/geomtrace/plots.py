@@ -1,7 +1,8 @@
 """Figures: RankMe / alpha-ReQ trajectories and eigenspectra (matplotlib, Agg backend).
 
 * :func:`trajectory_figure` - RankMe and alpha vs step, tokens or FLOPs, several runs
-  overlaid, optional phase shading.
+  overlaid, optional phase shading and memorization panels underneath.
+* :func:`memorization_series` - the memorization lines of live history rows.
 * :func:`eigenspectrum_figure` - eigenspectra on log-log axes with the fitted power laws.
 * :func:`phase_spectrum_figure` - one run: RankMe with its phases shaded, and the top
   eigenvalues over time (which directions grow or shrink in each phase).
@@ -26,7 +27,8 @@ import numpy as np
 from geomtrace._optional import require
 from geomtrace.trajectory import trajectory_from_rows
 
-__all__ = ["PHASE_COLORS", "eigenspectrum_figure", "phase_spectrum_figure", "save_figure", "trajectory_figure"]
+__all__ = ["PHASE_COLORS", "eigenspectrum_figure", "memorization_series", "phase_spectrum_figure", "save_figure",
+           "trajectory_figure"]
 
 #: Shading colour of each phase (see :mod:`geomtrace.phases`).
 PHASE_COLORS = {
@@ -36,6 +38,12 @@ PHASE_COLORS = {
     "stable": "#ffffff",
 }
 _X_LABELS = {"step": "training step", "tokens": "tokens seen", "flops": "training FLOPs (6 N D)"}
+_MEMORIZATION_LABELS = {
+    "spearman": "memorization\n(Spearman ρ)",
+    "pearson": "memorization\n(Pearson r)",
+    "answer_logprob": "answer\nlog-likelihood",
+    "n_scored": "pairs scored",
+}
 _FORMATS = {".png", ".svg", ".pdf"}
 
 
@@ -86,6 +94,25 @@ def _x_values(cols: Mapping[str, np.ndarray], x: str, label: str) -> np.ndarray:
     return values
 
 
+def memorization_series(rows: Sequence[Mapping[str, Any]], key: str = "spearman") -> dict[str, dict[str, list[float]]]:
+    """``{probe: {"step": [...], key: [...]}}`` from live history rows.
+
+    Rows carry ``memorization/<key>`` (an unnamed probe, returned under ``"memorization"``) or
+    ``memorization/<name>/<key>`` (returned under ``name``); rows without the key are skipped.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        for tag, value in row.items():
+            parts = tag.split("/")
+            if parts[0] != "memorization" or parts[-1] != key or len(parts) not in (2, 3):
+                continue
+            name = parts[1] if len(parts) == 3 else "memorization"
+            series = out.setdefault(name, {"step": [], key: []})
+            series["step"].append(float(row["step"]))
+            series[key].append(float(value))
+    return out
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -122,8 +149,10 @@ def trajectory_figure(
     phases: Sequence[Any] | None = None,
     log_x: bool = True,
     title: str | None = None,
+    memorization: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    memorization_keys: Sequence[str] = ("spearman",),
 ) -> Any:
-    """RankMe (top) and alpha-ReQ (bottom) against ``x``, one line per run.
+    """RankMe (top) and alpha-ReQ against ``x``, one line per run; memorization panels below.
 
     Args:
         runs: ``{label: run}``; a run is a list of replay records (``geomtrace.replay``'s
@@ -136,13 +165,23 @@ def trajectory_figure(
             ``x`` through the first run's step -> x pairs.
         log_x: symlog x axis (see the module doc), else linear.
         title: figure title.
+        memorization: ``{line label: {"step": [...], "<key>": [...]}}`` (e.g. from
+            :func:`memorization_series`): one panel per entry of ``memorization_keys`` under
+            the geometry panels, on the same x axis (steps mapped like ``phases``) and shaded
+            by the same phases. A line lacking a key is left out of that panel.
+        memorization_keys: summary keys to draw, one panel each (``"spearman"``,
+            ``"pearson"``, ``"answer_logprob"``, ``"n_scored"``).
 
     Returns a matplotlib ``Figure``.
     """
     plt = _pyplot()
     if not runs:
         raise ValueError("trajectory_figure needs at least one run")
-    fig, (ax_r, ax_a) = plt.subplots(2, 1, sharex=True, figsize=(7.0, 6.0), constrained_layout=True)
+    keys = list(memorization_keys) if memorization else []
+    fig, axes = plt.subplots(2 + len(keys), 1, sharex=True, figsize=(7.0, 6.0 + 2.2 * len(keys)),
+                             constrained_layout=True, squeeze=False)
+    axes = list(axes[:, 0])
+    ax_r, ax_a = axes[0], axes[1]
     xs, first = [], None
     for label, run in runs.items():
         cols = _columns(run, layer)
@@ -153,17 +192,34 @@ def trajectory_figure(
         ax_r.plot(xv[order], cols["rankme"][order], marker="o", ms=3, label=str(label))
         if np.any(np.isfinite(cols["alpha"])):
             ax_a.plot(xv[order], cols["alpha"][order], marker="o", ms=3, label=str(label))
+    steps, xv = first
+    ok = np.isfinite(steps) & np.isfinite(xv)
+    order = np.argsort(steps[ok])
+
+    def to_x(step: Any) -> Any:
+        return step if x == "step" else np.interp(step, steps[ok][order], xv[ok][order])
+
+    for key, ax in zip(keys, axes[2:]):
+        for label, series in (memorization or {}).items():
+            if key not in series or "step" not in series:
+                continue
+            mstep = np.asarray(series["step"], dtype=np.float64)
+            values = np.asarray(series[key], dtype=np.float64)
+            morder = np.argsort(mstep, kind="stable")
+            mx = np.asarray(to_x(mstep[morder]), dtype=np.float64)
+            xs.append(mx)
+            ax.plot(mx, values[morder], marker="o", ms=3, label=str(label))
+        ax.set_ylabel(_MEMORIZATION_LABELS.get(key, key))
+        if ax.lines:
+            ax.legend(fontsize="small", loc="best")
     if phases:
-        steps, xv = first
-        ok = np.isfinite(steps) & np.isfinite(xv)
-        order = np.argsort(steps[ok])
-        _shade_phases((ax_r, ax_a), phases, lambda s: float(np.interp(s, steps[ok][order], xv[ok][order])))
+        _shade_phases(axes, phases, lambda s: float(to_x(s)))
     if log_x:
-        _set_log_x(ax_a, xs)
+        _set_log_x(axes[-1], xs)
     ax_r.set_ylabel("RankMe")
     ax_a.set_ylabel(r"$\alpha$-ReQ")
-    ax_a.set_xlabel(_X_LABELS.get(x, x) + (" (symlog)" if log_x else ""))
-    for ax in (ax_r, ax_a):
+    axes[-1].set_xlabel(_X_LABELS.get(x, x) + (" (symlog)" if log_x else ""))
+    for ax in axes:
         ax.grid(True, alpha=0.3)
     ax_r.legend(fontsize="small", loc="best")
     if title:

@@ -10,8 +10,9 @@ around it, so both log the same keys with the same values and write the same rec
 The record (:meth:`GeometryTracker.record`, written by ``history_file=``) is one JSON
 object: ``history`` (one row per measurement), ``provenance`` (how the rows were measured:
 probe set, fingerprint, precision, the full measurement config, the probe options), and,
-when they apply, ``provenance_changes``, ``stages`` (earlier trainings of a reused
-callback) and ``cost`` (time spent measuring). It is self-contained: ``geomtrace replay``
+when they apply, ``provenance_changes``, ``memorization`` (the memorization probes: QA
+set, index, zero rule), ``stages`` (earlier trainings of a reused callback) and ``cost``
+(time spent measuring). It is self-contained: ``geomtrace replay``
 can measure checkpoints "the same way as this run" from it.
 """
 
@@ -34,6 +35,8 @@ from torchmetrics import Metric
 from geomtrace._warnings import warn
 from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
+from geomtrace.memorization.live import LiveMemorization
+from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet, load_probes
 
 __all__ = ["TRACKER_OPTIONS", "GeometryTracker", "Measurement", "ProbeOptions", "loaded_model_hint", "report"]
@@ -146,6 +149,10 @@ class GeometryTracker:
             ``<prefix>/<name>`` (``<prefix>/layer<L>/<name>`` for other layers); see
             :func:`~geomtrace.measure.measure_geometry`. Their names (and classes) are part
             of the recorded ``measure_config``.
+        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` (or several, with
+            distinct names) measured after each geometry measurement, logged as
+            ``memorization[/<name>]/{spearman,pearson,answer_logprob,n_scored}`` (see
+            :mod:`geomtrace.memorization.live`).
     """
 
     def __init__(
@@ -165,6 +172,7 @@ class GeometryTracker:
         strict: bool = False,
         prefix: str = "geometry",
         extra_metrics: Mapping[str, Metric] | None = None,
+        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
     ) -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 0:
             raise ValueError(f"every_n_steps must be an int >= 0, got {every_n_steps!r}")
@@ -197,6 +205,7 @@ class GeometryTracker:
         self.history_file = Path(history_file) if history_file is not None else None
         self.strict = strict
         self.prefix = prefix
+        self.memorization = LiveMemorization(memorization, strict=strict) if memorization is not None else None
         self._reset_stage()
         self.stages: list[dict[str, Any]] = []
         self._restored = False
@@ -254,6 +263,7 @@ class GeometryTracker:
         strict: bool = False,
         prefix: str = "geometry",
         extra_metrics: Mapping[str, Metric] | None = None,
+        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
     ) -> GeometryTracker:
         """A tracker from the flat option list the callbacks expose (one place for both)."""
         config = MeasureConfig(
@@ -290,6 +300,7 @@ class GeometryTracker:
             strict=strict,
             prefix=prefix,
             extra_metrics=extra_metrics,
+            memorization=memorization,
         )
 
     # ------------------------------------------------------------------ set-up
@@ -304,6 +315,8 @@ class GeometryTracker:
             self.probes = self.probe_options.build(tokenizer)
         if len(self.probes) < 2:
             raise ValueError(f"the probe set has {len(self.probes)} sequence(s); geometry needs at least 2.")
+        if self.memorization is not None:
+            self.memorization.start_run(tokenizer)
         return self.probes
 
     def check_model(self, model: nn.Module) -> nn.Module:
@@ -447,6 +460,12 @@ class GeometryTracker:
         seconds = time.perf_counter() - start
         scalars[f"{self.prefix}/seconds"] = seconds
         record[f"{self.prefix}/seconds"] = seconds
+        if self.memorization is not None:
+            # After geometry, on every rank alike (its collectives follow the same schedule).
+            values, notes = self.memorization.measure(model, int(step))
+            scalars.update(values)
+            record.update(values)
+            measurement.notes.extend(notes)
         return measurement
 
     def extra_metric_classes(self) -> dict[str, str]:
@@ -589,7 +608,7 @@ class GeometryTracker:
         ``provenance`` (probe description and fingerprint, ``n_probes``, ``precision`` the
         probes ran in, ``measure_config``, ``probe_options``, ``trajectory``), ``phase``,
         ``from_pretrained``, ``schedule``; when they apply ``provenance_changes``,
-        ``stages`` and ``cost``; then ``extra``.
+        ``memorization``, ``stages`` and ``cost``; then ``extra``.
         """
         out: dict[str, Any] = {
             "history": [dict(r) for r in self.history],
@@ -605,6 +624,8 @@ class GeometryTracker:
         }
         if self.provenance_changes:
             out["provenance_changes"] = [dict(c) for c in self.provenance_changes]
+        if self.memorization is not None:
+            out["memorization"] = self.memorization.describe()
         if self.stages:
             out["stages"] = [dict(s) for s in self.stages]
         cost = self.cost()

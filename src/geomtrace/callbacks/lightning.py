@@ -12,6 +12,7 @@ from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
+from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
 from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
@@ -75,6 +76,11 @@ class GeometryMonitor(Callback):
             features: measured on the same probe forward, per tracked layer, and logged as
             ``geometry/<name>`` (``geometry/layer{L}/<name>``); a failing one is NaN with a
             warning. See docs/lightning.md.
+        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` (QA set + ∞-gram
+            index), or several with distinct names, measured right after each geometry
+            measurement on every rank; logs ``memorization/spearman``, ``memorization/pearson``,
+            ``memorization/answer_logprob``, ``memorization/n_scored`` (``memorization/<name>/...``
+            for a named probe). The ∞-gram side is computed once per run. See docs/memorization.md.
 
     Example::
 
@@ -115,6 +121,7 @@ class GeometryMonitor(Callback):
         strict: bool = False,
         prefix: str = "geometry",
         extra_metrics: Mapping[str, Metric] | None = None,
+        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
     ) -> None:
         tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
         super().__init__()

@@ -38,6 +38,7 @@ from geomtrace._warnings import warn
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
+from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
 from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
@@ -102,6 +103,11 @@ class GeometryCallback(TrainerCallback, ExportableState):
             JSON file (atomically) after every measurement.
         strict: raise measurement errors (and NaN/Inf features) instead of warning.
         prefix: prefix of the logged keys.
+        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` (QA set + ∞-gram
+            index), or several with distinct names, measured right after each geometry
+            measurement on every rank; logs ``memorization/spearman``, ``memorization/pearson``,
+            ``memorization/answer_logprob``, ``memorization/n_scored`` (``memorization/<name>/...``
+            for a named probe). The ∞-gram side is computed once per run. See docs/memorization.md.
         tokenizer: tokenizer for the probes; default: the trainer's ``processing_class``
             (its ``.tokenizer`` for multimodal processors).
         model_getter: ``callable(model) -> nn.Module`` returning the HF model to probe from
@@ -148,6 +154,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
         history_file: str | None = None,
         strict: bool = False,
         prefix: str = "geometry",
+        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
         tokenizer: Any = None,
         model_getter: Callable[[nn.Module], nn.Module] | None = None,
         extra_metrics: Mapping[str, Metric] | None = None,

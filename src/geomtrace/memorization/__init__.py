@@ -34,6 +34,7 @@ from geomtrace.memorization.seed_format import (
     read_pickled_npy,
     read_seed_infgram,
     read_seed_llm_likelihood,
+    read_seed_run,
     write_seed_infgram,
     write_seed_llm_likelihood,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "read_pickled_npy",
     "read_seed_infgram",
     "read_seed_llm_likelihood",
+    "read_seed_run",
     "seed_prompt",
     "spearman",
     "summarize",

@@ -170,19 +170,38 @@ class MemorizationProbe:
             raise RuntimeError(f"the ∞-gram side failed on rank 0: {payload[0]}")
         return payload[0]
 
-    def measure_result(self, model: nn.Module, tokenizer: Any = None, *, distributed: bool | None = None) -> MemorizationResult:
-        """Score the model's answers and summarize against the ∞-gram side (kept per pair)."""
+    def model_side_key(self) -> tuple[Any, ...]:
+        """Probes with equal keys get the same model scores (same pairs, same forward options):
+        one forward serves them all (e.g. one QA set under both zero rules)."""
+        return (id(self.qa), self.batch_size, self.padding_side, self.autocast)
+
+    def measure_result(
+        self,
+        model: nn.Module,
+        tokenizer: Any = None,
+        *,
+        distributed: bool | None = None,
+        scores: AnswerLogprobs | None = None,
+    ) -> MemorizationResult:
+        """Score the model's answers and summarize against the ∞-gram side (kept per pair).
+
+        ``scores``: the model side already computed by a probe with the same
+        :meth:`model_side_key` at this checkpoint (no forward then).
+        """
         if self.infgram is None or self._model_pairs is None:
             self.prepare(tokenizer, distributed=distributed)
         assert self.infgram is not None and self._model_pairs is not None
-        scores = answer_logprobs(
-            model,
-            self._model_pairs,
-            batch_size=self.batch_size,
-            padding_side=self.padding_side,
-            autocast=self.autocast,
-            distributed=distributed,
-        )
+        if scores is None:
+            scores = answer_logprobs(
+                model,
+                self._model_pairs,
+                batch_size=self.batch_size,
+                padding_side=self.padding_side,
+                autocast=self.autocast,
+                distributed=distributed,
+            )
+        elif scores.total.shape != (len(self._model_pairs),):
+            raise ValueError(f"{scores.total.size} model scores for {len(self._model_pairs)} pairs")
         result = MemorizationResult(scores, self.infgram, summarize(scores.total, self.infgram.logprob))
         self.last_result = result
         return result

@@ -34,6 +34,7 @@ import io
 import math
 import os
 import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,11 @@ __all__ = [
     "read_pickled_npy",
     "read_seed_infgram",
     "read_seed_llm_likelihood",
+    "read_seed_run",
     "write_seed_infgram",
+    "write_seed_infgram_rows",
     "write_seed_llm_likelihood",
+    "write_seed_llm_likelihood_rows",
 ]
 
 _SAFE_GLOBALS = {
@@ -127,10 +131,19 @@ def write_seed_infgram(path: str | os.PathLike, qa: QASet, scores: InfgramScores
     ``tokenizer`` decodes cloze pairs into the ``Question``/``Answer`` strings.
     """
     _check_sizes(qa, len(scores.token_probs), "the ∞-gram scores")
+    return write_seed_infgram_rows(path, [p.key for p in qa.pairs], qa.texts(tokenizer), scores.token_probs)
+
+
+def write_seed_infgram_rows(
+    path: str | os.PathLike, keys: Sequence[int], texts: Sequence[tuple[str, str]], token_probs: Sequence[Any]
+) -> Path:
+    """:func:`write_seed_infgram` from plain rows: pair keys, ``(question, answer)`` strings
+    and each answer's ∞-gram token probabilities (e.g. as a replay output stores them)."""
     out: dict[int, dict[str, Any]] = {}
-    for pair, (question, answer), probs in zip(qa.pairs, qa.texts(tokenizer), scores.token_probs):
+    for key, (question, answer), probs in zip(keys, texts, token_probs, strict=True):
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
         seed_logprob = answer_logprob(probs, "as_one")
-        out[int(pair.key)] = {
+        out[int(key)] = {
             "Question": question,
             "Answer": answer,
             "infgram_prob": [float(p) for p in probs],
@@ -145,9 +158,18 @@ def write_seed_llm_likelihood(
 ) -> Path:
     """Write one checkpoint's model side in the seed's llm_likelihood format (atomically)."""
     _check_sizes(qa, len(scores.per_token), "the model scores")
+    return write_seed_llm_likelihood_rows(path, [p.key for p in qa.pairs], qa.texts(tokenizer), scores.per_token)
+
+
+def write_seed_llm_likelihood_rows(
+    path: str | os.PathLike, keys: Sequence[int], texts: Sequence[tuple[str, str]], per_token: Sequence[Any]
+) -> Path:
+    """:func:`write_seed_llm_likelihood` from plain rows: pair keys, ``(question, answer)``
+    strings and each answer's per-token model log-probabilities."""
     out: dict[int, dict[str, Any]] = {}
-    for pair, (question, answer), tokens in zip(qa.pairs, qa.texts(tokenizer), scores.per_token):
-        out[int(pair.key)] = {
+    for key, (question, answer), tokens in zip(keys, texts, per_token, strict=True):
+        tokens = np.asarray(tokens, dtype=np.float64).reshape(-1)
+        out[int(key)] = {
             "Question": question,
             "Answer": answer,
             "llm_prob": [math.exp(float(v)) for v in tokens],
@@ -236,3 +258,45 @@ def aligned(infgram: SeedInfgram, llm: SeedLLMLikelihood) -> tuple[np.ndarray, n
     """``(keys, model_logprob, infgram_logprob)`` over the pairs present in both files."""
     keys, in_infgram, in_llm = np.intersect1d(infgram.keys, llm.keys, return_indices=True)
     return keys, llm.total[in_llm], infgram.logprob[in_infgram]
+
+
+_STEP_FILE = re.compile(r"triviaqa_step_(\d+)\.npy$")
+
+
+def read_seed_run(
+    infgram_path: str | os.PathLike,
+    llm_likelihood: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    trusted: bool = False,
+    zero_probability: ZeroProbability = "unscorable",
+) -> list[dict[str, Any]]:
+    """The memorization curve of a seed run: one summary per checkpoint, by step.
+
+    Args:
+        infgram_path: the run's infgram file.
+        llm_likelihood: its llm_likelihood folder (every ``triviaqa_step_{step}.npy`` in it)
+            or a list of those files.
+        trusted, zero_probability: as for :func:`read_seed_infgram`.
+
+    Returns ``[{"step", "path", "spearman", "pearson", "answer_logprob", "n_scored", ...}]``
+    sorted by step, over the pairs present in both files (see :func:`summarize`).
+    """
+    from geomtrace.memorization.probe import summarize  # the probe module imports this one
+
+    infgram = read_seed_infgram(infgram_path, trusted=trusted, zero_probability=zero_probability)
+    if isinstance(llm_likelihood, (str, os.PathLike)) and Path(llm_likelihood).is_dir():
+        files = [p for p in Path(llm_likelihood).iterdir() if _STEP_FILE.search(p.name)]
+    elif isinstance(llm_likelihood, (str, os.PathLike)):
+        files = [Path(llm_likelihood)]
+    else:
+        files = [Path(p) for p in llm_likelihood]
+    rows = []
+    for path in files:
+        match = _STEP_FILE.search(path.name)
+        if match is None:
+            raise ValueError(f"{path}: not named triviaqa_step_<step>.npy, so its step is unknown")
+        _, model, ngram = aligned(infgram, read_seed_llm_likelihood(path, trusted=trusted))
+        rows.append({"step": int(match.group(1)), "path": str(path), **summarize(model, ngram)})
+    if not rows:
+        raise ValueError(f"no triviaqa_step_<step>.npy files in {llm_likelihood}")
+    return sorted(rows, key=lambda r: r["step"])

@@ -285,6 +285,13 @@ def _n_params(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def checkpoint_tokens(ckpt: Checkpoint, tokens_per_step: int | None) -> int | None:
+    """Tokens seen at ``ckpt``: from the revision name, else ``step * tokens_per_step``."""
+    if ckpt.tokens is None and tokens_per_step is not None and ckpt.step is not None:
+        return int(ckpt.step) * int(tokens_per_step)
+    return ckpt.tokens
+
+
 def build_records(
     ckpt: Checkpoint,
     result: GeometryResult,
@@ -303,9 +310,7 @@ def build_records(
 
     ``tokens`` comes from the revision name; else ``step * tokens_per_step`` when given.
     """
-    tokens = ckpt.tokens
-    if tokens is None and tokens_per_step is not None and ckpt.step is not None:
-        tokens = int(ckpt.step) * int(tokens_per_step)
+    tokens = checkpoint_tokens(ckpt, tokens_per_step)
     records = []
     for index, layer in sorted(result.layers.items()):
         records.append(
@@ -516,6 +521,44 @@ def _check_reference(reference: Mapping[str, Any] | None, probes: ProbeSet) -> N
         )
 
 
+def _prepare_memorization(memorization: Any, output: str | os.PathLike, config_id: str, tokenizer: Any,
+                          device: str) -> Any:
+    """The replay's :class:`~geomtrace.replay.memorization.ReplayMemorization` (None without
+    probes): the ∞-gram side and the probe files, before any checkpoint loads. All ranks call
+    it; a failure raises on every rank."""
+    if memorization is None:
+        return None
+    from geomtrace.replay.memorization import ReplayMemorization
+
+    memo = ReplayMemorization(memorization, output, config_id)
+    error: Exception | None = None
+    try:
+        memo.prepare(tokenizer)
+    except Exception as err:  # noqa: BLE001 - raised below once every rank knows
+        error = err
+    if not _all_agree(error is None, device):
+        raise error if error is not None else RuntimeError("memorization set-up failed on another rank")
+    return memo
+
+
+def _measure_memorization(memo: Any, model: Any, ckpt: Checkpoint, tokens: int | None, write: bool,
+                          writer: Any, verbose: bool, bar: Any) -> str | None:
+    """Score ``ckpt`` on the memorization probes; the error message, or None when done."""
+    try:
+        scalars = memo.measure(model, ckpt, tokens, write=write)
+    except Exception as err:  # noqa: BLE001 - every rank fails together (answer_logprobs agrees)
+        return f"memorization failed: {type(err).__name__}: {err}"
+    if write and writer is not None and ckpt.step is not None:
+        for tag, value in scalars.items():
+            writer.writer.add_scalar(tag, value, global_step=ckpt.step)
+        writer.writer.flush()
+    if write and verbose and scalars:
+        shown = "  ".join(f"{tag.removeprefix('memorization/')} {value:.3f}" for tag, value in scalars.items()
+                          if tag.endswith("/spearman"))
+        _say(f"[geomtrace] {ckpt.key}: memorization {shown}", bar)
+    return None
+
+
 def run_replay(
     checkpoints: Sequence[Checkpoint],
     output: str | os.PathLike,
@@ -538,6 +581,7 @@ def run_replay(
     reference: Mapping[str, Any] | None = None,
     prefetch: bool = True,
     extra_metrics: Mapping[str, Any] | None = None,
+    memorization: Any = None,
 ) -> ReplaySummary:
     """Measure ``checkpoints`` in order into the results store at ``output``; resumable.
 
@@ -574,6 +618,11 @@ def run_replay(
             beside the eigenspectrum (:meth:`~geomtrace.replay.store.ResultsStore.extra_arrays`).
             They do not change the measurement configuration: checkpoints already done are
             skipped, so a metric added later is measured only on the checkpoints still to do.
+        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` or several with
+            distinct names: each checkpoint is also scored on their QA sets, and one record per
+            (checkpoint, probe) goes to ``OUT/memorization.jsonl`` (the ∞-gram side once, in
+            ``OUT/memorization/<probe>.json``; see :mod:`geomtrace.replay.memorization`). A
+            checkpoint missing only memorization records is loaded again for them alone.
 
     The output holds one measurement configuration (:func:`measurement_identity`, stored in
     ``run.json``): a run with another one raises
@@ -614,6 +663,10 @@ def run_replay(
             probes = build_probes(tok, options)
         else:
             options = None
+            tok = tokenizer
+            if isinstance(tok, (str, os.PathLike)) and memorization is not None:
+                tok = _load_tokenizer(str(tok), trust_remote_code=trust_remote_code)
+        probes_tokenizer = tok
         if len(probes) < 2:
             raise ValueError(
                 f"the probe set has {len(probes)} sequence(s): a spectrum needs at least 2 (use --num-sequences >= 2; "
@@ -629,12 +682,14 @@ def run_replay(
         _bind_output(output, info, device)
         store = ResultsStore(output) if rank == 0 else None
         done = ResultsStore(output).done_keys(config_id=summary.config_id)
+        memo = _prepare_memorization(memorization, output, summary.config_id, probes_tokenizer, device)
         _barrier()  # every rank has read the same done set before rank 0 appends anything
-        todo = [c for c in checkpoints if c.key not in done]
-        if preloaded is not None and preloaded[0].key in done:
+        memo_todo = memo.pending([c.key for c in checkpoints]) if memo is not None else set()
+        todo = [c for c in checkpoints if c.key not in done or c.key in memo_todo]
+        if preloaded is not None and preloaded[0].key in done and preloaded[0].key not in memo_todo:
             preloaded = None
             _release_memory(device)
-        summary.skipped = [c.key for c in checkpoints if c.key in done]
+        summary.skipped = [c.key for c in checkpoints if c.key in done and c.key not in memo_todo]
         if store is not None and tensorboard_dir is not None and todo:
             from geomtrace.replay.tensorboard import TensorBoardLogger
 
@@ -653,19 +708,27 @@ def run_replay(
             model, error, load_seconds, load_wait = loaded.model, loaded.error, loaded.seconds, loaded.wait
             loaded = None
             result = None
-            if _all_agree(error is None, device):
+            loaded_ok = _all_agree(error is None, device)
+            if loaded_ok and ckpt.key not in done:
                 try:
                     result = measure_geometry(model, probes, config, progress=progress and rank == 0,
                                               extra_metrics=extra_metrics)
                 except Exception as err:  # noqa: BLE001 - all ranks raise together (measure_geometry agrees)
                     error = f"measurement failed: {type(err).__name__}: {err}"
-            elif error is None:
+            elif not loaded_ok and error is None:
                 error = "load failed on another rank"
             if result is not None:
                 outputs.measured(ckpt, result, n_params=_n_params(model), load_seconds=load_seconds,
                                  load_wait=load_wait)
-            else:
-                outputs.failed(ckpt, error or "unknown error")
+            if memo is not None and error is None and ckpt.key in memo_todo:
+                error = _measure_memorization(memo, model, ckpt, checkpoint_tokens(ckpt, tokens_per_step),
+                                              store is not None, writer, verbose, bar)
+            if error is not None:
+                if ckpt.key in summary.measured:  # geometry recorded, memorization failed
+                    summary.measured.remove(ckpt.key)
+                outputs.failed(ckpt, error)
+            elif result is None:  # only the memorization records were missing
+                summary.measured.append(ckpt.key)
             model = result = None
             _release_memory(device)
             if bar is not None:
