@@ -404,7 +404,7 @@ def test_like_replays_a_live_chat_run_exactly(chat_run, tmp_path, recwarn):
     # The same with explicit options (issue 9 item 10: the CLI has the chat options).
     explicit = tmp_path / "explicit"
     assert main(["replay", "--checkpoints", str(root / "run"), "--chat-template", "--system-prompt", "Be brief.",
-                 "--num-sequences", "16", "--max-tokens", "48", "--autocast", "bf16", "--output", str(explicit),
+                 "--num-sequences", "24", "--max-tokens", "48", "--autocast", "bf16", "--output", str(explicit),
                  *QUIET, "--no-tensorboard"]) == 0
     assert values(explicit) == values(out)
     # A plain replay measures other probes in fp32: shown together, that is said.
