@@ -39,6 +39,8 @@ PROBES = ["--num-sequences", "24", "--max-tokens", "32"]
 QUIET = ["--no-progress", "--quiet"]
 FULL = ["replay", "--model", REPO, "--revisions", ",".join(REVS), "--layers", "all",
         "--tokens-per-step", "1000", *PROBES, *QUIET]
+# Each load in the worker sleeps 1.5 s: after the first record appears, the remaining five
+# checkpoints leave several seconds for the signal to arrive, even on a loaded machine.
 WORKER = Path(__file__).parent / "workers" / "replay_kill.py"
 
 
@@ -169,7 +171,7 @@ def test_tensorboard_tags_at_checkpoint_steps(full_run):
 
 def test_resume_after_sigkill(full_run, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(WORKER), "0.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
+    cmd = [sys.executable, str(WORKER), "1.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 90
@@ -197,7 +199,7 @@ def test_resume_after_sigkill(full_run, tmp_path):
 
 def test_ctrl_c_exits_130_and_keeps_what_was_measured(hub, tmp_path):
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, str(WORKER), "0.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
+    cmd = [sys.executable, str(WORKER), "1.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 90
