@@ -14,7 +14,9 @@ Memorization beside geometry (with the ``memorization`` extra, Python >= 3.11): 
 paragraphs are held out of training, the training text is indexed with infini-gram
 (``OUTPUT/ngram``), and cloze pairs cut from the training text and from the held-out text
 are measured at every geometry step (``memorization/<probe>/spearman``, ``answer_logprob``,
-``n_scored``; see docs/memorization.md). ``--memorization-pairs 0`` turns it off.
+``n_scored``; see docs/memorization.md). The pairs go to ``OUTPUT/memorization/*.jsonl`` so
+``geomtrace replay --qa ... --index OUTPUT/ngram`` measures the checkpoints on the same ones
+(the line it prints). ``--memorization-pairs 0`` turns it off.
 
     python recipes/pretrain.py                       # the demo, a few minutes on CPU
     python recipes/pretrain.py --max-steps 2000 --corpus zipf
@@ -365,6 +367,8 @@ def memorization_probes(args: argparse.Namespace, tokenizer, encoded: list[list[
     and ``heldout`` under geomtrace's zero rule, and ``heldout_seedrule`` under the seed's (a
     zero-probability token dropped instead of the pair: on a small corpus most held-out answers
     hold one, see docs/memorization.md).
+    Writes the QA sets to ``OUTPUT/memorization/train.jsonl`` and ``heldout.jsonl`` (the
+    heldout_seedrule probe uses heldout's) for ``geomtrace replay --qa``.
     """
     if args.no_geometry or args.every_n_steps <= 0 or args.memorization_pairs <= 0:
         return encoded, None
@@ -390,6 +394,18 @@ def memorization_probes(args: argparse.Namespace, tokenizer, encoded: list[list[
     ]
     print(f"[pretrain] memorization: {len(held_docs)} of {len(encoded)} documents held out of training; "
           f"{len(train_qa)} + {len(held_qa)} cloze pairs against the index of the training text", flush=True)
+    # One file per distinct QA set (heldout_seedrule scores heldout's pairs under the seed's
+    # zero rule), so `geomtrace replay --qa` measures the checkpoints on the very same pairs.
+    folder = output / "memorization"
+    train_qa.to_jsonl(folder / "train.jsonl")
+    held_qa.to_jsonl(folder / "heldout.jsonl")
+    line = f"[pretrain] memorization QA sets: {folder}/train.jsonl, heldout.jsonl"
+    if not args.no_save:  # the checkpoints replay reads
+        line += (f"; replay one with: geomtrace replay --checkpoints {output / 'checkpoints'} "
+                 f"--like {output / 'geometry.json'} --qa {folder / 'heldout.jsonl'} --index {output / 'ngram'} "
+                 f"--memorization-name heldout --batch-size {args.probe_batch_size} "
+                 f"--output {output / 'replay-heldout'}  (heldout_seedrule: add --zero-probability as_one)")
+    print(line, flush=True)
     return train_docs, probes
 
 

@@ -148,3 +148,56 @@ def test_text_sets_need_a_tokenizer_and_cloze_texts_decode(tokenizer):
     qa = QASet.cloze([ids], n=1, answer_tokens=2, min_question_tokens=3)
     question, answer = qa.texts(tokenizer)[0]
     assert tokenizer.decode(list(qa.pairs[0].question_ids)) == question and answer
+
+
+def test_tokenized_jsonl_pairs_and_keys(tmp_path):
+    path = write_lines(tmp_path / "ids.jsonl", [
+        json.dumps({"question_ids": [5, 6, 7], "answer_ids": [8, 9]}), "",
+        json.dumps({"question_ids": [1], "answer_ids": [0], "key": 40})])
+    qa = QASet.from_jsonl(path)
+    assert qa.is_tokenized
+    assert [(p.key, p.question_ids, p.answer_ids, p.question) for p in qa.pairs] == [
+        (1, (5, 6, 7), (8, 9), None), (40, (1,), (0,), None)]
+    assert [(t.context_ids, t.answer_ids) for t in qa.tokenize()] == [((5, 6, 7), (8, 9)), ((1,), (0,))]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"question": "q", "answer": "a"}', "line 2: a text pair in a file of token-id pairs \\(line 1\\)"),
+        ('{"question_ids": [1]}', "line 2: missing field 'answer_ids'"),
+        ('{"question_ids": [1], "answer_ids": []}', "line 2: field 'answer_ids' is empty"),
+        ('{"question_ids": [], "answer_ids": [2]}', "line 2: field 'question_ids' is empty"),
+        ('{"question_ids": [1], "answer_ids": [2, -3]}', "line 2: field 'answer_ids', position 1: -3 is not a token id"),
+        ('{"question_ids": [1.5], "answer_ids": [2]}', "line 2: field 'question_ids', position 0: 1.5 is not a token id"),
+        ('{"question_ids": [true], "answer_ids": [2]}', "line 2: field 'question_ids', position 0: True is not"),
+        ('{"question_ids": [1], "answer_ids": "2"}', "line 2: field 'answer_ids' must be a list of token ids, got str"),
+        ('{"question_ids": [1], "answer_ids": [2], "key": "a"}', "line 2: field 'key' must be an integer, got str"),
+        ('{"question_ids": [1], "answer_ids": [2], "key": 7}', "line 2: key 7 already names the pair of line 1"),
+    ],
+)
+def test_tokenized_jsonl_errors_name_file_and_line(tmp_path, line, message):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps({"question_ids": [1], "answer_ids": [2], "key": 7}), line])
+    with pytest.raises(ValueError, match=message) as err:
+        QASet.from_jsonl(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_token_id_pair_after_text_pairs_is_refused(tmp_path):
+    path = write_lines(tmp_path / "mixed.jsonl", [json.dumps({"question": "q", "answer": "a"}),
+                                                  json.dumps({"question_ids": [1], "answer_ids": [2]})])
+    with pytest.raises(ValueError, match="line 2: a token-id pair in a file of text pairs"):
+        QASet.from_jsonl(path)
+
+
+def test_to_jsonl_round_trips_cloze_and_text_sets(tmp_path):
+    documents = [[(7 * i + 3 * j) % 50 for j in range(30)] for i in range(6)]
+    cloze = QASet.cloze(documents, n=20, seed=3)
+    text = QASet.from_jsonl(write_lines(tmp_path / "text.jsonl", [
+        json.dumps({"question": "Où est la gare ?", "answer": " à gauche", "key": 12}), "",
+        json.dumps({"question": "", "answer": "x\ny"})]))
+    for qa, name in ((cloze, "cloze.jsonl"), (text, "text.jsonl")):
+        path = qa.to_jsonl(tmp_path / "out" / name)
+        assert path == tmp_path / "out" / name and not list(path.parent.glob(".*.tmp"))
+        assert QASet.from_jsonl(path).pairs == qa.pairs
+    assert [p.key for p in QASet.from_jsonl(tmp_path / "out" / "text.jsonl").pairs] == [12, 3]

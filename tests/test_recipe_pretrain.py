@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from lightning_helpers import read_scalars  # noqa: E402
 
+from geomtrace.cli import main  # noqa: E402
+from geomtrace.memorization import QASet  # noqa: E402
+from geomtrace.replay.memorization import MemorizationStore  # noqa: E402
 from geomtrace.replay.sources import local_checkpoints  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
@@ -57,6 +61,20 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
     assert last["memorization/heldout/n_scored"] <= last["memorization/heldout_seedrule/n_scored"]
     assert [p["name"] for p in payload["memorization"]] == ["train", "heldout", "heldout_seedrule"]
     assert "held out of training" in printed and (out / "ngram").is_dir()
+    # The QA sets are saved, and the replay command the demo prints, run on the step-4
+    # checkpoint, gives the live values (same pairs, same index, same batch size).
+    saved = {name: QASet.from_jsonl(out / "memorization" / f"{name}.jsonl") for name in ("train", "heldout")}
+    assert [len(qa) for qa in saved.values()] == [24, 24] and all(qa.is_tokenized for qa in saved.values())
+    command = next(line for line in printed.splitlines() if "replay one with: geomtrace replay" in line)
+    command = command.split("replay one with: geomtrace ", 1)[1].split("  (heldout_seedrule", 1)[0]
+    argv_replay = shlex.split(command) + ["--step-range", "4:4", "--device", "cpu", "--quiet", "--no-progress",
+                                          "--no-tensorboard", "--zero-probability", "as_one",
+                                          "--memorization-name", "heldout_seedrule"]
+    assert main(argv_replay) == 0
+    (record,) = MemorizationStore(out / "replay-heldout").records()
+    assert record["probe"] == "heldout_seedrule" and record["step"] == 4
+    for key in ("spearman", "answer_logprob", "n_scored"):
+        assert record[key] == pytest.approx(last[f"memorization/heldout_seedrule/{key}"], abs=1e-6), key
 
     # Run again into the same folder with another series: no stale checkpoint or curve is left.
     run_recipe([*argv[:-4], "--checkpoint-steps", "2", "--checkpoint-every", "0"])

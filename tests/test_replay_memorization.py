@@ -171,3 +171,19 @@ def test_cli_replay_plot_and_export_with_memorization(checkpoints, tmp_path, cap
     for row, record in zip(curve, records):
         for key in ("spearman", "answer_logprob", "n_scored", "infgram_logprob"):
             assert row[key] == pytest.approx(record[key], abs=1e-9, nan_ok=True), key
+
+
+def test_a_cloze_set_saved_as_jsonl_replays_to_the_live_values(checkpoints, tmp_path):
+    # What recipes/pretrain.py does: the live probe's cloze set goes to a JSONL file, and
+    # replay scores a checkpoint on the set read back; the values are the live probe's.
+    documents = repetitive_documents()
+    live = cloze_probe(documents, name="train")
+    saved = QASet.from_jsonl(live.qa.to_jsonl(tmp_path / "qa" / "train.jsonl"))
+    assert saved.pairs == live.qa.pairs
+    probe = MemorizationProbe(saved, BruteForceSource(documents), name="train", batch_size=8)
+    out = tmp_path / "out"
+    assert replay(checkpoints, out, [probe], keep={10}).measured == ["checkpoint-10"]
+    (record,) = MemorizationStore(out).records()
+    direct = live.measure(build_tiny_model(seed=1))
+    for key in ("spearman", "pearson", "answer_logprob", "infgram_logprob", "n_scored"):
+        assert record[key] == pytest.approx(direct[key], abs=1e-6), key

@@ -151,7 +151,8 @@ def replay(
             the background)
         no_progress: no progress bars
         quiet: no per-checkpoint summary lines
-        qa: memorization QA pairs: a .jsonl file of {"question", "answer"} objects, or trivia_qa (the seed's
+        qa: memorization QA pairs: a .jsonl file of {"question", "answer"} objects or of token-id pairs
+            {"question_ids", "answer_ids"} (recipes/pretrain.py writes its cloze sets so), or trivia_qa (the seed's
             TriviaQA rc validation, from the hub); needs --index or --infini-gram-api
         qa_limit: keep the first N QA pairs
         index: infini-gram index folder of the training corpus (geomtrace's NgramIndex or any infini-gram index)
@@ -597,7 +598,8 @@ def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False
     memorization_only = (args.qa_limit, args.index_tokenizer, args.zero_probability, args.memorization_name)
     if args.qa is None:
         if source or any(v is not None for v in memorization_only):
-            raise UsageError("the memorization options need --qa (a .jsonl of question/answer pairs, or trivia_qa)")
+            raise UsageError("the memorization options need --qa (a .jsonl of question/answer pairs or of token-id pairs, "
+                             "or trivia_qa)")
         return None
     if bool(args.index) == bool(args.infini_gram_api):
         raise UsageError("--qa needs exactly one of --index DIR (an infini-gram index of the training corpus) or "
@@ -609,7 +611,8 @@ def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False
             qa = QASet.trivia_qa(limit=args.qa_limit)
         else:
             if not Path(args.qa).is_file():
-                raise UsageError(f"--qa {args.qa}: no such file (a .jsonl of question/answer pairs, or trivia_qa)")
+                raise UsageError(f"--qa {args.qa}: no such file (a .jsonl of question/answer pairs or of token-id pairs, "
+                                 "or trivia_qa)")
             qa = QASet.from_jsonl(args.qa)
             if args.qa_limit is not None:
                 qa = QASet(qa.pairs[: args.qa_limit], f"{qa.description} limit={args.qa_limit}")

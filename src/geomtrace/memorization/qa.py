@@ -4,7 +4,9 @@ Three sources:
 
 * :meth:`QASet.trivia_qa` - the seed's: ``mandarjoshi/trivia_qa``, config ``rc``,
   ``validation``, from the Hugging Face hub.
-* :meth:`QASet.from_jsonl` - one ``{"question": ..., "answer": ...}`` object per line.
+* :meth:`QASet.from_jsonl` - one ``{"question": ..., "answer": ...}`` object per line, or
+  tokenized pairs ``{"question_ids": [...], "answer_ids": [...]}`` (what :meth:`QASet.to_jsonl`
+  writes for a cloze set).
 * :meth:`QASet.cloze` - offline and the default: pairs cut deterministically from a corpus
   of token sequences (a prefix as the question, the next few tokens as the answer).
   :func:`hold_out` splits documents so cloze pairs can also come from text of the same kind
@@ -47,8 +49,8 @@ class QAPair:
     """One question and its answer, as text or as token ids (cloze pairs).
 
     ``key`` identifies the pair in its source (the dataset row index for TriviaQA, the
-    line number for JSONL, the pair's position for cloze sets); the seed's result files
-    are keyed by it.
+    ``"key"`` field or else the line number for JSONL, the pair's position for cloze sets);
+    the seed's result files are keyed by it.
     """
 
     key: int
@@ -119,15 +121,21 @@ class QASet:
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike) -> QASet:
-        """One JSON object per line with string fields ``"question"`` and ``"answer"``.
+        """One JSON object per line: a text pair or a tokenized (cloze) pair.
 
-        Blank lines are skipped; a pair's key is its 1-based line number. Errors name the
-        file and line.
+        A text pair has string fields ``"question"`` and ``"answer"``; a tokenized pair has
+        lists of non-negative integer token ids ``"question_ids"`` and ``"answer_ids"`` (both
+        non-empty: the model needs a context token). All lines must be of one kind. An optional
+        integer ``"key"`` names the pair (unique in the file); without it the key is the 1-based
+        line number. Blank lines are skipped; other fields are ignored. Errors name the file and
+        line. :meth:`to_jsonl` writes this format.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"QA file {path} does not exist")
-        pairs = []
+        pairs: list[QAPair] = []
+        first_kind: tuple[str, int] | None = None
+        keys: dict[int, int] = {}
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -137,20 +145,46 @@ class QASet:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{where}: not valid JSON ({err.msg}); each line must be an object "
-                                     '{"question": "...", "answer": "..."}') from err
+                                     '{"question": "...", "answer": "..."} or {"question_ids": [...], '
+                                     '"answer_ids": [...]}') from err
                 if not isinstance(record, dict):
                     raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-                for field in ("question", "answer"):
-                    if field not in record:
-                        raise ValueError(f"{where}: missing field {field!r} (fields: {sorted(record)})")
-                    if not isinstance(record[field], str):
-                        raise ValueError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
-                if not record["answer"].strip():
-                    raise ValueError(f"{where}: the answer is empty")
-                pairs.append(QAPair(key=number, question=record["question"], answer=record["answer"]))
+                kind = "token-id" if ("question_ids" in record or "answer_ids" in record) else "text"
+                if first_kind is None:
+                    first_kind = (kind, number)
+                elif kind != first_kind[0]:
+                    raise ValueError(f"{where}: a {kind} pair in a file of {first_kind[0]} pairs (line "
+                                     f"{first_kind[1]}); one file holds one kind")
+                key = _jsonl_key(record, number, where)
+                if key in keys:
+                    raise ValueError(f"{where}: key {key} already names the pair of line {keys[key]}")
+                keys[key] = number
+                if kind == "text":
+                    pairs.append(_text_pair(record, key, where))
+                else:
+                    pairs.append(QAPair(key=key, question_ids=_token_ids(record, "question_ids", where),
+                                        answer_ids=_token_ids(record, "answer_ids", where)))
         if not pairs:
             raise ValueError(f"QA file {path} holds no pairs")
         return cls(pairs, f"jsonl:{path}")
+
+    def to_jsonl(self, path: str | os.PathLike) -> Path:
+        """Write the pairs to ``path`` (atomically) in the format :meth:`from_jsonl` reads.
+
+        Every line carries its pair's ``"key"``, so reading the file back gives the same
+        pairs, keys, text or token ids (the description becomes the file's). Returns the path.
+        """
+        from geomtrace.memorization._io import atomic_write
+
+        lines = []
+        for pair in self.pairs:
+            if self.is_tokenized:
+                record: dict[str, Any] = {"key": pair.key, "question_ids": list(pair.question_ids or ()),
+                                          "answer_ids": list(pair.answer_ids or ())}
+            else:
+                record = {"key": pair.key, "question": pair.question or "", "answer": pair.answer or ""}
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        return atomic_write(path, "".join(lines).encode("utf-8"))
 
     @classmethod
     def trivia_qa(cls, limit: int | None = None) -> QASet:
@@ -264,6 +298,45 @@ class QASet:
         if tokenizer is None:
             return [(" ".join(map(str, p.question_ids or ())), " ".join(map(str, p.answer_ids or ()))) for p in self.pairs]
         return [(tokenizer.decode(list(p.question_ids or ())), tokenizer.decode(list(p.answer_ids or ()))) for p in self.pairs]
+
+
+def _jsonl_key(record: dict, number: int, where: str) -> int:
+    """A JSONL pair's ``"key"`` (an integer), or its line number."""
+    if "key" not in record:
+        return number
+    key = record["key"]
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise ValueError(f"{where}: field 'key' must be an integer, got {type(key).__name__}")
+    return key
+
+
+def _text_pair(record: dict, key: int, where: str) -> QAPair:
+    for field in ("question", "answer"):
+        if field not in record:
+            raise ValueError(f"{where}: missing field {field!r} (fields: {sorted(record)})")
+        if not isinstance(record[field], str):
+            raise ValueError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
+    if not record["answer"].strip():
+        raise ValueError(f"{where}: the answer is empty")
+    return QAPair(key=key, question=record["question"], answer=record["answer"])
+
+
+def _token_ids(record: dict, field: str, where: str) -> tuple[int, ...]:
+    """A non-empty list of non-negative integer token ids, or a ValueError naming the line."""
+    if field not in record:
+        raise ValueError(f"{where}: missing field {field!r} (fields: {sorted(record)}); a tokenized pair "
+                         'needs "question_ids" and "answer_ids"')
+    ids = record[field]
+    if not isinstance(ids, list):
+        raise ValueError(f"{where}: field {field!r} must be a list of token ids, got {type(ids).__name__}")
+    if not ids:
+        raise ValueError(f"{where}: field {field!r} is empty; a pair needs at least one context token and one "
+                         "answer token")
+    for i, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise ValueError(f"{where}: field {field!r}, position {i}: {token!r} is not a token id "
+                             "(a non-negative integer)")
+    return tuple(ids)
 
 
 def hold_out(
