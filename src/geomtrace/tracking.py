@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from torch import nn
 from torchmetrics import Metric
 
+from geomtrace._atomic import atomic_write_text
 from geomtrace._warnings import warn
 from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
@@ -639,11 +640,7 @@ class GeometryTracker:
         target = Path(path) if path is not None else self.history_file
         if target is None:
             return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_json_safe(self.record(**extra)), indent=1, allow_nan=True))
-        os.replace(tmp, target)
-        return target
+        return atomic_write_text(target, json.dumps(_json_safe(self.record(**extra)), indent=1, allow_nan=True))
 
     def autosave(self) -> None:
         """:meth:`save` to ``history_file`` when set; a failure warns once (raises if ``strict``)."""

@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Union
+
+from geomtrace._atomic import atomic_write_bytes
 
 #: ``True`` (lines on stderr), ``False`` (silent), or a callable receiving each line.
 ProgressOption = Union[bool, Callable[[str], None]]
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a tmp file in the same folder, fsync, ``os.replace``.
-
-    A reader (or a rerun after a kill) sees the old file or the new one, never a partial one.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+atomic_write = atomic_write_bytes  # the one implementation, in geomtrace._atomic
 
 
 class Reporter:

@@ -45,6 +45,7 @@ from typing import Any, Iterable, NoReturn, Sequence
 
 import numpy as np
 
+from geomtrace._atomic import atomic_write_bytes, atomic_write_text  # re-exported: the store's writers
 from geomtrace.trajectory import to_float as _num
 
 try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
@@ -80,38 +81,6 @@ METRIC_FIELDS: tuple[str, ...] = ("rankme", "alpha", "r2", "rankme_singular", "l
 #: (:meth:`ResultsStore.extra_arrays`).
 EXTRA_METRICS_FIELD = "extra_metrics"
 _EXTRA_ARRAY_PREFIX = "extra:"
-
-
-# --------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a tmp file in the same folder, fsync, then
-    ``os.replace``. Readers see the old file or the new one, never a partial one. Parent
-    folders are created. Returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """:func:`atomic_write_bytes` for text."""
-    return atomic_write_bytes(path, text.encode(encoding))
 
 
 def _npy_bytes(obj: Any, allow_pickle: bool = False) -> bytes:
