@@ -50,10 +50,11 @@ def run(rank: int, port: int, out: str) -> None:
             },
             handle,
         )
-    # Both ranks are done before either tears the group down: a rank destroying it while the
-    # other still has gloo traffic in flight aborts the process (seen once in 5 full runs).
     dist.barrier()
     dist.destroy_process_group()
+    # torch 2.13's gloo threads can abort the process in its C++ exit handlers
+    # ("terminate called without an active exception"); the results are on disk: skip them.
+    os._exit(0)
 
 
 if __name__ == "__main__":
