@@ -5,7 +5,6 @@ Usage: python fsdp_measure.py OUT_JSON PORT
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_finish import finish_rank  # tests/workers/ is the script's folder, on sys.path
 
 PROBES = 33  # odd: the ranks get 17 and 16 probes, so one rank runs a filler forward
 
@@ -40,21 +40,12 @@ def run(rank: int, port: int, out: str) -> None:
     result = measure_geometry(
         model, load_probes(tokenizer, num_sequences=PROBES), MeasureConfig(batch_size=8), extra_metrics=extra
     ).last
-    with open(f"{out}.rank{rank}", "w") as handle:
-        json.dump(
-            {
-                "rankme": result.rankme,
-                "n_samples": result.n_samples,
-                "pr": result.extras["pr"],
-                "broken_is_nan": math.isnan(result.extras["broken"]),
-            },
-            handle,
-        )
-    dist.barrier()
-    dist.destroy_process_group()
-    # torch 2.13's gloo threads can abort the process in its C++ exit handlers
-    # ("terminate called without an active exception"); the results are on disk: skip them.
-    os._exit(0)
+    finish_rank(out, rank, {
+        "rankme": result.rankme,
+        "n_samples": result.n_samples,
+        "pr": result.extras["pr"],
+        "broken_is_nan": math.isnan(result.extras["broken"]),
+    })
 
 
 if __name__ == "__main__":

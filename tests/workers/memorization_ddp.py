@@ -7,13 +7,13 @@ rank 0 only (a brute-force source that counts its queries) and broadcast.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_finish import finish_rank  # tests/workers/ is the script's folder, on sys.path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/ for memorization_helpers
 
@@ -60,13 +60,7 @@ def run(rank: int, world_size: int, port: int, n_pairs: list[int], out: str) -> 
             "expected": expected,
             "queries_sent": source.queries,
         }
-    with open(f"{out}.rank{rank}", "w") as handle:
-        json.dump(result, handle)
-    dist.barrier()
-    dist.destroy_process_group()
-    # torch 2.13's gloo threads can abort the process in its C++ exit handlers
-    # ("terminate called without an active exception"); the results are on disk: skip them.
-    os._exit(0)
+    finish_rank(out, rank, result)
 
 
 if __name__ == "__main__":
