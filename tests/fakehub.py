@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["make_fake_hub_model", "tiny_tokenizer", "tiny_config", "build_tiny_model", "hub_repo_dir"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -109,12 +109,22 @@ def test_extra_metrics_ride_along_per_layer_in_tensorboard_and_the_record(tmp_pa
 
     path = tmp_path / "geometry.json"
     module = TinyLM(tokenizer)
-    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, layers="all", history_file=str(path),
-                              extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()})
+    monitor = GeometryMonitor(
+        every_n_steps=2,
+        num_sequences=PROBES,
+        layers="all",
+        history_file=str(path),
+        extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()},
+    )
     trainer(tmp_path, [monitor], max_steps=2).fit(module, token_loader(tokenizer))
     scalars = read_scalars(tmp_path / "tb")
-    for tag in ("geometry/pr", "geometry/layer1/pr", "geometry/layer0/pr", "geometry/stats/mean_norm",
-                "geometry/layer1/stats/rows"):
+    for tag in (
+        "geometry/pr",
+        "geometry/layer1/pr",
+        "geometry/layer0/pr",
+        "geometry/stats/mean_norm",
+        "geometry/layer1/stats/rows",
+    ):
         assert [step for step, _ in scalars[tag]] == [0, 2], tag  # same steps, same layer tags as the geometry
         assert [value for _, value in scalars[tag]] == pytest.approx([r[tag] for r in monitor.history], rel=1e-6)
     assert all(r["geometry/stats/rows"] == r["geometry/n_samples"] == PROBES for r in monitor.history)
@@ -198,8 +208,9 @@ def test_nan_model_does_not_stop_training_and_strict_raises(tmp_path, tokenizer)
     # Gradient accumulation: 2 micro-batches see each global step; the final step is seen
     # again at train end. One attempt per step all the same: steps 0, 1, 2.
     with pytest.warns(GeometryWarning) as caught:
-        ok = trainer(tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES)], max_steps=2,
-                     accumulate_grad_batches=2)
+        ok = trainer(
+            tmp_path, [GeometryMonitor(every_n_steps=1, num_sequences=PROBES)], max_steps=2, accumulate_grad_batches=2
+        )
         ok.fit(broken, token_loader(tokenizer))
     assert ok.global_step == 2
     failures = [str(w.message) for w in caught if "failed and was skipped" in str(w.message)]
@@ -324,8 +335,12 @@ def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
 
 
 # ------------------------------------------------------------------ memorization
-MEMORIZATION_KEYS = ("memorization/spearman", "memorization/pearson", "memorization/answer_logprob",
-                     "memorization/n_scored")
+MEMORIZATION_KEYS = (
+    "memorization/spearman",
+    "memorization/pearson",
+    "memorization/answer_logprob",
+    "memorization/n_scored",
+)
 
 
 def test_memorization_is_logged_beside_geometry_and_the_infgram_side_computed_once(tmp_path, tokenizer, capsys):

@@ -57,8 +57,15 @@ def lm_dataset(tok) -> Dataset:
 
 def hf_args(tmp_path, **overrides) -> dict:
     args = dict(
-        output_dir=str(tmp_path / "out"), max_steps=5, per_device_train_batch_size=4, report_to=["tensorboard"],
-        logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "out"),
+        max_steps=5,
+        per_device_train_batch_size=4,
+        report_to=["tensorboard"],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     args.update(overrides)
     return args
@@ -80,11 +87,16 @@ def arithmetic(n: int = 32) -> list[tuple[str, str]]:
 
 
 def preference_dataset() -> Dataset:
-    return Dataset.from_list([
-        {"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
-         "rejected": [{"role": "assistant", "content": str(int(a) + 1)}]}
-        for q, a in arithmetic()
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": a}],
+                "rejected": [{"role": "assistant", "content": str(int(a) + 1)}],
+            }
+            for q, a in arithmetic()
+        ]
+    )
 
 
 def scalars(tb_dir: Path) -> dict[str, dict[int, float]]:
@@ -113,7 +125,9 @@ def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir, capsy
     # The cost of watching, printed once at the end: measurements, share, probe tokens.
     cost = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[geomtrace] cost: ")]
     tokens = callback.tracker.probes.num_tokens()
-    assert len(cost) == 1 and "5 measurement(s)" in cost[0] and f"{tokens:,} probe tokens ({N_PROBES} probes)" in cost[0]
+    assert (
+        len(cost) == 1 and "5 measurement(s)" in cost[0] and f"{tokens:,} probe tokens ({N_PROBES} probes)" in cost[0]
+    )
     assert 0 < callback.record()["cost"]["share"] < 1
     board = assert_logged(tb_dir, callback, [0, 1, 2, 4, 5])
     # Logging through the trainer must not swallow its own loss logs at measured steps.
@@ -133,16 +147,26 @@ def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir, capsy
 def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     from trl import SFTConfig, SFTTrainer
 
-    data = Dataset.from_list([
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
-    ])
+    data = Dataset.from_list(
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()]
+    )
     path = tmp_path / "geometry.json"
     from feature_metrics import ParticipationRatio, RowStats
 
-    callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, history_file=str(path),
-                                extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()})
-    trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
-                         train_dataset=data, processing_class=tok, callbacks=[callback])
+    callback = GeometryCallback(
+        every_n_steps=2,
+        num_sequences=N_PROBES,
+        chat_template=True,
+        history_file=str(path),
+        extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()},
+    )
+    trainer = SFTTrainer(
+        model=lm(tok),
+        args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[callback],
+    )
     assert trainer.args.bf16  # TRL's default, on CPU too (use_cpu=True)
     trainer.train()
     board = assert_logged(tb_dir, callback, [0, 2, 4])
@@ -153,7 +177,9 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     assert provenance["precision"] == "bf16" and provenance["probe_options"]["chat_template"] is True
     # Users' feature metrics ride along on the same (bf16) probe forward, logged like the geometry.
     assert provenance["measure_config"]["extra_metrics"] == {
-        "pr": "feature_metrics.ParticipationRatio", "stats": "feature_metrics.RowStats"}
+        "pr": "feature_metrics.ParticipationRatio",
+        "stats": "feature_metrics.RowStats",
+    }
     for tag in ("geometry/pr", "geometry/stats/mean_norm"):
         assert sorted(board[tag]) == [0, 2, 4]
         assert [board[tag][r["step"]] for r in callback.history] == pytest.approx([r[tag] for r in callback.history])
@@ -170,16 +196,26 @@ def test_sft_trainer_logs_memorization_beside_geometry(tok, tmp_path, tb_dir):
 
     from memorization_helpers import cloze_probe, repetitive_documents
 
-    data = Dataset.from_list([
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()
-    ])
+    data = Dataset.from_list(
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic()]
+    )
     probe = cloze_probe(repetitive_documents())
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, memorization=probe)
-    trainer = SFTTrainer(model=lm(tok), args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
-                         train_dataset=data, processing_class=tok, callbacks=[callback])
+    trainer = SFTTrainer(
+        model=lm(tok),
+        args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[callback],
+    )
     trainer.train()
     board = assert_logged(tb_dir, callback, [0, 2, 4])
-    for key in ("memorization/spearman", "memorization/pearson", "memorization/answer_logprob", "memorization/n_scored"):
+    for key in (
+        "memorization/spearman",
+        "memorization/pearson",
+        "memorization/answer_logprob",
+        "memorization/n_scored",
+    ):
         assert sorted(board[key]) == [0, 2, 4], key
         for record in callback.history:
             assert board[key][record["step"]] == pytest.approx(record[key], rel=1e-6, nan_ok=True)
@@ -195,8 +231,14 @@ def test_dpo_trainer(tok, tmp_path, tb_dir):
 
     model = lm(tok)
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
-                         train_dataset=preference_dataset(), processing_class=tok, callbacks=[callback])
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+        train_dataset=preference_dataset(),
+        processing_class=tok,
+        callbacks=[callback],
+    )
     trainer.train()
     board = assert_logged(tb_dir, callback, [0, 2, 4])
     assert sorted(board["train/rewards/accuracies"]) == [1, 2, 3, 4]
@@ -208,9 +250,15 @@ def test_dpo_with_peft_measures_the_adapted_model_only(tok, tmp_path, tb_dir):
     from trl import DPOConfig, DPOTrainer
 
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, batch_size=16)
-    trainer = DPOTrainer(model=lm(tok), ref_model=None, args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=2, learning_rate=5e-3)),
-                         train_dataset=preference_dataset(), processing_class=tok, callbacks=[callback],
-                         peft_config=LoraConfig(r=4, lora_alpha=64, target_modules=["query_key_value"]))
+    trainer = DPOTrainer(
+        model=lm(tok),
+        ref_model=None,
+        args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=2, learning_rate=5e-3)),
+        train_dataset=preference_dataset(),
+        processing_class=tok,
+        callbacks=[callback],
+        peft_config=LoraConfig(r=4, lora_alpha=64, target_modules=["query_key_value"]),
+    )
     trainer.train()
     assert [r["step"] for r in callback.history] == [0, 2]
     # The last value equals a measurement of the trained PEFT model, in the trainer's precision:
@@ -235,8 +283,14 @@ def test_grpo_trainer(tok, tmp_path, tb_dir):
 
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
     config = GRPOConfig(num_generations=2, max_completion_length=4, **hf_args(tmp_path, max_steps=3))
-    trainer = GRPOTrainer(model=lm(tok), reward_funcs=exact_answer, args=config, train_dataset=data,
-                          processing_class=tok, callbacks=[callback])
+    trainer = GRPOTrainer(
+        model=lm(tok),
+        reward_funcs=exact_answer,
+        args=config,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[callback],
+    )
     trainer.train()
     assert_logged(tb_dir, callback, [0, 2, 3])
 
@@ -249,8 +303,13 @@ def test_reward_trainer_sequence_classifier(tok, tmp_path, tb_dir):
     torch.manual_seed(0)
     model = GPTNeoXForSequenceClassification(config)
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
-    trainer = RewardTrainer(model=model, args=RewardConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
-                            train_dataset=preference_dataset(), processing_class=tok, callbacks=[callback])
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
+        train_dataset=preference_dataset(),
+        processing_class=tok,
+        callbacks=[callback],
+    )
     trainer.train()
     assert_logged(tb_dir, callback, [0, 2, 4])
 
@@ -270,8 +329,9 @@ def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
     # It also adds an extra metric: not saved in state() (not JSON), so it must survive the swap.
     from feature_metrics import ParticipationRatio
 
-    second = GeometryCallback(every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok,
-                              extra_metrics={"pr": ParticipationRatio()})
+    second = GeometryCallback(
+        every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok, extra_metrics={"pr": ParticipationRatio()}
+    )
     trainer = hf_trainer(tok, tmp_path, second, max_steps=7, restore_callback_states_from_checkpoint=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", GeometryWarning)  # comparable (an extra metric changes no value)
@@ -289,8 +349,9 @@ def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
 
 
 def test_state_round_trip_without_trainer():
-    callback = GeometryCallback(every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2], autocast="bf16",
-                                from_pretrained=True)
+    callback = GeometryCallback(
+        every_n_steps=3, extra_steps=(1, 2), fit_range=(5, 50), layers=[1, 2], autocast="bf16", from_pretrained=True
+    )
     callback.tracker.history.append({"step": 3, "geometry/rankme": 4.0})
     state = json.loads(json.dumps(callback.state()))
     restored = GeometryCallback.from_state(state)
@@ -299,8 +360,9 @@ def test_state_round_trip_without_trainer():
     assert restored.tracker.config.fit_range == (5, 50) and restored.tracker.config.layers == (1, 2)
     assert restored.tracker.config.autocast == "bf16" and restored.tracker.from_pretrained_option is True
     # A checkpoint of the earlier format (history, phase, num_measurements as attributes).
-    old = GeometryCallback.from_state({"args": {}, "attributes": {"history": [{"step": 5}], "phase": "stable",
-                                                                   "num_measurements": 1}})
+    old = GeometryCallback.from_state(
+        {"args": {}, "attributes": {"history": [{"step": 5}], "phase": "stable", "num_measurements": 1}}
+    )
     assert old.history == [{"step": 5}] and old.phase == "stable"
 
 
@@ -381,8 +443,14 @@ class NotAnHFModel(torch.nn.Module):
 def test_model_without_hf_lm_fails_once_and_model_getter_fixes_it(tok, tmp_path, tb_dir):
     def trainer_for(callback):
         args = TrainingArguments(**hf_args(tmp_path, max_steps=2))
-        return Trainer(model=NotAnHFModel(), args=args, train_dataset=lm_dataset(tok), processing_class=tok,
-                       data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[callback])
+        return Trainer(
+            model=NotAnHFModel(),
+            args=args,
+            train_dataset=lm_dataset(tok),
+            processing_class=tok,
+            data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+            callbacks=[callback],
+        )
 
     with pytest.raises(ValueError, match="model_getter"):
         trainer_for(GeometryCallback(num_sequences=N_PROBES)).train()  # at train begin, before any step
@@ -412,9 +480,21 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         str(WORKER), str(tmp_path)],
-        capture_output=True, text=True, timeout=240, env=env,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(WORKER),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     ranks = [json.loads((tmp_path / f"history.rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -447,9 +527,9 @@ def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
     snippet = next(block for block in blocks if "SFTTrainer(" in block)
     assert "GeometryCallback(every_n_steps=100" in snippet
     snippet = snippet.replace("GeometryCallback(", f"GeometryCallback(num_sequences={N_PROBES}, ")  # fewer probes: fast
-    dataset = Dataset.from_list([
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)
-    ])
+    dataset = Dataset.from_list(
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)]
+    )
     monkeypatch.chdir(tmp_path)
     namespace = {"model": lm(tok), "dataset": dataset, "tokenizer": tok}
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our own README

@@ -38,10 +38,24 @@ def run_dir(tmp_path) -> Path:
     for step in STEPS:
         rankme, alpha = _trajectory(step)
         records = [
-            {"key": f"step{step}", "step": step, "revision": f"step{step}", "tokens": step * 1000, "stage": None,
-             "layer": layer, "rankme": rankme / (3 - layer), "alpha": alpha, "r2": 0.9, "n_samples": 512,
-             "dim": 64, "model": "org/model", "probe": "p", "probe_fingerprint": "abc", "seconds": 0.1,
-             "n_params": 10_000}
+            {
+                "key": f"step{step}",
+                "step": step,
+                "revision": f"step{step}",
+                "tokens": step * 1000,
+                "stage": None,
+                "layer": layer,
+                "rankme": rankme / (3 - layer),
+                "alpha": alpha,
+                "r2": 0.9,
+                "n_samples": 512,
+                "dim": 64,
+                "model": "org/model",
+                "probe": "p",
+                "probe_fingerprint": "abc",
+                "seconds": 0.1,
+                "n_params": 10_000,
+            }
             for layer in (1, 2)
         ]
         spectra = {layer: np.linspace(1.0, 0.01, 16) * (step + 1) for layer in (1, 2)}
@@ -147,12 +161,23 @@ def test_the_parser_rejects_bad_choices(capsys):
 
 
 def test_dry_run_filters_and_shards(capsys):
-    base = ["replay", "--model", "EleutherAI/pythia-160m", "--revisions", "pythia-paper", "--step-range", "0:1000",
-            "-o", "unused", "--dry-run"]
+    base = [
+        "replay",
+        "--model",
+        "EleutherAI/pythia-160m",
+        "--revisions",
+        "pythia-paper",
+        "--step-range",
+        "0:1000",
+        "-o",
+        "unused",
+        "--dry-run",
+    ]
     assert main(base) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[0] for line in lines[:-1]] == [f"step{s}" for s in (0, 1, 2, 4, 8, 16, 32, 64, 128,
-                                                                                  256, 512, 1000)]
+    assert [line.split("\t")[0] for line in lines[:-1]] == [
+        f"step{s}" for s in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+    ]
     assert main([*base, "--shard", "1/2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines[:-1]] == ["step1", "step4", "step16", "step64", "step256", "step1000"]
@@ -164,8 +189,9 @@ def test_dry_run_filters_and_shards(capsys):
 @pytest.mark.parametrize("x", ["step", "tokens", "flops"])
 def test_plot_writes_png(run_dir, tmp_path, x):
     out = tmp_path / f"fig_{x}.png"
-    assert main(["plot", str(run_dir), str(run_dir), "--labels", "a,b", "--x", x, "--output", str(out),
-                 "--phases"]) == 0
+    assert (
+        main(["plot", str(run_dir), str(run_dir), "--labels", "a,b", "--x", x, "--output", str(out), "--phases"]) == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
@@ -229,8 +255,14 @@ def test_only_the_latest_probe_set_is_used(run_dir, tmp_path):
     assert [r["step"] for r in import_seed_npy(out)] == [*STEPS, 256000]
 
 
-@pytest.mark.parametrize("line, message", [("dtype: int8", "Given value: int8"), ("device: gpu", "--device"),
-                                           ("batch_size: many", 'Parser key "batch_size"')])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("dtype: int8", "Given value: int8"),
+        ("device: gpu", "--device"),
+        ("batch_size: many", 'Parser key "batch_size"'),
+    ],
+)
 def test_config_values_are_checked_before_loading(tmp_path, capsys, line, message):
     # typed options: a config file's values are checked like the command line's
     cfg = tmp_path / "c.yaml"
@@ -249,12 +281,14 @@ def test_help_and_version_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys; from geomtrace.cli import main\n"
-            "for argv in (['--version'], ['replay', '--help'], ['plot', '--help']):\n"
-            "    try: main(argv)\n"
-            "    except SystemExit as e: assert e.code == 0, e.code\n"
-            "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'numpy') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys; from geomtrace.cli import main\n"
+        "for argv in (['--version'], ['replay', '--help'], ['plot', '--help']):\n"
+        "    try: main(argv)\n"
+        "    except SystemExit as e: assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "geomtrace 0." in proc.stdout and "HEAVY []" in proc.stdout
@@ -286,8 +320,10 @@ def junk(tmp_path) -> Path:
         (["replay", "--model", "a/b", "--revisions", "step0", "--num-sequences", "1", "-o", "x"], "--num-sequences"),
         (["replay", "--model", "a/b", "--revisions", "step0", "--system-prompt", "hi", "-o", "x"], "--chat-template"),
         (["replay", "--model", "a/b", "--revisions", "step0", "--like", "{tmp}/nope.json", "-o", "x"], "no such file"),
-        (["replay", "--model", "a/b", "--revisions", "step0", "--like", "{tmp}/no_provenance.json", "-o", "x"],
-         "records no 'provenance'"),
+        (
+            ["replay", "--model", "a/b", "--revisions", "step0", "--like", "{tmp}/no_provenance.json", "-o", "x"],
+            "records no 'provenance'",
+        ),
         (["replay", "--model", "a/b", "--revisions", "step0", "--like", "{tmp}/empty_run", "-o", "x"], "no run.json"),
         (["plot", "{tmp}/empty_run"], "no results yet"),
         (["plot", "{tmp}/stepless"], "no measurement with a training step"),
@@ -295,14 +331,33 @@ def junk(tmp_path) -> Path:
         (["plot", "{tmp}/stepless", "{tmp}/stepless"], "distinct --labels"),
         # found trying to break it beyond the issue's list
         (["replay", "--model", "a/b", "--revisions-file", "{tmp}/latin1.txt", "-o", "x"], "latin1.txt:2: not UTF-8"),
-        (["replay", "--model", "a/b", "--revisions", "step0", "--min-tokens", "20", "--max-tokens", "10", "-o", "x"],
-         "--min-tokens <= --max-tokens"),
-        (["replay", "--model", "a/b", "--revisions", "step0", "--tokens-per-step", "-5", "-o", "x"],
-         "--tokens-per-step must be a positive"),
-        (["replay", "--model", "a/b", "--revisions", "step0", "--model-builder", "no_such_module:build", "-o", "x"],
-         "No module named 'no_such_module'"),
-        (["replay", "--model", "a/b", "--revisions", "step0", "--tokenizer", "/no/such/tokenizer", "-o", "{tmp}/o",
-          "--no-progress"], "tokenizer folder /no/such/tokenizer does not exist"),
+        (
+            ["replay", "--model", "a/b", "--revisions", "step0", "--min-tokens", "20", "--max-tokens", "10", "-o", "x"],
+            "--min-tokens <= --max-tokens",
+        ),
+        (
+            ["replay", "--model", "a/b", "--revisions", "step0", "--tokens-per-step", "-5", "-o", "x"],
+            "--tokens-per-step must be a positive",
+        ),
+        (
+            ["replay", "--model", "a/b", "--revisions", "step0", "--model-builder", "no_such_module:build", "-o", "x"],
+            "No module named 'no_such_module'",
+        ),
+        (
+            [
+                "replay",
+                "--model",
+                "a/b",
+                "--revisions",
+                "step0",
+                "--tokenizer",
+                "/no/such/tokenizer",
+                "-o",
+                "{tmp}/o",
+                "--no-progress",
+            ],
+            "tokenizer folder /no/such/tokenizer does not exist",
+        ),
         (["phases", "{tmp}/broken.json"], "broken.json: not a JSON history"),
     ],
 )
@@ -315,8 +370,10 @@ def test_bad_input_is_named_in_one_line(junk, argv, message, capsys):
 
 
 def test_a_shard_with_nothing_to_do_is_not_an_error(tmp_path, capsys):
-    assert main(["replay", "--model", "a/b", "--revisions", "step0,step1", "--shard", "3/4",
-                 "-o", str(tmp_path / "o")]) == 0
+    assert (
+        main(["replay", "--model", "a/b", "--revisions", "step0,step1", "--shard", "3/4", "-o", str(tmp_path / "o")])
+        == 0
+    )
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -338,8 +395,15 @@ def test_export_names_missing_and_corrupt_spectra(run_dir, tmp_path, capsys):
 def test_live_history_with_tokens_per_step_and_inner_layers(tmp_path, capsys):
     # The pretrain recipe's geometry.json carries tokens_per_step and n_params (issue 9 item
     # 13); a run tracking only inner layers logs geometry/layer<L>/... (item 12).
-    rows = [{"step": s, "geometry/layer1/rankme": _trajectory(s)[0], "geometry/layer1/alpha": _trajectory(s)[1],
-             "geometry/layer0/rankme": 1.0} for s in STEPS]
+    rows = [
+        {
+            "step": s,
+            "geometry/layer1/rankme": _trajectory(s)[0],
+            "geometry/layer1/alpha": _trajectory(s)[1],
+            "geometry/layer0/rankme": 1.0,
+        }
+        for s in STEPS
+    ]
     history = tmp_path / "geometry.json"
     history.write_text(json.dumps({"history": rows, "tokens_per_step": 512, "n_params": 1000}))
     for x in ("tokens", "flops"):
@@ -374,16 +438,45 @@ def test_repeated_live_steps_keep_the_last_value(tmp_path, capsys):
 
 def test_print_config_round_trips_through_config(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["replay", "--model", "org/m", "--revisions", "step0,step1", "--batch-size", "8", "--layers", "1,2",
-              "--dry-run", "-o", "out", "--print_config"])
+        main(
+            [
+                "replay",
+                "--model",
+                "org/m",
+                "--revisions",
+                "step0,step1",
+                "--batch-size",
+                "8",
+                "--layers",
+                "1,2",
+                "--dry-run",
+                "-o",
+                "out",
+                "--print_config",
+            ]
+        )
     assert err.value.code == 0
     printed = capsys.readouterr().out
     assert "batch_size: 8" in printed and "dry_run: true" in printed and "output: out" in printed
     cfg = tmp_path / "printed.yaml"
     cfg.write_text(printed)
     again = parse_args(["replay", "--config", str(cfg)])
-    first = parse_args(["replay", "--model", "org/m", "--revisions", "step0,step1", "--batch-size", "8",
-                        "--layers", "1,2", "--dry-run", "-o", "out"])
+    first = parse_args(
+        [
+            "replay",
+            "--model",
+            "org/m",
+            "--revisions",
+            "step0,step1",
+            "--batch-size",
+            "8",
+            "--layers",
+            "1,2",
+            "--dry-run",
+            "-o",
+            "out",
+        ]
+    )
     assert vars(again) == vars(first)
 
 

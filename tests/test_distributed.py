@@ -55,7 +55,9 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split):
         assert got["rankme"] == pytest.approx(float(reference["rankme"]), rel=1e-6)
         assert got["alpha"] == pytest.approx(float(reference["alpha"]), rel=1e-6)
         assert got["r2"] == pytest.approx(float(reference["r2"]), rel=1e-6)
-        torch.testing.assert_close(torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0
+        )
         assert got["local_n"] == (split if rank == 0 else 900 - split)
         # ranks with different shifts (and one with no rows) agree on one before summing
         assert got["extreme_n"] == 900
@@ -63,5 +65,8 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split):
         assert got["extreme_alpha"] == pytest.approx(float(reference["extreme"]["alpha"]), rel=1e-8)
         assert got["accumulator_n"] == 900
         torch.testing.assert_close(
-            torch.tensor(got["accumulator_diag"], dtype=torch.float64), reference["covariance_diag"][:20], rtol=1e-6, atol=0
+            torch.tensor(got["accumulator_diag"], dtype=torch.float64),
+            reference["covariance_diag"][:20],
+            rtol=1e-6,
+            atol=0,
         )

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from feature_metrics import Broken, ParticipationRatio, RowStats
 from geomtrace import GeometryWarning
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
 from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
-
-from feature_metrics import Broken, ParticipationRatio, RowStats
 
 
 @pytest.fixture(scope="module")

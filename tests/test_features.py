@@ -132,8 +132,13 @@ def test_left_and_right_padding_give_the_same_features(arch):
 def test_features_equal_hf_hidden_states(arch):
     if arch == "llama":
         cfg = transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-            intermediate_size=128, bos_token_id=0, eos_token_id=0,
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            intermediate_size=128,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         model = transformers.LlamaForCausalLM(cfg).eval()
     elif arch == "gpt2":
@@ -173,8 +178,9 @@ def test_default_spec_is_last_layer_last_token_and_layer_subsets():
     ids, mask = _padded([6, 2, 4], "left")
     feats = extract_features(model, ids, mask, FeatureSpec())
     assert list(feats) == [LAYERS] and feats[LAYERS].shape == (3, 64)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask,
-                              position_ids=(mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
+    hidden = model.base_model(
+        input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)
+    ).last_hidden_state
     torch.testing.assert_close(feats[LAYERS], hidden[:, -1])  # left padding: last column
     subset = extract_features(model, ids, mask, FeatureSpec(layers=[1, -1], tokens="mean"))
     assert list(subset) == [1, LAYERS]
@@ -208,7 +214,9 @@ def test_torch_compile_wrapper_is_unwrapped():
     compiled = torch.compile(model)  # never run: features go through the original modules
     assert unwrap_model(compiled) is model
     ids, mask = _padded([5, 5], "right")
-    torch.testing.assert_close(extract_features(compiled, ids, mask)[LAYERS], extract_features(model, ids, mask)[LAYERS])
+    torch.testing.assert_close(
+        extract_features(compiled, ids, mask)[LAYERS], extract_features(model, ids, mask)[LAYERS]
+    )
 
 
 def test_peft_lora_model_keeps_adapters_active():
@@ -260,11 +268,11 @@ def test_model_unpickled_in_a_fresh_process(tmp_path):
         f"""
         import pickle, torch
         from geomtrace.features import FeatureSpec, extract_features
-        model, ids, mask = pickle.loads(open({str(tmp_path / 'model.pkl')!r}, 'rb').read())
+        model, ids, mask = pickle.loads(open({str(tmp_path / "model.pkl")!r}, 'rb').read())
         hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         print('hidden_states_none', hs is None)
         feats = extract_features(model, ids, mask, FeatureSpec(layers='all', tokens='last'))
-        torch.save(feats, {str(tmp_path / 'feats.pt')!r})
+        torch.save(feats, {str(tmp_path / "feats.pt")!r})
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

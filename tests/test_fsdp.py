@@ -31,8 +31,9 @@ def test_fsdp2_sharded_model_matches_single_process(tmp_path):
     if not hasattr(fsdp, "fully_shard"):
         pytest.skip("this torch has no FSDP2 fully_shard")
     out = tmp_path / "fsdp.json"
-    proc = subprocess.run([sys.executable, str(WORKER), str(out), str(free_port())],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out), str(free_port())], capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tokenizer = train_bpe_tokenizer()
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=64)

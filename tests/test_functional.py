@@ -138,8 +138,15 @@ def test_covariance_from_features_matches_numpy():
 # ------------------------------------------------------------- short spectra, round-off rule
 @pytest.mark.parametrize(
     ("length", "fit_range", "n_samples"),
-    [(0, (12, 100), None), (3, (12, 100), None), (11, (12, 100), None), (12, (12, 100), None),
-     (40, (50, 100), None), (200, (12, 100), 10), (200, (12, 100), 1)],
+    [
+        (0, (12, 100), None),
+        (3, (12, 100), None),
+        (11, (12, 100), None),
+        (12, (12, 100), None),
+        (40, (50, 100), None),
+        (200, (12, 100), 10),
+        (200, (12, 100), 1),
+    ],
     ids=["empty", "d3", "d11", "d12", "start-beyond-d", "N10", "N1"],
 )
 def test_alpha_req_on_short_spectra_is_nan_with_one_warning_never_an_error(length, fit_range, n_samples):

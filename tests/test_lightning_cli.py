@@ -11,9 +11,8 @@ pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (ins
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lightning_helpers import TinyLM  # noqa: E402
-
 from geomtrace.callbacks import GeometryMonitor  # noqa: E402
+from lightning_helpers import TinyLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,8 @@ def test_cli_fit_with_geometry_config(tmp_path):
         TinyLM,
         args=[
             "fit",
-            "--config", str(ROOT / "callbacks" / "geometry.yaml"),
+            "--config",
+            str(ROOT / "callbacks" / "geometry.yaml"),
             "--trainer.callbacks.init_args.every_n_steps=2",
             "--trainer.callbacks.init_args.num_sequences=32",
             "--trainer.max_steps=2",

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from geomtrace import GeometryWarning
-
 from geomtrace.measure import MeasureConfig, measure_geometry, probe_autocast
 from geomtrace.probes import load_probes
 from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-pytest.importorskip(
-    "infini_gram", reason="the infini-gram package (Python >= 3.11 wheels only) is not installed"
-)
+pytest.importorskip("infini_gram", reason="the infini-gram package (Python >= 3.11 wheels only) is not installed")
 
 from geomtrace.memorization import IndexBuildError, IndexNotReadyError, NgramIndex  # noqa: E402
 from geomtrace.memorization import index as index_module  # noqa: E402
@@ -77,7 +75,11 @@ def test_ids_above_65535_use_a_compact_two_byte_vocabulary(tmp_path):
     index = NgramIndex.build(docs, tmp_path / "big", progress=False)
     assert index.token_width == 2 and index.info["compact_vocabulary"] is True
     absent = 70_001  # in the vocabulary range, in no document
-    checks = queries(docs, 150, seed=3) + [([absent], docs[0][0]), (docs[1][:3], absent), ([absent, *docs[2][:2]], docs[2][2])]
+    checks = queries(docs, 150, seed=3) + [
+        ([absent], docs[0][0]),
+        (docs[1][:3], absent),
+        ([absent, *docs[2][:2]], docs[2][2]),
+    ]
     for context, token in checks:
         prob, suffix_len, prompt, cont = brute_infgram(docs, context, token)
         got = index.prob(context, token)
@@ -256,8 +258,10 @@ def test_answer_scores_from_the_index_equal_full_context_brute_force(random_inde
     from geomtrace.memorization import QASet, infgram_scores
 
     docs, index = random_index
-    pairs = (QASet.cloze(docs, n=20, answer_tokens=4, question_tokens=10, min_question_tokens=2, seed=0).tokenize()
-             + QASet.cloze(random_docs(50), n=20, answer_tokens=4, question_tokens=10, min_question_tokens=2).tokenize())
+    pairs = (
+        QASet.cloze(docs, n=20, answer_tokens=4, question_tokens=10, min_question_tokens=2, seed=0).tokenize()
+        + QASet.cloze(random_docs(50), n=20, answer_tokens=4, question_tokens=10, min_question_tokens=2).tokenize()
+    )
     scores = infgram_scores(index, pairs)
     for pair, probs, lens in zip(pairs, scores.token_probs, scores.suffix_lens):
         context = list(pair.context_ids)

@@ -97,7 +97,7 @@ def test_mode_is_restored_and_long_pairs_keep_the_context_end(model):
     truncated = answer_logprobs(model, pairs, max_length=12)
     from geomtrace.memorization import TokenizedPair
 
-    cut = [TokenizedPair(p.context_ids[-(12 - len(p.answer_ids)):], p.answer_ids) for p in pairs]
+    cut = [TokenizedPair(p.context_ids[-(12 - len(p.answer_ids)) :], p.answer_ids) for p in pairs]
     np.testing.assert_allclose(truncated.total, answer_logprobs(model, cut).total, rtol=0, atol=1e-5)
     assert np.isfinite(full.total).all()
 
@@ -125,7 +125,9 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(out), str(free_port()), "7,1"],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sys.path.insert(0, str(WORKER.parent))

@@ -41,7 +41,7 @@ def test_spearman_without_ties_matches_the_textbook_formula():
     d = rankdata(x) - rankdata(y)
     textbook = 1 - 6 * np.sum(d**2) / (25 * (25**2 - 1))
     assert spearman(x, y) == pytest.approx(textbook, abs=1e-12)
-    assert spearman(x, np.exp(x)) == pytest.approx(1.0) and spearman(x, -x**3) == pytest.approx(-1.0)
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0) and spearman(x, -(x**3)) == pytest.approx(-1.0)
 
 
 def test_spearman_with_ties_is_pearson_of_average_ranks():
@@ -97,8 +97,9 @@ def model():
 
 
 def held_out_cloze(n=20):
-    return QASet.cloze(random_docs(99, n_docs=10, alphabet=8), n=n, answer_tokens=3, question_tokens=6,
-                       min_question_tokens=2, seed=0)
+    return QASet.cloze(
+        random_docs(99, n_docs=10, alphabet=8), n=n, answer_tokens=3, question_tokens=6, min_question_tokens=2, seed=0
+    )
 
 
 def test_infgram_side_is_computed_once_per_run(model):
@@ -137,9 +138,13 @@ def test_live_probes_on_one_qa_set_share_one_forward(model, monkeypatch):
     from geomtrace.memorization.live import LiveMemorization
 
     qa = held_out_cloze()
-    live = LiveMemorization([MemorizationProbe(qa, BruteForceSource(DOCS), name="strict"),
-                             MemorizationProbe(qa, BruteForceSource(DOCS), name="seed", zero_probability="as_one"),
-                             MemorizationProbe(held_out_cloze(5), BruteForceSource(DOCS), name="other")])
+    live = LiveMemorization(
+        [
+            MemorizationProbe(qa, BruteForceSource(DOCS), name="strict"),
+            MemorizationProbe(qa, BruteForceSource(DOCS), name="seed", zero_probability="as_one"),
+            MemorizationProbe(held_out_cloze(5), BruteForceSource(DOCS), name="other"),
+        ]
+    )
     calls = []
     real = probe_module.answer_logprobs
     monkeypatch.setattr(probe_module, "answer_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -156,7 +161,9 @@ def test_live_probes_on_one_qa_set_share_one_forward(model, monkeypatch):
 def test_probe_keys_and_arguments():
     qa = held_out_cloze(3)
     assert MemorizationProbe(qa, BruteForceSource(DOCS)).key("spearman") == "memorization/spearman"
-    assert MemorizationProbe(qa, BruteForceSource(DOCS), name="heldout").key("spearman") == "memorization/heldout/spearman"
+    assert (
+        MemorizationProbe(qa, BruteForceSource(DOCS), name="heldout").key("spearman") == "memorization/heldout/spearman"
+    )
     with pytest.raises(ValueError, match="index_tokenizer"):
         MemorizationProbe(qa, BruteForceSource(DOCS), index_tokenizer=object())
     with pytest.raises(ValueError, match="name"):
@@ -210,10 +217,20 @@ def test_seed_files_round_trip_and_read_like_the_seeds(tmp_path, model):
 def test_files_from_the_seed_with_numpy_scalars_and_missing_rows(tmp_path):
     # As the seed writes them: np.float64 sums, lists, a row skipped after API errors.
     data = {
-        0: {"Question": "q0", "Answer": "a0", "infgram_prob": [0.5, 0.0], "logprob_result": np.sum(np.log([0.5])),
-            "prob_result": np.float64(0.5)},
-        2: {"Question": "q2", "Answer": "a2", "infgram_prob": [-1, 0.25], "logprob_result": np.float64(math.log(0.25)),
-            "prob_result": np.float64(0.25)},
+        0: {
+            "Question": "q0",
+            "Answer": "a0",
+            "infgram_prob": [0.5, 0.0],
+            "logprob_result": np.sum(np.log([0.5])),
+            "prob_result": np.float64(0.5),
+        },
+        2: {
+            "Question": "q2",
+            "Answer": "a2",
+            "infgram_prob": [-1, 0.25],
+            "logprob_result": np.float64(math.log(0.25)),
+            "prob_result": np.float64(0.25),
+        },
     }
     path = tmp_path / "triviaqa_3samples.npy"
     np.save(path, data, allow_pickle=True)

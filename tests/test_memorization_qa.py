@@ -17,12 +17,16 @@ def tokenizer():
 
 def test_seed_prompt_adds_a_question_mark_only_when_missing():
     assert seed_prompt("Who wrote Hamlet", "Shakespeare") == (
-        "Question: Who wrote Hamlet? Answer:", "Question: Who wrote Hamlet? Answer: Shakespeare")
+        "Question: Who wrote Hamlet? Answer:",
+        "Question: Who wrote Hamlet? Answer: Shakespeare",
+    )
     assert seed_prompt("Who wrote Hamlet?", "Shakespeare")[0] == "Question: Who wrote Hamlet? Answer:"
 
 
 def test_answer_tokens_are_those_after_the_question_prefix(tokenizer):
-    qa = QASet.from_pairs([("Which module handles regular expressions", "the re module"), ("What is None?", "a singleton")])
+    qa = QASet.from_pairs(
+        [("Which module handles regular expressions", "the re module"), ("What is None?", "a singleton")]
+    )
     pairs = qa.tokenize(tokenizer)
     for pair, (question, answer) in zip(pairs, qa.texts()):
         prefix, full = seed_prompt(question, answer)
@@ -37,8 +41,10 @@ def write_lines(path, lines):
 
 
 def test_jsonl_pairs_skip_blank_lines_and_are_keyed_by_line(tmp_path):
-    path = write_lines(tmp_path / "qa.jsonl", [
-        json.dumps({"question": "q1", "answer": "a1"}), "", json.dumps({"question": "q2", "answer": "a2", "id": 7})])
+    path = write_lines(
+        tmp_path / "qa.jsonl",
+        [json.dumps({"question": "q1", "answer": "a1"}), "", json.dumps({"question": "q2", "answer": "a2", "id": 7})],
+    )
     qa = QASet.from_jsonl(path)
     assert [(p.key, p.question, p.answer) for p in qa.pairs] == [(1, "q1", "a1"), (3, "q2", "a2")]
     assert str(path) in qa.description
@@ -77,9 +83,11 @@ def test_trivia_qa_offline_is_a_clear_error(monkeypatch):
 def test_trivia_qa_reads_the_seeds_fields(monkeypatch):
     import datasets
 
-    rows = [{"question": "Who?", "answer": {"value": "Me", "aliases": ["me"]}},
-            {"question": "What", "answer": {"value": "That"}},
-            {"question": "Extra", "answer": {"value": "row"}}]
+    rows = [
+        {"question": "Who?", "answer": {"value": "Me", "aliases": ["me"]}},
+        {"question": "What", "answer": {"value": "That"}},
+        {"question": "Extra", "answer": {"value": "row"}},
+    ]
     calls = []
 
     def fake_load_dataset(name, config, split, streaming):
@@ -151,13 +159,20 @@ def test_text_sets_need_a_tokenizer_and_cloze_texts_decode(tokenizer):
 
 
 def test_tokenized_jsonl_pairs_and_keys(tmp_path):
-    path = write_lines(tmp_path / "ids.jsonl", [
-        json.dumps({"question_ids": [5, 6, 7], "answer_ids": [8, 9]}), "",
-        json.dumps({"question_ids": [1], "answer_ids": [0], "key": 40})])
+    path = write_lines(
+        tmp_path / "ids.jsonl",
+        [
+            json.dumps({"question_ids": [5, 6, 7], "answer_ids": [8, 9]}),
+            "",
+            json.dumps({"question_ids": [1], "answer_ids": [0], "key": 40}),
+        ],
+    )
     qa = QASet.from_jsonl(path)
     assert qa.is_tokenized
     assert [(p.key, p.question_ids, p.answer_ids, p.question) for p in qa.pairs] == [
-        (1, (5, 6, 7), (8, 9), None), (40, (1,), (0,), None)]
+        (1, (5, 6, 7), (8, 9), None),
+        (40, (1,), (0,), None),
+    ]
     assert [(t.context_ids, t.answer_ids) for t in qa.tokenize()] == [((5, 6, 7), (8, 9)), ((1,), (0,))]
 
 
@@ -168,8 +183,14 @@ def test_tokenized_jsonl_pairs_and_keys(tmp_path):
         ('{"question_ids": [1]}', "line 2: missing field 'answer_ids'"),
         ('{"question_ids": [1], "answer_ids": []}', "line 2: field 'answer_ids' is empty"),
         ('{"question_ids": [], "answer_ids": [2]}', "line 2: field 'question_ids' is empty"),
-        ('{"question_ids": [1], "answer_ids": [2, -3]}', "line 2: field 'answer_ids', position 1: -3 is not a token id"),
-        ('{"question_ids": [1.5], "answer_ids": [2]}', "line 2: field 'question_ids', position 0: 1.5 is not a token id"),
+        (
+            '{"question_ids": [1], "answer_ids": [2, -3]}',
+            "line 2: field 'answer_ids', position 1: -3 is not a token id",
+        ),
+        (
+            '{"question_ids": [1.5], "answer_ids": [2]}',
+            "line 2: field 'question_ids', position 0: 1.5 is not a token id",
+        ),
         ('{"question_ids": [true], "answer_ids": [2]}', "line 2: field 'question_ids', position 0: True is not"),
         ('{"question_ids": [1], "answer_ids": "2"}', "line 2: field 'answer_ids' must be a list of token ids, got str"),
         ('{"question_ids": [1], "answer_ids": [2], "key": "a"}', "line 2: field 'key' must be an integer, got str"),
@@ -184,8 +205,10 @@ def test_tokenized_jsonl_errors_name_file_and_line(tmp_path, line, message):
 
 
 def test_a_token_id_pair_after_text_pairs_is_refused(tmp_path):
-    path = write_lines(tmp_path / "mixed.jsonl", [json.dumps({"question": "q", "answer": "a"}),
-                                                  json.dumps({"question_ids": [1], "answer_ids": [2]})])
+    path = write_lines(
+        tmp_path / "mixed.jsonl",
+        [json.dumps({"question": "q", "answer": "a"}), json.dumps({"question_ids": [1], "answer_ids": [2]})],
+    )
     with pytest.raises(ValueError, match="line 2: a token-id pair in a file of text pairs"):
         QASet.from_jsonl(path)
 
@@ -193,9 +216,16 @@ def test_a_token_id_pair_after_text_pairs_is_refused(tmp_path):
 def test_to_jsonl_round_trips_cloze_and_text_sets(tmp_path):
     documents = [[(7 * i + 3 * j) % 50 for j in range(30)] for i in range(6)]
     cloze = QASet.cloze(documents, n=20, seed=3)
-    text = QASet.from_jsonl(write_lines(tmp_path / "text.jsonl", [
-        json.dumps({"question": "Où est la gare ?", "answer": " à gauche", "key": 12}), "",
-        json.dumps({"question": "", "answer": "x\ny"})]))
+    text = QASet.from_jsonl(
+        write_lines(
+            tmp_path / "text.jsonl",
+            [
+                json.dumps({"question": "Où est la gare ?", "answer": " à gauche", "key": 12}),
+                "",
+                json.dumps({"question": "", "answer": "x\ny"}),
+            ],
+        )
+    )
     for qa, name in ((cloze, "cloze.jsonl"), (text, "text.jsonl")):
         path = qa.to_jsonl(tmp_path / "out" / name)
         assert path == tmp_path / "out" / name and not list(path.parent.glob(".*.tmp"))

@@ -40,8 +40,14 @@ class Stub:
                 else:
                     ids = payload["query_ids"]
                     prob, suffix_len, prompt, cont = brute_infgram(DOCS, ids[:-1], ids[-1])
-                    body = {"prompt_cnt": prompt, "cont_cnt": cont, "prob": prob, "suffix_len": suffix_len,
-                            "latency": 0.01, "token_ids": ids}
+                    body = {
+                        "prompt_cnt": prompt,
+                        "cont_cnt": cont,
+                        "prob": prob,
+                        "suffix_len": suffix_len,
+                        "latency": 0.01,
+                        "token_ids": ids,
+                    }
                     self._reply(200, json.dumps(body).encode())
 
             def _reply(self, status: int, body: bytes) -> None:
@@ -73,8 +79,15 @@ def stub():
 
 def client(stub_url: str, cache_dir, sleeps: list[float] | None = None, **kwargs) -> InfiniGramAPI:
     kwargs.setdefault("max_retries", 3)
-    return InfiniGramAPI("v4_test_llama", cache_dir=cache_dir, url=stub_url, backoff_s=0.5,
-                         sleep=(sleeps.append if sleeps is not None else lambda s: None), timeout_s=5, **kwargs)
+    return InfiniGramAPI(
+        "v4_test_llama",
+        cache_dir=cache_dir,
+        url=stub_url,
+        backoff_s=0.5,
+        sleep=(sleeps.append if sleeps is not None else lambda s: None),
+        timeout_s=5,
+        **kwargs,
+    )
 
 
 def test_answers_and_payload_match_the_seeds_query(stub, tmp_path):
@@ -82,7 +95,12 @@ def test_answers_and_payload_match_the_seeds_query(stub, tmp_path):
     for context, token in queries(DOCS, 30, seed=1):
         prob, suffix_len, prompt, cont = brute_infgram(DOCS, context, token)
         got = api.prob(context, token)
-        assert (got.prob, got.suffix_len, got.prompt_cnt, got.cont_cnt) == (pytest.approx(prob), suffix_len, prompt, cont)
+        assert (got.prob, got.suffix_len, got.prompt_cnt, got.cont_cnt) == (
+            pytest.approx(prob),
+            suffix_len,
+            prompt,
+            cont,
+        )
     first = stub.requests[0]
     assert first["index"] == "v4_test_llama" and first["query_type"] == "infgram_prob"
     context, token = queries(DOCS, 1, seed=1)[0]

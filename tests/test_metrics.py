@@ -343,9 +343,7 @@ def streamed(metric, x: torch.Tensor, batch: int = 1024):
     return metric
 
 
-@pytest.mark.parametrize(
-    ("d", "n", "decay"), [(1024, 2048, 3.0), (512, 1024, 1.0), (256, 4096, 2.0), (256, 2048, 0.5)]
-)
+@pytest.mark.parametrize(("d", "n", "decay"), [(1024, 2048, 3.0), (512, 1024, 1.0), (256, 4096, 2.0), (256, 2048, 0.5)])
 def test_roundoff_rule_keeps_genuine_power_law_tails(d, n, decay):
     # alpha = 3 puts lambda_100 at ~1e-6 of lambda_1: the rule must not take it for round-off.
     x = power_law_features(n, d, decay, seed=d + n)
@@ -356,8 +354,13 @@ def test_roundoff_rule_keeps_genuine_power_law_tails(d, n, decay):
 
 @pytest.mark.parametrize(
     ("d", "n", "dtype", "offset"),
-    [(64, 160, torch.float32, 0.0), (64, 1000, torch.float32, 0.0), (128, 30, torch.float32, 0.0),
-     (128, 50, torch.float32, 0.0), (64, 1000, torch.bfloat16, 5.0)],
+    [
+        (64, 160, torch.float32, 0.0),
+        (64, 1000, torch.float32, 0.0),
+        (128, 30, torch.float32, 0.0),
+        (128, 50, torch.float32, 0.0),
+        (64, 1000, torch.bfloat16, 5.0),
+    ],
     ids=["d64-N160", "d64-N1000", "d128-N30", "d128-N50", "bf16-d64-mean5"],
 )
 def test_roundoff_rule_drops_the_null_eigenvalues_of_layernorm_and_n_below_d(d, n, dtype, offset):
@@ -446,7 +449,12 @@ def test_merge_state_and_forward_combine_sums_around_different_shifts():
 # ------------------------------------------------- hardening: degenerate features (issue 9)
 @pytest.mark.parametrize(
     ("n", "d", "dtype", "batch"),
-    [(100, 8, torch.float32, 100), (1000, 64, torch.float32, 64), (5, 3, torch.float64, 5), (3000, 256, torch.bfloat16, 700)],
+    [
+        (100, 8, torch.float32, 100),
+        (1000, 64, torch.float32, 64),
+        (5, 3, torch.float64, 5),
+        (3000, 256, torch.bfloat16, 700),
+    ],
 )
 def test_zero_variance_is_nan_with_one_warning_whatever_the_size_and_dtype(n, d, dtype, batch):
     row = torch.randn(d, generator=torch.Generator().manual_seed(d)) * 3 + 0.7
@@ -580,7 +588,9 @@ def test_state_dict_saved_before_the_shift_existed_still_loads():
 # ---------------------------------------------------------------------- Geometry (issue 12)
 def test_geometry_equals_the_single_purpose_metrics_and_forms_one_compute_group():
     x = spectrum_features(900, 128, 1.0, seed=24, offset=2.0)
-    metrics = MetricCollection({"geometry": Geometry(), "rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
+    metrics = MetricCollection(
+        {"geometry": Geometry(), "rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()}
+    )
     for rows in x.split(300):
         metrics.update(rows)
     assert len(metrics.compute_groups) == 1

@@ -364,7 +364,7 @@ def test_smooth_noiseless_curve_flags_no_outliers():
     # Strongly curved but clean: turning points and bends must not be taken for spikes.
     steps = pythia_steps(1000)
     x = log_step(steps)
-    y = np.log(40) + np.log(5) * np.exp(-x / 1.5) + 0.8 * np.exp(-((x - 8) / 1.0) ** 2)
+    y = np.log(40) + np.log(5) * np.exp(-x / 1.5) + 0.8 * np.exp(-(((x - 8) / 1.0) ** 2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         segs = detect_phases(steps, np.exp(y))

@@ -22,9 +22,20 @@ def _columns(scale: float = 1.0) -> dict[str, list[float]]:
 
 
 def _records() -> list[dict]:
-    return [{"key": f"step{s}", "step": s, "layer": layer, "rankme": float(10 * layer + i), "alpha": 1.0,
-             "tokens": s * 100, "n_params": 5000, "probe_fingerprint": "f"}
-            for i, s in enumerate(STEPS) for layer in (1, 2)]
+    return [
+        {
+            "key": f"step{s}",
+            "step": s,
+            "layer": layer,
+            "rankme": float(10 * layer + i),
+            "alpha": 1.0,
+            "tokens": s * 100,
+            "n_params": 5000,
+            "probe_fingerprint": "f",
+        }
+        for i, s in enumerate(STEPS)
+        for layer in (1, 2)
+    ]
 
 
 def test_trajectory_overlays_runs_on_two_panels():
@@ -37,8 +48,9 @@ def test_trajectory_overlays_runs_on_two_panels():
     assert trajectory_figure({"a": _columns()}, log_x=False).axes[1].get_xscale() == "linear"
 
 
-@pytest.mark.parametrize("x, expected", [("tokens", [s * 100.0 for s in STEPS]),
-                                         ("flops", [6.0 * 5000 * s * 100 for s in STEPS])])
+@pytest.mark.parametrize(
+    "x, expected", [("tokens", [s * 100.0 for s in STEPS]), ("flops", [6.0 * 5000 * s * 100 for s in STEPS])]
+)
 def test_trajectory_x_axes(x, expected):
     fig = trajectory_figure({"a": _columns()}, x=x)
     np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_xdata(), expected)
@@ -68,11 +80,15 @@ def test_phase_shading_maps_steps_to_x():
 
 
 def test_memorization_series_from_live_rows():
-    rows = [{"step": 0, "geometry/rankme": 1.0, "memorization/train/spearman": 0.1, "memorization/heldout/spearman": 0.2},
-            {"step": 4, "geometry/rankme": 1.0},  # memorization skipped at this step
-            {"step": 8, "memorization/train/spearman": 0.3, "memorization/train/answer_logprob": -3.0}]
-    assert memorization_series(rows) == {"train": {"step": [0.0, 8.0], "spearman": [0.1, 0.3]},
-                                         "heldout": {"step": [0.0], "spearman": [0.2]}}
+    rows = [
+        {"step": 0, "geometry/rankme": 1.0, "memorization/train/spearman": 0.1, "memorization/heldout/spearman": 0.2},
+        {"step": 4, "geometry/rankme": 1.0},  # memorization skipped at this step
+        {"step": 8, "memorization/train/spearman": 0.3, "memorization/train/answer_logprob": -3.0},
+    ]
+    assert memorization_series(rows) == {
+        "train": {"step": [0.0, 8.0], "spearman": [0.1, 0.3]},
+        "heldout": {"step": [0.0], "spearman": [0.2]},
+    }
     unnamed = [{"step": 2, "memorization/spearman": 0.5}]
     assert memorization_series(unnamed) == {"memorization": {"step": [2.0], "spearman": [0.5]}}
     assert memorization_series(rows, "answer_logprob") == {"train": {"step": [8.0], "answer_logprob": [-3.0]}}
@@ -80,10 +96,17 @@ def test_memorization_series_from_live_rows():
 
 def test_memorization_panels_share_x_and_phase_shading():
     phases = [PhaseSegment("warmup", 0, 8, 0, 4, 0.9, -0.5), PhaseSegment("entropy-seeking", 8, 128, 4, 8, 0.8, 0.7)]
-    memorization = {"train": {"step": [8, 0, 64], "spearman": [0.2, 0.1, 0.4], "answer_logprob": [-2, -3, -1]},
-                    "heldout": {"step": [0, 64], "spearman": [0.0, 0.3]}}
-    fig = trajectory_figure({"a": _columns()}, x="tokens", phases=phases, memorization=memorization,
-                            memorization_keys=("spearman", "answer_logprob"))
+    memorization = {
+        "train": {"step": [8, 0, 64], "spearman": [0.2, 0.1, 0.4], "answer_logprob": [-2, -3, -1]},
+        "heldout": {"step": [0, 64], "spearman": [0.0, 0.3]},
+    }
+    fig = trajectory_figure(
+        {"a": _columns()},
+        x="tokens",
+        phases=phases,
+        memorization=memorization,
+        memorization_keys=("spearman", "answer_logprob"),
+    )
     assert len(fig.axes) == 4
     ax_s, ax_l = fig.axes[2], fig.axes[3]
     train = ax_s.get_lines()[0]

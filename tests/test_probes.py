@@ -20,7 +20,10 @@ def tok():
 
 def _texts(n: int) -> list[str]:
     # Distinct texts of varied length (all well above 11 tokens).
-    return [f"Probe text number {i}: " + ("the quick brown fox jumps over the lazy dog " * (1 + i % 4)).strip() for i in range(n)]
+    return [
+        f"Probe text number {i}: " + ("the quick brown fox jumps over the lazy dog " * (1 + i % 4)).strip()
+        for i in range(n)
+    ]
 
 
 def test_default_embedded_probes(tok):
@@ -126,10 +129,10 @@ def test_chat_template_probes(tok):
     for seq in probes.sequences:
         text = tok.decode(seq)
         assert text.startswith("<|system|>\nBe brief.") and "<|user|>\nProbe text number" in text
-        assert seq[-len(gen_prompt):] == gen_prompt  # measured at the generation prompt
+        assert seq[-len(gen_prompt) :] == gen_prompt  # measured at the generation prompt
     # A long text is shortened inside the template: the generation prompt survives truncation.
     long = load_probes(tok, ["word " * 500], num_sequences=1, chat_template=True, max_tokens=40)
-    assert len(long.sequences[0]) <= 40 and long.sequences[0][-len(gen_prompt):] == gen_prompt
+    assert len(long.sequences[0]) <= 40 and long.sequences[0][-len(gen_prompt) :] == gen_prompt
     with pytest.raises(ValueError, match="system_prompt"):
         load_probes(tok, _texts(5), system_prompt="x")
 
@@ -194,7 +197,7 @@ def test_long_non_ascii_chat_probes_keep_the_generation_prompt(tok):
         probes = load_probes(tok, texts, num_sequences=40, chat_template=True, max_tokens=max_tokens)
         assert len(probes) == 40
         for seq in probes.sequences:
-            assert len(seq) <= max_tokens and seq[-len(gen_prompt):] == gen_prompt
+            assert len(seq) <= max_tokens and seq[-len(gen_prompt) :] == gen_prompt
             assert "\ufffd" not in tok.decode(seq)  # no half characters left where the text was cut
 
 
@@ -212,7 +215,11 @@ def _write(path, data: bytes | str):
         ("latin1.txt", "café au lait\nsecond line\n".encode("latin-1"), r"latin1.txt:1: not UTF-8 text"),
         ("late.txt", b"ok line\nsecond ok\ncaf\xe9\n", r"late.txt:3: not UTF-8"),
         ("bad.jsonl", '{"text": "a fine line"}\n{"text": broken}\n', r"bad.jsonl:2: not valid JSON"),
-        ("list.jsonl", '{"text": "a fine line"}\n["not", "an", "object"]\n', r"list.jsonl:2: a JSON list where an object"),
+        (
+            "list.jsonl",
+            '{"text": "a fine line"}\n["not", "an", "object"]\n',
+            r"list.jsonl:2: a JSON list where an object",
+        ),
         ("number.jsonl", '{"text": 42}\n', r"number.jsonl:1: field 'text' is a int"),
         ("dict.json", '{"data": ["a", "b"]}', r"dict.json: a .json probe file holds a list"),
         ("broken.json", '["a", ', r"broken.json:1: not valid JSON"),

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lightning_helpers import read_scalars  # noqa: E402
-
 from geomtrace.cli import main  # noqa: E402
 from geomtrace.memorization import QASet  # noqa: E402
 from geomtrace.replay.memorization import MemorizationStore  # noqa: E402
 from geomtrace.replay.sources import local_checkpoints  # noqa: E402
+from lightning_helpers import read_scalars  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 
@@ -29,9 +28,31 @@ def run_recipe(argv: list[str]) -> dict:
 def test_pretrain_recipe_small_run(tmp_path, capsys):
     out = tmp_path / "pretrain"
     argv = [
-        "--max-steps", "4", "--every-n-steps", "2", "--extra-steps", "", "--num-probes", "32", "--hidden-size", "64",
-        "--num-layers", "2", "--vocab-size", "512", "--batch-size", "4", "--output", str(out), "--quiet",
-        "--memorization-pairs", "24", "--checkpoint-steps", "0,1", "--checkpoint-every", "3",
+        "--max-steps",
+        "4",
+        "--every-n-steps",
+        "2",
+        "--extra-steps",
+        "",
+        "--num-probes",
+        "32",
+        "--hidden-size",
+        "64",
+        "--num-layers",
+        "2",
+        "--vocab-size",
+        "512",
+        "--batch-size",
+        "4",
+        "--output",
+        str(out),
+        "--quiet",
+        "--memorization-pairs",
+        "24",
+        "--checkpoint-steps",
+        "0,1",
+        "--checkpoint-every",
+        "3",
     ]
     summary = run_recipe(argv)
     assert [r["step"] for r in summary["history"]] == [0, 2, 4]
@@ -67,9 +88,19 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
     assert [len(qa) for qa in saved.values()] == [24, 24] and all(qa.is_tokenized for qa in saved.values())
     command = next(line for line in printed.splitlines() if "replay one with: geomtrace replay" in line)
     command = command.split("replay one with: geomtrace ", 1)[1].split("  (heldout_seedrule", 1)[0]
-    argv_replay = shlex.split(command) + ["--step-range", "4:4", "--device", "cpu", "--quiet", "--no-progress",
-                                          "--no-tensorboard", "--zero-probability", "as_one",
-                                          "--memorization-name", "heldout_seedrule"]
+    argv_replay = shlex.split(command) + [
+        "--step-range",
+        "4:4",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--no-progress",
+        "--no-tensorboard",
+        "--zero-probability",
+        "as_one",
+        "--memorization-name",
+        "heldout_seedrule",
+    ]
     assert main(argv_replay) == 0
     (record,) = MemorizationStore(out / "replay-heldout").records()
     assert record["probe"] == "heldout_seedrule" and record["step"] == 4
@@ -83,11 +114,29 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
 
 
 def test_pretrain_recipe_zipf_corpus_and_no_geometry(tmp_path):
-    summary = run_recipe([
-        "--corpus", "zipf", "--corpus-tokens", "20000", "--max-steps", "2", "--no-geometry", "--hidden-size", "64",
-        "--num-layers", "2", "--vocab-size", "512", "--batch-size", "4", "--output", str(tmp_path), "--quiet",
-        "--no-save",
-    ])
+    summary = run_recipe(
+        [
+            "--corpus",
+            "zipf",
+            "--corpus-tokens",
+            "20000",
+            "--max-steps",
+            "2",
+            "--no-geometry",
+            "--hidden-size",
+            "64",
+            "--num-layers",
+            "2",
+            "--vocab-size",
+            "512",
+            "--batch-size",
+            "4",
+            "--output",
+            str(tmp_path),
+            "--quiet",
+            "--no-save",
+        ]
+    )
     assert summary["history"] == []
     assert not (tmp_path / "final").exists()
 

@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers under 
 
 from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
 from feature_metrics import Broken, ParticipationRatio, RowStats  # noqa: E402
-
 from geomtrace.measure import MeasureConfig  # noqa: E402
 from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay  # noqa: E402
 from geomtrace.replay.store import export_csv  # noqa: E402
@@ -37,9 +36,16 @@ def checkpoints(tmp_path_factory):
 def replayed(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("replay") / "out"
     with pytest.warns(UserWarning, match="extra metric 'broken' failed"):
-        summary = run_replay(checkpoints, out, config=CONFIG, probe_options=PROBES, progress=False, verbose=False,
-                             tensorboard_dir=out / "tb",
-                             extra_metrics={"pr": ParticipationRatio(), "stats": RowStats(), "broken": Broken()})
+        summary = run_replay(
+            checkpoints,
+            out,
+            config=CONFIG,
+            probe_options=PROBES,
+            progress=False,
+            verbose=False,
+            tensorboard_dir=out / "tb",
+            extra_metrics={"pr": ParticipationRatio(), "stats": RowStats(), "broken": Broken()},
+        )
     assert not summary.failed and len(summary.measured) == len(STEPS)
     return out
 
@@ -89,17 +95,30 @@ def test_csv_export_has_a_column_per_extra_value(replayed, tmp_path):
 
 def test_an_extra_metric_named_like_a_record_field_is_refused_before_anything_runs(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="'step' are fields of a replay record"):
-        run_replay(checkpoints, tmp_path / "out", probe_options=PROBES, progress=False, verbose=False,
-                   extra_metrics={"step": ParticipationRatio()})
+        run_replay(
+            checkpoints,
+            tmp_path / "out",
+            probe_options=PROBES,
+            progress=False,
+            verbose=False,
+            extra_metrics={"step": ParticipationRatio()},
+        )
     with pytest.raises(TypeError, match="torchmetrics"):
-        run_replay(checkpoints, tmp_path / "out", probe_options=PROBES, progress=False, verbose=False,
-                   extra_metrics={"pr": np.mean})
+        run_replay(
+            checkpoints,
+            tmp_path / "out",
+            probe_options=PROBES,
+            progress=False,
+            verbose=False,
+            extra_metrics={"pr": np.mean},
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_extra_metrics_do_not_change_the_replayed_geometry(checkpoints, replayed, tmp_path):
-    plain = run_replay(checkpoints, tmp_path / "plain", config=CONFIG, probe_options=PROBES, progress=False,
-                       verbose=False)
+    plain = run_replay(
+        checkpoints, tmp_path / "plain", config=CONFIG, probe_options=PROBES, progress=False, verbose=False
+    )
     assert not plain.failed
     values = {(r["key"], r["layer"]): (r["rankme"], r["alpha"]) for r in ResultsStore(tmp_path / "plain").records()}
     assert values == {(r["key"], r["layer"]): (r["rankme"], r["alpha"]) for r in ResultsStore(replayed).records()}

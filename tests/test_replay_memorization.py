@@ -8,19 +8,17 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
-from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents  # noqa: E402
-
 from geomtrace.measure import MeasureConfig  # noqa: E402
 from geomtrace.memorization import MemorizationProbe, QASet  # noqa: E402
 from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay  # noqa: E402
 from geomtrace.replay.memorization import MemorizationStore  # noqa: E402
 from geomtrace.replay.store import OutputConflictError  # noqa: E402
+from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents  # noqa: E402
 
 PROBE_OPTIONS = ProbeOptions(num_sequences=12, max_tokens=24)
 STEPS = (0, 10, 20)
@@ -44,9 +42,18 @@ def replay(checkpoints: Path, out: Path, memorization=None, keep=None, **kwargs)
     found = local_checkpoints(checkpoints)
     if keep is not None:
         found = [c for c in found if c.step in keep]
-    return run_replay(found, out, probe_options=PROBE_OPTIONS, config=MeasureConfig(fit_range=(2, 10)), device="cpu",
-                      progress=False, verbose=False,
-                      memorization=memorization, tokens_per_step=100, **kwargs)
+    return run_replay(
+        found,
+        out,
+        probe_options=PROBE_OPTIONS,
+        config=MeasureConfig(fit_range=(2, 10)),
+        device="cpu",
+        progress=False,
+        verbose=False,
+        memorization=memorization,
+        tokens_per_step=100,
+        **kwargs,
+    )
 
 
 def lines(path: Path) -> int:
@@ -60,7 +67,8 @@ def test_replay_writes_one_record_per_checkpoint_and_probe(checkpoints, tmp_path
     store = MemorizationStore(out)
     records = store.records()
     assert [(r["key"], r["probe"]) for r in records] == [
-        (f"checkpoint-{s}", name) for s in STEPS for name in ("train", "seedrule")]
+        (f"checkpoint-{s}", name) for s in STEPS for name in ("train", "seedrule")
+    ]
     assert [r["tokens"] for r in records[::2]] == [0, 1000, 2000]
     # The values equal a direct measurement of the checkpoint's model.
     direct = cloze_probe(repetitive_documents(), name="train").measure(build_tiny_model(seed=1))
@@ -97,7 +105,8 @@ def test_resume_never_duplicates_memorization_records(checkpoints, tmp_path):
     assert summary.measured == [] and len(summary.skipped) == 3
     raw = [json.loads(line) for line in (out / "memorization.jsonl").read_text().splitlines()]
     assert sorted((r["key"], r["probe"]) for r in raw) == sorted(
-        (f"checkpoint-{s}", name) for s in STEPS for name in ("train", "seedrule"))
+        (f"checkpoint-{s}", name) for s in STEPS for name in ("train", "seedrule")
+    )
     assert lines(out / "results.jsonl") == geometry_lines
     # A killed writer's truncated line is ignored and that record measured again, once.
     with open(out / "memorization.jsonl", "ab") as handle:
@@ -132,31 +141,66 @@ def test_cli_replay_plot_and_export_with_memorization(checkpoints, tmp_path, cap
     from geomtrace.memorization import read_seed_run
 
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps({"question": f"What is {a} plus {b}?", "answer": str(a + b)}) + "\n"
-                          for a in range(4) for b in range(3)))
+    qa.write_text(
+        "".join(
+            json.dumps({"question": f"What is {a} plus {b}?", "answer": str(a + b)}) + "\n"
+            for a in range(4)
+            for b in range(3)
+        )
+    )
     out = tmp_path / "out"
-    argv = ["replay", "--checkpoints", str(checkpoints), "--output", str(out), "--num-sequences", "12",
-            "--max-tokens", "24", "--fit-range", "2:10", "--no-progress", "--quiet", "--no-tensorboard",
-            "--qa", str(qa), "--index", str(tmp_path / "no-index")]
+    argv = [
+        "replay",
+        "--checkpoints",
+        str(checkpoints),
+        "--output",
+        str(out),
+        "--num-sequences",
+        "12",
+        "--max-tokens",
+        "24",
+        "--fit-range",
+        "2:10",
+        "--no-progress",
+        "--quiet",
+        "--no-tensorboard",
+        "--qa",
+        str(qa),
+        "--index",
+        str(tmp_path / "no-index"),
+    ]
     assert main(argv) == 2 and "no-index" in capsys.readouterr().err  # a clear one-line error
     assert main(argv[:-2] + ["--memorization-name", "x"]) == 2
     assert "need --qa" not in capsys.readouterr().err  # --qa is there: it asks for an index
     # A stand-in for the public API, answering from a brute-force count over the QA texts.
     from geomtrace.memorization import InfiniGramAPI
 
-    documents = [tiny_tokenizer()(f"Question: {d['question']} Answer: {d['answer']}")["input_ids"]
-                 for d in map(json.loads, qa.read_text().splitlines())]
+    documents = [
+        tiny_tokenizer()(f"Question: {d['question']} Answer: {d['answer']}")["input_ids"]
+        for d in map(json.loads, qa.read_text().splitlines())
+    ]
     counted = BruteForceSource(documents)
     monkeypatch.setattr(InfiniGramAPI, "prob", lambda self, context, token: counted.prob(context, token))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert main(argv[:-2] + ["--infini-gram-api", "v4_test", "--memorization-name", "arith"]) == 0
     records = MemorizationStore(out).records()
-    assert [(r["key"], r["probe"], r["n_pairs"]) for r in records] == [
-        (f"checkpoint-{s}", "arith", 12) for s in STEPS]
+    assert [(r["key"], r["probe"], r["n_pairs"]) for r in records] == [(f"checkpoint-{s}", "arith", 12) for s in STEPS]
     assert all(r["n_scored"] == 12 for r in records)  # every answer occurs in the counted texts
 
-    assert main(["plot", str(out), "--phases", "--memorization", "spearman,answer_logprob",
-                 "--output", str(tmp_path / "p.png")]) == 0
+    assert (
+        main(
+            [
+                "plot",
+                str(out),
+                "--phases",
+                "--memorization",
+                "spearman,answer_logprob",
+                "--output",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert main(["plot", str(out), "--memorization", "bogus", "--output", str(tmp_path / "q.png")]) == 2
 
@@ -165,8 +209,10 @@ def test_cli_replay_plot_and_export_with_memorization(checkpoints, tmp_path, cap
     written = capsys.readouterr().out.split()
     assert str(tmp_path / "export" / "infgram" / "arith" / "triviaqa_12samples.npy") in written
     # The import reads the seed's formats back: the same per-checkpoint summary as the store.
-    curve = read_seed_run(tmp_path / "export" / "infgram" / "arith" / "triviaqa_12samples.npy",
-                          tmp_path / "export" / "llm_likelihood" / "arith")
+    curve = read_seed_run(
+        tmp_path / "export" / "infgram" / "arith" / "triviaqa_12samples.npy",
+        tmp_path / "export" / "llm_likelihood" / "arith",
+    )
     assert [row["step"] for row in curve] == list(STEPS)
     for row, record in zip(curve, records):
         for key in ("spearman", "answer_logprob", "n_scored", "infgram_logprob"):

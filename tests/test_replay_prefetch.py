@@ -12,9 +12,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `fakehub` under any import mode
 
-from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
-
 import geomtrace.replay.prefetch as prefetch  # noqa: E402
+from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
 from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay  # noqa: E402
 from geomtrace.replay.sources import Checkpoint  # noqa: E402
 
@@ -58,8 +57,9 @@ def test_next_checkpoint_loads_in_the_background_one_ahead(fake_load):
     ckpts = _ckpts(5)
     most_alive = 0
     # an accelerator device: whole loads run in the background (the fake model's .to() is a no-op)
-    with prefetch.CheckpointLoader(ckpts, {"dtype": "float32", "device": "cuda"}, prefetch=True,
-                                   describe_error=_describe) as loader:
+    with prefetch.CheckpointLoader(
+        ckpts, {"dtype": "float32", "device": "cuda"}, prefetch=True, describe_error=_describe
+    ) as loader:
         assert loader.build_in_background
         for index, ckpt in enumerate(ckpts):
             loaded = loader.take(index)
@@ -91,9 +91,16 @@ def test_no_prefetch_loads_everything_in_the_loop(fake_load):
     assert {thread for _, thread in calls} == {"MainThread"}
 
 
-@pytest.mark.parametrize("load", [{"dtype": "bf16", "device": "cuda"}, {"dtype": "auto", "device": "cuda"},
-                                  {"dtype": "float32", "device": "cuda", "device_map": "auto"},
-                                  {"dtype": "float32", "device": "cpu"}, {"dtype": "float32"}])
+@pytest.mark.parametrize(
+    "load",
+    [
+        {"dtype": "bf16", "device": "cuda"},
+        {"dtype": "auto", "device": "cuda"},
+        {"dtype": "float32", "device": "cuda", "device_map": "auto"},
+        {"dtype": "float32", "device": "cpu"},
+        {"dtype": "float32"},
+    ],
+)
 def test_other_settings_only_fetch_in_the_background(fake_load, load):
     # transformers builds models under a process-wide default dtype: only a build in the
     # default dtype may run beside a measurement; a CPU measurement uses every core, so a
@@ -121,8 +128,14 @@ def test_prefetched_replay_equals_sequential(tmp_path, monkeypatch, build_in_bac
     results = {}
     for mode in (False, True):
         out = tmp_path / f"prefetch-{mode}"
-        summary = run_replay(local_checkpoints(root), out, probe_options=ProbeOptions(num_sequences=24, max_tokens=32),
-                             prefetch=mode, progress=False, verbose=False)
+        summary = run_replay(
+            local_checkpoints(root),
+            out,
+            probe_options=ProbeOptions(num_sequences=24, max_tokens=32),
+            prefetch=mode,
+            progress=False,
+            verbose=False,
+        )
         assert list(summary.failed) == ["checkpoint-5"] and "load failed" in summary.failed["checkpoint-5"]
         records = ResultsStore(out).records()
         results[mode] = [(r["key"], r["rankme"], r["alpha"]) for r in records]

@@ -11,14 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `fakehub` under any import mode
 
 from fakehub import build_tiny_model, make_fake_hub_model, tiny_config, tiny_tokenizer  # noqa: E402
-
 from geomtrace.cli import main  # noqa: E402
 from geomtrace.measure import MeasureConfig, measure_geometry  # noqa: E402
 from geomtrace.replay import (  # noqa: E402
@@ -37,8 +35,19 @@ OLMO = "allenai/OLMo-2-replay-fake"
 OLMO_REVS = ("stage1-step0-tokens0B", "stage1-step1000-tokens4B", "stage1-step2000-tokens8B")
 PROBES = ["--num-sequences", "24", "--max-tokens", "32"]
 QUIET = ["--no-progress", "--quiet"]
-FULL = ["replay", "--model", REPO, "--revisions", ",".join(REVS), "--layers", "all",
-        "--tokens-per-step", "1000", *PROBES, *QUIET]
+FULL = [
+    "replay",
+    "--model",
+    REPO,
+    "--revisions",
+    ",".join(REVS),
+    "--layers",
+    "all",
+    "--tokens-per-step",
+    "1000",
+    *PROBES,
+    *QUIET,
+]
 # Each load in the worker sleeps 1.5 s: after the first record appears, the remaining five
 # checkpoints leave several seconds for the signal to arrive, even on a loaded machine.
 WORKER = Path(__file__).parent / "workers" / "replay_kill.py"
@@ -114,8 +123,14 @@ def test_rerun_skips_done(full_run, capsys):
     before = (full_run / "results.jsonl").read_bytes()
     assert main([*FULL, "--output", str(full_run)]) == 0
     assert (full_run / "results.jsonl").read_bytes() == before
-    summary = run_replay(hub_checkpoints(REPO, list(REVS)), full_run, config=MeasureConfig(layers="all"),
-                         probe_options=ProbeOptions(num_sequences=24, max_tokens=32), progress=False, verbose=False)
+    summary = run_replay(
+        hub_checkpoints(REPO, list(REVS)),
+        full_run,
+        config=MeasureConfig(layers="all"),
+        probe_options=ProbeOptions(num_sequences=24, max_tokens=32),
+        progress=False,
+        verbose=False,
+    )
     assert summary.measured == [] and summary.skipped == list(REVS)
 
 
@@ -126,9 +141,13 @@ def test_rerun_with_other_options_refuses_and_keeps_the_output(hub, tmp_path, ca
     args = ["replay", "--model", REPO, "--output", str(out), *PROBES, *QUIET]
     assert main([*args, "--revisions", "step0"]) == 0
     before = {name: (out / name).read_bytes() for name in ("run.json", "results.jsonl")}
-    for change, named in [(["--num-sequences", "20"], "probe_fingerprint"), (["--max-components", "8"], "max_components"),
-                          (["--dtype", "bf16"], "dtype"), (["--autocast", "bf16"], "autocast"),
-                          (["--layers", "1"], "layers")]:
+    for change, named in [
+        (["--num-sequences", "20"], "probe_fingerprint"),
+        (["--max-components", "8"], "max_components"),
+        (["--dtype", "bf16"], "dtype"),
+        (["--autocast", "bf16"], "autocast"),
+        (["--layers", "1"], "layers"),
+    ]:
         capsys.readouterr()
         assert main([*args, "--revisions", "step0,step1", *change]) == 2, change
         err = capsys.readouterr().err
@@ -146,8 +165,23 @@ def test_batch_size_does_not_change_values(hub, tmp_path):
     results = {}
     for batch in ("1", "32"):
         out = tmp_path / batch
-        assert main([*FULL, "--revisions", "step2", "--batch-size", batch, "--fit-range", "2:16",
-                     "--output", str(out), "--no-tensorboard"]) == 0
+        assert (
+            main(
+                [
+                    *FULL,
+                    "--revisions",
+                    "step2",
+                    "--batch-size",
+                    batch,
+                    "--fit-range",
+                    "2:16",
+                    "--output",
+                    str(out),
+                    "--no-tensorboard",
+                ]
+            )
+            == 0
+        )
         results[batch] = values(out)
     assert all(math.isfinite(v[1]) for v in results["1"].values())
     assert_same(results["1"], results["32"], rel=1e-6)
@@ -159,8 +193,14 @@ def test_tensorboard_tags_at_checkpoint_steps(full_run):
     acc = EventAccumulator(str(full_run / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    expected = {"geometry/rankme", "geometry/alpha", "geometry/alpha_r2", "geometry/n_samples",
-                "geometry/layer0/rankme", "geometry/layer1/alpha"}
+    expected = {
+        "geometry/rankme",
+        "geometry/alpha",
+        "geometry/alpha_r2",
+        "geometry/n_samples",
+        "geometry/layer0/rankme",
+        "geometry/layer1/alpha",
+    }
     assert expected <= tags
     events = acc.Scalars("geometry/rankme")
     assert [e.step for e in events] == [0, 1, 2, 4, 8, 16]
@@ -221,12 +261,30 @@ def test_shards_together_give_the_full_set(full_run, tmp_path):
 
 def test_olmo2_stages_and_filters(hub, tmp_path):
     out = tmp_path / "olmo"
-    rc = main(["replay", "--model", OLMO, "--revisions", ",".join(OLMO_REVS), "--stage", "stage1",
-               "--log-spaced", "2", "--output", str(out), "--tensorboard-spectra", *PROBES, *QUIET])
+    rc = main(
+        [
+            "replay",
+            "--model",
+            OLMO,
+            "--revisions",
+            ",".join(OLMO_REVS),
+            "--stage",
+            "stage1",
+            "--log-spaced",
+            "2",
+            "--output",
+            str(out),
+            "--tensorboard-spectra",
+            *PROBES,
+            *QUIET,
+        ]
+    )
     assert rc == 0
     records = ResultsStore(out).records()
     assert [(r["step"], r["tokens"], r["stage"]) for r in records] == [
-        (0, 0, "stage1"), (2000, 8_000_000_000, "stage1")]
+        (0, 0, "stage1"),
+        (2000, 8_000_000_000, "stage1"),
+    ]
     assert all(r["dim"] == 64 and math.isfinite(r["rankme"]) for r in records)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -286,13 +344,27 @@ def test_lightning_ckpt_with_model_builder(local_dir, tmp_path, monkeypatch):
     ckpts = tmp_path / "lightning"
     ckpts.mkdir()
     for step in (5, 15):
-        torch.save({"state_dict": state, "hyper_parameters": hparams, "global_step": step},
-                   ckpts / f"epoch=0-step={step}.ckpt")
+        torch.save(
+            {"state_dict": state, "hyper_parameters": hparams, "global_step": step}, ckpts / f"epoch=0-step={step}.ckpt"
+        )
     (tmp_path / "mybuilder.py").write_text(BUILDER)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
-    rc = main(["replay", "--checkpoints", str(ckpts), "--model-builder", "mybuilder:build",
-               "--tokenizer", str(local_dir), "--output", str(out), *PROBES, *QUIET])
+    rc = main(
+        [
+            "replay",
+            "--checkpoints",
+            str(ckpts),
+            "--model-builder",
+            "mybuilder:build",
+            "--tokenizer",
+            str(local_dir),
+            "--output",
+            str(out),
+            *PROBES,
+            *QUIET,
+        ]
+    )
     assert rc == 0
     records = ResultsStore(out).records()
     assert [r["step"] for r in records] == [5, 15]
@@ -305,8 +377,14 @@ def test_lightning_ckpt_without_builder_is_recorded(local_dir, tmp_path):
     ckpts = tmp_path / "lightning"
     ckpts.mkdir()
     torch.save({"state_dict": {}}, ckpts / "epoch=0-step=1.ckpt")
-    summary = run_replay(local_checkpoints(ckpts), tmp_path / "out", tokenizer=str(local_dir),
-                         probe_options=ProbeOptions(num_sequences=8), progress=False, verbose=False)
+    summary = run_replay(
+        local_checkpoints(ckpts),
+        tmp_path / "out",
+        tokenizer=str(local_dir),
+        probe_options=ProbeOptions(num_sequences=8),
+        progress=False,
+        verbose=False,
+    )
     assert list(summary.failed) == ["epoch=0-step=1.ckpt"] and "model_builder" in summary.failed["epoch=0-step=1.ckpt"]
 
 
@@ -317,10 +395,23 @@ def test_torchrun_two_ranks_equal_single_process(hub, tmp_path):
     # given in test_batch_size_does_not_change_values.
     args = [*FULL, "--revisions", "step0,step4", "--fit-range", "2:16", "--no-tensorboard"]
     assert main([*args, "--output", str(tmp_path / "single")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "geomtrace.cli"]
-    proc = subprocess.run([*torchrun, *args, "--output", str(tmp_path / "ddp")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "geomtrace.cli",
+    ]
+    proc = subprocess.run(
+        [*torchrun, *args, "--output", str(tmp_path / "ddp")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same(values(tmp_path / "ddp"), values(tmp_path / "single"), rel=1e-6)
     assert len(ResultsStore(tmp_path / "ddp").records(dedupe=False)) == 6  # only rank 0 wrote
@@ -331,8 +422,20 @@ def test_torchrun_two_ranks_equal_single_process(hub, tmp_path):
 
 def test_missing_first_revision_is_a_failed_checkpoint(hub, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["replay", "--model", REPO, "--revisions", "step3,step0", "--output", str(out), *PROBES, *QUIET,
-               "--no-tensorboard"])
+    rc = main(
+        [
+            "replay",
+            "--model",
+            REPO,
+            "--revisions",
+            "step3,step0",
+            "--output",
+            str(out),
+            *PROBES,
+            *QUIET,
+            "--no-tensorboard",
+        ]
+    )
     assert rc == 1  # not "no tokenizer": the tokenizer comes from the next checkpoint
     assert ResultsStore(out).done_keys() == {"step0"}
     (failure,) = ResultsStore(out).failures()
@@ -340,8 +443,19 @@ def test_missing_first_revision_is_a_failed_checkpoint(hub, tmp_path, capsys):
 
 
 def test_nonexistent_model_is_a_load_error(tmp_path, capsys):
-    rc = main(["replay", "--model", "nobody/no-such-model", "--revisions", "step0", "--output", str(tmp_path / "o"),
-               *PROBES, *QUIET])
+    rc = main(
+        [
+            "replay",
+            "--model",
+            "nobody/no-such-model",
+            "--revisions",
+            "step0",
+            "--output",
+            str(tmp_path / "o"),
+            *PROBES,
+            *QUIET,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "could not load 'nobody/no-such-model' at revision 'step0'" in err and "no tokenizer" not in err
@@ -372,7 +486,8 @@ LIVE_CHAT = dict(chat_template=True, system_prompt="Be brief.", num_sequences=24
 def chat_run(tmp_path_factory):
     """A post-training-like run: checkpoints of a model with a chat template, measured "live"
     with chat probes in bf16 autocast, and its history JSON with the provenance record."""
-    from geomtrace.tiny import build_tiny_model as build, train_bpe_tokenizer
+    from geomtrace.tiny import build_tiny_model as build
+    from geomtrace.tiny import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("chat")
     tok = train_bpe_tokenizer()
@@ -395,8 +510,22 @@ def chat_run(tmp_path_factory):
 def test_like_replays_a_live_chat_run_exactly(chat_run, tmp_path, recwarn):
     root, history = chat_run
     out = tmp_path / "like"
-    assert main(["replay", "--checkpoints", str(root / "run"), "--like", str(root / "geometry.json"),
-                 "--output", str(out), *QUIET, "--no-tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--checkpoints",
+                str(root / "run"),
+                "--like",
+                str(root / "geometry.json"),
+                "--output",
+                str(out),
+                *QUIET,
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     records = ResultsStore(out).records()
     assert [r["rankme"] for r in records] == [row["geometry/rankme"] for row in history]  # identical
     assert all(math.isfinite(row["geometry/alpha"]) for row in history)
@@ -406,17 +535,53 @@ def test_like_replays_a_live_chat_run_exactly(chat_run, tmp_path, recwarn):
     assert not [w for w in recwarn if "differ" in str(w.message)]
     # The same with explicit options (issue 9 item 10: the CLI has the chat options).
     explicit = tmp_path / "explicit"
-    assert main(["replay", "--checkpoints", str(root / "run"), "--chat-template", "--system-prompt", "Be brief.",
-                 "--num-sequences", "24", "--max-tokens", "48", "--autocast", "bf16", "--output", str(explicit),
-                 *QUIET, "--no-tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--checkpoints",
+                str(root / "run"),
+                "--chat-template",
+                "--system-prompt",
+                "Be brief.",
+                "--num-sequences",
+                "24",
+                "--max-tokens",
+                "48",
+                "--autocast",
+                "bf16",
+                "--output",
+                str(explicit),
+                *QUIET,
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     assert values(explicit) == values(out)
     # A plain replay measures other probes in fp32: shown together, that is said.
     plain = tmp_path / "plain"
-    assert main(["replay", "--checkpoints", str(root / "run"), "--output", str(plain), *PROBES, *QUIET,
-                 "--no-tensorboard", "--tokens-per-step", "1000"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--checkpoints",
+                str(root / "run"),
+                "--output",
+                str(plain),
+                *PROBES,
+                *QUIET,
+                "--no-tensorboard",
+                "--tokens-per-step",
+                "1000",
+            ]
+        )
+        == 0
+    )
     with pytest.warns(UserWarning) as caught:
-        assert main(["plot", str(root / "geometry.json"), str(plain), "--x", "tokens",
-                     "-o", str(tmp_path / "p.png")]) == 0
+        assert (
+            main(["plot", str(root / "geometry.json"), str(plain), "--x", "tokens", "-o", str(tmp_path / "p.png")]) == 0
+        )
     said = " ".join(str(w.message) for w in caught)
     assert "different probe sets" in said and "different precisions" in said
 
@@ -424,8 +589,24 @@ def test_like_replays_a_live_chat_run_exactly(chat_run, tmp_path, recwarn):
 def test_like_warns_when_the_probes_cannot_match(chat_run, tmp_path):
     root, _ = chat_run
     with pytest.warns(UserWarning, match="differs from the reference run"):
-        assert main(["replay", "--checkpoints", str(root / "run"), "--like", str(root / "geometry.json"),
-                     "--num-sequences", "20", "--output", str(tmp_path / "o"), *QUIET, "--no-tensorboard"]) == 0
+        assert (
+            main(
+                [
+                    "replay",
+                    "--checkpoints",
+                    str(root / "run"),
+                    "--like",
+                    str(root / "geometry.json"),
+                    "--num-sequences",
+                    "20",
+                    "--output",
+                    str(tmp_path / "o"),
+                    *QUIET,
+                    "--no-tensorboard",
+                ]
+            )
+            == 0
+        )
 
 
 def test_peft_adapter_run_replays_from_the_cli(tmp_path):
@@ -438,8 +619,21 @@ def test_peft_adapter_run_replays_from_the_cli(tmp_path):
     model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query_key_value"]))
     model.save_pretrained(tmp_path / "run" / "checkpoint-5")
     out = tmp_path / "out"
-    assert main(["replay", "--checkpoints", str(tmp_path / "run"), "--output", str(out), *PROBES, *QUIET,
-                 "--no-tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--checkpoints",
+                str(tmp_path / "run"),
+                "--output",
+                str(out),
+                *PROBES,
+                *QUIET,
+                "--no-tensorboard",
+            ]
+        )
+        == 0
+    )
     (record,) = ResultsStore(out).records()
     assert record["kind"] == "peft_adapter" and record["step"] == 5
     direct = measure_geometry(model, build_probes(tiny_tokenizer(), ProbeOptions(num_sequences=24, max_tokens=32)))

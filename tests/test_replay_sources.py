@@ -15,7 +15,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `fakehub` under any import mode
 
 from fakehub import build_tiny_model, make_fake_hub_model, tiny_config, tiny_tokenizer  # noqa: E402
-
 from geomtrace.replay.sources import (  # noqa: E402
     PYTHIA_PAPER_SUBSET,
     PYTHIA_REVISIONS,
@@ -393,14 +392,17 @@ def test_peft_adapter_checkpoints_load_on_their_base(adapter_run):
     from geomtrace.probes import load_probes
 
     found = local_checkpoints(adapter_run / "run")
-    assert [(c.kind, c.step, c.key) for c in found] == [("peft_adapter", 10, "checkpoint-10"),
-                                                        ("peft_adapter", 20, "checkpoint-20")]
+    assert [(c.kind, c.step, c.key) for c in found] == [
+        ("peft_adapter", 10, "checkpoint-10"),
+        ("peft_adapter", 20, "checkpoint-20"),
+    ]
     model, tok = load_checkpoint_model(found[1])
     assert type(model).__name__ == "PeftModel" and not model.training
     assert tok is not None  # from the base model: the run saved none
     probes = load_probes(tok, num_sequences=16, max_tokens=32)
-    base, _ = load_checkpoint_model(Checkpoint(None, None, str(adapter_run / "base"), str(adapter_run), None, None,
-                                               "hf_folder"))
+    base, _ = load_checkpoint_model(
+        Checkpoint(None, None, str(adapter_run / "base"), str(adapter_run), None, None, "hf_folder")
+    )
     adapted = measure_geometry(model, probes).last
     plain = measure_geometry(base, probes).last
     assert adapted.rankme != plain.rankme  # the adapter is active in the measured forward
@@ -427,8 +429,12 @@ def build_from_hparams(hparams: dict):
 def test_lightning_cli_hyperparameters_and_module_tokenizer(tmp_path):
     module = _TokenizedLM()
     path = tmp_path / "epoch=0-step=3.ckpt"
-    hparams = {"hidden_size": 64, "lr": 1e-3, "_instantiator": "lightning.pytorch.cli.instantiate_module",
-               "_class_path": "mypackage.MyModule"}  # what LightningCLI's save_hyperparameters stores
+    hparams = {
+        "hidden_size": 64,
+        "lr": 1e-3,
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        "_class_path": "mypackage.MyModule",
+    }  # what LightningCLI's save_hyperparameters stores
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
     (ck,) = local_checkpoints(path)
     model, tok = load_checkpoint_model(ck, model_builder=build_from_hparams)
@@ -451,8 +457,14 @@ def test_lightning_module_class_as_builder(tmp_path):
         for p in saved.parameters():
             p.add_(0.01)
     path = tmp_path / "step=1.ckpt"
-    torch.save({"state_dict": saved.state_dict(), "hyper_parameters": dict(saved.hparams),
-                "pytorch-lightning_version": L.__version__}, path)
+    torch.save(
+        {
+            "state_dict": saved.state_dict(),
+            "hyper_parameters": dict(saved.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        path,
+    )
     model, tok = load_checkpoint_model(local_checkpoints(path)[0], model_builder=Module)
     ref = saved.model.state_dict()
     assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref) and tok is not None

@@ -26,10 +26,22 @@ from geomtrace.replay.store import (
 def _unit(key: str, step: int | None, layers=(0, 1), **extra) -> list[dict]:
     return [
         {
-            "key": key, "step": step, "revision": key, "tokens": None, "stage": None, "layer": layer,
-            "rankme": 10.0 + layer + (step or 0) / 1000, "alpha": 0.5 + layer, "r2": 0.99,
-            "n_samples": 256, "dim": 64, "model": "org/tiny", "probe": "default", "probe_fingerprint": "fp1",
-            "seconds": 0.1, **extra,
+            "key": key,
+            "step": step,
+            "revision": key,
+            "tokens": None,
+            "stage": None,
+            "layer": layer,
+            "rankme": 10.0 + layer + (step or 0) / 1000,
+            "alpha": 0.5 + layer,
+            "r2": 0.99,
+            "n_samples": 256,
+            "dim": 64,
+            "model": "org/tiny",
+            "probe": "default",
+            "probe_fingerprint": "fp1",
+            "seconds": 0.1,
+            **extra,
         }
         for layer in layers
     ]
@@ -106,8 +118,9 @@ def test_failures_are_not_done(tmp_path):
 def test_nan_round_trip_strict_json(tmp_path):
     store = ResultsStore(tmp_path)
     rec = _unit("step0", 0, layers=(0,))
-    rec[0].update(alpha=float("nan"), r2=np.float32("nan"), rankme=np.float64(3.5), dim=np.int64(64),
-                  extra_inf=float("inf"))
+    rec[0].update(
+        alpha=float("nan"), r2=np.float32("nan"), rankme=np.float64(3.5), dim=np.int64(64), extra_inf=float("inf")
+    )
     store.append(rec)
     raw = store.records_path.read_text()
 
@@ -181,15 +194,23 @@ def test_seed_npy_round_trip(tmp_path):
 def test_seed_npy_paper_style_file(tmp_path):
     # a file as written by the paper's scripts (no 'checkpoint', extra fields, no rankme)
     p = tmp_path / "paper.npy"
-    np.save(p, {8: {"alpha": 0.7, "r2": 0.9, "eigenspectrum": np.arange(5.0)[::-1], "r2_100": 0.8, "ypred": np.ones(3)},
-                0: {"alpha": 0.5, "r2": 0.95, "eigenspectrum": np.arange(4.0)}}, allow_pickle=True)
+    np.save(
+        p,
+        {
+            8: {"alpha": 0.7, "r2": 0.9, "eigenspectrum": np.arange(5.0)[::-1], "r2_100": 0.8, "ypred": np.ones(3)},
+            0: {"alpha": 0.5, "r2": 0.95, "eigenspectrum": np.arange(4.0)},
+        },
+        allow_pickle=True,
+    )
     back = import_seed_npy(p)
     assert [r["step"] for r in back] == [0, 8]
     assert math.isnan(back[0]["rankme"]) and back[1]["r2_100"] == 0.8 and "ypred" not in back[1]
 
 
 def test_seed_npy_repeated_steps_use_keys(tmp_path):
-    recs = _unit("stage1-step1000-tokens5B", 1000, layers=(0,)) + _unit("stage2-ingredient1-step1000-tokens5B", 1000, layers=(0,))
+    recs = _unit("stage1-step1000-tokens5B", 1000, layers=(0,)) + _unit(
+        "stage2-ingredient1-step1000-tokens5B", 1000, layers=(0,)
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         export_seed_npy(recs, tmp_path / "o.npy", spectra=False)

@@ -94,7 +94,12 @@ def test_configs_have_expected_shapes():
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (128, 6, 4, 512)
     assert cfg.rope_parameters["partial_rotary_factor"] == 0.25
     small = tiny_pythia_config(500, hidden_size=32, num_layers=3, max_position_embeddings=64, layer_norm_eps=1e-6)
-    assert (small.vocab_size, small.hidden_size, small.num_hidden_layers, small.max_position_embeddings) == (500, 32, 3, 64)
+    assert (small.vocab_size, small.hidden_size, small.num_hidden_layers, small.max_position_embeddings) == (
+        500,
+        32,
+        3,
+        64,
+    )
     assert small.layer_norm_eps == 1e-6 and small.use_parallel_residual
     olmo = tiny_olmo2_config(500)
     assert type(olmo).__name__ == "Olmo2Config"

@@ -71,7 +71,9 @@ def test_measure_records_history_phase_and_state(tokenizer):
 
 def test_a_rewound_run_replaces_its_future_records(tokenizer):
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer)
-    tracker = GeometryTracker(every_n_steps=1, probe_options=ProbeOptions(num_sequences=24))  # N - 1 >= 16: alpha defined
+    tracker = GeometryTracker(
+        every_n_steps=1, probe_options=ProbeOptions(num_sequences=24)
+    )  # N - 1 >= 16: alpha defined
     tracker.prepare(tokenizer)
     for step in (0, 10, 20, 30):
         tracker.measure(model, step)
@@ -88,7 +90,7 @@ def test_failure_warns_and_strict_raises(tokenizer):
     with pytest.warns(GeometryWarning, match="failed and was skipped"):
         assert tracker.measure(broken, 3) is None
     assert tracker.history == []
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="no Hugging Face PreTrainedModel"):
         GeometryTracker(probes=probes, strict=True).measure(broken, 3)
 
 
@@ -97,15 +99,30 @@ def test_summary_without_history():
 
 
 # ------------------------------------------------------------------ synthetic measurements
-def fake_result(rankme: float, alpha: float, *, layers=(2,), num_layers: int = 2, precision: str = "fp32",
-                fingerprint: str = "f" * 16, config: MeasureConfig | None = None) -> GeometryResult:
+def fake_result(
+    rankme: float,
+    alpha: float,
+    *,
+    layers=(2,),
+    num_layers: int = 2,
+    precision: str = "fp32",
+    fingerprint: str = "f" * 16,
+    config: MeasureConfig | None = None,
+) -> GeometryResult:
     """A GeometryResult as measure_geometry would return it, with chosen values (no model)."""
     geometry = {
         layer: LayerGeometry(layer=layer, rankme=rankme, alpha=alpha, r2=0.9, n_samples=64, dim=32) for layer in layers
     }
-    return GeometryResult(layers=geometry, num_layers=num_layers, probe_description="test probes",
-                          probe_fingerprint=fingerprint, n_probes=64, seconds=0.0,
-                          config=config or MeasureConfig(), precision=precision)
+    return GeometryResult(
+        layers=geometry,
+        num_layers=num_layers,
+        probe_description="test probes",
+        probe_fingerprint=fingerprint,
+        n_probes=64,
+        seconds=0.0,
+        config=config or MeasureConfig(),
+        precision=precision,
+    )
 
 
 class Owner:

@@ -90,7 +90,11 @@ def all_reduce_state(state: Any, group: Any = None) -> None:
         fold(state)
     dist = torch.distributed
     n, shift, total, second = all_reduce_moments(
-        state.n_samples.clone(), state.shift.clone(), state.feature_sum.clone(), state.second_moment.clone(), group=group
+        state.n_samples.clone(),
+        state.shift.clone(),
+        state.feature_sum.clone(),
+        state.second_moment.clone(),
+        group=group,
     )
     dropped, roundoff = state.n_dropped.clone(), state.input_roundoff.clone()
     dist.all_reduce(dropped, op=dist.ReduceOp.SUM, group=group)

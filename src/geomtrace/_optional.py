@@ -30,6 +30,4 @@ def require(module: str, purpose: str = "") -> ModuleType:
         top = module.split(".")[0]
         extra = _EXTRA_FOR.get(top, "all")
         why = f" for {purpose}" if purpose else ""
-        raise ImportError(
-            f"geomtrace needs `{top}`{why}. Install it with: pip install \"geomtrace[{extra}]\""
-        ) from err
+        raise ImportError(f'geomtrace needs `{top}`{why}. Install it with: pip install "geomtrace[{extra}]"') from err

@@ -19,11 +19,22 @@ import inspect
 import os
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Literal, Union
 
-__all__ = ["build_parser", "export", "main", "measure_config", "parse_args", "phases", "plot", "probe_options",
-           "replay", "replay_checkpoints"]
+__all__ = [
+    "build_parser",
+    "export",
+    "main",
+    "measure_config",
+    "parse_args",
+    "phases",
+    "plot",
+    "probe_options",
+    "replay",
+    "replay_checkpoints",
+]
 
 _ENV_PREFIX = "GEOMTRACE"
 
@@ -36,6 +47,7 @@ class UsageError(Exception):
 #
 # Each function's signature is its subcommand's options; its docstring's Args are their help.
 # Options default to None ("not given") where --like or a derived default may fill them.
+
 
 def replay(
     model: str | None = None,
@@ -251,19 +263,61 @@ _SHORT = {"output": "-o", "quiet": "-q"}
 #: Help sections of the replay options (the others list theirs in signature order).
 _GROUPS = {
     "replay": {
-        "checkpoints": ("model", "checkpoints", "revisions", "revisions_file", "step_range", "log_spaced", "stage",
-                        "shard", "dry_run"),
-        "measurement": ("layers", "tokens", "batch_size", "max_components", "fit_range", "spectrum", "autocast",
-                        "skip_first_token", "like"),
-        "probes (fixed for the whole replay)": ("probe_file", "probe_dataset", "probe_config", "probe_split",
-                                                "probe_column", "num_sequences", "min_tokens", "max_tokens", "seed",
-                                                "chat_template", "system_prompt", "tokenizer"),
-        "loading": ("dtype", "device", "device_map", "trust_remote_code", "model_builder", "base_model",
-                    "no_prefetch"),
-        "output": ("output", "tokens_per_step", "tensorboard", "no_tensorboard", "tensorboard_spectra",
-                   "no_progress", "quiet"),
+        "checkpoints": (
+            "model",
+            "checkpoints",
+            "revisions",
+            "revisions_file",
+            "step_range",
+            "log_spaced",
+            "stage",
+            "shard",
+            "dry_run",
+        ),
+        "measurement": (
+            "layers",
+            "tokens",
+            "batch_size",
+            "max_components",
+            "fit_range",
+            "spectrum",
+            "autocast",
+            "skip_first_token",
+            "like",
+        ),
+        "probes (fixed for the whole replay)": (
+            "probe_file",
+            "probe_dataset",
+            "probe_config",
+            "probe_split",
+            "probe_column",
+            "num_sequences",
+            "min_tokens",
+            "max_tokens",
+            "seed",
+            "chat_template",
+            "system_prompt",
+            "tokenizer",
+        ),
+        "loading": ("dtype", "device", "device_map", "trust_remote_code", "model_builder", "base_model", "no_prefetch"),
+        "output": (
+            "output",
+            "tokens_per_step",
+            "tensorboard",
+            "no_tensorboard",
+            "tensorboard_spectra",
+            "no_progress",
+            "quiet",
+        ),
         "memorization (model vs ∞-gram answer likelihood, per checkpoint)": (
-            "qa", "qa_limit", "index", "infini_gram_api", "index_tokenizer", "zero_probability", "memorization_name"),
+            "qa",
+            "qa_limit",
+            "index",
+            "infini_gram_api",
+            "index_tokenizer",
+            "zero_probability",
+            "memorization_name",
+        ),
     },
 }
 
@@ -302,11 +356,19 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
         target = parser if title is None else sections.setdefault(title, parser.add_argument_group(title))
         kind, default, help_text = hints[name], param.default, helps.get(name, "")
         if name in _POSITIONAL:
-            target.add_argument(name, nargs=_POSITIONAL[name], type=str, help=help_text,
-                                **({"default": None} if _POSITIONAL[name] == "?" else {}))
+            target.add_argument(
+                name,
+                nargs=_POSITIONAL[name],
+                type=str,
+                help=help_text,
+                **({"default": None} if _POSITIONAL[name] == "?" else {}),
+            )
             continue
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else []) + (
-            [_SHORT[name]] if name in _SHORT else [])
+        flags = (
+            [f"--{name.replace('_', '-')}"]
+            + ([f"--{name}"] if "_" in name else [])
+            + ([_SHORT[name]] if name in _SHORT else [])
+        )
         if kind is bool:  # a flag, as before: --dry-run (true/false in a config file or the environment)
             target.add_argument(*flags, dest=name, action="store_true", default=default, help=help_text)
         else:
@@ -402,7 +464,8 @@ def like_settings(args: argparse.Namespace) -> Any:
     """The :class:`~geomtrace.replay.provenance.LikeSettings` of ``--like RUN``, or None."""
     if not getattr(args, "like", None):
         return None
-    from geomtrace.replay.provenance import like_settings as settings, read_provenance
+    from geomtrace.replay.provenance import like_settings as settings
+    from geomtrace.replay.provenance import read_provenance
 
     return settings(read_provenance(args.like))
 
@@ -463,8 +526,11 @@ def probe_options(args: argparse.Namespace, like: Any = None) -> Any:
     try:
         options.validate()
     except ValueError as err:  # name the command-line options
-        message = str(err).replace("num_sequences", "--num-sequences").replace("chat_template (--chat-template)",
-                                                                                "--chat-template")
+        message = (
+            str(err)
+            .replace("num_sequences", "--num-sequences")
+            .replace("chat_template (--chat-template)", "--chat-template")
+        )
         raise UsageError(message.replace("min_tokens", "--min-tokens").replace("max_tokens", "--max-tokens")) from err
     return options
 
@@ -598,21 +664,34 @@ def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False
     memorization_only = (args.qa_limit, args.index_tokenizer, args.zero_probability, args.memorization_name)
     if args.qa is None:
         if source or any(v is not None for v in memorization_only):
-            raise UsageError("the memorization options need --qa (a .jsonl of question/answer pairs or of token-id pairs, "
-                             "or trivia_qa)")
+            raise UsageError(
+                "the memorization options need --qa (a .jsonl of question/answer pairs or of token-id pairs, "
+                "or trivia_qa)"
+            )
         return None
     if bool(args.index) == bool(args.infini_gram_api):
-        raise UsageError("--qa needs exactly one of --index DIR (an infini-gram index of the training corpus) or "
-                         "--infini-gram-api NAME (the public API)")
-    from geomtrace.memorization import IndexNotReadyError, InfiniGramAPI, MemorizationProbe, NgramIndex, QALoadError, QASet
+        raise UsageError(
+            "--qa needs exactly one of --index DIR (an infini-gram index of the training corpus) or "
+            "--infini-gram-api NAME (the public API)"
+        )
+    from geomtrace.memorization import (
+        IndexNotReadyError,
+        InfiniGramAPI,
+        MemorizationProbe,
+        NgramIndex,
+        QALoadError,
+        QASet,
+    )
 
     try:
         if args.qa == "trivia_qa":
             qa = QASet.trivia_qa(limit=args.qa_limit)
         else:
             if not Path(args.qa).is_file():
-                raise UsageError(f"--qa {args.qa}: no such file (a .jsonl of question/answer pairs or of token-id pairs, "
-                                 "or trivia_qa)")
+                raise UsageError(
+                    f"--qa {args.qa}: no such file (a .jsonl of question/answer pairs or of token-id pairs, "
+                    "or trivia_qa)"
+                )
             qa = QASet.from_jsonl(args.qa)
             if args.qa_limit is not None:
                 qa = QASet(qa.pairs[: args.qa_limit], f"{qa.description} limit={args.qa_limit}")
@@ -624,9 +703,15 @@ def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False
         from geomtrace.replay.runner import _load_tokenizer
 
         index_tokenizer = _load_tokenizer(args.index_tokenizer, trust_remote_code=trust_remote_code)
-    return MemorizationProbe(qa, index, name=args.memorization_name, index_tokenizer=index_tokenizer,
-                             zero_probability=args.zero_probability or "unscorable",
-                             batch_size=args.batch_size or 32, autocast=args.autocast or "auto")
+    return MemorizationProbe(
+        qa,
+        index,
+        name=args.memorization_name,
+        index_tokenizer=index_tokenizer,
+        zero_probability=args.zero_probability or "unscorable",
+        batch_size=args.batch_size or 32,
+        autocast=args.autocast or "auto",
+    )
 
 
 def _run_paths(args: argparse.Namespace, many: bool) -> list[str]:
@@ -647,16 +732,24 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--labels has {len(labels)} names for {len(paths)} runs")
     if len(set(labels)) != len(labels):
         raise UsageError(f"two runs share a label ({', '.join(labels)}): give distinct --labels")
-    runs = {label: load_trajectory(p, layer=args.layer, stage=args.stage, label=label)
-            for label, p in zip(labels, paths)}
+    runs = {
+        label: load_trajectory(p, layer=args.layer, stage=args.stage, label=label) for label, p in zip(labels, paths)
+    }
     check_comparable(runs)
     phases = None
     if args.phases:
         phases = _detect(next(iter(runs.values())), allow_warmup=True)
     keys = _memorization_keys(args.memorization)
     lines = _memorization_lines(dict(zip(labels, paths)), keys)
-    fig = trajectory_figure(runs, x=args.x or "step", phases=phases, log_x=not args.linear_x, title=args.title,
-                            memorization=lines or None, memorization_keys=keys)
+    fig = trajectory_figure(
+        runs,
+        x=args.x or "step",
+        phases=phases,
+        log_x=not args.linear_x,
+        title=args.title,
+        memorization=lines or None,
+        memorization_keys=keys,
+    )
     first = Path(paths[0])
     out = args.output or str((first if first.is_dir() else Path.cwd()) / "trajectory.png")
     print(save_figure(fig, out))
@@ -672,7 +765,9 @@ def _memorization_keys(value: Any) -> list[str]:
         return []
     unknown = [k for k in keys if k not in _MEMORIZATION_PANEL_KEYS]
     if unknown:
-        raise UsageError(f"--memorization {','.join(unknown)}: choose from {', '.join(_MEMORIZATION_PANEL_KEYS)} or none")
+        raise UsageError(
+            f"--memorization {','.join(unknown)}: choose from {', '.join(_MEMORIZATION_PANEL_KEYS)} or none"
+        )
     return keys
 
 

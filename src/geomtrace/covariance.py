@@ -29,8 +29,9 @@ metric states, :class:`CovarianceAccumulator` as plain tensors. Both run the fun
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -347,7 +348,9 @@ def merge_states(state: Any, incoming: Mapping[str, Tensor], fold_every: int = F
     """
     missing = [name for name in ("n_samples", "feature_sum", "second_moment", "n_dropped") if name not in incoming]
     if missing:
-        raise ValueError(f"cannot merge: the incoming state lacks {missing}; pass a metric of the same class or its state.")
+        raise ValueError(
+            f"cannot merge: the incoming state lacks {missing}; pass a metric of the same class or its state."
+        )
     dropped = incoming["n_dropped"].to(state.n_dropped.device)
     roundoff = incoming.get("input_roundoff")
     if roundoff is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ __all__ = [
     "unwrap_model",
 ]
 
-LayerSelection = Union[str, int, Sequence[int]]
+LayerSelection = str | int | Sequence[int]
 TokenSelection = Literal["last", "mean", "all"]
 
 _TOKEN_MODES = ("last", "mean", "all")
@@ -373,9 +373,7 @@ def extract_features(
                     handles.append(blocks[i - 1].register_forward_hook(keep(i)))
         if n_layers in layers:
             handles.append(
-                base.register_forward_hook(
-                    lambda _m, _a, out: captured.__setitem__(n_layers, _last_hidden_state(out))
-                )
+                base.register_forward_hook(lambda _m, _a, out: captured.__setitem__(n_layers, _last_hidden_state(out)))
             )
         _runner(model, lm)(
             input_ids=input_ids,
@@ -390,6 +388,4 @@ def extract_features(
     missing = [i for i in layers if i not in captured]
     if missing:
         raise RuntimeError(f"hidden states of layers {missing} were not produced by {type(lm).__name__}'s forward")
-    return {
-        i: select_tokens(captured[i], attention_mask, spec.tokens, spec.skip_first_token) for i in layers
-    }
+    return {i: select_tokens(captured[i], attention_mask, spec.tokens, spec.skip_first_token) for i in layers}

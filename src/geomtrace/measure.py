@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal, Mapping, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -369,9 +370,7 @@ def measure_geometry(
     # compute_summary() / compute() sum the states over ranks, metric by metric in the same
     # order on every rank; a metric that failed on any rank is skipped on all of them.
     failed = _failed_on_any_rank(failed, layers, list(extras), world_size, device)
-    results = {
-        layer: _layer_geometry(layer, collections[layer][_GEOMETRY].compute_summary()) for layer in layers
-    }
+    results = {layer: _layer_geometry(layer, collections[layer][_GEOMETRY].compute_summary()) for layer in layers}
     for layer in layers:
         for name in extras:
             _add_extra(results[layer], name, collections[layer][name], (layer, name) in failed)
@@ -539,7 +538,9 @@ def _add_extra(target: LayerGeometry, name: str, metric: Metric, failed: bool) -
     try:
         scalars, arrays = _flatten_value(name, metric.compute())
     except Exception as err:  # noqa: BLE001 - a user's metric must not cost the geometry
-        warn(f"extra metric {name!r} failed to compute on layer {target.layer} ({type(err).__name__}: {err}); it is NaN.")
+        warn(
+            f"extra metric {name!r} failed to compute on layer {target.layer} ({type(err).__name__}: {err}); it is NaN."
+        )
         target.extras[name] = math.nan
         return
     target.extras.update(scalars)

@@ -27,7 +27,8 @@ torchmetrics semantics, as they apply here:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -77,7 +78,9 @@ class CovarianceSpectrum(NamedTuple):
     problem: tuple[str, str] | None
 
 
-def covariance_spectrum(moments: Moments, max_components: int | None = None, who: str = "geometry") -> CovarianceSpectrum:
+def covariance_spectrum(
+    moments: Moments, max_components: int | None = None, who: str = "geometry"
+) -> CovarianceSpectrum:
     """Eigenvalues of the covariance of ``moments``, with the degenerate-input rules applied.
 
     * fewer than 2 samples: undefined (``"few"``);
@@ -554,4 +557,3 @@ class EigenSpectrum(_CovarianceMetric):
                 values = torch.full((moments.dim,), math.nan, dtype=torch.float64, device=self.second_moment.device)
             return self._out(values)
         return self._out(self._eigenvalues_or_nan(moments, self._covariance_spectrum(moments)))
-

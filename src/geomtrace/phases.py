@@ -115,9 +115,7 @@ def _as_1d(name: str, values: Any) -> np.ndarray:
     return arr
 
 
-def _prepare(
-    steps: Any, rankme: Any, alpha: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+def _prepare(steps: Any, rankme: Any, alpha: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Validate, drop non-finite points; return (steps, rankme, alpha, kept input indices)."""
     s = _as_1d("steps", steps)
     r = _as_1d("rankme", rankme)
@@ -371,6 +369,7 @@ def _hinge_sses(axis: np.ndarray, y: np.ndarray, lo: int, hi: int, cands: np.nda
     xs, ys = axis[lo : hi + 1], y[lo : hi + 1]
     xc, yc = xs - xs.mean(), ys - ys.mean()  # centred: the sums below stay well-conditioned
     n = len(xs)
+
     # Suffix sums over i > j of 1, x, x^2, y, x*y (axis values are increasing).
     def suffix(v: np.ndarray) -> np.ndarray:
         return np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]])
@@ -504,8 +503,11 @@ def detect_phases(
         min_points,
         outlier_threshold,
     )
-    for name, value in (("flat_rankme_change", flat_rankme_change), ("min_rankme_change", min_rankme_change),
-                        ("min_alpha_change", min_alpha_change)):
+    for name, value in (
+        ("flat_rankme_change", flat_rankme_change),
+        ("min_rankme_change", min_rankme_change),
+        ("min_alpha_change", min_alpha_change),
+    ):
         if not value >= 0:  # also rejects NaN
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     s, r, a, idx = _prepare(steps, rankme, alpha)
@@ -548,7 +550,16 @@ def detect_phases(
     # until nothing changes.
     runs = _runs(labels)
     ctx = _Ctx(
-        x, y, a, sig_y, sig_a, w, enter_threshold, exit_threshold, min_segment_length, flat_rankme_change,
+        x,
+        y,
+        a,
+        sig_y,
+        sig_a,
+        w,
+        enter_threshold,
+        exit_threshold,
+        min_segment_length,
+        flat_rankme_change,
         (math.log1p(min_rankme_change), min_alpha_change),
     )
     labs, knots = ctx.tidy([rr[0] for rr in runs], [rr[1] for rr in runs[1:]])
@@ -562,7 +573,7 @@ def detect_phases(
     merged = [[labs[k], bounds[k], bounds[k + 1]] for k in range(len(labs))]
 
     out = []
-    for k, (lab, i0, i1) in enumerate(merged):
+    for lab, i0, i1 in merged:
         xs, ys = x[i0 : i1 + 1], y[i0 : i1 + 1]
         dy, t_y = _seg_fit(xs, ys, sig_y)
         da, t_a = (None, 0.0)
@@ -608,9 +619,7 @@ _NOISY_SIGMA = 0.1
 def _warn_if_noisy(segments: list[PhaseSegment], sigma: float) -> None:
     """Warn when the trajectory is mostly noise or keeps reversing: phases then mislead."""
     trends = [seg for seg in segments if seg.name != "stable"]
-    reversals = sum(
-        (a.rankme_change > 0) != (b.rankme_change > 0) for a, b in zip(trends, trends[1:])
-    )
+    reversals = sum((a.rankme_change > 0) != (b.rankme_change > 0) for a, b in zip(trends, trends[1:]))
     if sigma > _NOISY_SIGMA:
         warn(
             f"RankMe scatters by about {100 * sigma:.0f}% between neighbouring measurements: only "
@@ -851,7 +860,7 @@ class _Ctx:
             labs, bounds = new_labs, [*new_bounds, bounds[-1]]
             m = len(labs)
 
-            def length(k: int) -> int:
+            def length(k: int, bounds: list[int] = bounds) -> int:
                 return bounds[k + 1] - bounds[k] + 1
 
             # A flat gap between opposite trends no wider than the window is the turning

@@ -27,8 +27,14 @@ import numpy as np
 from geomtrace._optional import require
 from geomtrace.trajectory import trajectory_from_rows
 
-__all__ = ["PHASE_COLORS", "eigenspectrum_figure", "memorization_series", "phase_spectrum_figure", "save_figure",
-           "trajectory_figure"]
+__all__ = [
+    "PHASE_COLORS",
+    "eigenspectrum_figure",
+    "memorization_series",
+    "phase_spectrum_figure",
+    "save_figure",
+    "trajectory_figure",
+]
 
 #: Shading colour of each phase (see :mod:`geomtrace.phases`).
 PHASE_COLORS = {
@@ -178,8 +184,9 @@ def trajectory_figure(
     if not runs:
         raise ValueError("trajectory_figure needs at least one run")
     keys = list(memorization_keys) if memorization else []
-    fig, axes = plt.subplots(2 + len(keys), 1, sharex=True, figsize=(7.0, 6.0 + 2.2 * len(keys)),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        2 + len(keys), 1, sharex=True, figsize=(7.0, 6.0 + 2.2 * len(keys)), constrained_layout=True, squeeze=False
+    )
     axes = list(axes[:, 0])
     ax_r, ax_a = axes[0], axes[1]
     xs, first = [], None

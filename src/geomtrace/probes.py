@@ -142,9 +142,9 @@ def load_probes(
         tokenizer: an HF tokenizer (the model's own).
         source: ``None`` (the embedded corpus, :func:`geomtrace.tiny.embedded_corpus`), a list
             of strings, a local ``.txt`` (one text per line), ``.jsonl`` (one object per line,
-            field ``text_column``) or ``.json`` (a list of texts or of such objects) path, a ``datasets.Dataset`` / ``IterableDataset`` /
-            ``DatasetDict``, or a hub dataset name such as ``"wikitext"`` (with
-            ``config_name``, ``split``; streamed online, read from the local cache offline).
+            field ``text_column``) or ``.json`` (a list of texts or of such objects) path, a
+            ``datasets.Dataset`` / ``IterableDataset`` / ``DatasetDict``, or a hub dataset name such
+            as ``"wikitext"`` (with ``config_name``, ``split``; streamed online, read from the local cache offline).
         num_sequences: how many sequences to keep (all available, with a warning, if fewer).
         min_tokens: keep sequences with at least this many tokens (11: "more than 10").
         max_tokens: truncate longer sequences to this many tokens.
@@ -174,8 +174,13 @@ def load_probes(
     if system_prompt is not None and not chat_template:
         raise ValueError("system_prompt is only used with chat_template=True")
 
-    texts, label = _read_texts(source, text_column=text_column, split=split, config_name=config_name,
-                               stream_limit=max(_MIN_STREAM_TEXTS, _STREAM_TEXTS_PER_PROBE * num_sequences))
+    texts, label = _read_texts(
+        source,
+        text_column=text_column,
+        split=split,
+        config_name=config_name,
+        stream_limit=max(_MIN_STREAM_TEXTS, _STREAM_TEXTS_PER_PROBE * num_sequences),
+    )
     order = np.random.default_rng(seed).permutation(len(texts))
     encode = _encoder(tokenizer, max_tokens, chat_template, system_prompt)
 
@@ -272,8 +277,9 @@ def _encoder(tokenizer: Any, max_tokens: int, chat_template: bool, system_prompt
     return chat
 
 
-def _read_texts(source: Any, *, text_column: str, split: str, config_name: str | None,
-                stream_limit: int) -> tuple[list[str], str]:
+def _read_texts(
+    source: Any, *, text_column: str, split: str, config_name: str | None, stream_limit: int
+) -> tuple[list[str], str]:
     """The candidate texts of a probe source and a short label describing it."""
     if source is None:
         from geomtrace.tiny import embedded_corpus
@@ -290,8 +296,7 @@ def _read_texts(source: Any, *, text_column: str, split: str, config_name: str |
             return _read_file(path, text_column), f"file:{path.name}"
         if not isinstance(source, str) or _looks_like_path(source):
             raise FileNotFoundError(_missing_file_message(path))
-        return _read_hub(source, text_column=text_column, split=split, config_name=config_name,
-                         limit=stream_limit)
+        return _read_hub(source, text_column=text_column, split=split, config_name=config_name, limit=stream_limit)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
         return _clean(source), "texts"
     if _is_hf_dataset(source):
@@ -360,8 +365,7 @@ def _text_field(record: Any, where: str, text_column: str) -> str | None:
         return record  # a bare JSON string is a text
     if not isinstance(record, dict):
         raise ProbeFileError(
-            f"{where}: a JSON {type(record).__name__} where an object such as "
-            f'{{"{text_column}": "..."}} is expected'
+            f'{where}: a JSON {type(record).__name__} where an object such as {{"{text_column}": "..."}} is expected'
         )
     if text_column not in record:
         raise ProbeFileError(
@@ -433,7 +437,9 @@ def _read_dataset(dataset: Any, *, text_column: str, split: str, limit: int) -> 
     texts = []  # IterableDataset: read a bounded prefix of the stream
     for record in dataset:
         if text_column not in record:
-            raise _ColumnError(f"the dataset has no field {text_column!r} (fields: {sorted(record)}); pass text_column=")
+            raise _ColumnError(
+                f"the dataset has no field {text_column!r} (fields: {sorted(record)}); pass text_column="
+            )
         texts.append(record[text_column])
         if len(texts) >= limit:
             break
@@ -445,8 +451,7 @@ def _offline() -> bool:
     return any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in flags)
 
 
-def _read_hub(name: str, *, text_column: str, split: str, config_name: str | None,
-              limit: int) -> tuple[list[str], str]:
+def _read_hub(name: str, *, text_column: str, split: str, config_name: str | None, limit: int) -> tuple[list[str], str]:
     datasets = require("datasets", "probe sets from hub datasets")
     offline = _offline()
     label = f"hub:{name}" + (f"/{config_name}" if config_name else "") + f":{split}"

@@ -255,4 +255,3 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = getattr(transformers, class_name)(config)
     return model
-

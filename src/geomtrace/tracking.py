@@ -24,10 +24,11 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 from torchmetrics import Metric
@@ -514,9 +515,7 @@ class GeometryTracker:
 
         keys = self.trajectory_keys()
         first = self.comparable_from if self.comparable_from is not None else -math.inf
-        points = [
-            r for r in self.history if r["step"] >= first and math.isfinite(r.get(keys["rankme"], math.nan))
-        ]
+        points = [r for r in self.history if r["step"] >= first and math.isfinite(r.get(keys["rankme"], math.nan))]
         if not points:
             return
         try:
@@ -712,7 +711,7 @@ def _precision_note(provenance: dict[str, Any], autocast: str) -> str:
     line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
     if precision in ("bf16", "fp16") and autocast == "auto":
         line += (
-            f" (autocast='auto' follows the trainer's mixed precision; `geomtrace replay` measures in the "
+            " (autocast='auto' follows the trainer's mixed precision; `geomtrace replay` measures in the "
             "weights' dtype, so its values differ by ~1e-3: pass autocast='off' for fp32 probes)"
         )
     return line

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -113,8 +114,7 @@ _LAYER_TAG = re.compile(r"^(?P<prefix>.+)/layer(?P<layer>\d+)/rankme$")
 def _live_layers(rows: list[dict[str, Any]], prefix: str = "geometry") -> tuple[bool, list[int]]:
     """``(final layer present, inner layers present)`` in live history rows."""
     final = any(f"{prefix}/rankme" in r for r in rows)
-    inner = sorted({int(m["layer"]) for r in rows for k in r
-                    if (m := _LAYER_TAG.match(k)) and m["prefix"] == prefix})
+    inner = sorted({int(m["layer"]) for r in rows for k in r if (m := _LAYER_TAG.match(k)) and m["prefix"] == prefix})
     return final, inner
 
 
@@ -158,6 +158,7 @@ def trajectory_from_rows(
 
         def value(row: dict[str, Any], name: str) -> Any:
             return row.get(name) if name in ("step", "tokens", "n_params") else row.get(_live_tag(live_layer, name))
+
     if not rows:
         raise ValueError(
             f"{label}: no measurement with a training step to show (checkpoints without a step, such as "
@@ -189,8 +190,10 @@ def _last_per_step(rows: list[dict[str, Any]], label: str) -> list[dict[str, Any
     for r in rows:
         by_step[r["step"]] = r
     if len(by_step) < len(rows):
-        warn(f"{label}: {len(rows) - len(by_step)} measurement(s) repeat an earlier step; the last value of each "
-             "step is used")
+        warn(
+            f"{label}: {len(rows) - len(by_step)} measurement(s) repeat an earlier step; the last value of each "
+            "step is used"
+        )
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -214,8 +217,10 @@ def check_comparable(runs: Mapping[str, Trajectory]) -> list[str]:
             messages.append(f"runs mixing {what}: {'; '.join(mixed_within)}")
         elif len(distinct) > 1:
             listing = ", ".join(f"{label}: {values[0]}" for label, values in seen.items())
-            messages.append(f"the runs were measured with different {what} ({listing}): their values differ for "
-                            "that reason too; replay with --like RUN to measure like another run")
+            messages.append(
+                f"the runs were measured with different {what} ({listing}): their values differ for "
+                "that reason too; replay with --like RUN to measure like another run"
+            )
     for message in messages:
         warn(message)
     return messages

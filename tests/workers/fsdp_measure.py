@@ -40,12 +40,16 @@ def run(rank: int, port: int, out: str) -> None:
     result = measure_geometry(
         model, load_probes(tokenizer, num_sequences=PROBES), MeasureConfig(batch_size=8), extra_metrics=extra
     ).last
-    finish_rank(out, rank, {
-        "rankme": result.rankme,
-        "n_samples": result.n_samples,
-        "pr": result.extras["pr"],
-        "broken_is_nan": math.isnan(result.extras["broken"]),
-    })
+    finish_rank(
+        out,
+        rank,
+        {
+            "rankme": result.rankme,
+            "n_samples": result.n_samples,
+            "pr": result.extras["pr"],
+            "broken_is_nan": math.isnan(result.extras["broken"]),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 from geomtrace.callbacks.transformers import GeometryCallback  # noqa: E402
 from geomtrace.tiny import build_tiny_model, embedded_corpus, train_bpe_tokenizer  # noqa: E402
 
-
 # float64 model: fp32 forwards differ in round-off with thread count and padding (alpha by ~1e-6),
 # which would hide what this test checks, the distributed reduction. fit_range stops short of rank
 # 64: after the final LayerNorm the features of a d=64 model span 63 dimensions, and the 64th
@@ -43,11 +42,24 @@ def main(out: Path) -> None:
     callback = GeometryCallback(every_n_steps=2, num_sequences=96, **MEASURE)
     # No ddp_backend: under torchrun on CPU accelerate picks gloo itself.
     args = TrainingArguments(
-        output_dir=str(out / "out"), max_steps=2, per_device_train_batch_size=2, report_to=["tensorboard"],
-        logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(out / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to=["tensorboard"],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[callback],
-                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[callback],
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+    )
     trainer.train()
     assert trainer.args.world_size == 2, trainer.args.world_size
     (out / f"history.rank{trainer.args.process_index}.json").write_text(json.dumps(callback.history))

@@ -9,11 +9,10 @@ from pathlib import Path
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_helpers import TinyLM, token_loader  # noqa: E402
-from memorization_helpers import cloze_probe, repetitive_documents  # noqa: E402
-
 from geomtrace.callbacks import GeometryMonitor  # noqa: E402
 from geomtrace.tiny import train_bpe_tokenizer  # noqa: E402
+from lightning_helpers import TinyLM, token_loader  # noqa: E402
+from memorization_helpers import cloze_probe, repetitive_documents  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -21,11 +20,19 @@ def main(out: str) -> None:
     # The final step (4) is measured by the end rule in on_train_batch_end, on every rank alike.
     # Each rank scores its shard of the memorization pairs; rank 0 alone queries the ∞-gram source.
     probe = cloze_probe(repetitive_documents())
-    monitor = GeometryMonitor(every_n_steps=3, num_sequences=48, history_file=str(Path(out).with_suffix(".history.json")),
-                              memorization=probe)
+    monitor = GeometryMonitor(
+        every_n_steps=3, num_sequences=48, history_file=str(Path(out).with_suffix(".history.json")), memorization=probe
+    )
     trainer = L.Trainer(
-        max_steps=4, accelerator="cpu", devices=2, strategy="ddp", logger=False, callbacks=[monitor],
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        max_steps=4,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        callbacks=[monitor],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     trainer.fit(TinyLM(tokenizer), token_loader(tokenizer))
     if trainer.is_global_zero:

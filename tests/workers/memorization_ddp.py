@@ -34,16 +34,17 @@ def worker_docs() -> list[list[int]]:
 def worker_pairs(n: int):
     from geomtrace.memorization import QASet
 
-    return QASet.cloze(worker_docs(), n=n, answer_tokens=3, question_tokens=10, min_question_tokens=2, seed=1).tokenize()
+    return QASet.cloze(
+        worker_docs(), n=n, answer_tokens=3, question_tokens=10, min_question_tokens=2, seed=1
+    ).tokenize()
 
 
 def run(rank: int, world_size: int, port: int, n_pairs: list[int], out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from memorization_helpers import BruteForceSource
-
     from geomtrace.memorization import MemorizationProbe, QASet, answer_logprobs, infgram_scores, summarize
+    from memorization_helpers import BruteForceSource
 
     model = worker_model()
     result = {}

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from torch import nn
 from torchmetrics import Metric
 
 from geomtrace._optional import require
 from geomtrace._warnings import warn
+from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
 from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
-from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
 
 _lightning = require("lightning", "the GeometryMonitor callback")
@@ -175,8 +176,11 @@ class GeometryMonitor(Callback):
         if self.state_key in states:
             return
         name = type(self).__qualname__
-        legacy = [key for key in states if isinstance(key, str) and key.startswith(name + "{")
-                  and f"'prefix': {self.tracker.prefix!r}" in key]
+        legacy = [
+            key
+            for key in states
+            if isinstance(key, str) and key.startswith(name + "{") and f"'prefix': {self.tracker.prefix!r}" in key
+        ]
         if len(legacy) == 1:
             self.load_state_dict(states[legacy[0]])
 

@@ -26,21 +26,21 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from torch import nn
 from torchmetrics import Metric
 
 from geomtrace._optional import require
 from geomtrace._warnings import warn
+from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.features import LayerSelection, TokenSelection
 from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
 from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
-from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
 
 require("transformers", "the GeometryCallback")
@@ -52,10 +52,31 @@ __all__ = ["GeometryCallback"]
 # Options that state() saves as "args" (JSON). transformers rebuilds the callback from them
 # when it restores a checkpoint; tokenizer / probes / non-JSON probe sources cannot be saved.
 _SAVED_OPTIONS = (
-    "every_n_steps", "extra_steps", "probe_source", "num_sequences", "min_tokens", "max_tokens", "seed", "chat_template",
-    "layers", "tokens", "skip_first_token", "batch_size", "spectrum", "eps", "fit_range", "max_components",
-    "autocast", "measure_on_start", "measure_on_end", "log_spectrum_every", "track_phases", "from_pretrained",
-    "history_file", "strict", "prefix",
+    "every_n_steps",
+    "extra_steps",
+    "probe_source",
+    "num_sequences",
+    "min_tokens",
+    "max_tokens",
+    "seed",
+    "chat_template",
+    "layers",
+    "tokens",
+    "skip_first_token",
+    "batch_size",
+    "spectrum",
+    "eps",
+    "fit_range",
+    "max_components",
+    "autocast",
+    "measure_on_start",
+    "measure_on_end",
+    "log_spectrum_every",
+    "track_phases",
+    "from_pretrained",
+    "history_file",
+    "strict",
+    "prefix",
 )
 
 
@@ -287,7 +308,9 @@ class GeometryCallback(TrainerCallback, ExportableState):
             ) from err
         model = self._probed_model(kwargs.get("model"))
         owner = self._trainer if self._trainer is not None else state
-        messages = self.tracker.begin(owner, int(state.global_step), pretrained_hint=_pretrained_hint(self._trainer, model))
+        messages = self.tracker.begin(
+            owner, int(state.global_step), pretrained_hint=_pretrained_hint(self._trainer, model)
+        )
         if state.is_world_process_zero:
             report(messages)
         self._maybe_measure(args, state, model, "start")
@@ -312,7 +335,9 @@ class GeometryCallback(TrainerCallback, ExportableState):
         if self.model_getter is not None:
             model = self.model_getter(model)
             if not isinstance(model, nn.Module):
-                raise ValueError(f"GeometryCallback: model_getter returned {type(model).__name__}, expected an nn.Module.")
+                raise ValueError(
+                    f"GeometryCallback: model_getter returned {type(model).__name__}, expected an nn.Module."
+                )
         if id(model) != getattr(self, "_checked_model", None):
             try:
                 self.tracker.check_model(model)
@@ -371,8 +396,11 @@ class GeometryCallback(TrainerCallback, ExportableState):
             control.should_log = should_log
 
     def _write_tensorboard(self, args: Any, measurement: Measurement) -> None:
-        board = next((cb for cb in self._trainer.callback_handler.callbacks if _is_tensorboard(cb)), None) \
-            if self._trainer is not None else None
+        board = (
+            next((cb for cb in self._trainer.callback_handler.callbacks if _is_tensorboard(cb)), None)
+            if self._trainer is not None
+            else None
+        )
         if board is None:
             return
         writer, own = board.tb_writer, False
@@ -453,5 +481,3 @@ def _is_tensorboard(callback: Any) -> bool:
     from transformers.integrations import TensorBoardCallback
 
     return isinstance(callback, TensorBoardCallback)
-
-

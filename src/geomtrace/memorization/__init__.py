@@ -7,7 +7,7 @@ correlation of the two across pairs, checkpoint by checkpoint, is the paper's
 
 ```python
 from geomtrace.memorization import NgramIndex, QASet, MemorizationProbe
-index = NgramIndex.build(token_sequences, "runs/ngram", vocab_size=len(tok))  # or .open(dir), .from_texts(texts, tok, dir)
+index = NgramIndex.build(token_sequences, "runs/ngram", vocab_size=len(tok))  # or .open(dir), .from_texts(...)
 qa = QASet.cloze(token_sequences, n=512, answer_tokens=4, seed=0)              # or .from_jsonl(path), .trivia_qa()
 probe = MemorizationProbe(qa, index)
 probe.measure(model, tok)   # {"spearman", "pearson", "answer_logprob", "n_scored", ...}

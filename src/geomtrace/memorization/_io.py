@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Union
 
 from geomtrace._atomic import atomic_write_bytes
 
 #: ``True`` (lines on stderr), ``False`` (silent), or a callable receiving each line.
-ProgressOption = Union[bool, Callable[[str], None]]
+ProgressOption = bool | Callable[[str], None]
 
 
 atomic_write = atomic_write_bytes  # the one implementation, in geomtrace._atomic
@@ -21,7 +20,9 @@ class Reporter:
 
     def __init__(self, progress: ProgressOption, every_s: float = 5.0) -> None:
         if progress is True:
-            self._emit: Callable[[str], None] | None = lambda line: print(f"geomtrace: {line}", file=sys.stderr, flush=True)
+            self._emit: Callable[[str], None] | None = lambda line: print(
+                f"geomtrace: {line}", file=sys.stderr, flush=True
+            )
         elif progress is False or progress is None:
             self._emit = None
         elif callable(progress):

@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -68,7 +68,7 @@ _INFINI_GRAM_FILES = re.compile(r"^(tokenized|offset|table|metadata|metaoff|unig
 _MAX_ULIMIT = 1_048_576
 _PREFETCH_ABOVE_BYTES = 8 * 2**30
 
-TokenWidth = Union[Literal["auto"], int]
+TokenWidth = Literal["auto"] | int
 
 
 class IndexBuildError(RuntimeError):
@@ -180,9 +180,7 @@ def _clear(directory: Path) -> None:
                 path.unlink()
 
 
-def _choose_encoding(
-    documents: Sequence[np.ndarray], token_width: TokenWidth
-) -> tuple[int, np.ndarray | None]:
+def _choose_encoding(documents: Sequence[np.ndarray], token_width: TokenWidth) -> tuple[int, np.ndarray | None]:
     """(bytes per token, sorted distinct corpus ids when a compact vocabulary is used)."""
     if token_width not in ("auto", 2, 4):
         raise ValueError(f"token_width must be 'auto', 2 or 4, got {token_width!r}")
@@ -275,7 +273,10 @@ class NgramIndex:
         if vocab_size is not None:
             top = max(int(doc.max()) for doc in documents)
             if top >= vocab_size:
-                raise ValueError(f"token id {top} is not below vocab_size={vocab_size}: was the corpus tokenized with this tokenizer?")
+                raise ValueError(
+                    f"token id {top} is not below vocab_size={vocab_size}: "
+                    "was the corpus tokenized with this tokenizer?"
+                )
         fingerprint = _fingerprint(documents)
         width, vocabulary = _choose_encoding(documents, token_width)
 
@@ -304,10 +305,14 @@ class NgramIndex:
             _clear(directory)
         directory.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        atomic_write(directory / BUILD_MARKER, json.dumps({"fingerprint": fingerprint, "started": time.time()}).encode())
+        atomic_write(
+            directory / BUILD_MARKER, json.dumps({"fingerprint": fingerprint, "started": time.time()}).encode()
+        )
         n_tokens = sum(int(doc.size) for doc in documents)
-        report(f"indexing {n_tokens:,} tokens in {len(documents):,} documents into {directory} ({width}-byte tokens"
-               + (f", compact vocabulary of {vocabulary.size:,} ids)" if vocabulary is not None else ")"))
+        report(
+            f"indexing {n_tokens:,} tokens in {len(documents):,} documents into {directory} ({width}-byte tokens"
+            + (f", compact vocabulary of {vocabulary.size:,} ids)" if vocabulary is not None else ")")
+        )
         if vocabulary is not None:
             atomic_write(directory / VOCABULARY_FILE, _npy_bytes(vocabulary))
         _write_stream(directory, documents, width, vocabulary, report)
@@ -393,8 +398,13 @@ class NgramIndex:
         if not info:
             n_documents = sum((directory / f"offset.{s}").stat().st_size // 8 for s in _shard_ids(directory))
             stream = sum((directory / f"tokenized.{s}").stat().st_size for s in _shard_ids(directory)) // width
-            info = {"token_width": width, "n_tokens": stream - n_documents, "n_documents": n_documents,
-                    "compact_vocabulary": False, "fingerprint": None}
+            info = {
+                "token_width": width,
+                "n_tokens": stream - n_documents,
+                "n_documents": n_documents,
+                "compact_vocabulary": False,
+                "fingerprint": None,
+            }
         return cls._load(directory, info, vocabulary)
 
     @classmethod
@@ -405,8 +415,11 @@ class NgramIndex:
         index_bytes = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
         # infini-gram prefetches pages of huge on-disk indexes ahead of each lookup; for an index
         # that sits in the page cache that only costs time (4x fewer queries/s measured here).
-        prefetch = {} if index_bytes > _PREFETCH_ABOVE_BYTES else {
-            "ds_prefetch_depth": 0, "sa_prefetch_depth": 0, "od_prefetch_depth": 0}
+        prefetch = (
+            {}
+            if index_bytes > _PREFETCH_ABOVE_BYTES
+            else {"ds_prefetch_depth": 0, "sa_prefetch_depth": 0, "od_prefetch_depth": 0}
+        )
         engine = engine_module.InfiniGramEngine(
             index_dir=str(directory), eos_token_id=0, vocab_size=vocab_bound, token_dtype=f"u{8 * width}", **prefetch
         )
@@ -423,8 +436,10 @@ class NgramIndex:
 
     def describe(self) -> str:
         """One line of provenance: folder, size, token width."""
-        return (f"infini-gram index {self.directory} ({self.n_tokens:,} tokens, {self.n_documents:,} documents, "
-                f"{self.token_width}-byte{', compact vocabulary' if self._vocabulary is not None else ''})")
+        return (
+            f"infini-gram index {self.directory} ({self.n_tokens:,} tokens, {self.n_documents:,} documents, "
+            f"{self.token_width}-byte{', compact vocabulary' if self._vocabulary is not None else ''})"
+        )
 
     @property
     def fingerprint(self) -> str | None:
@@ -523,11 +538,21 @@ def _run_indexer(directory: Path, width: int, memory_gib: int | None, report: Re
         available = _available_memory_bytes() or 2 * 2**30
         memory_gib = max(1, int(available / 2**30 / 2))
     command = [
-        sys.executable, "-m", "infini_gram.indexing",
-        "--data_dir", str(directory), "--save_dir", str(directory),
-        "--token_dtype", f"u{8 * width}",
-        "--cpus", "1",  # with more, infini-gram 2.6.0 once built an index that counted nothing
-        "--mem", str(memory_gib), "--ulimit", str(_ulimit()),
+        sys.executable,
+        "-m",
+        "infini_gram.indexing",
+        "--data_dir",
+        str(directory),
+        "--save_dir",
+        str(directory),
+        "--token_dtype",
+        f"u{8 * width}",
+        "--cpus",
+        "1",  # with more, infini-gram 2.6.0 once built an index that counted nothing
+        "--mem",
+        str(memory_gib),
+        "--ulimit",
+        str(_ulimit()),
     ]
     tail: deque[str] = deque(maxlen=30)
     env = dict(os.environ, PYTHONUNBUFFERED="1")

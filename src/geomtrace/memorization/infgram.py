@@ -91,7 +91,9 @@ class InfgramScores:
     def with_rule(self, zero_probability: ZeroProbability) -> InfgramScores:
         """The same token probabilities summed under another zero rule."""
         logprob = np.array([answer_logprob(p, zero_probability) for p in self.token_probs], dtype=np.float64)
-        return InfgramScores(self.token_probs, self.suffix_lens, logprob, zero_probability, self.source, dict(self.extra))
+        return InfgramScores(
+            self.token_probs, self.suffix_lens, logprob, zero_probability, self.source, dict(self.extra)
+        )
 
 
 def infgram_scores(

@@ -133,8 +133,13 @@ class MemorizationProbe:
 
     def describe(self) -> dict[str, Any]:
         """Provenance: QA set, index, zero rule."""
-        return {"qa": self.qa.description, "n_pairs": len(self.qa), "index": self.index.describe(),
-                "zero_probability": self.zero_probability, "name": self.name}
+        return {
+            "qa": self.qa.description,
+            "n_pairs": len(self.qa),
+            "index": self.index.describe(),
+            "zero_probability": self.zero_probability,
+            "name": self.name,
+        }
 
     def prepare(self, tokenizer: Any = None, *, distributed: bool | None = None) -> InfgramScores:
         """Tokenize the QA set and compute the ∞-gram side, once.
@@ -150,7 +155,9 @@ class MemorizationProbe:
             return self.infgram
         rank, world_size = rank_and_world_size()
         if distributed is False or world_size == 1:
-            scores = infgram_scores(self.index, index_pairs, zero_probability=self.zero_probability, progress=self.progress)
+            scores = infgram_scores(
+                self.index, index_pairs, zero_probability=self.zero_probability, progress=self.progress
+            )
         else:
             scores = self._broadcast_scores(rank, index_pairs)
         self._index_pairs = index_pairs
@@ -161,8 +168,9 @@ class MemorizationProbe:
         payload: list[Any] = [None]
         if rank == 0:
             try:
-                payload[0] = infgram_scores(self.index, index_pairs, zero_probability=self.zero_probability,
-                                            progress=self.progress)
+                payload[0] = infgram_scores(
+                    self.index, index_pairs, zero_probability=self.zero_probability, progress=self.progress
+                )
             except Exception as err:  # noqa: BLE001 - every rank raises it below
                 payload[0] = f"{type(err).__name__}: {err}"
         torch.distributed.broadcast_object_list(payload, src=0)

@@ -144,17 +144,21 @@ class QASet:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: not valid JSON ({err.msg}); each line must be an object "
-                                     '{"question": "...", "answer": "..."} or {"question_ids": [...], '
-                                     '"answer_ids": [...]}') from err
+                    raise ValueError(
+                        f"{where}: not valid JSON ({err.msg}); each line must be an object "
+                        '{"question": "...", "answer": "..."} or {"question_ids": [...], '
+                        '"answer_ids": [...]}'
+                    ) from err
                 if not isinstance(record, dict):
                     raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
                 kind = "token-id" if ("question_ids" in record or "answer_ids" in record) else "text"
                 if first_kind is None:
                     first_kind = (kind, number)
                 elif kind != first_kind[0]:
-                    raise ValueError(f"{where}: a {kind} pair in a file of {first_kind[0]} pairs (line "
-                                     f"{first_kind[1]}); one file holds one kind")
+                    raise ValueError(
+                        f"{where}: a {kind} pair in a file of {first_kind[0]} pairs (line "
+                        f"{first_kind[1]}); one file holds one kind"
+                    )
                 key = _jsonl_key(record, number, where)
                 if key in keys:
                     raise ValueError(f"{where}: key {key} already names the pair of line {keys[key]}")
@@ -162,8 +166,13 @@ class QASet:
                 if kind == "text":
                     pairs.append(_text_pair(record, key, where))
                 else:
-                    pairs.append(QAPair(key=key, question_ids=_token_ids(record, "question_ids", where),
-                                        answer_ids=_token_ids(record, "answer_ids", where)))
+                    pairs.append(
+                        QAPair(
+                            key=key,
+                            question_ids=_token_ids(record, "question_ids", where),
+                            answer_ids=_token_ids(record, "answer_ids", where),
+                        )
+                    )
         if not pairs:
             raise ValueError(f"QA file {path} holds no pairs")
         return cls(pairs, f"jsonl:{path}")
@@ -179,8 +188,11 @@ class QASet:
         lines = []
         for pair in self.pairs:
             if self.is_tokenized:
-                record: dict[str, Any] = {"key": pair.key, "question_ids": list(pair.question_ids or ()),
-                                          "answer_ids": list(pair.answer_ids or ())}
+                record: dict[str, Any] = {
+                    "key": pair.key,
+                    "question_ids": list(pair.question_ids or ()),
+                    "answer_ids": list(pair.answer_ids or ()),
+                }
             else:
                 record = {"key": pair.key, "question": pair.question or "", "answer": pair.answer or ""}
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
@@ -211,8 +223,11 @@ class QASet:
                 answer = row["answer"]["value"] if isinstance(row["answer"], dict) else row["answer"]
                 pairs.append(QAPair(key=i, question=row["question"], answer=answer))
         except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
-            why = ("the hub is off (HF offline mode) and no cached copy exists" if offline
-                   else "it could not be loaded from the Hugging Face Hub")
+            why = (
+                "the hub is off (HF offline mode) and no cached copy exists"
+                if offline
+                else "it could not be loaded from the Hugging Face Hub"
+            )
             raise QALoadError(
                 f"cannot load TriviaQA ({name}, {config}, {split}): {why} ({type(err).__name__}: {err}). "
                 "Use QASet.cloze(...) on your own corpus (offline) or QASet.from_jsonl(path) instead."
@@ -243,7 +258,9 @@ class QASet:
         if n < 1 or answer_tokens < 1 or min_question_tokens < 1 or question_tokens < min_question_tokens:
             raise ValueError("need n >= 1, answer_tokens >= 1 and 1 <= min_question_tokens <= question_tokens")
         documents = [np.asarray(seq, dtype=np.int64).reshape(-1) for seq in token_sequences]
-        starts = np.array([max(0, len(doc) - min_question_tokens - answer_tokens + 1) for doc in documents], dtype=np.int64)
+        starts = np.array(
+            [max(0, len(doc) - min_question_tokens - answer_tokens + 1) for doc in documents], dtype=np.int64
+        )
         total = int(starts.sum())
         if total == 0:
             raise ValueError(
@@ -262,8 +279,7 @@ class QASet:
             question = doc[max(0, position - question_tokens) : position]
             answer = doc[position : position + answer_tokens]
             pairs.append(QAPair(key=key, question_ids=tuple(question.tolist()), answer_ids=tuple(answer.tolist())))
-        label = (f"cloze:{description} n={len(pairs)} answer={answer_tokens} question<={question_tokens} "
-                 f"seed={seed}")
+        label = f"cloze:{description} n={len(pairs)} answer={answer_tokens} question<={question_tokens} seed={seed}"
         return cls(pairs, label)
 
     # ------------------------------------------------------------------ tokenization
@@ -296,8 +312,13 @@ class QASet:
         if not self.is_tokenized:
             return [(p.question or "", p.answer or "") for p in self.pairs]
         if tokenizer is None:
-            return [(" ".join(map(str, p.question_ids or ())), " ".join(map(str, p.answer_ids or ()))) for p in self.pairs]
-        return [(tokenizer.decode(list(p.question_ids or ())), tokenizer.decode(list(p.answer_ids or ()))) for p in self.pairs]
+            return [
+                (" ".join(map(str, p.question_ids or ())), " ".join(map(str, p.answer_ids or ()))) for p in self.pairs
+            ]
+        return [
+            (tokenizer.decode(list(p.question_ids or ())), tokenizer.decode(list(p.answer_ids or ())))
+            for p in self.pairs
+        ]
 
 
 def _jsonl_key(record: dict, number: int, where: str) -> int:
@@ -324,18 +345,22 @@ def _text_pair(record: dict, key: int, where: str) -> QAPair:
 def _token_ids(record: dict, field: str, where: str) -> tuple[int, ...]:
     """A non-empty list of non-negative integer token ids, or a ValueError naming the line."""
     if field not in record:
-        raise ValueError(f"{where}: missing field {field!r} (fields: {sorted(record)}); a tokenized pair "
-                         'needs "question_ids" and "answer_ids"')
+        raise ValueError(
+            f"{where}: missing field {field!r} (fields: {sorted(record)}); a tokenized pair "
+            'needs "question_ids" and "answer_ids"'
+        )
     ids = record[field]
     if not isinstance(ids, list):
         raise ValueError(f"{where}: field {field!r} must be a list of token ids, got {type(ids).__name__}")
     if not ids:
-        raise ValueError(f"{where}: field {field!r} is empty; a pair needs at least one context token and one "
-                         "answer token")
+        raise ValueError(
+            f"{where}: field {field!r} is empty; a pair needs at least one context token and one answer token"
+        )
     for i, token in enumerate(ids):
         if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-            raise ValueError(f"{where}: field {field!r}, position {i}: {token!r} is not a token id "
-                             "(a non-negative integer)")
+            raise ValueError(
+                f"{where}: field {field!r}, position {i}: {token!r} is not a token id (a non-negative integer)"
+            )
     return tuple(ids)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -110,8 +109,12 @@ class InfiniGramAPI:
                 try:
                     record = json.loads(line)
                     key = tuple(int(t) for t in record["q"])
-                    cache[key] = InfgramProb(float(record["prob"]), int(record["suffix_len"]),
-                                             int(record["prompt_cnt"]), int(record["cont_cnt"]))
+                    cache[key] = InfgramProb(
+                        float(record["prob"]),
+                        int(record["suffix_len"]),
+                        int(record["prompt_cnt"]),
+                        int(record["cont_cnt"]),
+                    )
                 except (ValueError, KeyError, TypeError):
                     continue  # a line torn by a kill mid-write: that query is simply asked again
         return cache
@@ -119,8 +122,15 @@ class InfiniGramAPI:
     def _remember(self, key: tuple[int, ...], answer: InfgramProb) -> None:
         self._cache[key] = answer
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"q": list(key), "prob": answer.prob, "suffix_len": answer.suffix_len,
-                           "prompt_cnt": answer.prompt_cnt, "cont_cnt": answer.cont_cnt})
+        line = json.dumps(
+            {
+                "q": list(key),
+                "prob": answer.prob,
+                "suffix_len": answer.suffix_len,
+                "prompt_cnt": answer.prompt_cnt,
+                "cont_cnt": answer.cont_cnt,
+            }
+        )
         # One write() of a whole line on an O_APPEND descriptor, flushed to disk before the
         # answer is used: a rerun finds every answered query.
         fd = os.open(self.cache_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -197,7 +207,7 @@ class InfiniGramAPI:
             raise InfiniGramAPIError(f"the infini-gram API refused the query (HTTP {err.code}): {detail}") from err
         except urllib.error.URLError as err:
             raise _Retryable(f"{type(err.reason).__name__}: {err.reason}", reached=False) from err
-        except (TimeoutError, socket.timeout, ConnectionError) as err:
+        except (TimeoutError, ConnectionError) as err:
             raise _Retryable(f"{type(err).__name__}: {err}", reached=False) from err
         try:
             result = json.loads(text)

@@ -136,8 +136,11 @@ class MemorizationStore:
 
     def done_keys(self, memorization_id: str) -> set[str]:
         """Checkpoint keys that have a record of the probe with this ``memorization_id``."""
-        return {r["key"] for r in self.records(dedupe=False)
-                if r.get("memorization_id") == memorization_id and isinstance(r.get("key"), str)}
+        return {
+            r["key"]
+            for r in self.records(dedupe=False)
+            if r.get("memorization_id") == memorization_id and isinstance(r.get("key"), str)
+        }
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Append one checkpoint's records (one per probe) in one write."""
@@ -150,8 +153,10 @@ class MemorizationStore:
     def series(self, key: str = "spearman") -> dict[str, dict[str, list[float]]]:
         """``{probe: {"step": [...], "tokens": [...], key: [...]}}`` sorted by step (for plots)."""
         out: dict[str, dict[str, list[float]]] = {}
-        rows = sorted((r for r in self.records() if r.get("step") is not None and key in r),
-                      key=lambda r: (str(r["probe"]), r["step"]))
+        rows = sorted(
+            (r for r in self.records() if r.get("step") is not None and key in r),
+            key=lambda r: (str(r["probe"]), r["step"]),
+        )
         for r in rows:
             series = out.setdefault(str(r["probe"]), {"step": [], "tokens": [], key: []})
             series["step"].append(float(r["step"]))
@@ -170,8 +175,9 @@ class ReplayMemorization:
             configuration (another dtype, say) are measured again, not reused.
     """
 
-    def __init__(self, probes: MemorizationProbe | Sequence[MemorizationProbe], output: str | os.PathLike,
-                 config_id: str = "") -> None:
+    def __init__(
+        self, probes: MemorizationProbe | Sequence[MemorizationProbe], output: str | os.PathLike, config_id: str = ""
+    ) -> None:
         self.probes = probe_list(probes)
         self.store = MemorizationStore(output)
         self.config_id = config_id
@@ -196,10 +202,17 @@ class ReplayMemorization:
             info = {
                 "identity": identity,
                 "memorization_id": _fingerprint({"probe": identity, "config_id": self.config_id}),
-                "pairs": {"key": [int(p.key) for p in probe.qa.pairs], "question": [q for q, _ in texts],
-                          "answer": [a for _, a in texts]},
-                "infgram": {"token_probs": scores.token_probs, "suffix_lens": scores.suffix_lens,
-                            "logprob": scores.logprob, "source": scores.source},
+                "pairs": {
+                    "key": [int(p.key) for p in probe.qa.pairs],
+                    "question": [q for q, _ in texts],
+                    "answer": [a for _, a in texts],
+                },
+                "infgram": {
+                    "token_probs": scores.token_probs,
+                    "suffix_lens": scores.suffix_lens,
+                    "logprob": scores.logprob,
+                    "source": scores.source,
+                },
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             self.store.bind_probe(info)
@@ -223,12 +236,20 @@ class ReplayMemorization:
                 continue
             result = probe.measure_result(model, scores=shared.get(probe.model_side_key()))
             shared[probe.model_side_key()] = result.model
-            records.append({
-                "key": ckpt.key, "step": ckpt.step, "revision": ckpt.revision, "tokens": tokens,
-                "stage": ckpt.stage, "probe": name, "memorization_id": self.ids[name],
-                **result.summary, "precision": result.model.precision,
-                "answer_token_logprobs": [np.asarray(t, dtype=np.float64) for t in result.model.per_token],
-            })
+            records.append(
+                {
+                    "key": ckpt.key,
+                    "step": ckpt.step,
+                    "revision": ckpt.revision,
+                    "tokens": tokens,
+                    "stage": ckpt.stage,
+                    "probe": name,
+                    "memorization_id": self.ids[name],
+                    **result.summary,
+                    "precision": result.model.precision,
+                    "answer_token_logprobs": [np.asarray(t, dtype=np.float64) for t in result.model.per_token],
+                }
+            )
             scalars.update({probe.key(key): float(result.summary[key]) for key in LIVE_KEYS})
         seconds = time.perf_counter() - start
         for record in records:
@@ -256,8 +277,11 @@ def export_seed_memorization(output_dir: str | os.PathLike, target: str | os.Pat
         pairs = info["pairs"]
         keys, texts = pairs["key"], list(zip(pairs["question"], pairs["answer"]))
         folder = safe_key(name)
-        written.append(write_seed_infgram_rows(target / "infgram" / folder / infgram_file_name(len(keys)), keys, texts,
-                                               info["infgram"]["token_probs"]))
+        written.append(
+            write_seed_infgram_rows(
+                target / "infgram" / folder / infgram_file_name(len(keys)), keys, texts, info["infgram"]["token_probs"]
+            )
+        )
         for record in records:
             if record.get("probe") != name or record.get("step") is None:
                 continue

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["LikeSettings", "like_settings", "read_provenance"]
 
@@ -86,8 +87,13 @@ def _probe_options_from_description(description: str) -> tuple[dict[str, Any], s
     m = _DESCRIPTION.match(description or "")
     if not m:
         return {}, description or "an unrecorded source"
-    options: dict[str, Any] = {"num_sequences": int(m["n"]), "min_tokens": int(m["lo"]), "max_tokens": int(m["hi"]),
-                               "seed": int(m["seed"]), "chat_template": bool(m["chat"])}
+    options: dict[str, Any] = {
+        "num_sequences": int(m["n"]),
+        "min_tokens": int(m["lo"]),
+        "max_tokens": int(m["hi"]),
+        "seed": int(m["seed"]),
+        "chat_template": bool(m["chat"]),
+    }
     if m["label"].startswith("embedded:"):
         options["source"] = None
         return options, None
@@ -133,5 +139,4 @@ def like_settings(provenance: Mapping[str, Any]) -> LikeSettings:
         autocast = "off" if ref_autocast == "off" else "auto"
         dtype = dtype or "float32"
     options, missing = _probe_options(provenance)
-    return LikeSettings(options, measure, dtype, autocast, missing, provenance.get("tokens_per_step"),
-                        dict(provenance))
+    return LikeSettings(options, measure, dtype, autocast, missing, provenance.get("tokens_per_step"), dict(provenance))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from geomtrace.replay.store import ResultsStore
 from geomtrace.trajectory import (
@@ -84,5 +85,3 @@ def load_trajectory(
     else:
         raise FileNotFoundError(f"{p}: not a replay output folder nor a history .json file")
     return trajectory_from_rows(rows, layer=layer, stage=stage, label=label)
-
-

@@ -18,9 +18,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -64,10 +65,15 @@ class ProbeOptions(_TrackerProbeOptions):
         """Raise ValueError on options that cannot give a probe set, before any loading."""
         if not isinstance(self.num_sequences, int) or self.num_sequences < 2:
             raise ValueError(f"num_sequences must be >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}")
-        if not (isinstance(self.min_tokens, int) and isinstance(self.max_tokens, int)
-                and 1 <= self.min_tokens <= self.max_tokens):
-            raise ValueError(f"need 1 <= min_tokens <= max_tokens, got min_tokens={self.min_tokens!r}, "
-                             f"max_tokens={self.max_tokens!r}")
+        if not (
+            isinstance(self.min_tokens, int)
+            and isinstance(self.max_tokens, int)
+            and 1 <= self.min_tokens <= self.max_tokens
+        ):
+            raise ValueError(
+                f"need 1 <= min_tokens <= max_tokens, got min_tokens={self.min_tokens!r}, "
+                f"max_tokens={self.max_tokens!r}"
+            )
         if self.system_prompt is not None and not self.chat_template:
             raise ValueError("system_prompt is the system message of chat probes: set chat_template (--chat-template)")
 
@@ -210,7 +216,9 @@ def _probe_tokenizer(
     """
     failures: dict[str, str] = {}
     for ckpt in checkpoints[:_TOKENIZER_TRIES]:
-        tok = load_checkpoint_tokenizer(ckpt, trust_remote_code=load["trust_remote_code"], base_model=load["base_model"])
+        tok = load_checkpoint_tokenizer(
+            ckpt, trust_remote_code=load["trust_remote_code"], base_model=load["base_model"]
+        )
         if tok is not None:
             return tok, None, failures
         t0 = time.perf_counter()
@@ -348,11 +356,38 @@ def build_records(
 
 #: Fields of a record that an extra metric's name may not take (build_records' own, the
 #: fields run_replay and the store add, and those of the geometry itself).
-RECORD_KEYS: frozenset[str] = frozenset({
-    "key", "step", "revision", "tokens", "stage", "layer", "rankme", "alpha", "r2", "n_samples", "dim", "model",
-    "probe", "probe_fingerprint", "seconds", "precision", "n_params", "n_dropped", "num_layers", "spectrum", "kind",
-    "path", "load_seconds", "load_wait_seconds", "config_id", "n_layers", "eigenspectrum", EXTRA_METRICS_FIELD,
-})
+RECORD_KEYS: frozenset[str] = frozenset(
+    {
+        "key",
+        "step",
+        "revision",
+        "tokens",
+        "stage",
+        "layer",
+        "rankme",
+        "alpha",
+        "r2",
+        "n_samples",
+        "dim",
+        "model",
+        "probe",
+        "probe_fingerprint",
+        "seconds",
+        "precision",
+        "n_params",
+        "n_dropped",
+        "num_layers",
+        "spectrum",
+        "kind",
+        "path",
+        "load_seconds",
+        "load_wait_seconds",
+        "config_id",
+        "n_layers",
+        "eigenspectrum",
+        EXTRA_METRICS_FIELD,
+    }
+)
 
 
 def check_extra_metrics(extra_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -369,7 +404,10 @@ def check_extra_metrics(extra_metrics: Mapping[str, Any] | None) -> dict[str, An
 
 
 def _run_info(
-    identity: dict[str, Any], config: MeasureConfig, probes: ProbeSet, options: ProbeOptions | None,
+    identity: dict[str, Any],
+    config: MeasureConfig,
+    probes: ProbeSet,
+    options: ProbeOptions | None,
     load: dict[str, Any],
 ) -> dict[str, Any]:
     """``run.json``: how this output is measured. ``provenance`` has the shape of the live
@@ -467,15 +505,25 @@ class _CheckpointOutputs:
         if result.precision not in self.summary.precisions:
             self.summary.precisions.append(result.precision)
             if self.expected_precision and result.precision != self.expected_precision and self.rank == 0:
-                warn(f"{ckpt.key}: the probe forward ran in {result.precision}, the reference run's in "
-                     f"{self.expected_precision}: values differ by round-off of that size (set --dtype/--autocast)")
+                warn(
+                    f"{ckpt.key}: the probe forward ran in {result.precision}, the reference run's in "
+                    f"{self.expected_precision}: values differ by round-off of that size (set --dtype/--autocast)"
+                )
         self.summary.measured.append(ckpt.key)
         if self.store is None:
             return
         self.store.append(
-            build_records(ckpt, result, n_params=n_params, tokens_per_step=self.tokens_per_step,
-                          extra={"load_seconds": load_seconds, "load_wait_seconds": load_wait,
-                                 "config_id": self.summary.config_id}),
+            build_records(
+                ckpt,
+                result,
+                n_params=n_params,
+                tokens_per_step=self.tokens_per_step,
+                extra={
+                    "load_seconds": load_seconds,
+                    "load_wait_seconds": load_wait,
+                    "config_id": self.summary.config_id,
+                },
+            ),
             spectra={i: g.eigenvalues for i, g in result.layers.items()},
             arrays={i: g.extra_arrays for i, g in result.layers.items() if g.extra_arrays},
         )
@@ -489,8 +537,9 @@ class _CheckpointOutputs:
         self.summary.failed[ckpt.key] = error
         if self.store is None:
             return
-        self.store.record_failure(ckpt.key, error, step=ckpt.step, revision=ckpt.revision, model=ckpt.model,
-                                  path=ckpt.path)
+        self.store.record_failure(
+            ckpt.key, error, step=ckpt.step, revision=ckpt.revision, model=ckpt.model, path=ckpt.path
+        )
         if self.verbose:
             _say(f"[geomtrace] {ckpt.key}: FAILED, skipped ({error})", self.bar)
 
@@ -521,8 +570,9 @@ def _check_reference(reference: Mapping[str, Any] | None, probes: ProbeSet) -> N
         )
 
 
-def _prepare_memorization(memorization: Any, output: str | os.PathLike, config_id: str, tokenizer: Any,
-                          device: str) -> Any:
+def _prepare_memorization(
+    memorization: Any, output: str | os.PathLike, config_id: str, tokenizer: Any, device: str
+) -> Any:
     """The replay's :class:`~geomtrace.replay.memorization.ReplayMemorization` (None without
     probes): the ∞-gram side and the probe files, before any checkpoint loads. All ranks call
     it; a failure raises on every rank."""
@@ -541,8 +591,9 @@ def _prepare_memorization(memorization: Any, output: str | os.PathLike, config_i
     return memo
 
 
-def _measure_memorization(memo: Any, model: Any, ckpt: Checkpoint, tokens: int | None, write: bool,
-                          writer: Any, verbose: bool, bar: Any) -> str | None:
+def _measure_memorization(
+    memo: Any, model: Any, ckpt: Checkpoint, tokens: int | None, write: bool, writer: Any, verbose: bool, bar: Any
+) -> str | None:
     """Score ``ckpt`` on the memorization probes; the error message, or None when done."""
     try:
         scalars = memo.measure(model, ckpt, tokens, write=write)
@@ -553,8 +604,11 @@ def _measure_memorization(memo: Any, model: Any, ckpt: Checkpoint, tokens: int |
             writer.writer.add_scalar(tag, value, global_step=ckpt.step)
         writer.writer.flush()
     if write and verbose and scalars:
-        shown = "  ".join(f"{tag.removeprefix('memorization/')} {value:.3f}" for tag, value in scalars.items()
-                          if tag.endswith("/spearman"))
+        shown = "  ".join(
+            f"{tag.removeprefix('memorization/')} {value:.3f}"
+            for tag, value in scalars.items()
+            if tag.endswith("/spearman")
+        )
         _say(f"[geomtrace] {ckpt.key}: memorization {shown}", bar)
     return None
 
@@ -645,8 +699,14 @@ def run_replay(
     created_group = init_distributed(device)
     device = _rank_device(device)
     rank, _ = rank_and_world_size()
-    load = dict(dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
-                model_builder=model_builder, base_model=base_model)
+    load = dict(
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        model_builder=model_builder,
+        base_model=base_model,
+    )
     writer = loader = None
     try:
         # The probe set decides what counts as done, so it comes first. A model loaded only to
@@ -697,11 +757,25 @@ def run_replay(
         bar = _progress_bar(len(todo), progress and rank == 0)
         if verbose and rank == 0 and summary.skipped:
             _say(f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {output}; skipping them", bar)
-        outputs = _CheckpointOutputs(summary, store, writer, bar, rank=rank, verbose=verbose,
-                                     tokens_per_step=tokens_per_step, tensorboard_spectra=tensorboard_spectra,
-                                     expected_precision=(reference or {}).get("precision"))
-        loader = CheckpointLoader(todo, load, prefetch=prefetch and device_map is None, describe_error=_load_error,
-                                  known_failures=known_failures, preloaded=preloaded)
+        outputs = _CheckpointOutputs(
+            summary,
+            store,
+            writer,
+            bar,
+            rank=rank,
+            verbose=verbose,
+            tokens_per_step=tokens_per_step,
+            tensorboard_spectra=tensorboard_spectra,
+            expected_precision=(reference or {}).get("precision"),
+        )
+        loader = CheckpointLoader(
+            todo,
+            load,
+            prefetch=prefetch and device_map is None,
+            describe_error=_load_error,
+            known_failures=known_failures,
+            preloaded=preloaded,
+        )
         preloaded = None  # the loader holds it now
         for index, ckpt in enumerate(todo):
             loaded = loader.take(index)  # starts loading the next checkpoint in the background
@@ -711,18 +785,21 @@ def run_replay(
             loaded_ok = _all_agree(error is None, device)
             if loaded_ok and ckpt.key not in done:
                 try:
-                    result = measure_geometry(model, probes, config, progress=progress and rank == 0,
-                                              extra_metrics=extra_metrics)
+                    result = measure_geometry(
+                        model, probes, config, progress=progress and rank == 0, extra_metrics=extra_metrics
+                    )
                 except Exception as err:  # noqa: BLE001 - all ranks raise together (measure_geometry agrees)
                     error = f"measurement failed: {type(err).__name__}: {err}"
             elif not loaded_ok and error is None:
                 error = "load failed on another rank"
             if result is not None:
-                outputs.measured(ckpt, result, n_params=_n_params(model), load_seconds=load_seconds,
-                                 load_wait=load_wait)
+                outputs.measured(
+                    ckpt, result, n_params=_n_params(model), load_seconds=load_seconds, load_wait=load_wait
+                )
             if memo is not None and error is None and ckpt.key in memo_todo:
-                error = _measure_memorization(memo, model, ckpt, checkpoint_tokens(ckpt, tokens_per_step),
-                                              store is not None, writer, verbose, bar)
+                error = _measure_memorization(
+                    memo, model, ckpt, checkpoint_tokens(ckpt, tokens_per_step), store is not None, writer, verbose, bar
+                )
             if error is not None:
                 if ckpt.key in summary.measured:  # geometry recorded, memorization failed
                     summary.measured.remove(ckpt.key)

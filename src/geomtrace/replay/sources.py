@@ -23,9 +23,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from geomtrace._optional import require
 
@@ -118,10 +119,7 @@ PYTHIA_REVISIONS: list[str] = (
 #: paper's released script, ``[0, 1, 2, 4, …, 512] + range(1000, 143001, 10000)``, plus
 #: step2000, step4000, step8000 for the early phases and the final step143000.
 PYTHIA_PAPER_SUBSET: list[str] = [
-    f"step{s}"
-    for s in sorted(
-        {0, *(2**i for i in range(10)), *range(1000, 143001, 10000), 2000, 4000, 8000, 143000}
-    )
+    f"step{s}" for s in sorted({0, *(2**i for i in range(10)), *range(1000, 143001, 10000), 2000, 4000, 8000, 143000})
 ]
 
 _TOKEN_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
@@ -272,9 +270,7 @@ def filter_revisions(
     revs.sort(key=revision_sort_key)
     if stage is not None:
         revs = [
-            r
-            for r in revs
-            if (s := parse_revision(r)[2]) is not None and (s == stage or s.startswith(stage + "-"))
+            r for r in revs if (s := parse_revision(r)[2]) is not None and (s == stage or s.startswith(stage + "-"))
         ]
     if step_range is not None:
         start, stop, every = _parse_step_range(step_range)
@@ -344,7 +340,9 @@ def hub_checkpoints(model_id: str, revisions: Sequence[str] | str) -> list[Check
     out = []
     for rev in _expand_revisions(model_id, revisions):
         step, tokens, stage = parse_revision(rev)
-        out.append(Checkpoint(step=step, revision=rev, path=None, model=model_id, tokens=tokens, stage=stage, kind="hub"))
+        out.append(
+            Checkpoint(step=step, revision=rev, path=None, model=model_id, tokens=tokens, stage=stage, kind="hub")
+        )
     return out
 
 
@@ -395,8 +393,17 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
         raise FileNotFoundError(f"checkpoint directory not found: {root}")
     if root.is_file():
         if root.suffix == ".ckpt":
-            return [Checkpoint(step=_ckpt_step(root.name), revision=None, path=str(root),
-                               model=str(root.parent), tokens=None, stage=None, kind="lightning_ckpt")]
+            return [
+                Checkpoint(
+                    step=_ckpt_step(root.name),
+                    revision=None,
+                    path=str(root),
+                    model=str(root.parent),
+                    tokens=None,
+                    stage=None,
+                    kind="lightning_ckpt",
+                )
+            ]
         raise FileNotFoundError(f"{root} is a file but not a Lightning .ckpt file")
 
     found: list[Checkpoint] = []
@@ -411,21 +418,36 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
             step, tokens, stage = parse_revision(child.name)
             if step is None or not child.name.lower().startswith(("step", "stage")):
                 continue
-        found.append(Checkpoint(step=step, revision=None, path=str(child), model=str(root),
-                                tokens=tokens, stage=stage, kind=kind))
+        found.append(
+            Checkpoint(
+                step=step, revision=None, path=str(child), model=str(root), tokens=tokens, stage=stage, kind=kind
+            )
+        )
 
     ckpts = sorted(p for p in root.rglob("*.ckpt") if p.is_file())
     if any(not p.name.startswith("last") for p in ckpts):
         ckpts = [p for p in ckpts if not p.name.startswith("last")]
     for p in ckpts:
-        found.append(Checkpoint(step=_ckpt_step(p.name), revision=None, path=str(p), model=str(root),
-                                tokens=None, stage=None, kind="lightning_ckpt"))
+        found.append(
+            Checkpoint(
+                step=_ckpt_step(p.name),
+                revision=None,
+                path=str(p),
+                model=str(root),
+                tokens=None,
+                stage=None,
+                kind="lightning_ckpt",
+            )
+        )
 
     if not found and (kind := _folder_kind(root)) is not None:
         m = _HF_DIR.match(root.name)
         step = int(m.group(1)) if m else parse_revision(root.name)[0]
-        return [Checkpoint(step=step, revision=None, path=str(root), model=str(root.parent),
-                           tokens=None, stage=None, kind=kind)]
+        return [
+            Checkpoint(
+                step=step, revision=None, path=str(root), model=str(root.parent), tokens=None, stage=None, kind=kind
+            )
+        ]
     if not found:
         raise FileNotFoundError(
             f"no checkpoints found under {root}. Looked for: 'checkpoint-N/' or 'stepN/' folders "
@@ -459,9 +481,16 @@ def shard_checkpoints(checkpoints: Sequence[Checkpoint], shard: str | None) -> l
 # --------------------------------------------------------------------------------------
 
 _DTYPES = {
-    "float32": "float32", "fp32": "float32", "float": "float32", "32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16", "16": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "16": "float16",
 }
 
 
@@ -524,7 +553,7 @@ def _load_state_dict_flexible(module: Any, state_dict: dict[str, Any]) -> None:
     try:
         module.load_state_dict(state_dict, strict=True)
         return
-    except RuntimeError as first:
+    except RuntimeError:
         own = set(module.state_dict().keys())
         prefixes = set()
         for k in state_dict:
@@ -532,7 +561,7 @@ def _load_state_dict_flexible(module: Any, state_dict: dict[str, Any]) -> None:
             for j in range(1, len(parts)):
                 prefixes.add(".".join(parts[:j]) + ".")
         for p in sorted(prefixes, key=len):
-            stripped = {k[len(p):]: v for k, v in state_dict.items() if k.startswith(p)}
+            stripped = {k[len(p) :]: v for k, v in state_dict.items() if k.startswith(p)}
             if stripped and set(stripped) == own:
                 try:
                     module.load_state_dict(stripped, strict=True)
@@ -641,10 +670,13 @@ def _load_adapter(ckpt: Checkpoint, base_model: str | None, kwargs: dict[str, An
             "--base-model NAME_OR_PATH (base_model= in Python)"
         )
     try:
-        model = _from_pretrained(base, f"the base model {base!r} of the adapter {folder}",
-                                 hub=not Path(base).exists(), kwargs=kwargs)
+        model = _from_pretrained(
+            base, f"the base model {base!r} of the adapter {folder}", hub=not Path(base).exists(), kwargs=kwargs
+        )
     except CheckpointLoadError as err:
-        raise CheckpointLoadError(f"{err} Pass --base-model NAME_OR_PATH to use another copy of the base model.") from err
+        raise CheckpointLoadError(
+            f"{err} Pass --base-model NAME_OR_PATH to use another copy of the base model."
+        ) from err
     try:
         return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as err:  # noqa: BLE001 - peft raises many types for a bad adapter

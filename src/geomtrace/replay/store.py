@@ -40,8 +40,9 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -70,8 +71,21 @@ __all__ = [
 
 #: The standard fields of a result record, in CSV column order.
 RECORD_FIELDS: tuple[str, ...] = (
-    "key", "step", "revision", "tokens", "stage", "layer", "rankme", "alpha", "r2",
-    "n_samples", "dim", "model", "probe", "probe_fingerprint", "seconds",
+    "key",
+    "step",
+    "revision",
+    "tokens",
+    "stage",
+    "layer",
+    "rankme",
+    "alpha",
+    "r2",
+    "n_samples",
+    "dim",
+    "model",
+    "probe",
+    "probe_fingerprint",
+    "seconds",
 )
 #: Float fields whose JSON ``null`` reads back as ``nan``.
 METRIC_FIELDS: tuple[str, ...] = ("rankme", "alpha", "r2", "rankme_singular", "loss", "seconds")
@@ -252,8 +266,10 @@ class ResultsStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
-            raise ValueError(f"{self.info_path} is not readable JSON ({err}); it says how {self.output_dir} "
-                             "was measured: restore it or use another output folder") from err
+            raise ValueError(
+                f"{self.info_path} is not readable JSON ({err}); it says how {self.output_dir} "
+                "was measured: restore it or use another output folder"
+            ) from err
         if not isinstance(data, dict):
             raise ValueError(f"{self.info_path}: expected a JSON object")
         return data
@@ -405,7 +421,9 @@ class ResultsStore:
             raise ValueError("append() needs at least one record")
         keys = {r.get("key") for r in records}
         if len(keys) != 1 or not isinstance(next(iter(keys)), str):
-            raise ValueError(f"append() takes the records of exactly one checkpoint (one string 'key'), got keys {keys}")
+            raise ValueError(
+                f"append() takes the records of exactly one checkpoint (one string 'key'), got keys {keys}"
+            )
         key = next(iter(keys))
         if any("layer" not in r for r in records):
             raise ValueError("every record needs a 'layer' field")
@@ -413,7 +431,9 @@ class ResultsStore:
         if spectra or arrays:
             self.spectra_dir.mkdir(parents=True, exist_ok=True)
             for layer in sorted(set(spectra or {}) | set(arrays)):
-                members = {_EXTRA_ARRAY_PREFIX + name: np.asarray(_to_numpy(a)) for name, a in arrays.get(layer, {}).items()}
+                members = {
+                    _EXTRA_ARRAY_PREFIX + name: np.asarray(_to_numpy(a)) for name, a in arrays.get(layer, {}).items()
+                }
                 if spectra and layer in spectra:
                     members["eigenspectrum"] = np.asarray(_to_numpy(spectra[layer]), dtype=np.float64)
                 buf = io.BytesIO()
@@ -460,7 +480,9 @@ def _to_numpy(x: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-def _records_and_spectra(records_or_store: ResultsStore | Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], ResultsStore | None]:
+def _records_and_spectra(
+    records_or_store: ResultsStore | Iterable[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], ResultsStore | None]:
     if isinstance(records_or_store, ResultsStore):
         return records_or_store.records(), records_or_store
     return [dict(r) for r in records_or_store], None
@@ -499,7 +521,8 @@ def export_seed_npy(
     if not use_steps:
         warnings.warn(
             "steps are missing or repeated (several stages?): the exported dict is keyed by "
-            "checkpoint key instead of step", stacklevel=2,
+            "checkpoint key instead of step",
+            stacklevel=2,
         )
     out: dict[Any, dict[str, Any]] = {}
     for r in sel:

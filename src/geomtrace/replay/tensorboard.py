@@ -40,7 +40,9 @@ class TensorBoardLogger:
         for tag, value in result.scalars(self.prefix).items():
             self.writer.add_scalar(tag, value, global_step=ckpt.step)
         if spectra:
-            self.writer.add_figure(f"{self.prefix}/eigenspectrum", _spectrum_figure(ckpt, result), global_step=ckpt.step)
+            self.writer.add_figure(
+                f"{self.prefix}/eigenspectrum", _spectrum_figure(ckpt, result), global_step=ckpt.step
+            )
         self.writer.flush()
 
     def close(self) -> None:
