@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
@@ -24,6 +24,7 @@ from torchmetrics import Metric, MetricCollection
 
 from geomtrace import functional as F
 from geomtrace._distributed import rank_and_world_size
+from geomtrace._validate import Rule, check_fields, coerce_fields
 from geomtrace._warnings import warn
 from geomtrace.features import (
     FeatureSpec,
@@ -42,10 +43,12 @@ __all__ = [
     "RESERVED_NAMES",
     "AutocastSetting",
     "GeometryResult",
+    "check_probe_positions",
     "LayerGeometry",
     "MeasureConfig",
     "eval_mode",
     "forward_precision",
+    "max_positions",
     "measure_geometry",
     "metric_key",
     "probe_autocast",
@@ -103,9 +106,9 @@ class MeasureConfig:
     autocast: AutocastSetting = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "fit_range", tuple(self.fit_range))
+        # Types at construction (plain Python values: the record is JSON); ranges in validate().
+        object.__setattr__(self, "layers", _coerce_layers(self.layers))
+        coerce_fields(self, _CONFIG_RULES)
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -114,27 +117,38 @@ class MeasureConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message on a bad option."""
         self.feature_spec.validate()
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.spectrum not in ("covariance", "singular"):
-            raise ValueError(f"spectrum must be 'covariance' or 'singular', got {self.spectrum!r}")
+        check_fields(self, _CONFIG_RULES)
         F.validate_eps(self.eps)
-        if self.max_components is not None and (not isinstance(self.max_components, int) or self.max_components < 1):
-            raise ValueError(f"max_components must be a positive int or None, got {self.max_components!r}")
-        if self.rows_per_update < 1:
-            raise ValueError(f"rows_per_update must be >= 1, got {self.rows_per_update}")
-        if self.autocast not in AUTOCAST_CHOICES:
-            raise ValueError(
-                f"autocast must be one of {', '.join(map(repr, AUTOCAST_CHOICES))}, got {self.autocast!r} "
-                "('auto' follows the trainer's precision)"
-            )
-        F._validate_fit_range(self.fit_range)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
         out["fit_range"] = list(self.fit_range)
         return out
+
+
+#: One rule per option of :class:`MeasureConfig` (``layers`` and ``eps`` have their own checks).
+_CONFIG_RULES: dict[str, Rule] = {
+    "tokens": Rule("str"),  # the choices: FeatureSpec.validate
+    "skip_first_token": Rule("bool"),
+    "batch_size": Rule("int", minimum=1, example="32"),
+    "spectrum": Rule("str", choices=("covariance", "singular")),
+    "eps": Rule("float"),  # the range: functional.validate_eps
+    "fit_range": Rule("int_pair", minimum=1, example="(12, 100), 1-based ranks"),
+    "max_components": Rule("int", minimum=1, optional=True, example="2048"),
+    "rows_per_update": Rule("int", minimum=1, example="2048"),
+    "padding_side": Rule("str", choices=("left", "right")),
+    "autocast": Rule("str", choices=AUTOCAST_CHOICES, example="'auto', which follows the trainer's precision"),
+}
+
+
+def _coerce_layers(layers: Any) -> Any:
+    """``"last"``/``"all"`` as is, an index or indices as plain ints (a list becomes a tuple)."""
+    if isinstance(layers, (str, np.str_)):
+        return str(layers)
+    if isinstance(layers, (Sequence, np.ndarray)) and not isinstance(layers, bytes):
+        return Rule("ints", example="[0, 6, 12]")("layers", layers)
+    return Rule("int", example="-1, or 'last', 'all', a list of ints")("layers", layers)
 
 
 @dataclass
@@ -263,6 +277,35 @@ def forward_precision(model: nn.Module, device: torch.device) -> str:
     return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the HF LM inside ``model`` takes (``config.max_position_embeddings``,
+    GPT-2's ``n_positions``), or None when its config says nothing."""
+    try:
+        config = getattr(find_causal_lm(model), "config", None)
+    except (TypeError, ValueError, AttributeError):  # no HF LM inside: measure_geometry says so
+        return None
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_probe_positions(model: nn.Module, probes: ProbeSet) -> None:
+    """Raise ``ValueError`` when a probe is longer than the model's positions.
+
+    Such a forward fails with an ``IndexError`` deep in the position embedding (GPT-2) or runs
+    past the lengths a rotary model was trained on; say so, and what to do, instead.
+    """
+    limit = max_positions(model)
+    if limit is not None and probes.longest() > limit:
+        raise ValueError(
+            f"probe sequences of up to {probes.longest()} tokens are longer than the model's {limit} positions "
+            f"(config.max_position_embeddings / n_positions): build the probes with max_tokens <= {limit} "
+            f"(or use probes.truncated({limit}))"
+        )
+
+
 def _device_of(lm: nn.Module) -> torch.device:
     for parameter in lm.parameters():
         return parameter.device
@@ -344,6 +387,7 @@ def measure_geometry(
         raise ValueError("the probe set is empty: give at least 2 probe sequences")
     start = time.perf_counter()
     lm = find_causal_lm(model)
+    check_probe_positions(lm, probes)
     n_layers = num_hidden_layers(lm)
     layers = resolve_layers(config.layers, n_layers)
     rank, world_size = rank_and_world_size()

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 
 from geomtrace._optional import require
+from geomtrace._validate import Rule
 from geomtrace._warnings import warn
 
-__all__ = ["ProbeFileError", "ProbeLoadError", "ProbeSet", "load_probes"]
+__all__ = ["PROBE_OPTION_RULES", "ProbeFileError", "ProbeLoadError", "ProbeSet", "check_probe_lengths", "load_probes"]
 
 # Hub datasets are streamed; only this many texts (at least) are read to pick the probes from.
 _STREAM_TEXTS_PER_PROBE = 8
@@ -109,6 +110,21 @@ class ProbeSet:
                 attention_mask[row, cols] = 1
             yield {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
+    def longest(self) -> int:
+        """Length of the longest sequence (0 for an empty set)."""
+        return max((len(seq) for seq in self.sequences), default=0)
+
+    def truncated(self, max_tokens: int) -> ProbeSet:
+        """The same probes cut to their first ``max_tokens`` tokens (e.g. a model's positions)."""
+        max_tokens = PROBE_OPTION_RULES["max_tokens"]("max_tokens", max_tokens)
+        if self.longest() <= max_tokens:
+            return self
+        return ProbeSet(
+            sequences=[list(seq[:max_tokens]) for seq in self.sequences],
+            description=f"{self.description} cut={max_tokens}",
+            pad_token_id=self.pad_token_id,
+        )
+
     def num_tokens(self) -> int:
         """Total number of (unpadded) tokens."""
         return sum(len(seq) for seq in self.sequences)
@@ -120,6 +136,29 @@ class ProbeSet:
             digest.update(np.asarray(seq, dtype=np.int64).tobytes())
             digest.update(b"|")  # separator: [1, 2] + [3] differs from [1] + [2, 3]
         return digest.hexdigest()[:16]
+
+
+#: One rule per probe option, shared by :func:`load_probes` and the option sets
+#: (:class:`geomtrace.tracking.ProbeOptions`, replay's).
+PROBE_OPTION_RULES: dict[str, Rule] = {
+    "num_sequences": Rule("int", minimum=1, example="1024"),
+    "min_tokens": Rule("int", minimum=1, example="11"),
+    "max_tokens": Rule("int", minimum=1, example="128"),
+    "seed": Rule("int", minimum=0, example="0"),
+    "chat_template": Rule("bool"),
+    "text_column": Rule("str", example="'text'"),
+    "split": Rule("str", example="'train'"),
+    "config_name": Rule("str", optional=True, example="'wikitext-103-raw-v1'"),
+}
+
+
+def check_probe_lengths(min_tokens: int, max_tokens: int) -> None:
+    """``min_tokens <= max_tokens`` (each already checked by its rule)."""
+    if max_tokens < min_tokens:
+        raise ValueError(
+            f"need min_tokens <= max_tokens, got min_tokens={min_tokens}, max_tokens={max_tokens}: sequences are "
+            "cut to max_tokens, so none could have min_tokens"
+        )
 
 
 def load_probes(
@@ -165,10 +204,12 @@ def load_probes(
         ProbeLoadError: a hub dataset that cannot be loaded (e.g. offline).
         ValueError: bad arguments, or no text passes the filters.
     """
-    if num_sequences < 1:
-        raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
-    if min_tokens < 1 or max_tokens < min_tokens:
-        raise ValueError(f"need 1 <= min_tokens <= max_tokens, got min_tokens={min_tokens}, max_tokens={max_tokens}")
+    options = {"num_sequences": num_sequences, "min_tokens": min_tokens, "max_tokens": max_tokens, "seed": seed}
+    options.update(text_column=text_column, split=split, config_name=config_name, chat_template=chat_template)
+    options = {name: PROBE_OPTION_RULES[name](name, value) for name, value in options.items()}
+    check_probe_lengths(options["min_tokens"], options["max_tokens"])
+    num_sequences, min_tokens, max_tokens = options["num_sequences"], options["min_tokens"], options["max_tokens"]
+    seed, chat_template = options["seed"], options["chat_template"]
     if chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template=True but the tokenizer has no chat template; set tokenizer.chat_template")
     if system_prompt is not None and not chat_template:

@@ -22,11 +22,12 @@ import inspect
 import json
 import math
 import os
+import re
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,23 @@ from torch import nn
 from torchmetrics import Metric
 
 from geomtrace._atomic import atomic_write_text
+from geomtrace._validate import OptionTypeError, Rule, check_fields, coerce_fields, plain
 from geomtrace._warnings import warn
 from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
-from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
+from geomtrace.measure import GeometryResult, MeasureConfig, max_positions, measure_geometry, validate_extra_metrics
 from geomtrace.memorization.live import LiveMemorization
 from geomtrace.memorization.probe import MemorizationProbe
-from geomtrace.probes import ProbeSet, load_probes
+from geomtrace.probes import PROBE_OPTION_RULES, ProbeSet, check_probe_lengths, load_probes
 
-__all__ = ["TRACKER_OPTIONS", "GeometryTracker", "Measurement", "ProbeOptions", "loaded_model_hint", "report"]
+__all__ = [
+    "TRACKER_OPTIONS",
+    "GeometryTracker",
+    "Measurement",
+    "ProbeLengthError",
+    "ProbeOptions",
+    "loaded_model_hint",
+    "report",
+]
 
 #: Version of :meth:`GeometryTracker.state_dict` (older states load too).
 STATE_VERSION = 2
@@ -66,6 +76,18 @@ class ProbeOptions:
     text_column: str = "text"
     split: str = "train"
     config_name: str | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, PROBE_OPTION_RULES)  # types now, as plain Python values (the record is JSON)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on options that cannot give a probe set (before any tokenizing)."""
+        if self.num_sequences < 2:
+            raise ValueError(
+                f"num_sequences must be an int >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}"
+            )
+        check_fields(self, PROBE_OPTION_RULES)
+        check_probe_lengths(self.min_tokens, self.max_tokens)
 
     def build(self, tokenizer: Any) -> ProbeSet:
         """Tokenize the probe set described by these options (once; deterministic)."""
@@ -97,6 +119,10 @@ class Measurement:
     text: dict[str, str] = field(default_factory=dict)
     #: Lines for the user (main process): how the probes ran, at the first measurement.
     notes: list[str] = field(default_factory=list)
+
+
+class ProbeLengthError(ValueError):
+    """The model takes fewer positions than the probe options' ``min_tokens``."""
 
 
 def loaded_model_hint(model: nn.Module | None) -> tuple[bool, str] | None:
@@ -176,37 +202,58 @@ class GeometryTracker:
         extra_metrics: Mapping[str, Metric] | None = None,
         memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
     ) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ValueError(f"every_n_steps must be an int >= 0, got {every_n_steps!r}")
-        if not isinstance(log_spectrum_every, int) or log_spectrum_every < 0:
-            raise ValueError(f"log_spectrum_every must be an int >= 0, got {log_spectrum_every!r}")
+        options = {
+            "every_n_steps": every_n_steps,
+            "extra_steps": extra_steps,
+            "measure_on_start": measure_on_start,
+            "measure_on_end": measure_on_end,
+            "log_spectrum_every": log_spectrum_every,
+            "track_phases": track_phases,
+            "from_pretrained": from_pretrained,
+            "strict": strict,
+            "prefix": prefix,
+        }
+        options = {name: _TRACKER_RULES[name](name, value) for name, value in options.items()}
+        if "/" in (options["prefix"][0], options["prefix"][-1]) or any(c.isspace() for c in options["prefix"]):
+            raise ValueError(
+                f"prefix must be a tag such as 'geometry' (no spaces, no leading or trailing '/'), got {prefix!r}"
+            )
         if probes is not None and not isinstance(probes, ProbeSet):
             raise TypeError(
                 "probes must be a geomtrace.probes.ProbeSet; to build one from texts, a file or a "
                 "dataset pass it as probe_source=... (or use geomtrace.probes.load_probes)."
             )
-        if any(not isinstance(s, int) or s < 1 for s in extra_steps):
-            raise ValueError(f"extra_steps must be positive ints, got {list(extra_steps)!r}")
-        if from_pretrained is not None and not isinstance(from_pretrained, bool):
-            raise ValueError(f"from_pretrained must be True, False or None (automatic), got {from_pretrained!r}")
-        if history_file is not None and Path(history_file).is_dir():
-            raise ValueError(f"history_file must be a file path, got the directory {history_file!r}")
-        self.extra_steps = frozenset(extra_steps)
+        if config is not None and not isinstance(config, MeasureConfig):
+            raise TypeError(f"config must be a geomtrace.measure.MeasureConfig or None, got {type(config).__name__}")
+        if probe_options is not None and not isinstance(probe_options, ProbeOptions):
+            raise TypeError(
+                f"probe_options must be a geomtrace.tracking.ProbeOptions or None, got {type(probe_options).__name__}"
+            )
+        if history_file is not None:
+            if not isinstance(history_file, (str, os.PathLike)) or not os.fspath(history_file):
+                raise OptionTypeError(
+                    f"history_file must be a file path (str or PathLike) or None, got {history_file!r}"
+                )
+            if Path(history_file).is_dir():
+                raise ValueError(f"history_file must be a file path, got the directory {history_file!r}")
+        self.extra_steps = frozenset(options["extra_steps"])
         self.extra_metrics = _validate_extra_metrics(extra_metrics)
         self.config = config or MeasureConfig()
         self.config.validate()
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = options["every_n_steps"]
         self.probes = probes
         self._probes_from_options = probes is None
         self.probe_options = probe_options or ProbeOptions()
-        self.measure_on_start = measure_on_start
-        self.measure_on_end = measure_on_end
-        self.log_spectrum_every = log_spectrum_every
-        self.track_phases = track_phases
-        self.from_pretrained_option = from_pretrained
+        if self._probes_from_options:
+            self.probe_options.validate()  # at construction, not when the training starts
+        self.measure_on_start = options["measure_on_start"]
+        self.measure_on_end = options["measure_on_end"]
+        self.log_spectrum_every = options["log_spectrum_every"]
+        self.track_phases = options["track_phases"]
+        self.from_pretrained_option = options["from_pretrained"]
         self.history_file = Path(history_file) if history_file is not None else None
-        self.strict = strict
-        self.prefix = prefix
+        self.strict = options["strict"]
+        self.prefix = options["prefix"]
         self.memorization = LiveMemorization(memorization, strict=strict) if memorization is not None else None
         self._reset_stage()
         self.stages: list[dict[str, Any]] = []
@@ -214,6 +261,8 @@ class GeometryTracker:
         self._owner: weakref.ref | None = None
         self._last_attempt: int | None = None
         self._warned_save = False
+        self._tokenizer: Any = None
+        self._fitted_to: int | None = None
         self._reset_cost()
 
     def _reset_stage(self) -> None:
@@ -275,7 +324,7 @@ class GeometryTracker:
             batch_size=batch_size,
             spectrum=spectrum,
             eps=eps,
-            fit_range=tuple(fit_range),
+            fit_range=fit_range,
             max_components=max_components,
             autocast=autocast,
         )
@@ -289,7 +338,7 @@ class GeometryTracker:
         )
         return cls(
             every_n_steps=every_n_steps,
-            extra_steps=tuple(extra_steps),
+            extra_steps=extra_steps,
             config=config,
             probes=probes,
             probe_options=probe_options,
@@ -315,6 +364,7 @@ class GeometryTracker:
                     "(or a ready probes=ProbeSet)."
                 )
             self.probes = self.probe_options.build(tokenizer)
+        self._tokenizer = tokenizer
         if len(self.probes) < 2:
             raise ValueError(f"the probe set has {len(self.probes)} sequence(s); geometry needs at least 2.")
         if self.memorization is not None:
@@ -330,6 +380,42 @@ class GeometryTracker:
         lm = find_causal_lm(model)
         resolve_layers(self.config.layers, num_hidden_layers(lm))
         return lm
+
+    def fit_probes(self, model: nn.Module) -> None:
+        """Make the probes fit the model's positions (``max_position_embeddings``/``n_positions``).
+
+        Probes longer than the model takes would fail every measurement (GPT-2: ``IndexError``).
+        Probes built from :attr:`probe_options` are rebuilt with ``max_tokens`` lowered to the
+        model's positions (chat probes keep their generation prompt; the record names the new
+        ``max_tokens``); a ready :class:`ProbeSet` is cut to them. One warning says so. Raises
+        :class:`ProbeLengthError` when ``min_tokens`` exceeds the model's positions. Called by
+        the callbacks before the first step and by :meth:`measure` (once per model).
+        """
+        if self.probes is None or self._fitted_to == id(model):
+            return
+        limit = max_positions(model)
+        self._fitted_to = id(model)
+        longest = self.probes.longest()
+        if limit is None or longest <= limit:
+            return
+        tokenizer = self._tokenizer
+        if self._probes_from_options and tokenizer is not None:
+            if self.probe_options.min_tokens > limit:
+                raise ProbeLengthError(
+                    f"the model takes at most {limit} positions (config.max_position_embeddings / n_positions) but "
+                    f"min_tokens={self.probe_options.min_tokens}: pass min_tokens <= {limit} and max_tokens <= {limit}"
+                )
+            self.probe_options = replace(self.probe_options, max_tokens=limit)
+            self.probes = self.probe_options.build(tokenizer)
+            how = f"rebuilt with max_tokens={limit}"
+        else:
+            self.probes = self.probes.truncated(limit)
+            how = f"cut to their first {limit} tokens"
+        warn(
+            f"geomtrace: probe sequences of up to {longest} tokens are longer than the model's {limit} positions "
+            f"(config.max_position_embeddings / n_positions); the probes are {how}. Pass max_tokens <= {limit} "
+            "to choose this yourself."
+        )
 
     def begin(self, owner: Any, start_step: int, *, pretrained_hint: tuple[bool, str] | None = None) -> list[str]:
         """Start (or resume) a training run driven by ``owner`` (the trainer); returns messages.
@@ -435,6 +521,7 @@ class GeometryTracker:
         self._last_attempt = int(step)
         start = time.perf_counter()
         try:
+            self.fit_probes(model)
             result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
         except Exception as err:
             if self.strict:
@@ -639,13 +726,15 @@ class GeometryTracker:
         target = Path(path) if path is not None else self.history_file
         if target is None:
             return None
-        return atomic_write_text(target, json.dumps(_json_safe(self.record(**extra)), indent=1, allow_nan=True))
+        return atomic_write_text(
+            target, json.dumps(plain(self.record(**extra)), indent=1, allow_nan=True, default=repr)
+        )
 
     def autosave(self) -> None:
         """:meth:`save` to ``history_file`` when set; a failure warns once (raises if ``strict``)."""
         try:
             self.save()
-        except OSError as err:  # a full disk must not stop training
+        except (OSError, TypeError, ValueError) as err:  # a full disk (or anything) must not stop training
             if self.strict:
                 raise
             if not self._warned_save:
@@ -655,10 +744,23 @@ class GeometryTracker:
     # ------------------------------------------------------------- resumption
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the current stage, earlier stages (no options: they may change)."""
-        return {"version": STATE_VERSION, **self._stage_record(), "stages": [dict(s) for s in self.stages]}
+        # Plain JSON data: transformers writes it into trainer_state.json (numpy scalars would not do).
+        return plain({"version": STATE_VERSION, **self._stage_record(), "stages": [dict(s) for s in self.stages]})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (or a version-1 one: history, phase, num_measurements)."""
+        """Restore a :meth:`state_dict` (or a version-1 one: history, phase, num_measurements).
+
+        A state logged under another ``prefix`` continues under this tracker's: its keys are
+        renamed (``geometry/rankme`` -> ``geo/rankme``), with one warning naming both prefixes.
+        """
+        old_prefix = _state_prefix(state)
+        if old_prefix is not None and old_prefix != self.prefix:
+            state = _rename_prefix(state, old_prefix, self.prefix)
+            warn(
+                f"geomtrace: the restored history was logged under prefix {old_prefix!r}; it continues under "
+                f"prefix {self.prefix!r} ({len(state.get('history', []))} measurement(s) renamed). Values logged "
+                f"before stay under '{old_prefix}/...' in the loggers; pass prefix={old_prefix!r} to keep one name."
+            )
         self.history = [dict(r) for r in state.get("history", [])]
         self.phase = state.get("phase")
         self.num_measurements = int(state.get("num_measurements", len(self.history)))
@@ -691,6 +793,19 @@ class GeometryTracker:
             + (f" (since step {self.comparable_from}: measured differently before)" if self.provenance_changes else "")
         )
 
+
+#: One rule per option of :class:`GeometryTracker` (the probe and measurement options have theirs).
+_TRACKER_RULES: dict[str, Rule] = {
+    "every_n_steps": Rule("int", minimum=0, example="100; 0 measures only at start and end"),
+    "extra_steps": Rule("ints", minimum=1, example="(1, 2, 4, 8)"),
+    "measure_on_start": Rule("bool"),
+    "measure_on_end": Rule("bool"),
+    "log_spectrum_every": Rule("int", minimum=0, example="5; 0 never"),
+    "track_phases": Rule("bool"),
+    "from_pretrained": Rule("bool", optional=True, example="None: automatic"),
+    "strict": Rule("bool"),
+    "prefix": Rule("str", example="'geometry'"),
+}
 
 #: Tags the tracker logs beside a layer's values, which an extra metric must not shadow.
 _TRACKER_NAMES = frozenset({"seconds", "phase", "phase_transition"})
@@ -734,13 +849,31 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _json_safe(value: Any) -> Any:
-    """Tuples to lists (JSON has no tuples); everything else as is."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+_LAYER_TAG = re.compile(r"/layer\d+$")
+
+
+def _state_prefix(state: Mapping[str, Any]) -> str | None:
+    """The prefix a :meth:`GeometryTracker.state_dict` was logged under (None if it has no measurement)."""
+    trajectory = (state.get("provenance") or {}).get("trajectory") or {}
+    keys = [trajectory.get("rankme")] + [k for row in state.get("history", [])[:1] for k in row]
+    for key in keys:
+        if isinstance(key, str) and key.endswith("/rankme"):
+            return _LAYER_TAG.sub("", key.removesuffix("/rankme"))
+    return None
+
+
+def _rename_prefix(value: Any, old: str, new: str) -> Any:
+    """``value`` with every key and string ``old/...`` renamed ``new/...``."""
+    start = old + "/"
+
+    def rename(text: Any) -> Any:
+        return new + "/" + text[len(start) :] if isinstance(text, str) and text.startswith(start) else text
+
+    if isinstance(value, Mapping):
+        return {rename(k): _rename_prefix(v, old, new) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+        return [_rename_prefix(v, old, new) for v in value]
+    return rename(value)
 
 
 def _raise_on_bad_rows(result: GeometryResult, step: int) -> None:

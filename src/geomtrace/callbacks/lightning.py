@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -16,7 +17,14 @@ from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
 from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
-from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
+from geomtrace.tracking import (
+    TRACKER_OPTIONS,
+    GeometryTracker,
+    Measurement,
+    ProbeLengthError,
+    loaded_model_hint,
+    report,
+)
 
 _lightning = require("lightning", "the GeometryMonitor callback")
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -183,6 +191,20 @@ class GeometryMonitor(Callback):
         ]
         if len(legacy) == 1:
             self.load_state_dict(states[legacy[0]])
+            return
+        # A resume with another prefix: a state of this class under a prefix that no monitor of
+        # this trainer uses is this monitor's history (the tracker renames it, with a warning).
+        prefixes = {cb.tracker.prefix for cb in getattr(trainer, "callbacks", []) if isinstance(cb, GeometryMonitor)}
+        others = {key: prefix for key in states if (prefix := _state_key_prefix(key, name)) is not None}
+        orphans = [key for key, prefix in others.items() if prefix not in prefixes]
+        if len(orphans) == 1:
+            self.load_state_dict(states[orphans[0]])
+        elif orphans:
+            warn(
+                f"GeometryMonitor: the checkpoint holds geomtrace histories under prefixes "
+                f"{sorted(others[k] for k in orphans)} but none under this monitor's prefix {self.tracker.prefix!r}; "
+                "it starts a new history. Pass the prefix the run used to continue its history."
+            )
 
     # ----------------------------------------------------------------- set-up
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -196,10 +218,12 @@ class GeometryMonitor(Callback):
         try:
             self.tracker.prepare(tokenizer)
         except (TypeError, ValueError, OSError, RuntimeError) as err:
-            raise MisconfigurationException(
-                f"GeometryMonitor could not build its probe set: {err} "
-                "Pass GeometryMonitor(tokenizer=...) or set `self.tokenizer` on your LightningModule."
-            ) from err
+            hint = (
+                " Pass GeometryMonitor(tokenizer=...) or set `self.tokenizer` on your LightningModule."
+                if tokenizer is None
+                else ""
+            )
+            raise MisconfigurationException(f"GeometryMonitor could not build its probe set: {err}{hint}") from err
 
     def _find_model(self, pl_module: Any) -> nn.Module:
         if self.model_getter is not None:
@@ -224,6 +248,10 @@ class GeometryMonitor(Callback):
         # to create large or sharded models) exists only after setup, and the strategy has
         # wrapped it by now. Still before the first step, so a miss fails fast.
         self._model = self._find_model(pl_module)
+        try:
+            self.tracker.fit_probes(self._model)
+        except ProbeLengthError as err:
+            raise MisconfigurationException(f"GeometryMonitor: {err}") from err
 
     # ---------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -276,6 +304,18 @@ class GeometryMonitor(Callback):
         if skipped and not self._warned_figures:
             self._warned_figures = True
             warn(f"GeometryMonitor: {skipped}")
+
+
+def _state_key_prefix(key: Any, name: str) -> str | None:
+    """The prefix in a state key ``GeometryMonitor{'prefix': 'geo'}`` (None for other keys)."""
+    if not isinstance(key, str) or not key.startswith(name + "{"):
+        return None
+    try:
+        options = ast.literal_eval(key[len(name) :])
+    except (ValueError, SyntaxError):
+        return None
+    prefix = options.get("prefix") if isinstance(options, dict) else None
+    return prefix if isinstance(prefix, str) else None
 
 
 def _final_batch(trainer: Any, batch_idx: int) -> bool:

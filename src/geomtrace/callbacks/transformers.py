@@ -34,6 +34,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from geomtrace._optional import require
+from geomtrace._validate import plain
 from geomtrace._warnings import warn
 from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.features import LayerSelection, TokenSelection
@@ -41,7 +42,14 @@ from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
 from geomtrace.measure import AutocastSetting
 from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.probes import ProbeSet
-from geomtrace.tracking import TRACKER_OPTIONS, GeometryTracker, Measurement, loaded_model_hint, report
+from geomtrace.tracking import (
+    TRACKER_OPTIONS,
+    GeometryTracker,
+    Measurement,
+    ProbeLengthError,
+    loaded_model_hint,
+    report,
+)
 
 require("transformers", "the GeometryCallback")
 from transformers import Trainer, TrainerCallback  # noqa: E402
@@ -302,10 +310,12 @@ class GeometryCallback(TrainerCallback, ExportableState):
         try:
             self.tracker.prepare(tokenizer)
         except (TypeError, ValueError, OSError, RuntimeError) as err:
-            raise ValueError(
-                f"GeometryCallback could not build its probe set: {err} Pass the model's tokenizer to the "
-                "trainer (processing_class=...) or GeometryCallback(tokenizer=...)."
-            ) from err
+            hint = (
+                " Pass the model's tokenizer to the trainer (processing_class=...) or GeometryCallback(tokenizer=...)."
+                if tokenizer is None
+                else ""
+            )
+            raise ValueError(f"GeometryCallback could not build its probe set: {err}{hint}") from err
         model = self._probed_model(kwargs.get("model"))
         owner = self._trainer if self._trainer is not None else state
         messages = self.tracker.begin(
@@ -346,6 +356,10 @@ class GeometryCallback(TrainerCallback, ExportableState):
                     f"GeometryCallback cannot measure {type(model).__name__}: {err} Pass "
                     "GeometryCallback(model_getter=lambda model: model.<your HF model>) and layers that exist."
                 ) from err
+            try:
+                self.tracker.fit_probes(model)
+            except ProbeLengthError as err:
+                raise ValueError(f"GeometryCallback: {err}") from err
             self._checked_model = id(model)
         return model
 
@@ -434,8 +448,7 @@ _UNSAVED = object()
 
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON-ready data, or ``_UNSAVED`` when JSON cannot hold it."""
-    if isinstance(value, tuple):
-        value = list(value)
+    value = plain(value)  # numpy scalars, tuples, paths
     try:
         json.dumps(value)
     except (TypeError, ValueError):
