@@ -403,3 +403,76 @@ def test_memorization_option_is_checked_up_front():
         GeometryMonitor(memorization=[cloze_probe(documents), cloze_probe(documents)])
     named = [cloze_probe(documents, name="train"), cloze_probe(documents, name="heldout")]
     assert len(GeometryMonitor(memorization=named).tracker.memorization.probes) == 2
+
+
+# ------------------------------------------------------------- option types (issue 15)
+def test_numpy_options_with_a_history_file_do_not_crash_the_fit(tmp_path, tokenizer):
+    import numpy as np
+
+    path = tmp_path / "geometry.json"
+    monitor = GeometryMonitor(
+        every_n_steps=np.int64(2),
+        num_sequences=np.int64(PROBES),
+        seed=np.int64(1),
+        eps=np.float32(1e-7),
+        fit_range=(np.int64(2), np.int64(20)),
+        measure_on_start=np.bool_(True),
+        history_file=path,
+    )
+    trainer(tmp_path, [monitor], max_steps=2).fit(TinyLM(tokenizer), token_loader(tokenizer))  # was TypeError at step 0
+    record = json.loads(path.read_text())
+    assert [r["step"] for r in record["history"]] == [0, 2]
+    assert record["provenance"]["probe_options"]["seed"] == 1 and record["schedule"]["every_n_steps"] == 2
+
+
+def test_probe_and_flag_options_fail_at_construction_with_the_right_message():
+    for kwargs, match in [
+        ({"num_sequences": 0}, "num_sequences must be an int >= 2"),
+        ({"min_tokens": 50, "max_tokens": 20}, "min_tokens <= max_tokens"),
+        ({"every_n_steps": True}, "every_n_steps must be an int"),
+        ({"measure_on_start": "no"}, "measure_on_start must be True or False"),
+        ({"fit_range": (1.5, 10)}, r"fit_range\[0\] must be an int"),
+        ({"prefix": ""}, "prefix must be a non-empty string"),
+    ]:
+        with pytest.raises(MisconfigurationException, match=match) as caught:
+            GeometryMonitor(**kwargs)
+        assert "tokenizer" not in str(caught.value)  # was: "could not build its probe set ... Pass tokenizer"
+
+
+def test_probes_longer_than_the_model_positions_are_fitted_before_the_first_step(tmp_path, tokenizer):
+    from geomtrace.tiny import build_tiny_model
+
+    module = TinyLM(tokenizer)
+    module.model = build_tiny_model("gpt_neox", tokenizer=tokenizer, max_position_embeddings=32)
+    monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES)
+    with pytest.warns(GeometryWarning, match="longer than the model's 32 positions") as caught:
+        trainer(tmp_path, [monitor], max_steps=2).fit(module, token_loader(tokenizer))
+    assert sum("positions" in str(w.message) for w in caught) == 1
+    assert monitor.tracker.probes.longest() == 32 and [r["step"] for r in monitor.history] == [0, 2]
+    assert monitor.record()["provenance"]["probe_options"]["max_tokens"] == 32
+
+
+def test_resume_with_another_prefix_keeps_the_history(tmp_path, tokenizer):
+    ckpt_dir = tmp_path / "ckpt"
+    first = GeometryMonitor(every_n_steps=2, num_sequences=PROBES)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)
+    trainer(tmp_path, [first, checkpoint], max_steps=4, enable_checkpointing=True).fit(
+        TinyLM(tokenizer), token_loader(tokenizer)
+    )
+    ckpt = next(ckpt_dir.glob("*step=4.ckpt"))
+    second = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, prefix="geo")
+    with pytest.warns(GeometryWarning, match="under prefix 'geometry'; it continues under prefix 'geo'"):
+        trainer(tmp_path, [second], max_steps=6).fit(TinyLM(tokenizer), token_loader(tokenizer), ckpt_path=str(ckpt))
+    assert [r["step"] for r in second.history] == [0, 2, 4, 6]  # was [6]: the history silently dropped
+    assert all("geo/rankme" in r and not any(k.startswith("geometry/") for k in r) for r in second.history)
+    assert second.history[1]["geo/rankme"] == pytest.approx(first.history[1]["geometry/rankme"])
+
+    # Two orphaned histories: which one is meant cannot be told; say so and start afresh.
+    states = {
+        "GeometryMonitor{'prefix': 'a'}": first.state_dict(),
+        "GeometryMonitor{'prefix': 'b'}": first.state_dict(),
+    }
+    third = GeometryMonitor(prefix="c")
+    with pytest.warns(GeometryWarning, match=r"prefixes \['a', 'b'\] but none under this monitor's prefix 'c'"):
+        third.on_load_checkpoint(None, None, {"callbacks": states})
+    assert third.history == []

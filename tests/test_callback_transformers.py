@@ -536,3 +536,55 @@ def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
     callback = next(cb for cb in namespace["trainer"].callback_handler.callbacks if isinstance(cb, GeometryCallback))
     assert callback.history[0]["step"] == 0 and callback.history[-1]["step"] == namespace["trainer"].state.global_step
     assert callback.tracker.from_pretrained is True  # a TRL trainer: post-training
+
+
+# ------------------------------------------------------------- option types (issue 15)
+def test_numpy_options_survive_the_history_file_and_checkpoint_saves(tok, tmp_path, tb_dir):
+    import numpy as np
+
+    path = tmp_path / "geometry.json"
+    callback = GeometryCallback(
+        every_n_steps=np.int64(2),
+        num_sequences=np.int64(N_PROBES),
+        seed=np.int64(1),
+        eps=np.float32(1e-7),
+        fit_range=(np.int64(2), np.int64(20)),
+        measure_on_end=np.bool_(True),
+        history_file=path,
+        tokenizer=tok,
+    )
+    # Was TypeError "Object of type int64 is not JSON serializable": at step 0 (history file),
+    # else at the first checkpoint save (transformers writes state() into trainer_state.json).
+    hf_trainer(tok, tmp_path, callback, max_steps=2, save_strategy="steps", save_steps=2).train()
+    assert [r["step"] for r in json.loads(path.read_text())["history"]] == [0, 2]
+    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    args = saved["stateful_callbacks"]["GeometryCallback"]["args"]
+    assert args["num_sequences"] == N_PROBES and args["fit_range"] == [2, 20] and args["seed"] == 1
+    restored = GeometryCallback.from_state(saved["stateful_callbacks"]["GeometryCallback"])
+    assert restored.tracker.probe_options == callback.tracker.probe_options
+    assert [r["step"] for r in restored.history] == [0, 2]
+
+
+def test_bad_probe_options_fail_at_construction_not_at_train():
+    for kwargs, match in [
+        ({"num_sequences": 0}, "num_sequences must be an int >= 2"),
+        ({"min_tokens": 50, "max_tokens": 20}, "min_tokens <= max_tokens"),
+        ({"every_n_steps": True}, "every_n_steps must be an int"),
+        ({"measure_on_start": "no"}, "measure_on_start must be True or False"),
+        ({"chat_template": "yes"}, "chat_template must be True or False"),
+    ]:
+        with pytest.raises(ValueError, match=match) as caught:
+            GeometryCallback(**kwargs)
+        assert "tokenizer" not in str(caught.value)
+
+
+def test_resume_with_another_prefix_keeps_the_history(tok, tmp_path, tb_dir):
+    first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
+    hf_trainer(tok, tmp_path, first, max_steps=4, save_strategy="steps", save_steps=4).train()
+    second = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok, prefix="geo")
+    trainer = hf_trainer(tok, tmp_path, second, max_steps=6, restore_callback_states_from_checkpoint=True)
+    with pytest.warns(GeometryWarning, match="under prefix 'geometry'; it continues under prefix 'geo'"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    assert [r["step"] for r in second.history] == [0, 2, 4, 6]
+    assert all("geo/rankme" in r and not any(k.startswith("geometry/") for k in r) for r in second.history)
+    assert second.tracker.prefix == "geo"

@@ -125,3 +125,39 @@ def test_short_spectra_measure_rankme_and_warn_once_for_alpha(hidden_size, num_s
 def test_negative_eps_is_a_clear_error():
     with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
         MeasureConfig(eps=-1e-7).validate()
+
+
+def test_measure_config_types_are_checked_and_numpy_scalars_normalised():
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"fit_range\[0\] must be an int, got 1.5"):
+        MeasureConfig(fit_range=(1.5, 10))  # was silently (1, 10)
+    with pytest.raises(TypeError, match="skip_first_token must be True or False"):
+        MeasureConfig(skip_first_token="no")
+    with pytest.raises(TypeError, match="max_components"):
+        MeasureConfig(max_components=True)
+    with pytest.raises(ValueError, match="max_components must be an int >= 1 or None"):
+        MeasureConfig(max_components=0).validate()
+    config = MeasureConfig(
+        eps=np.float32(1e-7), fit_range=np.array([12, 100]), layers=np.int64(2), max_components=np.int64(2048)
+    )
+    assert config == MeasureConfig(eps=1e-7, fit_range=(12, 100), layers=2, max_components=2048)
+    assert type(config.eps) is float and type(config.layers) is int
+    assert MeasureConfig(layers=[np.int64(0), 1]).layers == (0, 1)
+
+
+def test_probes_longer_than_the_model_positions_fail_with_a_clear_message():
+    import transformers
+
+    tokenizer = train_bpe_tokenizer()
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    probes = load_probes(tokenizer, num_sequences=8, max_tokens=64)
+    with pytest.raises(
+        ValueError, match=r"up to \d+ tokens are longer than the model's 16 positions.*max_tokens <= 16"
+    ):
+        measure_geometry(model, probes)  # was "IndexError: index out of range in self"
+    result = measure_geometry(model, probes.truncated(16))
+    assert result.last.n_samples == 8

@@ -257,3 +257,30 @@ def test_a_mistyped_local_path_is_not_a_hub_dataset(tok, tmp_path, monkeypatch):
     # a bare name is still a hub dataset, and the message says where a local file was looked for
     with pytest.raises(ProbeLoadError, match=r"meant as a local file, it does not exist in"):
         load_probes(tok, "probes")
+
+
+def test_probe_options_of_the_wrong_type_are_clear_errors(tok):
+    import numpy as np
+
+    texts = [f"text number {i} " * 8 for i in range(20)]
+    for kwargs, match in [
+        ({"num_sequences": True}, "num_sequences must be an int >= 1.*not True/False"),
+        ({"num_sequences": 0}, "num_sequences must be an int >= 1"),
+        ({"min_tokens": 1.5}, "min_tokens.*whole number"),
+        ({"seed": -3}, "seed must be an int >= 0"),
+        ({"chat_template": "no"}, "chat_template must be True or False"),
+        ({"text_column": ""}, "text_column must be a non-empty string"),
+        ({"min_tokens": 20, "max_tokens": 10}, "min_tokens <= max_tokens"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_probes(tok, texts, **kwargs)
+    same = load_probes(tok, texts, num_sequences=np.int64(5), seed=np.int64(1), max_tokens=np.int32(16))
+    assert same.sequences == load_probes(tok, texts, num_sequences=5, seed=1, max_tokens=16).sequences
+
+
+def test_truncated_cuts_every_probe_and_says_so(tok):
+    probes = load_probes(tok, num_sequences=8, max_tokens=64)
+    cut = probes.truncated(16)
+    assert cut.longest() == 16 and len(cut) == 8 and cut.description.endswith("cut=16")
+    assert all(c == s[:16] for c, s in zip(cut.sequences, probes.sequences))
+    assert probes.truncated(64) is probes

@@ -297,3 +297,178 @@ def test_unwritable_history_file_warns_once_and_strict_raises(tmp_path, monkeypa
     assert len(tracker.history) == 2  # measuring went on
     with pytest.raises(OSError):
         GeometryTracker(probes=PROBES, history_file=blocker / "geometry.json", strict=True).autosave()
+
+
+# ------------------------------------------------------------- option types (issue 15)
+def _gpt2(tokenizer, n_positions: int = 32):
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=n_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_numpy_scalar_options_are_plain_python_and_the_record_is_json(tokenizer, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "geometry.json"
+    tracker = GeometryTracker.from_options(
+        num_sequences=np.int64(24),
+        min_tokens=np.int32(11),
+        max_tokens=np.int64(64),
+        seed=np.int64(3),
+        eps=np.float32(1e-7),
+        fit_range=(np.int64(2), np.int64(20)),
+        max_components=np.int64(50),
+        batch_size=np.int64(8),
+        layers=[np.int64(1), np.int64(2)],
+        every_n_steps=np.int64(5),
+        extra_steps=np.array([1, 2]),
+        log_spectrum_every=np.int64(2),
+        measure_on_start=np.bool_(True),
+        strict=np.bool_(False),
+        history_file=path,
+    )
+    config, options = tracker.config, tracker.probe_options
+    assert type(tracker.every_n_steps) is int and tracker.extra_steps == {1, 2}
+    assert type(tracker.measure_on_start) is bool and type(tracker.strict) is bool
+    assert config.eps == 1e-7 and type(config.eps) is float and config.fit_range == (2, 20)
+    assert all(type(v) is int for v in (*config.fit_range, *config.layers, config.max_components, config.batch_size))
+    assert all(type(getattr(options, n)) is int for n in ("num_sequences", "min_tokens", "max_tokens", "seed"))
+    tracker.prepare(tokenizer)
+    model = build_tiny_model("gpt_neox", tokenizer=tokenizer)
+    assert tracker.measure(model, 0) is not None
+    tracker.autosave()  # crashed: Object of type int64 is not JSON serializable
+    record = json.loads(path.read_text())
+    assert record["provenance"]["probe_options"]["num_sequences"] == 24
+    assert record["provenance"]["measure_config"]["fit_range"] == [2, 20]
+    json.dumps(tracker.state_dict(), allow_nan=True)  # what transformers writes into trainer_state.json
+
+
+def test_history_json_never_raises_on_numpy_values(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "geometry.json"
+    tracker = GeometryTracker(history_file=path)
+    tracker.history.append({"step": np.int64(3), "geometry/rankme": np.float32(4.5), "geometry/eig": np.ones(2)})
+    tracker.provenance = {"n_probes": np.int64(8), "trajectory": {}, "odd": object()}
+    tracker.autosave()
+    saved = json.loads(path.read_text())
+    assert saved["history"] == [{"step": 3, "geometry/rankme": 4.5, "geometry/eig": [1.0, 1.0]}]
+    assert saved["provenance"]["n_probes"] == 8 and saved["provenance"]["odd"].startswith("<object")
+    state = json.loads(json.dumps({k: v for k, v in tracker.state_dict().items() if k != "provenance"}))
+    assert state["history"][0]["step"] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every_n_steps": True}, TypeError, "every_n_steps must be an int >= 0.*got True.*not True/False"),
+        ({"log_spectrum_every": 2.5}, TypeError, "log_spectrum_every.*whole number"),
+        ({"extra_steps": 5}, TypeError, "extra_steps must be a sequence of ints"),
+        ({"extra_steps": (True,)}, TypeError, "extra_steps"),
+        ({"measure_on_start": "no"}, TypeError, "measure_on_start must be True or False.*'no'.*not a flag"),
+        ({"measure_on_end": 1}, TypeError, "measure_on_end must be True or False"),
+        ({"track_phases": "false"}, TypeError, "track_phases"),
+        ({"strict": "yes"}, TypeError, "strict"),
+        ({"from_pretrained": "yes"}, TypeError, "from_pretrained must be True, False or None"),
+        ({"fit_range": (1.5, 10)}, TypeError, r"fit_range\[0\] must be an int, got 1.5.*whole number"),
+        ({"fit_range": 12}, TypeError, "fit_range must be two ints"),
+        ({"fit_range": (20, 10)}, ValueError, "fit_range must be two ints.*first <= last"),
+        ({"batch_size": True}, TypeError, "batch_size"),
+        ({"skip_first_token": "no"}, TypeError, "skip_first_token"),
+        ({"layers": [True]}, TypeError, "layers"),
+        ({"eps": "1e-7"}, TypeError, "eps must be a finite number"),
+        ({"prefix": ""}, ValueError, "prefix must be a non-empty string"),
+        ({"prefix": "geo/"}, ValueError, "prefix must be a tag"),
+        ({"prefix": 3}, TypeError, "prefix"),
+        ({"num_sequences": 0}, ValueError, "num_sequences must be an int >= 2"),
+        ({"num_sequences": 1}, ValueError, "num_sequences must be an int >= 2"),
+        ({"num_sequences": 16.5}, TypeError, "num_sequences.*whole number"),
+        ({"min_tokens": 0}, ValueError, "min_tokens must be an int >= 1"),
+        ({"min_tokens": 20, "max_tokens": 10}, ValueError, "need min_tokens <= max_tokens"),
+        ({"seed": -1}, ValueError, "seed must be an int >= 0"),
+        ({"chat_template": "no"}, TypeError, "chat_template must be True or False"),
+        ({"history_file": 5}, TypeError, "history_file must be a file path"),
+    ],
+)
+def test_options_of_the_wrong_type_or_range_fail_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match) as caught:
+        GeometryTracker.from_options(**kwargs)
+    assert isinstance(caught.value, ValueError)  # every option error is also a ValueError
+    assert "tokenizer" not in str(caught.value)  # not the old, wrong hint at train()
+
+
+def test_integral_floats_and_numpy_bools_are_taken():
+    import numpy as np
+
+    tracker = GeometryTracker.from_options(every_n_steps=10.0, num_sequences=np.float64(32), track_phases=np.bool_(0))
+    assert tracker.every_n_steps == 10 and type(tracker.every_n_steps) is int
+    assert tracker.probe_options.num_sequences == 32 and tracker.track_phases is False
+
+
+def test_probes_longer_than_the_model_positions_are_rebuilt_with_one_warning(tokenizer):
+    from geomtrace.tracking import ProbeLengthError
+
+    model = _gpt2(tokenizer, n_positions=32)
+    tracker = GeometryTracker(every_n_steps=1, probe_options=ProbeOptions(num_sequences=24, max_tokens=128))
+    tracker.prepare(tokenizer)
+    assert tracker.probes.longest() > 32
+    with pytest.warns(GeometryWarning, match=r"longer than the model's 32 positions.*rebuilt with max_tokens=32"):
+        tracker.check_model(model)
+        tracker.fit_probes(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        outcomes = [tracker.measure(model, step) for step in (0, 1)]  # was IndexError at every step
+    assert all(m is not None and m.scalars["geometry/n_samples"] == 24 for m in outcomes)
+    assert tracker.probes.longest() == 32 and tracker.probe_options.max_tokens == 32
+    assert tracker.provenance["probe_options"]["max_tokens"] == 32  # replay --like rebuilds the same probes
+    assert tracker.probes.fingerprint() == ProbeOptions(num_sequences=24, max_tokens=32).build(tokenizer).fingerprint()
+
+    # A ready probe set is cut (with the warning), at the first measurement when nothing checked before.
+    ready = GeometryTracker(probes=load_probes(tokenizer, num_sequences=24, max_tokens=64))
+    with pytest.warns(GeometryWarning, match="cut to their first 32 tokens"):
+        assert ready.measure(model, 0) is not None
+    assert ready.probes.longest() == 32 and ready.probes.description.endswith("cut=32")
+
+    short = GeometryTracker(probe_options=ProbeOptions(num_sequences=8, min_tokens=40, max_tokens=64))
+    short.prepare(tokenizer)
+    with pytest.raises(ProbeLengthError, match="at most 32 positions.*min_tokens=40"):
+        short.fit_probes(model)
+
+
+def test_resume_under_another_prefix_keeps_the_history_renamed(tokenizer):
+    model = build_tiny_model("gpt_neox", tokenizer=tokenizer)
+    first = GeometryTracker(
+        every_n_steps=1, probe_options=ProbeOptions(num_sequences=24), config=MeasureConfig(layers=(1, 2))
+    )
+    first.prepare(tokenizer)
+    for step in (0, 1, 2):
+        first.measure(model, step)
+    state = first.state_dict()
+    resumed = GeometryTracker(
+        every_n_steps=1, probe_options=ProbeOptions(num_sequences=24), config=MeasureConfig(layers=(1, 2)), prefix="geo"
+    )
+    with pytest.warns(GeometryWarning, match="logged under prefix 'geometry'; it continues under prefix 'geo'"):
+        resumed.load_state_dict(state)
+    assert len(resumed.history) == 3
+    assert all("geo/rankme" in r and "geo/layer1/rankme" in r and "geometry/rankme" not in r for r in resumed.history)
+    assert resumed.trajectory_keys()["rankme"] == "geo/rankme"
+    resumed.prepare(tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)  # the same measurement: nothing else to say
+        resumed.measure(model, 3)
+    assert [r["step"] for r in resumed.history] == [0, 1, 2, 3] and "RankMe" in resumed.summary()
+    same = GeometryTracker()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        same.load_state_dict(state)  # the same prefix: no warning
+    assert same.history == first.history
