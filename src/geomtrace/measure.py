@@ -50,6 +50,7 @@ __all__ = [
     "metric_key",
     "probe_autocast",
     "validate_extra_metrics",
+    "value_fields",
 ]
 
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
@@ -135,6 +136,12 @@ class MeasureConfig:
         out["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
         out["fit_range"] = list(self.fit_range)
         return out
+
+
+def value_fields() -> tuple[str, ...]:
+    """The :class:`MeasureConfig` fields that change the values: runs that differ in one are
+    not comparable (the others change the speed; the forward's precision is recorded apart)."""
+    return ("layers", "tokens", "skip_first_token", "spectrum", "eps", "fit_range", "max_components")
 
 
 @dataclass
