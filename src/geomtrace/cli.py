@@ -819,7 +819,12 @@ def _default_labels(paths: list[str]) -> list[str]:
     parts = [Path(os.path.abspath(p)).parts for p in paths]
     labels = [Path(p).name or p for p in paths]
     for depth in range(2, max(len(x) for x in parts) + 1):
-        clashing = {i for i, label in enumerate(labels) if labels.count(label) > 1}
+        # (the same run given twice stays a clash: "give distinct --labels")
+        clashing = {
+            i
+            for i, label in enumerate(labels)
+            if any(labels[j] == label and parts[j] != parts[i] for j in range(len(labels)))
+        }
         if not clashing:
             break
         for i in clashing:
