@@ -578,7 +578,7 @@ def test_offline_phases_follow_the_recorded_stage_and_detector(tmp_path, monkeyp
     assert seen["phases"][0].name == "warmup"
 
 
-def test_recorded_min_points_and_overrides(tmp_path, capsys):
+def test_recorded_min_points_and_overrides(tmp_path, capsys, monkeypatch):
     rows = [{"step": s, "geometry/rankme": _trajectory(s)[0], "geometry/alpha": _trajectory(s)[1]} for s in STEPS]
     history = tmp_path / "h.json"
     history.write_text(json.dumps({"history": rows, "from_pretrained": False, "detector": {"min_points": 30}}))
@@ -591,6 +591,9 @@ def test_recorded_min_points_and_overrides(tmp_path, capsys):
     cfg = tmp_path / "p.yaml"
     cfg.write_text("detector:\n  min_points: 5\n  outlier_threshold: none\n")
     assert main(["phases", "--config", str(cfg), str(history)]) == 0
+    assert "warmup" in capsys.readouterr().out
+    monkeypatch.setenv("GEOMTRACE_PHASES__DETECTOR__MIN_POINTS", "5")
+    assert main(["phases", str(history)]) == 0
     assert "warmup" in capsys.readouterr().out
 
 

@@ -190,7 +190,7 @@ def plot(
     labels: Union[str, list[str], None] = None,
     phases: bool = False,
     no_warmup: bool = False,
-    detector: DetectorOptions | None = None,
+    detector: DetectorOptions | dict[str, Any] | None = None,
     linear_x: bool = False,
     title: str | None = None,
     memorization: Union[str, list[str], None] = None,
@@ -251,7 +251,7 @@ def phases(
     stage: str | None = None,
     no_warmup: bool = False,
     json: bool = False,
-    detector: DetectorOptions | None = None,
+    detector: DetectorOptions | dict[str, Any] | None = None,
 ) -> int:
     """Detect geometric phases (warmup, entropy-seeking, compression-seeking).
 
