@@ -504,3 +504,203 @@ def test_missing_cli_extra_is_one_line_with_the_install_hint(monkeypatch, capsys
     assert main(["replay", "--help"]) == 2
     err = capsys.readouterr().err
     assert 'pip install "geomtrace[cli]"' in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- detector options offline
+
+
+def _sft_history(tmp_path: Path, monkeypatch, name: str = "sft") -> tuple[Path, str]:
+    """A live history recorded by GeometryTracker for a post-training run whose RankMe falls by
+    77 %: compression-seeking live. Returns (the history file, the live phase)."""
+    from geomtrace import tracking
+    from geomtrace.measure import GeometryResult, LayerGeometry
+    from geomtrace.phases import DetectorOptions
+    from geomtrace.probes import ProbeSet
+
+    def result(i: int) -> GeometryResult:
+        layer = LayerGeometry(layer=2, rankme=40 * 0.83**i, alpha=1 + 0.05 * i, r2=0.9, n_samples=64, dim=32)
+        return GeometryResult(
+            layers={2: layer},
+            num_layers=2,
+            probe_description="test probes",
+            probe_fingerprint="f" * 16,
+            n_probes=64,
+            seconds=0.0,
+            config=MeasureConfig(),
+            precision="fp32",
+        )
+
+    queue = [result(i) for i in range(8)]
+    monkeypatch.setattr(tracking, "measure_geometry", lambda model, probes, config, **kw: queue.pop(0))
+    path = tmp_path / name / "geometry.json"
+    path.parent.mkdir(parents=True)
+    tracker = tracking.GeometryTracker(
+        probes=ProbeSet([[1, 2, 3], [4, 5, 6]], "two probes", 0),
+        from_pretrained=True,
+        detector=DetectorOptions(min_points=4),
+    )
+    tracker.begin(object(), 0)
+    phases = [tracker.measure(None, 10 * i).phase for i in range(8)]
+    assert phases[3] is not None  # min_points=4 was used live
+    assert tracker.record()["detector"] == DetectorOptions(min_points=4).to_dict()
+    tracker.save(path)
+    return path, phases[-1]
+
+
+def test_offline_phases_follow_the_recorded_stage_and_detector(tmp_path, monkeypatch, capsys):
+    # Issue: an SFT history records from_pretrained: true and is compression-seeking live, but
+    # `geomtrace phases` and `plot --phases` called it "warmup" (-77 %).
+    history, live = _sft_history(tmp_path, monkeypatch)
+    assert live == "compression-seeking"
+    assert main(["phases", str(history), "--json"]) == 0
+    segments = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in segments] == ["compression-seeking"]
+    assert main(["phases", str(history)]) == 0
+    out = capsys.readouterr().out
+    assert "post-training" in out.splitlines()[0] and "warmup" not in out.split("\n", 1)[1]
+
+    # plot --phases shades the same segments (and says why).
+    import geomtrace.plots
+
+    seen = {}
+    real = geomtrace.plots.trajectory_figure
+    monkeypatch.setattr(geomtrace.plots, "trajectory_figure", lambda runs, **kw: seen.update(kw) or real(runs, **kw))
+    assert main(["plot", str(history), "--phases", "-o", str(tmp_path / "f.png")]) == 0
+    assert [s.to_dict() for s in seen["phases"]] == segments
+    assert "post-training" in capsys.readouterr().err
+
+    # Explicit options override the record.
+    assert main(["phases", str(history), "--json", "--detector.allow_warmup", "true"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "warmup"
+    assert (
+        main(["plot", str(history), "--phases", "--detector.allow-warmup", "true", "-o", str(tmp_path / "g.png")]) == 0
+    )
+    assert seen["phases"][0].name == "warmup"
+
+
+def test_recorded_min_points_and_overrides(tmp_path, capsys, monkeypatch):
+    rows = [{"step": s, "geometry/rankme": _trajectory(s)[0], "geometry/alpha": _trajectory(s)[1]} for s in STEPS]
+    history = tmp_path / "h.json"
+    history.write_text(json.dumps({"history": rows, "from_pretrained": False, "detector": {"min_points": 30}}))
+    assert main(["phases", str(history)]) == 0
+    out = capsys.readouterr().out
+    assert "min_points=30" in out and f"too few measurements for phases: {len(STEPS)} of min_points 30" in out
+    assert main(["phases", str(history), "--detector.min_points", "5"]) == 0
+    assert "warmup" in capsys.readouterr().out
+    # from a config file and the environment too
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("detector:\n  min_points: 5\n  outlier_threshold: none\n")
+    assert main(["phases", "--config", str(cfg), str(history)]) == 0
+    assert "warmup" in capsys.readouterr().out
+    monkeypatch.setenv("GEOMTRACE_PHASES__DETECTOR__MIN_POINTS", "5")
+    assert main(["phases", str(history)]) == 0
+    assert "warmup" in capsys.readouterr().out
+
+
+def test_plot_takes_no_warmup_and_detector_options(run_dir, tmp_path, monkeypatch):
+    import geomtrace.plots
+
+    seen = {}
+    monkeypatch.setattr(geomtrace.plots, "trajectory_figure", lambda runs, **kw: seen.update(kw) or object())
+    monkeypatch.setattr(geomtrace.plots, "save_figure", lambda fig, out: out)
+    assert main(["plot", str(run_dir), "--phases"]) == 0
+    assert seen["phases"][0].name == "warmup"  # a replay output records no stage: as before
+    assert main(["plot", str(run_dir), "--phases", "--no-warmup"]) == 0
+    assert seen["phases"][0].name == "compression-seeking"
+    assert main(["plot", str(run_dir), "--phases", "--detector.min_points", "100"]) == 0
+    assert [s.name for s in seen["phases"]] == ["stable"] and seen["phases"][0].confidence == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--detector.min_points", "2"], "min_points must be an integer >= 3"),
+        (["--detector.min_points", "x"], ""),
+        (["--no-warmup", "--detector.allow_warmup", "true"], "--no-warmup contradicts"),
+    ],
+)
+def test_bad_detector_options_exit_2(run_dir, argv, message, capsys):
+    assert exit_code(["phases", str(run_dir), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_recorded_detector_options_exit_2(tmp_path, capsys):
+    rows = [{"step": s, "geometry/rankme": _trajectory(s)[0]} for s in STEPS]
+    history = tmp_path / "h.json"
+    history.write_text(json.dumps({"history": rows, "detector": {"min_point": 4}}))
+    assert exit_code(["phases", str(history)]) == 2
+    err = capsys.readouterr().err
+    assert "h.json: recorded detector options not valid (unknown detector option(s) min_point" in err
+    assert exit_code(["phases", str(history), "--detector.min_points", "4"]) == 2  # the record is still wrong
+
+
+def test_too_few_measurements_say_so(tmp_path, capsys):
+    # Issue: with fewer than 5 points the table printed "stable +0.0 %" while RankMe fell 75 %.
+    history = tmp_path / "short.json"
+    rows = [{"step": s, "geometry/rankme": r} for s, r in zip([0, 10, 20, 30], [40.0, 30.0, 20.0, 10.0])]
+    history.write_text(json.dumps(rows))
+    assert main(["phases", str(history)]) == 0
+    out = capsys.readouterr().out
+    assert "too few measurements for phases: 4 of min_points 5" in out and "RankMe -75.0%" in out
+    assert "stable" not in out and "+0.0%" not in out
+
+
+def test_plot_derives_distinct_labels_for_runs_of_the_same_name(tmp_path, monkeypatch):
+    # Issue: two runs both named geometry.json exited 2 without --labels.
+    from geomtrace.cli import _default_labels
+
+    rows = [{"step": s, "geometry/rankme": _trajectory(s)[0], "geometry/alpha": _trajectory(s)[1]} for s in STEPS]
+    for name in ("sft", "dpo"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "geometry.json").write_text(json.dumps(rows))
+    paths = [str(tmp_path / "runs" / n / "geometry.json") for n in ("sft", "dpo")]
+    assert _default_labels(paths) == ["sft/geometry.json", "dpo/geometry.json"]
+    assert _default_labels([*paths, str(tmp_path / "other.json")])[-1] == "other.json"
+    assert _default_labels(["a/x/run", "b/x/run"]) == ["a/x/run", "b/x/run"]
+    assert _default_labels(["x/run", "x/run/"]) == ["run", "run"]  # the same run twice: still an error
+    import geomtrace.plots
+
+    seen = {}
+    monkeypatch.setattr(geomtrace.plots, "trajectory_figure", lambda runs, **kw: seen.update(runs=runs) or object())
+    monkeypatch.setattr(geomtrace.plots, "save_figure", lambda fig, out: out)
+    assert main(["plot", *paths, "-o", str(tmp_path / "f.png")]) == 0
+    assert list(seen["runs"]) == ["sft/geometry.json", "dpo/geometry.json"]
+
+
+def test_plot_warns_when_measure_options_differ(tmp_path, monkeypatch):
+    # Issue: plot overlaid last-token and mean-pooled runs on the same probes silently.
+    import warnings
+
+    import geomtrace.plots
+    from geomtrace.cli import _check_measure_configs
+
+    monkeypatch.setattr(geomtrace.plots, "save_figure", lambda fig, out: out)
+    monkeypatch.setattr(geomtrace.plots, "trajectory_figure", lambda runs, **kw: object())
+    rows = [{"step": s, "geometry/rankme": _trajectory(s)[0]} for s in STEPS]
+    paths = {}
+    for name, config in (
+        ("last", MeasureConfig()),
+        ("mean", MeasureConfig(tokens="mean")),
+        ("bigger_batch", MeasureConfig(batch_size=64, autocast="off")),
+    ):
+        provenance = {"probe": "p", "probe_fingerprint": "abc", "precision": "fp32", "measure_config": config.to_dict()}
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps({"history": rows, "provenance": provenance}))
+    with pytest.warns(UserWarning, match=r"different options \(tokens: last.json 'last', mean.json 'mean'\)"):
+        assert main(["plot", str(paths["last"]), str(paths["mean"]), "-o", str(tmp_path / "f.png")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # batch size and autocast change no value: no warning
+        assert main(["plot", str(paths["last"]), str(paths["bigger_batch"]), "-o", str(tmp_path / "g.png")]) == 0
+        assert _check_measure_configs({"a": str(paths["last"]), "b": str(tmp_path)}) == []  # no provenance: skipped
+
+
+def test_value_fields_is_the_one_declaration():
+    # Until MeasureConfig.identity_fields() replaces them, the two older tuples must agree with it.
+    from dataclasses import fields
+
+    from geomtrace import tracking
+    from geomtrace.measure import value_fields
+    from geomtrace.replay import provenance
+
+    assert value_fields() == tracking._COMPARED_CONFIG == provenance._MEASURE_FIELDS
+    assert set(value_fields()) <= {f.name for f in fields(MeasureConfig)}

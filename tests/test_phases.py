@@ -573,3 +573,108 @@ def test_pure_noise_is_not_alternating_phases(seed):
     assert len(trends) <= 3, segs
     if len(trends) > 1:
         assert any("scatters" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+# ----------------------------------------------------------------------------- DetectorOptions
+
+
+def test_detector_options_are_the_keywords_of_detect_phases():
+    import inspect
+    from dataclasses import fields
+
+    from geomtrace.phases import DetectorOptions
+
+    names = [f.name for f in fields(DetectorOptions)]
+    assert names == [
+        "smoothing",
+        "enter_threshold",
+        "exit_threshold",
+        "min_segment_length",
+        "noise_floor",
+        "min_points",
+        "allow_warmup",
+        "outlier_threshold",
+        "flat_rankme_change",
+        "min_rankme_change",
+        "min_alpha_change",
+    ]
+    assert DetectorOptions().to_dict() == {
+        "smoothing": 7,
+        "enter_threshold": 4.0,
+        "exit_threshold": 2.0,
+        "min_segment_length": 3,
+        "noise_floor": 1e-3,
+        "min_points": 5,
+        "allow_warmup": True,
+        "outlier_threshold": 4.0,
+        "flat_rankme_change": 0.1,
+        "min_rankme_change": 0.05,
+        "min_alpha_change": 0.05,
+    }
+    params = inspect.signature(detect_phases).parameters
+    assert list(params) == ["steps", "rankme", "alpha", "options", "overrides"]
+    # Every field is documented once, on the class.
+    doc = inspect.getdoc(DetectorOptions)
+    assert all(f"    {name}: " in doc for name in names)
+
+
+def test_options_object_and_keyword_overrides_agree():
+    from dataclasses import fields
+
+    from geomtrace.phases import DetectorOptions
+
+    steps = pythia_steps(3000)
+    rankme, alpha = three_phase(steps, [0, 9, 16, len(steps) - 1], 0.02, 0)
+    opts = DetectorOptions(allow_warmup=False, smoothing=9)
+    by_object = detect_phases(steps, rankme, alpha, opts)
+    assert by_object == detect_phases(steps, rankme, alpha, allow_warmup=False, smoothing=9)
+    assert by_object[0].name == "compression-seeking"
+    # A keyword overrides the object's value; every field is accepted as a keyword.
+    assert detect_phases(steps, rankme, alpha, opts, allow_warmup=True)[0].name == "warmup"
+    for f in fields(DetectorOptions):
+        detect_phases(steps, rankme, alpha, **{f.name: getattr(DetectorOptions(), f.name)})
+    with pytest.raises(TypeError, match="unknown detector option.*smooth.*the options are smoothing"):
+        detect_phases(steps, rankme, alpha, smooth=9)
+    with pytest.raises(TypeError, match="DetectorOptions"):
+        detect_phases(steps, rankme, alpha, 9)
+    assert current_phase(steps, rankme, alpha, DetectorOptions(min_points=10_000)) is None
+
+
+def test_detector_options_round_trip_and_validation():
+    from geomtrace.phases import DetectorOptions
+
+    opts = DetectorOptions(min_points=4, outlier_threshold=None, allow_warmup=False)
+    assert DetectorOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+    assert DetectorOptions.from_dict({"min_points": 6}) == DetectorOptions(min_points=6)
+    with pytest.raises(ValueError, match="unknown detector option.*min_point.*the options are"):
+        DetectorOptions.from_dict({"min_point": 6})
+    with pytest.raises(ValueError, match="min_points"):
+        DetectorOptions.from_dict({"min_points": 2})
+    for bad, match in [
+        ({"smoothing": 2.5}, "smoothing"),
+        ({"allow_warmup": "no"}, "allow_warmup"),
+        ({"enter_threshold": float("nan")}, "enter_threshold"),
+        ({"min_alpha_change": -1}, "min_alpha_change"),
+        ({"outlier_threshold": 0}, "outlier_threshold"),
+        ({"min_segment_length": True}, "min_segment_length"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            DetectorOptions(**bad).validate()
+    with pytest.raises(AttributeError):
+        opts.min_points = 5  # frozen
+
+
+def test_too_few_points_report_the_measured_change():
+    # Issue: with fewer than min_points the table printed "stable +0.0 %" while RankMe fell 75 %.
+    from geomtrace.phases import DetectorOptions
+
+    segs = detect_phases([0, 10, 20, 30], [40.0, 30.0, 20.0, 10.0], [1.0, 1.1, 1.2, 1.3])
+    assert [(s.name, s.confidence, s.n_points) for s in segs] == [("stable", 0.0, 4)]
+    assert math.expm1(segs[0].rankme_change) == pytest.approx(-0.75) and segs[0].alpha_change == pytest.approx(0.3)
+    text = format_segments(segs)
+    assert "too few measurements for phases: 4 of min_points 5" in text
+    assert "RankMe -75.0%" in text and "alpha +0.300" in text and "stable" not in text
+    # With the options they were detected with, min_points is theirs.
+    segs = detect_phases(np.arange(8), np.linspace(40, 10, 8), min_points=10)
+    assert "8 of min_points 10" in format_segments(segs, DetectorOptions(min_points=10))
+    assert "too few" not in format_segments(detect_phases(np.arange(8), np.linspace(40, 10, 8)))

@@ -15,13 +15,16 @@ command runs, so ``--help`` and ``--version`` answer at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import os
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
+
+from geomtrace._detector import DetectorOptions  # standard library only: the --detector.* options
 
 __all__ = [
     "build_parser",
@@ -186,6 +189,8 @@ def plot(
     output: str | None = None,
     labels: Union[str, list[str], None] = None,
     phases: bool = False,
+    no_warmup: bool = False,
+    detector: DetectorOptions | dict[str, Any] | None = None,
     linear_x: bool = False,
     title: str | None = None,
     memorization: Union[str, list[str], None] = None,
@@ -201,8 +206,12 @@ def plot(
         layer: layer index (default: the deepest measured layer)
         stage: one training stage when steps restart per stage (OLMo-2)
         output: figure path, .png/.svg/.pdf (default RUN/trajectory.png)
-        labels: comma list of legend labels (default: folder names)
-        phases: shade the phases detected on the first run
+        labels: comma list of legend labels (default: the file or folder names, with as many parent folders as
+            tell them apart)
+        phases: shade the phases detected on the first run (with a live history's recorded detector options and
+            post-training flag)
+        no_warmup: with --phases: the first run does not start at initialisation (post-training): no warmup phase
+        detector: with --phases: phase detector options, overriding those a live history records
         linear_x: linear x axis
         title: figure title
         memorization: summary keys drawn in panels under RankMe and alpha when a run holds memorization records
@@ -242,10 +251,13 @@ def phases(
     stage: str | None = None,
     no_warmup: bool = False,
     json: bool = False,
+    detector: DetectorOptions | dict[str, Any] | None = None,
 ) -> int:
     """Detect geometric phases (warmup, entropy-seeking, compression-seeking).
 
-    Segment a run's RankMe / alpha-ReQ trajectory into phases and print a table.
+    Segment a run's RankMe / alpha-ReQ trajectory into phases and print a table. A live history
+    is segmented as it was live: with the detector options it records, and without a warmup
+    phase when it records a post-training run (from_pretrained); explicit options override.
 
     Args:
         run: replay output folder or live history .json file
@@ -253,6 +265,7 @@ def phases(
         stage: one training stage when steps restart per stage (OLMo-2)
         no_warmup: the run does not start at initialisation (post-training): no warmup phase
         json: print the segments as JSON
+        detector: phase detector options, overriding those a live history records
     """
     return _cmd_phases(argparse.Namespace(**_arguments(locals())))
 
@@ -355,6 +368,10 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
         title = groups.get(name)
         target = parser if title is None else sections.setdefault(title, parser.add_argument_group(title))
         kind, default, help_text = hints[name], param.default, helps.get(name, "")
+        options_class = _options_class(kind)
+        if options_class is not None:
+            _add_options_group(parser, name, options_class, help_text)
+            continue
         if name in _POSITIONAL:
             target.add_argument(
                 name,
@@ -373,6 +390,42 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
             target.add_argument(*flags, dest=name, action="store_true", default=default, help=help_text)
         else:
             target.add_argument(*flags, dest=name, type=kind, default=default, help=help_text)
+
+
+def _options_class(kind: Any) -> type | None:
+    """The dataclass of an option-set parameter (``DetectorOptions | None``), else None."""
+    candidates = [t for t in typing.get_args(kind) or (kind,) if dataclasses.is_dataclass(t)]
+    return candidates[0] if candidates else None
+
+
+#: On the command line, ``none`` is None for an option whose own value may be None (an
+#: option that is not given is None too: it leaves the recorded or default value).
+_NONE = "none"
+
+
+def _add_options_group(parser: Any, name: str, cls: type, help_text: str) -> None:
+    """``--NAME.FIELD`` for each field of the option-set dataclass ``cls`` (``--detector.min_points 4``,
+    ``--detector.min-points`` too; ``detector: {min_points: 4}`` in a config file). Each defaults to
+    None, "not given", so that what is given can override a recorded value field by field."""
+    hints = typing.get_type_hints(cls)
+    _, _, helps = _docs(cls)
+    group = parser.add_argument_group(f"{name} options ({help_text})" if help_text else f"{name} options")
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if type(None) in args:  # an option whose value may be None: spelled none
+            kind = Union[(*[t for t in args if t is not type(None)], Literal[_NONE], None)]  # type: ignore[valid-type]
+        else:
+            kind = Union[kind, None]
+        flags = [f"--{name}.{f.name}"] + ([f"--{name}.{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = _NONE if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default
+        group.add_argument(
+            *flags,
+            dest=f"{name}.{f.name}",
+            type=kind,
+            default=None,
+            help=f"{helps.get(f.name, '')} (not given: the run's recorded value, else {default})".strip(),
+        )
 
 
 def build_parser() -> Any:
@@ -727,7 +780,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from geomtrace.replay.results import check_comparable, load_trajectory
 
     paths = _run_paths(args, many=True)
-    labels = _items(args.labels) or [Path(p).name or p for p in paths]
+    labels = _items(args.labels) or _default_labels(paths)
     if len(labels) != len(paths):
         raise UsageError(f"--labels has {len(labels)} names for {len(paths)} runs")
     if len(set(labels)) != len(labels):
@@ -736,9 +789,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         label: load_trajectory(p, layer=args.layer, stage=args.stage, label=label) for label, p in zip(labels, paths)
     }
     check_comparable(runs)
+    _check_measure_configs(dict(zip(labels, paths)))
     phases = None
     if args.phases:
-        phases = _detect(next(iter(runs.values())), allow_warmup=True)
+        options, notes = _detector_options(args, paths[0])
+        for note in notes:
+            print(f"[geomtrace] phases of {labels[0]}: {note}", file=sys.stderr)
+        phases = _detect(next(iter(runs.values())), options)
     keys = _memorization_keys(args.memorization)
     lines = _memorization_lines(dict(zip(labels, paths)), keys)
     fig = trajectory_figure(
@@ -754,6 +811,58 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     out = args.output or str((first if first.is_dir() else Path.cwd()) / "trajectory.png")
     print(save_figure(fig, out))
     return 0
+
+
+def _default_labels(paths: list[str]) -> list[str]:
+    """Legend labels: each run's file or folder name, with as many parent folders as it takes
+    to tell runs of the same name apart (``sft/geometry.json``, ``dpo/geometry.json``)."""
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    labels = [Path(p).name or p for p in paths]
+    for depth in range(2, max(len(x) for x in parts) + 1):
+        # (the same run given twice stays a clash: "give distinct --labels")
+        clashing = {
+            i
+            for i, label in enumerate(labels)
+            if any(labels[j] == label and parts[j] != parts[i] for j in range(len(labels)))
+        }
+        if not clashing:
+            break
+        for i in clashing:
+            labels[i] = "/".join(parts[i][-depth:]).replace("//", "/")
+    return labels
+
+
+def _check_measure_configs(runs: dict[str, str]) -> list[str]:
+    """Warn (and return the message) when the runs' recorded measurement options differ in a
+    field that changes the values (:func:`geomtrace.measure.value_fields`: layers, tokens, ...):
+    then their values differ for that reason too. Runs that record none are left out."""
+    import json
+
+    from geomtrace._warnings import warn
+    from geomtrace.measure import value_fields
+    from geomtrace.replay.provenance import read_provenance
+
+    configs: dict[str, dict[str, Any]] = {}
+    for label, path in runs.items():
+        try:
+            config = read_provenance(path).get("measure_config")
+        except (OSError, ValueError):
+            continue  # no provenance recorded (a bare history, an older output)
+        if isinstance(config, dict):
+            configs[label] = config
+    differences = []
+    for name in value_fields():
+        values = {label: c[name] for label, c in configs.items() if name in c}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            differences.append(f"{name}: " + ", ".join(f"{label} {v!r}" for label, v in values.items()))
+    if not differences:
+        return []
+    message = (
+        f"the runs were measured with different options ({'; '.join(differences)}): their values differ for that "
+        "reason too; replay with --like RUN to measure like another run"
+    )
+    warn(message)
+    return [message]
 
 
 _MEMORIZATION_PANEL_KEYS = ("spearman", "pearson", "answer_logprob", "n_scored")
@@ -834,11 +943,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _detect(trajectory: Any, allow_warmup: bool) -> list[Any]:
+def _detect(trajectory: Any, options: DetectorOptions) -> list[Any]:
     from geomtrace.phases import detect_phases
 
     alpha = trajectory.alpha if trajectory.alpha.size and (trajectory.alpha == trajectory.alpha).any() else None
-    return detect_phases(trajectory.step, trajectory.rankme, alpha, allow_warmup=allow_warmup)
+    return detect_phases(trajectory.step, trajectory.rankme, alpha, options)
 
 
 def _cmd_phases(args: argparse.Namespace) -> int:
@@ -848,16 +957,93 @@ def _cmd_phases(args: argparse.Namespace) -> int:
     path = _run_paths(args, many=False)[0]
     trajectory = load_trajectory(path, layer=args.layer, stage=args.stage)
     check_comparable({trajectory.label: trajectory})
-    segments = _detect(trajectory, allow_warmup=not args.no_warmup)
+    options, notes = _detector_options(args, path)
+    segments = _detect(trajectory, options)
     if args.json:
         import json
 
+        for note in notes:
+            print(f"[geomtrace] {note}", file=sys.stderr)
         print(json.dumps([s.to_dict() for s in segments], indent=2))
     else:
         layer = "" if trajectory.layer is None else f", layer {trajectory.layer}"
-        print(f"{trajectory.label}: {len(trajectory.step)} measurements{layer}")
-        print(format_segments(segments))
+        print("; ".join([f"{trajectory.label}: {len(trajectory.step)} measurements{layer}", *notes]))
+        print(format_segments(segments, options))
     return 0
+
+
+def _given_options(value: Any) -> dict[str, Any]:
+    """The detector options given explicitly: from the ``--detector.*`` group (a mapping, None =
+    not given, ``none`` = None) or, from Python, a :class:`DetectorOptions` (its non-default fields)."""
+    if value is None:
+        return {}
+    if isinstance(value, DetectorOptions):
+        defaults = DetectorOptions()
+        return {
+            f.name: getattr(value, f.name)
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) != getattr(defaults, f.name)
+        }
+    if not isinstance(value, Mapping):
+        raise UsageError(f"--detector: expected detector options, got {value!r}")
+    unknown = DetectorOptions.unknown_names(value)
+    if unknown:
+        raise UsageError(unknown)
+    return {k: (None if v == _NONE else v) for k, v in value.items() if v is not None}
+
+
+def _recorded_detector(path: str) -> tuple[dict[str, Any], bool | None]:
+    """``(detector options, from_pretrained)`` a live history records (``GeometryTracker.record()``);
+    nothing for a replay output or a bare list of rows. A history of a later stage of a reused
+    callback without a ``from_pretrained`` value is post-training, as the tracker decides."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        return {}, None
+    data = json.loads(p.read_text(encoding="utf-8"))  # load_trajectory read it already
+    if not isinstance(data, dict):
+        return {}, None
+    recorded = data.get("detector")
+    if recorded is not None:
+        try:
+            recorded = DetectorOptions.from_dict(recorded).to_dict()
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{p}: recorded detector options not valid ({err}); give --detector.* options") from None
+    from_pretrained = data.get("from_pretrained")
+    if from_pretrained is None and data.get("stages"):
+        from_pretrained = True
+    return recorded or {}, from_pretrained if isinstance(from_pretrained, bool) else None
+
+
+def _detector_options(args: argparse.Namespace, path: str) -> tuple[DetectorOptions, list[str]]:
+    """The detector options for the run at ``path``, and notes saying where they came from.
+
+    Order, later wins: the defaults; the options a live history records; no warmup when it
+    records a post-training run (``from_pretrained``, as live); the explicit ``--detector.*``
+    options; ``--no-warmup``.
+    """
+    from geomtrace.phases import resolve_options
+
+    given = _given_options(getattr(args, "detector", None))
+    if getattr(args, "no_warmup", False):
+        if given.get("allow_warmup") is True:
+            raise UsageError("--no-warmup contradicts --detector.allow_warmup true: give one of them")
+        given["allow_warmup"] = False
+    recorded, from_pretrained = _recorded_detector(path)
+    notes = []
+    changed = {k: v for k, v in recorded.items() if k not in given and v != getattr(DetectorOptions(), k)}
+    if changed:
+        notes.append("detector options from the record: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    options = dict(recorded)
+    if from_pretrained and "allow_warmup" not in given:
+        options["allow_warmup"] = False
+        notes.append("post-training (the record's from_pretrained): a first fall is compression-seeking, not warmup")
+    options.update(given)
+    try:
+        return resolve_options(options), notes
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"detector options: {err}") from None
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -53,6 +53,7 @@ __all__ = [
     "metric_key",
     "probe_autocast",
     "validate_extra_metrics",
+    "value_fields",
 ]
 
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
@@ -149,6 +150,12 @@ def _coerce_layers(layers: Any) -> Any:
     if isinstance(layers, (Sequence, np.ndarray)) and not isinstance(layers, bytes):
         return Rule("ints", example="[0, 6, 12]")("layers", layers)
     return Rule("int", example="-1, or 'last', 'all', a list of ints")("layers", layers)
+
+
+def value_fields() -> tuple[str, ...]:
+    """The :class:`MeasureConfig` fields that change the values: runs that differ in one are
+    not comparable (the others change the speed; the forward's precision is recorded apart)."""
+    return ("layers", "tokens", "skip_first_token", "spectrum", "eps", "fit_range", "max_components")
 
 
 @dataclass

@@ -6,9 +6,11 @@ typically falls) and ``"compression-seeking"`` (RankMe falls, alpha rises). Post
 moves geometry too: SFT/DPO are entropy-seeking, RLVR compression-seeking. Where neither
 metric moves beyond noise the run is ``"stable"``.
 
-:func:`detect_phases` segments a trajectory; :func:`current_phase` gives the latest
-segment for live logging; :func:`shift` classifies a before/after pair (one post-training
-run); :func:`format_segments` renders segments as a plain-text table.
+:func:`detect_phases` segments a trajectory, tuned by :class:`DetectorOptions` (the one
+declaration of its options, which the tracker records and the command line takes as
+``--detector.<option>``); :func:`current_phase` gives the latest segment for live logging;
+:func:`shift` classifies a before/after pair (one post-training run); :func:`format_segments`
+renders segments as a plain-text table.
 
 The algorithm (rules, defaults and limits: ``docs/concepts.md``, "Phase detection"):
 
@@ -41,22 +43,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from geomtrace._detector import DetectorOptions
 from geomtrace._warnings import warn
 
 __all__ = [
     "PHASES",
     "PHASE_CODES",
+    "DetectorOptions",
     "GeometryShift",
     "PhaseSegment",
     "current_phase",
     "detect_phases",
     "format_segments",
     "log_step",
+    "resolve_options",
     "shift",
     "trajectory_shift",
 ]
@@ -79,8 +84,9 @@ class PhaseSegment:
     ``start_index``/``end_index`` index the *input* arrays (NaN points dropped before
     detection are never boundaries). ``rankme_change`` is the log ratio of fitted RankMe at
     the end vs the start of the segment (``exp(x) - 1`` is the relative change);
-    ``alpha_change`` the fitted absolute change of alpha (None without alpha).
-    ``confidence`` is in [0, 1].
+    ``alpha_change`` the fitted absolute change of alpha (None without alpha); for the one
+    segment of too few points (``min_points``) both are the measured change from the first
+    to the last point. ``confidence`` is in [0, 1].
     """
 
     name: str
@@ -147,32 +153,28 @@ def _prepare(steps: Any, rankme: Any, alpha: Any) -> tuple[np.ndarray, np.ndarra
     return s, r, a, idx
 
 
-def _check_options(
-    smoothing: int,
-    enter_threshold: float,
-    exit_threshold: float,
-    min_segment_length: int,
-    noise_floor: float,
-    min_points: int,
-    outlier_threshold: float | None,
-) -> None:
-    if not isinstance(smoothing, (int, np.integer)) or smoothing < 3:
-        raise ValueError(f"smoothing must be an integer >= 3 (measurements), got {smoothing!r}")
-    if not enter_threshold > 0:
-        raise ValueError(f"enter_threshold must be > 0, got {enter_threshold!r}")
-    if not 0 <= exit_threshold <= enter_threshold:
-        raise ValueError(
-            f"exit_threshold must satisfy 0 <= exit_threshold <= enter_threshold, "
-            f"got {exit_threshold!r} (enter_threshold={enter_threshold!r})"
-        )
-    if not isinstance(min_segment_length, (int, np.integer)) or min_segment_length < 2:
-        raise ValueError(f"min_segment_length must be an integer >= 2, got {min_segment_length!r}")
-    if not noise_floor > 0:
-        raise ValueError(f"noise_floor must be > 0, got {noise_floor!r}")
-    if not isinstance(min_points, (int, np.integer)) or min_points < 3:
-        raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
-    if outlier_threshold is not None and not outlier_threshold > 0:
-        raise ValueError(f"outlier_threshold must be > 0 or None, got {outlier_threshold!r}")
+def resolve_options(
+    options: DetectorOptions | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+) -> DetectorOptions:
+    """``options`` (a :class:`DetectorOptions`, a mapping of its fields, or None for the
+    defaults) with ``overrides`` (keyword options by field name) applied, validated.
+
+    Raises TypeError for an unknown override name, ValueError for a bad value.
+    """
+    if options is None:
+        options = DetectorOptions()
+    elif isinstance(options, Mapping):
+        options = DetectorOptions.from_dict(options)
+    elif not isinstance(options, DetectorOptions):
+        raise TypeError(f"options must be a DetectorOptions (or a mapping of its fields), got {type(options).__name__}")
+    overrides = dict(overrides or {})
+    unknown = DetectorOptions.unknown_names(overrides)
+    if unknown:
+        raise TypeError(unknown)
+    if overrides:
+        options = replace(options, **overrides)
+    options.validate()
+    return options
 
 
 # ----------------------------------------------------------------------------- math
@@ -437,18 +439,8 @@ def detect_phases(
     steps: Sequence[float] | np.ndarray,
     rankme: Sequence[float] | np.ndarray,
     alpha: Sequence[float] | np.ndarray | None = None,
-    *,
-    smoothing: int = 7,
-    enter_threshold: float = 4.0,
-    exit_threshold: float = 2.0,
-    min_segment_length: int = 3,
-    noise_floor: float = 1e-3,
-    min_points: int = 5,
-    allow_warmup: bool = True,
-    outlier_threshold: float | None = 4.0,
-    flat_rankme_change: float = 0.1,
-    min_rankme_change: float = 0.05,
-    min_alpha_change: float = 0.05,
+    options: DetectorOptions | None = None,
+    **overrides: Any,
 ) -> list[PhaseSegment]:
     """Segment a RankMe (and optionally alpha-ReQ) trajectory into geometric phases.
 
@@ -457,66 +449,36 @@ def detect_phases(
         rankme: RankMe at each step (> 0).
         alpha: alpha-ReQ at each step, optional; it confirms (or contradicts) RankMe's
             direction and decides where RankMe is flat.
-        smoothing: window, in measurements, of the local linear fits (clipped to the
-            number of points).
-        enter_threshold: a trend starts when its local slope reaches this many noise
-            standard errors.
-        exit_threshold: ...and ends when it falls below this many (hysteresis).
-        min_segment_length: shortest segment kept, in measurements.
-        noise_floor: lower bound on the noise sigma (in log RankMe, i.e. relative, and in
-            alpha units), so a noiseless trajectory does not make every wiggle significant.
-        min_points: fewer valid points than this give a single ``"stable"`` segment with
-            confidence 0 (an empty list for no points at all).
-        allow_warmup: name a fall at the start of the trajectory ``"warmup"``. Set False
-            for a trajectory that does not begin at initialisation (post-training, resumed
-            runs): the fall is then ``"compression-seeking"``.
-        outlier_threshold: an interior measurement off its neighbours' chord and off the
-            trends on both sides by more than this many standard deviations, all on the
-            same side, is an isolated spike and is ignored, with a warning. None keeps
-            every point.
-        flat_rankme_change: alpha may name a segment against RankMe's direction only
-            while RankMe's relative change over it is below this (and not significant);
-            otherwise the segment is stable. A RankMe change of a factor >= 1.5 (+50% /
-            -33%) always names the segment by RankMe's direction, whatever the noise.
-        min_rankme_change: effect size: a trend must move RankMe by at least this
-            relative amount over its segment (fitted, in log: ``log(1 + min_rankme_change)``)
-            ...
-        min_alpha_change: ...or alpha by at least this much (absolute) in the trend's
-            direction; a smaller move, however significant, is ``"stable"``. Noiseless
-            trajectories (full-batch toys, replays of deterministic checkpoints) make tiny
-            drifts significant; these two keep them from being named phases.
+        options: the detector's options, a :class:`DetectorOptions` (its fields are
+            documented there); None: the defaults.
+        **overrides: any :class:`DetectorOptions` field by name (``min_points=4``,
+            ``allow_warmup=False``), applied over ``options``.
 
     Returns:
         Segments in order, covering all valid points; consecutive segments share their
-        boundary measurement.
+        boundary measurement. Fewer valid points than ``min_points``: one ``"stable"``
+        segment with confidence 0 whose ``rankme_change``/``alpha_change`` are the measured
+        change from the first to the last point (an empty list for no points at all).
 
     Raises:
         ValueError: lengths differ, steps not strictly increasing or negative, RankMe not
-            positive, or an invalid option. NaN/Inf points are dropped with a warning.
+            positive, or an invalid option value. NaN/Inf points are dropped with a warning.
+        TypeError: an unknown option name.
     """
-    _check_options(
-        smoothing,
-        enter_threshold,
-        exit_threshold,
-        min_segment_length,
-        noise_floor,
-        min_points,
-        outlier_threshold,
-    )
-    for name, value in (
-        ("flat_rankme_change", flat_rankme_change),
-        ("min_rankme_change", min_rankme_change),
-        ("min_alpha_change", min_alpha_change),
-    ):
-        if not value >= 0:  # also rejects NaN
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    o = resolve_options(options, overrides)
+    smoothing, enter_threshold, exit_threshold = o.smoothing, o.enter_threshold, o.exit_threshold
+    min_rankme_change, min_alpha_change = o.min_rankme_change, o.min_alpha_change
+    noise_floor, outlier_threshold = o.noise_floor, o.outlier_threshold
     s, r, a, idx = _prepare(steps, rankme, alpha)
     n = len(s)
     if n == 0:
         return []
-    if n < min_points:
-        # Not enough history to tell a trend from noise: report "no evidence", not a phase.
-        return [_make("stable", s, idx, 0, n - 1, 0.0, 0.0, None if a is None else 0.0)]
+    if n < o.min_points:
+        # Not enough history to tell a trend from noise: report "no evidence", not a phase,
+        # with the change that was measured (first to last point).
+        dy = float(np.log(r[-1] / r[0]))
+        da = None if a is None else float(a[-1] - a[0])
+        return [_make("stable", s, idx, 0, n - 1, 0.0, dy, da)]
 
     x = log_step(s)
     y = np.log(r)
@@ -558,8 +520,8 @@ def detect_phases(
         w,
         enter_threshold,
         exit_threshold,
-        min_segment_length,
-        flat_rankme_change,
+        o.min_segment_length,
+        o.flat_rankme_change,
         (math.log1p(min_rankme_change), min_alpha_change),
     )
     labs, knots = ctx.tidy([rr[0] for rr in runs], [rr[1] for rr in runs[1:]])
@@ -601,7 +563,7 @@ def detect_phases(
                 # and nothing but stable segments (the first steps barely moving) precede it.
                 first_fall = all(seg.name == "stable" for seg in out)
                 rankme_falls = dy <= -ctx.min_effect[0] and (t_y <= -enter_threshold or ctx.large(i0, i1) < 0)
-                name = "warmup" if (allow_warmup and first_fall and rankme_falls) else "compression-seeking"
+                name = "warmup" if (o.allow_warmup and first_fall and rankme_falls) else "compression-seeking"
             # A large RankMe move counts as at least enter_threshold (the noise estimate may not).
             t_eff = lab * max(lab * t_y, enter_threshold) if ctx.large(i0, i1) == lab else t_y
             conf = _trend_confidence(lab, t_eff, t_a if a is not None else None, enter_threshold)
@@ -932,24 +894,45 @@ def current_phase(
     steps: Sequence[float] | np.ndarray,
     rankme: Sequence[float] | np.ndarray,
     alpha: Sequence[float] | np.ndarray | None = None,
-    **options: Any,
+    options: DetectorOptions | None = None,
+    **overrides: Any,
 ) -> PhaseSegment | None:
     """The latest phase (last segment of :func:`detect_phases`), for live logging.
 
-    Returns None while fewer than ``min_points`` (default 5) valid measurements exist.
-    Note the last boundary is only as recent as the evidence: a new trend shows up after
-    about ``smoothing / 2`` measurements.
+    Takes the options as :func:`detect_phases` does. Returns None while fewer than
+    ``min_points`` (default 5) valid measurements exist. Note the last boundary is only as
+    recent as the evidence: a new trend shows up after about ``smoothing / 2`` measurements.
     """
-    segs = detect_phases(steps, rankme, alpha, **options)
-    too_short = len(segs) == 1 and segs[0].n_points < options.get("min_points", 5)
-    return None if not segs or too_short else segs[-1]
+    o = resolve_options(options, overrides)
+    segs = detect_phases(steps, rankme, alpha, o)
+    return None if not segs or _too_few(segs, o) else segs[-1]
+
+
+def _too_few(segments: Sequence[PhaseSegment], options: DetectorOptions) -> bool:
+    """Is this :func:`detect_phases`'s answer to fewer than ``min_points`` valid points?"""
+    return len(segments) == 1 and segments[0].n_points < options.min_points
 
 
 # ----------------------------------------------------------------------------- table
 
 
-def format_segments(segments: Sequence[PhaseSegment]) -> str:
-    """Plain-text table of segments (for ``geomtrace phases``)."""
+def format_segments(segments: Sequence[PhaseSegment], options: DetectorOptions | None = None) -> str:
+    """Plain-text table of segments (for ``geomtrace phases``).
+
+    ``options``: those the segments were detected with (default: the defaults); with fewer
+    valid measurements than their ``min_points`` the text says so, and gives the measured
+    overall change instead of a phase.
+    """
+    options = resolve_options(options)
+    if segments and _too_few(segments, options):
+        seg = segments[0]
+        change = f"RankMe {math.expm1(seg.rankme_change) * 100:+.1f}%"
+        if seg.alpha_change is not None:
+            change += f", alpha {seg.alpha_change:+.3f}"
+        return (
+            f"too few measurements for phases: {seg.n_points} of min_points {options.min_points}\n"
+            f"overall change, step {seg.start_step:g} to {seg.end_step:g}: {change}"
+        )
     header = ("phase", "start step", "end step", "confidence", "RankMe change", "alpha change")
     rows = [header]
     for seg in segments:

@@ -41,6 +41,7 @@ from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, max_positions, measure_geometry, validate_extra_metrics
 from geomtrace.memorization.live import LiveMemorization
 from geomtrace.memorization.probe import MemorizationProbe
+from geomtrace.phases import DetectorOptions
 from geomtrace.probes import PROBE_OPTION_RULES, ProbeSet, check_probe_lengths, load_probes
 
 __all__ = [
@@ -168,6 +169,9 @@ class GeometryTracker:
         from_pretrained: whether training starts from a trained model (post-training):
             then a falling RankMe is compression-seeking, never "warmup". ``None`` decides
             per training (see :meth:`begin`).
+        detector: the phase detector's options (:class:`~geomtrace.phases.DetectorOptions`;
+            default: its defaults), recorded as ``record()["detector"]`` so that ``geomtrace
+            phases`` and ``plot --phases`` detect the same phases from the history.
         history_file: write :meth:`record` to this JSON file (atomically) after every
             measurement; the callbacks do it on the main process only.
         strict: raise errors from the measurement instead of warning and going on.
@@ -201,6 +205,7 @@ class GeometryTracker:
         prefix: str = "geometry",
         extra_metrics: Mapping[str, Metric] | None = None,
         memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
+        detector: DetectorOptions | None = None,
     ) -> None:
         options = {
             "every_n_steps": every_n_steps,
@@ -264,6 +269,11 @@ class GeometryTracker:
         self._tokenizer: Any = None
         self._fitted_to: int | None = None
         self._reset_cost()
+        # The phase detector's options (recorded; the offline tools reuse them).
+        if detector is not None and not isinstance(detector, DetectorOptions):
+            raise TypeError(f"detector must be a geomtrace.phases.DetectorOptions, got {type(detector).__name__}")
+        self.detector = detector or DetectorOptions()
+        self.detector.validate()
 
     def _reset_stage(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -610,7 +620,8 @@ class GeometryTracker:
                 [r["step"] for r in points],
                 [r[keys["rankme"]] for r in points],
                 [r.get(keys["alpha"], math.nan) for r in points],
-                allow_warmup=not self.from_pretrained,
+                self.detector,
+                allow_warmup=self.detector.allow_warmup and not self.from_pretrained,
             )
         except Exception as err:  # phase detection is advisory: never stop tracking for it
             if self.strict:
@@ -694,14 +705,17 @@ class GeometryTracker:
         Top-level keys: ``history`` (rows ``{"step", "geometry/rankme", ...}``),
         ``provenance`` (probe description and fingerprint, ``n_probes``, ``precision`` the
         probes ran in, ``measure_config``, ``probe_options``, ``trajectory``), ``phase``,
-        ``from_pretrained``, ``schedule``; when they apply ``provenance_changes``,
-        ``memorization``, ``stages`` and ``cost``; then ``extra``.
+        ``from_pretrained``, ``detector`` (the phase detector's options, as given: a
+        post-training run never has a warmup whatever its ``allow_warmup``), ``schedule``;
+        when they apply ``provenance_changes``, ``memorization``, ``stages`` and ``cost``;
+        then ``extra``.
         """
         out: dict[str, Any] = {
             "history": [dict(r) for r in self.history],
             "provenance": self.provenance,
             "phase": self.phase,
             "from_pretrained": self.from_pretrained,
+            "detector": self.detector.to_dict(),
             "schedule": {
                 "every_n_steps": self.every_n_steps,
                 "extra_steps": sorted(self.extra_steps),
