@@ -386,7 +386,17 @@ def build_parser() -> Any:
     from geomtrace._optional import require
 
     jsonargparse = require("jsonargparse", "the geomtrace command line")
-    ActionConfigFile, ArgumentParser = jsonargparse.ActionConfigFile, jsonargparse.ArgumentParser
+    ActionConfigFile = jsonargparse.ActionConfigFile
+
+    class ArgumentParser(jsonargparse.ArgumentParser):
+        """Usage errors in one line (jsonargparse prints the whole usage and a type report)."""
+
+        def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+            parser = getattr(ex, "subcommand_parser", None) or self
+            prog = str(parser.prog).replace(" [options]", "")
+            print(f"{prog}: error: {_one_line_error(message, prog)}", file=sys.stderr)
+            raise SystemExit(2)
+
     parser = ArgumentParser(
         prog="geomtrace",
         description="Representation geometry (RankMe, alpha-ReQ) of language models over checkpoints.",
@@ -411,6 +421,25 @@ def build_parser() -> Any:
         _add_signature(sub, fn)
         subcommands.add_subcommand(name, sub, help=summary)
     return parser
+
+
+def _one_line_error(message: str, prog: str) -> str:
+    """jsonargparse's error report as one line: the option, what it expects, what it got."""
+    import re
+
+    key = re.search(r'[Kk]ey "([^"]+)"', message)
+    expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
+    given = re.search(r"Given value: (.*)", message)
+    choices = re.search(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]", message)
+    if key and (expected or choices):
+        name = key.group(1).split(".")[-1]
+        command = prog.split()[-1] if " " in prog else ""
+        env = f"{_ENV_PREFIX}_{command.upper()}__{name.upper()}" if command else f"{_ENV_PREFIX}_{name.upper()}"
+        wants = " or ".join(expected) if expected else f"one of {choices.group(1).replace(chr(39), '')}"
+        got = f", got {given.group(1).strip()!r}" if given else ""
+        return f"--{name.replace('_', '-')} (config key {name}, environment {env}) expects {wants}{got}"
+    first = next((line.strip() for line in str(message).splitlines() if line.strip()), str(message))
+    return f"{first} (see {prog} --help)"
 
 
 def subcommand_parser(parser: Any, command: str) -> Any:
@@ -473,7 +502,11 @@ def like_settings(args: argparse.Namespace) -> Any:
     from geomtrace.replay.provenance import like_settings as settings
     from geomtrace.replay.provenance import read_provenance
 
-    return settings(read_provenance(args.like))
+    provenance = read_provenance(args.like)
+    try:
+        return settings(provenance)
+    except (TypeError, AttributeError, ValueError) as err:  # a hand-edited or foreign record
+        raise UsageError(f"--like {args.like}: {err}") from err
 
 
 def measure_config(args: argparse.Namespace, like: Any = None) -> Any:
@@ -605,7 +638,11 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
     else:
         if args.revisions or args.revisions_file:
             raise UsageError("--revisions/--revisions-file select hub revisions; with --checkpoints use --step-range")
-        ckpts = local_checkpoints(args.checkpoints)
+        skipped: list[str] = []
+        ckpts = local_checkpoints(args.checkpoints, skipped=skipped)
+        for line in skipped:  # a save still being written, or a folder of optimizer state only
+            # --dry-run lists them with the checkpoints (stdout); a replay says so on stderr.
+            print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
     ckpts = _filter_checkpoints(ckpts, args)
     if not ckpts:
         raise UsageError("no checkpoints left after --stage/--step-range/--log-spaced")
@@ -742,6 +779,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         label: load_trajectory(p, layer=args.layer, stage=args.stage, label=label) for label, p in zip(labels, paths)
     }
     check_comparable(runs)
+    for label, path in zip(labels, paths):
+        t = runs[label]
+        if not any(v == v for v in (*t.rankme.tolist(), *t.alpha.tolist())):  # NaN != NaN
+            raise UsageError(
+                f"{path}: every RankMe and alpha-ReQ value is NaN, nothing to plot (see each record's n_samples "
+                "and the warnings of that run)"
+            )
     phases = None
     if args.phases:
         phases = _detect(next(iter(runs.values())), allow_warmup=True)
