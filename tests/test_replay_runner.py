@@ -267,12 +267,13 @@ def test_signal_in_the_loop_exits_128_plus_signal_and_the_rerun_resumes(full_run
         assert_same(values(out), full, rel=1e-7)
 
 
-def test_ctrl_c_during_start_up_exits_130_in_one_line(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=["ctrl-c", "sigterm", "sigusr1"])
+def test_a_signal_during_start_up_exits_128_plus_signal_in_one_line(tmp_path, sig):
     worker = Worker("startup", tmp_path, [*TWO_REVS, "--output", str(tmp_path / "out")])
     worker.wait_inside()  # inside `import torch`
-    worker.proc.send_signal(signal.SIGINT)
+    worker.proc.send_signal(sig)
     rc, _, err = worker.finish()
-    assert rc == 130 and err.strip() == f"geomtrace replay: {INTERRUPTED}"
+    assert rc == 128 + sig and err.strip() == f"geomtrace replay: {INTERRUPTED}"
 
 
 def test_ctrl_c_in_the_exit_handlers_still_exits_130(hub, tmp_path):
