@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -476,3 +479,35 @@ def test_resume_with_another_prefix_keeps_the_history(tmp_path, tokenizer):
     with pytest.warns(GeometryWarning, match=r"prefixes \['a', 'b'\] but none under this monitor's prefix 'c'"):
         third.on_load_checkpoint(None, None, {"callbacks": states})
     assert third.history == []
+
+
+def test_sigterm_and_ctrl_c_mid_measurement_keep_completed_measurements_and_resume(tmp_path):
+    # One subprocess, two fits (tests/workers/live_signal.py): SIGTERM inside the measurement of
+    # step 3 (Lightning notes it, the measurement completes, Lightning stops at the next batch);
+    # then a resume from the step-2 checkpoint and Ctrl-C inside the measurement of step 4.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).parent / "workers" / "live_signal.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(worker), "lightning", str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for n, sig in enumerate((signal.SIGTERM, signal.SIGINT), 1):
+            deadline = time.monotonic() + 120
+            while not (tmp_path / f"inside-{n}").is_file():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+                time.sleep(0.02)
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    sigterm, sigint = result["sigterm"], result["sigint"]
+    assert sigterm["ended"] == "SIGTERMException(None)" and sigterm["status"] == "TrainerStatus.INTERRUPTED"
+    assert sigterm["file"] == sigterm["memory"] == [0, 1, 2, 3]  # the one in progress completed
+    assert sigterm["checkpoints"] == ["epoch=0-step=2.ckpt"]
+    # Resumed at step 2: the history continues; step 4, cut short by Ctrl-C, left no trace.
+    assert sigint["ended"] == "SystemExit(1)" and sigint["memory"] == sigint["file"] == [0, 1, 2, 3]
+    records = json.loads((tmp_path / "geometry.json").read_text())["history"]
+    assert all("geometry/rankme" in r and "geometry/seconds" in r for r in records)
+    assert not list(tmp_path.glob(".geometry.json.*"))  # no temporary file left behind

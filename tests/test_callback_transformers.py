@@ -6,9 +6,11 @@ import copy
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -588,3 +590,43 @@ def test_resume_with_another_prefix_keeps_the_history(tok, tmp_path, tb_dir):
     assert [r["step"] for r in second.history] == [0, 2, 4, 6]
     assert all("geo/rankme" in r and not any(k.startswith("geometry/") for k in r) for r in second.history)
     assert second.tracker.prefix == "geo"
+
+
+def test_sigterm_mid_measurement_keeps_completed_measurements_and_resume_continues(tok, tmp_path, tb_dir):
+    # tests/workers/live_signal.py: SIGTERM (the default action kills the process) inside the
+    # measurement of step 3 of an 8-step run that checkpoints every 2 steps.
+    worker = Path(__file__).parent / "workers" / "live_signal.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(worker), "hf", str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "inside-1").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM
+    history = json.loads((tmp_path / "geometry.json").read_text())["history"]
+    assert [r["step"] for r in history] == [0, 1, 2]  # every completed measurement, none half
+    assert all("geometry/rankme" in r and "geometry/seconds" in r for r in history)
+    assert not list(tmp_path.glob(".geometry.json.*"))
+
+    callback = GeometryCallback(
+        every_n_steps=1, num_sequences=24, tokenizer=tok, history_file=tmp_path / "geometry.json"
+    )
+    trainer = hf_trainer(
+        tok,
+        tmp_path,
+        callback,
+        max_steps=3,
+        output_dir=str(tmp_path / "run"),
+        restore_callback_states_from_checkpoint=True,
+    )
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    resumed = json.loads((tmp_path / "geometry.json").read_text())["history"]
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    assert resumed[1]["geometry/rankme"] == history[1]["geometry/rankme"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -157,7 +158,10 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_the_parser_rejects_bad_choices(capsys):
     assert exit_code(["replay", "--model", "a/b", "--tokens", "first"]) == 2
     err = capsys.readouterr().err
-    assert "Expected a typing.Literal['last', 'mean', 'all']" in err and "first" in err
+    assert err == (
+        "geomtrace replay: error: --tokens (config key tokens, environment GEOMTRACE_REPLAY__TOKENS) expects one of "
+        "last, mean, all, got 'first'\n"
+    )
 
 
 def test_dry_run_filters_and_shards(capsys):
@@ -258,9 +262,12 @@ def test_only_the_latest_probe_set_is_used(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("dtype: int8", "Given value: int8"),
+        ("dtype: int8", "--dtype (config key dtype, environment GEOMTRACE_REPLAY__DTYPE) expects one of fp32"),
         ("device: gpu", "--device"),
-        ("batch_size: many", 'Parser key "batch_size"'),
+        (
+            "batch_size: many",
+            "--batch-size (config key batch_size, environment GEOMTRACE_REPLAY__BATCH_SIZE) expects int, got 'many'",
+        ),
     ],
 )
 def test_config_values_are_checked_before_loading(tmp_path, capsys, line, message):
@@ -704,3 +711,74 @@ def test_value_fields_is_the_one_declaration():
 
     assert value_fields() == tracking._COMPARED_CONFIG == provenance._MEASURE_FIELDS
     assert set(value_fields()) <= {f.name for f in fields(MeasureConfig)}
+
+
+# ----------------------------------------------------------------------------- issue 15: messages
+
+
+def test_wrong_types_from_a_config_file_or_the_environment_are_one_line(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: org/model\nbatch_size: abc\n")
+    expected = (
+        "geomtrace replay: error: --batch-size (config key batch_size, environment GEOMTRACE_REPLAY__BATCH_SIZE) "
+        "expects int, got 'abc'\n"
+    )
+    assert exit_code(["replay", "--config", str(cfg)]) == 2
+    assert capsys.readouterr().err == expected
+    monkeypatch.setenv("GEOMTRACE_REPLAY__BATCH_SIZE", "abc")
+    assert exit_code(["replay", "--model", "org/model"]) == 2
+    assert capsys.readouterr().err == expected
+
+
+def test_like_with_a_malformed_provenance_is_a_usage_error(tmp_path, capsys):
+    bad = tmp_path / "geometry.json"
+    bad.write_text(json.dumps({"provenance": {"measure_config": "x"}}))
+    assert (
+        main(["replay", "--like", str(bad), "--model", "a/b", "--revisions", "step0", "-o", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"geomtrace replay: error: --like {bad}: malformed provenance: 'measure_config' is str")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_checkpoint_folders_without_config_are_named(tmp_path, capsys):
+    from fakehub import build_tiny_model
+
+    build_tiny_model(seed=0).save_pretrained(tmp_path / "run" / "checkpoint-10")
+    (tmp_path / "run" / "checkpoint-20").mkdir()
+    (tmp_path / "run" / "checkpoint-20" / "optimizer.pt").write_bytes(b"")
+    assert main(["replay", "--checkpoints", str(tmp_path / "run"), "--dry-run", "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'run' / 'checkpoint-20'}: no config.json" in out and "1 checkpoint(s) of 1" in out
+
+
+def test_plot_of_an_all_nan_history_is_an_error(tmp_path, capsys):
+    history = tmp_path / "geometry.json"
+    history.write_text(json.dumps({"history": [{"step": s, "geometry/rankme": None} for s in (0, 1, 2)]}))
+    assert main(["plot", str(history), "-o", str(tmp_path / "t.png")]) == 2
+    assert "every RankMe and alpha-ReQ value is NaN, nothing to plot" in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_unwritable_outputs_are_named_in_user_terms(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--format", "csv", "-o", str(tmp_path)]) == 2  # an existing folder
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path}: it is a folder; give a file path" in err and ".tmp" not in err
+    from geomtrace._atomic import write_error
+
+    message = str(write_error(PermissionError(13, "Permission denied", str(tmp_path / ".x.tmp")), tmp_path / "x" / "y"))
+    target = tmp_path / "x" / "y"
+    assert message == f"cannot write {target}: {tmp_path} is not writable (change its permissions or write elsewhere)"
+    if sys.platform == "win32" or os.geteuid() == 0:
+        pytest.skip("root writes anywhere: the read-only folder case needs another user")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["plot", str(run_dir), "-o", str(locked / "t.png")]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {locked / 't.png'}: {locked} is not writable" in err and ".tmp" not in err
+        assert main(["export", str(run_dir), "-o", str(locked / "g.npy"), "--no-spectra"]) == 2
+        assert f"cannot write {locked / 'g.npy'}: {locked} is not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

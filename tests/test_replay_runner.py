@@ -48,8 +48,7 @@ FULL = [
     *PROBES,
     *QUIET,
 ]
-# Each load in the worker sleeps 1.5 s: after the first record appears, the remaining five
-# checkpoints leave several seconds for the signal to arrive, even on a loaded machine.
+# Stops inside a phase (start-up, the loop, the exit handlers) and waits for the test's signal.
 WORKER = Path(__file__).parent / "workers" / "replay_kill.py"
 
 
@@ -209,47 +208,84 @@ def test_tensorboard_tags_at_checkpoint_steps(full_run):
         assert e.value == pytest.approx(stored[(rev, 2)][0], rel=1e-6)
 
 
-def test_resume_after_sigkill(full_run, tmp_path):
-    out = tmp_path / "killed"
-    cmd = [sys.executable, str(WORKER), "1.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 90
-    try:
-        while not (results.is_file() and results.stat().st_size > 0):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the worker wrote no record in time"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stderr.close()
-    interrupted = ResultsStore(out).done_keys()
-    assert 1 <= len(interrupted) < len(REVS)  # killed mid-run
+class Worker:
+    """tests/workers/replay_kill.py in a subprocess, stopped inside one phase (see its doc)."""
 
-    assert main([*FULL, "--output", str(out), "--no-tensorboard"]) == 0
-    raw = ResultsStore(out).records(dedupe=False)
-    counts: dict[tuple[str, int], int] = {}
-    for r in raw:
-        counts[(r["key"], r["layer"])] = counts.get((r["key"], r["layer"]), 0) + 1
-    assert counts == {(rev, layer): 1 for rev in REVS for layer in (0, 1, 2)}
-    assert ResultsStore(out).done_keys() == set(REVS)
-    assert_same(values(out), values(full_run), rel=1e-7)
+    def __init__(self, phase: str, tmp_path: Path, args: list[str], env: dict | None = None) -> None:
+        self.marker = tmp_path / f"inside-{phase}"
+        cmd = [sys.executable, str(WORKER), phase, str(self.marker), "--", *args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
+
+    def wait_inside(self, marker: Path | None = None, timeout: float = 90) -> int:
+        """Block until the worker is inside its phase; its pid."""
+        marker = marker or self.marker
+        deadline = time.monotonic() + timeout
+        while not marker.is_file():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+                pytest.fail(f"the worker never got inside its phase (rc {self.proc.returncode}): {err[-3000:]}")
+            time.sleep(0.02)
+        return int(marker.read_text())
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate()
+            pytest.fail(f"the worker did not exit: {err[-3000:]}")
+        return self.proc.returncode, out, err
 
 
-def test_ctrl_c_exits_130_and_keeps_what_was_measured(hub, tmp_path):
+INTERRUPTED = "interrupted (rerun the same command to resume)"
+TWO_REVS = [*FULL, "--revisions", "step0,step1", "--no-tensorboard"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_signal_in_the_loop_exits_128_plus_signal_and_the_rerun_resumes(full_run, tmp_path, sig):
+    # (This replaces a SIGKILL test: a killed process leaves the same files, whole appends.)
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, str(WORKER), "1.5", "--", *FULL, "--output", str(out), "--no-tensorboard"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 90
-    while not (results.is_file() and results.stat().st_size > 0):
-        assert proc.poll() is None and time.monotonic() < deadline, "the worker wrote no record in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted (rerun the same command to resume)" in err
-    assert "Traceback" not in err and len(ResultsStore(out).done_keys()) >= 1
+    worker = Worker("loop", tmp_path, [*TWO_REVS, "--output", str(out)])
+    worker.wait_inside()  # step0 recorded, step1 loading
+    worker.proc.send_signal(sig)
+    rc, _, err = worker.finish()
+    assert rc == 128 + sig and err.strip().splitlines()[-1] == f"geomtrace replay: {INTERRUPTED}", err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert ResultsStore(out).done_keys() == {"step0"}
+    raw = (out / "results.jsonl").read_text()
+    assert raw.endswith("\n") and all(json.loads(line) for line in raw.splitlines())  # whole lines only
+    if sig == signal.SIGTERM:  # the rerun measures only what is missing, to the same values
+        assert main([*TWO_REVS, "--output", str(out)]) == 0
+        counts: dict[tuple[str, int], int] = {}
+        for r in ResultsStore(out).records(dedupe=False):
+            counts[(r["key"], r["layer"])] = counts.get((r["key"], r["layer"]), 0) + 1
+        assert counts == {(rev, layer): 1 for rev in ("step0", "step1") for layer in (0, 1, 2)}
+        full = {k: v for k, v in values(full_run).items() if k[0] in ("step0", "step1")}
+        assert_same(values(out), full, rel=1e-7)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=["ctrl-c", "sigterm", "sigusr1"])
+def test_a_signal_during_start_up_exits_128_plus_signal_in_one_line(tmp_path, sig):
+    worker = Worker("startup", tmp_path, [*TWO_REVS, "--output", str(tmp_path / "out")])
+    worker.wait_inside()  # inside `import torch`
+    worker.proc.send_signal(sig)
+    rc, _, err = worker.finish()
+    assert rc == 128 + sig and err.strip() == f"geomtrace replay: {INTERRUPTED}"
+
+
+def test_ctrl_c_in_the_exit_handlers_still_exits_130(hub, tmp_path):
+    out = tmp_path / "done"
+    worker = Worker("exit", tmp_path, [*TWO_REVS, "--revisions", "step0", "--output", str(out)])
+    worker.wait_inside()  # the summary line is out, the interpreter is running its exit handlers
+    worker.proc.send_signal(signal.SIGINT)
+    (tmp_path / "inside-exit.release").touch()
+    rc, _, err = worker.finish()
+    assert rc == 130 and err.strip().splitlines()[-1] == f"geomtrace: {INTERRUPTED}", err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert ResultsStore(out).done_keys() == {"step0"}
 
 
 def test_shards_together_give_the_full_set(full_run, tmp_path):

@@ -11,25 +11,49 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_error"]
+
+
+def write_error(err: OSError, target: str | os.PathLike) -> OSError:
+    """``err`` (raised while writing ``target`` through a tmp file) retold in the user's terms:
+    the target, why, what to do; never the tmp file's name. Same exception class."""
+    target = Path(target)
+    if isinstance(err, IsADirectoryError) or target.is_dir():
+        message = f"cannot write {target}: it is a folder; give a file path (e.g. {target / 'out'}{target.suffix})"
+    elif isinstance(err, PermissionError):
+        folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), target.parent)
+        message = f"cannot write {target}: {folder} is not writable (change its permissions or write elsewhere)"
+    elif isinstance(err, FileExistsError) or isinstance(err, NotADirectoryError):
+        message = f"cannot write {target}: a file is in the way of its folder {target.parent}"
+    else:
+        message = f"cannot write {target}: {err.strerror or err}"
+    try:
+        return type(err)(message)
+    except TypeError:  # pragma: no cover - an OSError subclass with another signature
+        return OSError(message)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; parent folders are created. Returns the path."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise write_error(err, target) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError):
+            raise write_error(err, target) from err
         raise
     return target
 

@@ -8,13 +8,15 @@ Options are spelled with dashes (``--batch-size``) as before; the underscore spe
 (``--batch_size``, the config key) works too.
 
 Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error (one line),
-130 interrupted. See ``docs/cli.md``. Nothing heavier than jsonargparse is imported before a
-command runs, so ``--help`` and ``--version`` answer at once.
+130 interrupted (Ctrl-C; 143 SIGTERM, 138 SIGUSR1: 128 + the signal). See ``docs/cli.md``.
+Nothing heavier than jsonargparse is imported before a command runs, so ``--help`` and
+``--version`` answer at once, and the signals are handled before that.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import inspect
 import os
@@ -22,8 +24,9 @@ import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, NoReturn, Union
 
+from geomtrace import _signals
 from geomtrace._detector import DetectorOptions  # standard library only: the --detector.* options
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "probe_options",
     "replay",
     "replay_checkpoints",
+    "run",
 ]
 
 _ENV_PREFIX = "GEOMTRACE"
@@ -434,11 +438,22 @@ def build_parser() -> Any:
     from geomtrace._optional import require
 
     jsonargparse = require("jsonargparse", "the geomtrace command line")
-    ActionConfigFile, ArgumentParser = jsonargparse.ActionConfigFile, jsonargparse.ArgumentParser
+    ActionConfigFile = jsonargparse.ActionConfigFile
+
+    class ArgumentParser(jsonargparse.ArgumentParser):
+        """Usage errors in one line (jsonargparse prints the whole usage and a type report)."""
+
+        def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+            parser = getattr(ex, "subcommand_parser", None) or self
+            prog = str(parser.prog).replace(" [options]", "")
+            print(f"{prog}: error: {_one_line_error(message, prog)}", file=sys.stderr)
+            raise SystemExit(2)
+
     parser = ArgumentParser(
         prog="geomtrace",
         description="Representation geometry (RankMe, alpha-ReQ) of language models over checkpoints.",
-        epilog="Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error, 130 interrupted.",
+        epilog="Exit codes: 0 done, 1 some checkpoints failed (replay), 2 usage or input error, 130 interrupted "
+        "(143 SIGTERM).",
         env_prefix=_ENV_PREFIX,
         default_env=True,
         version=_version(),
@@ -458,6 +473,25 @@ def build_parser() -> Any:
         _add_signature(sub, fn)
         subcommands.add_subcommand(name, sub, help=summary)
     return parser
+
+
+def _one_line_error(message: str, prog: str) -> str:
+    """jsonargparse's error report as one line: the option, what it expects, what it got."""
+    import re
+
+    key = re.search(r'[Kk]ey "([^"]+)"', message)
+    expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
+    given = re.search(r"Given value: (.*)", message)
+    choices = re.search(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]", message)
+    if key and (expected or choices):
+        name = key.group(1).split(".")[-1]
+        command = prog.split()[-1] if " " in prog else ""
+        env = f"{_ENV_PREFIX}_{command.upper()}__{name.upper()}" if command else f"{_ENV_PREFIX}_{name.upper()}"
+        wants = " or ".join(expected) if expected else f"one of {choices.group(1).replace(chr(39), '')}"
+        got = f", got {given.group(1).strip()!r}" if given else ""
+        return f"--{name.replace('_', '-')} (config key {name}, environment {env}) expects {wants}{got}"
+    first = next((line.strip() for line in str(message).splitlines() if line.strip()), str(message))
+    return f"{first} (see {prog} --help)"
 
 
 def subcommand_parser(parser: Any, command: str) -> Any:
@@ -520,7 +554,11 @@ def like_settings(args: argparse.Namespace) -> Any:
     from geomtrace.replay.provenance import like_settings as settings
     from geomtrace.replay.provenance import read_provenance
 
-    return settings(read_provenance(args.like))
+    provenance = read_provenance(args.like)
+    try:
+        return settings(provenance)
+    except (TypeError, AttributeError, ValueError) as err:  # a hand-edited or foreign record
+        raise UsageError(f"--like {args.like}: {err}") from err
 
 
 def measure_config(args: argparse.Namespace, like: Any = None) -> Any:
@@ -652,7 +690,11 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
     else:
         if args.revisions or args.revisions_file:
             raise UsageError("--revisions/--revisions-file select hub revisions; with --checkpoints use --step-range")
-        ckpts = local_checkpoints(args.checkpoints)
+        skipped: list[str] = []
+        ckpts = local_checkpoints(args.checkpoints, skipped=skipped)
+        for line in skipped:  # a save still being written, or a folder of optimizer state only
+            # --dry-run lists them with the checkpoints (stdout); a replay says so on stderr.
+            print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
     ckpts = _filter_checkpoints(ckpts, args)
     if not ckpts:
         raise UsageError("no checkpoints left after --stage/--step-range/--log-spaced")
@@ -790,6 +832,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     }
     check_comparable(runs)
     _check_measure_configs(dict(zip(labels, paths)))
+    for label, path in zip(labels, paths):
+        t = runs[label]
+        if not any(v == v for v in (*t.rankme.tolist(), *t.alpha.tolist())):  # NaN != NaN
+            raise UsageError(
+                f"{path}: every RankMe and alpha-ReQ value is NaN, nothing to plot (see each record's n_samples "
+                "and the warnings of that run)"
+            )
     phases = None
     if args.phases:
         options, notes = _detector_options(args, paths[0])
@@ -1051,29 +1100,98 @@ def _detector_options(args: argparse.Namespace, path: str) -> tuple[DetectorOpti
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``geomtrace`` command line; returns the exit code (0 ok, 1 some checkpoints
-    failed, 2 bad input, 130 interrupted). Usage errors found while parsing (and --help,
-    --version, --print_config) end in SystemExit, as with argparse."""
-    try:
-        args = parse_args(argv)
-    except ImportError as err:  # the cli extra is missing: say which, in one line
-        print(f"geomtrace: error: {err}", file=sys.stderr)
-        return 2
-    from geomtrace.probes import ProbeLoadError
-    from geomtrace.replay.sources import CheckpointLoadError
+    failed, 2 bad input, 130 interrupted by SIGINT, 143 by SIGTERM: 128 + the signal).
+    Usage errors found while parsing (and --help, --version, --print_config) end in
+    SystemExit, as with argparse. SIGINT, SIGTERM and SIGUSR1 are handled from the first line
+    (before anything heavy is imported) until it returns; the previous handlers come back
+    then. The process entry point is :func:`run`."""
+    with _signals.handle_signals():
+        return _main(argv)
 
-    options = {k: v for k, v in vars(args).items() if k != "command"}
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The process entry point (the ``geomtrace`` console script, ``python -m geomtrace.cli``):
+    :func:`main`, then exit with its code.
+
+    An interrupt must give its exit code (130, 143) whenever it arrives before the process
+    ends, also after the command finished, while the interpreter runs its exit handlers
+    (torch's among them): there a raised ``KeyboardInterrupt`` would only be printed as
+    "Exception ignored" and the process would exit 0. So the handlers stay installed to the
+    end and, once the command is done, only note a signal; the last exit handler turns a
+    noted one into the interrupted exit. An interrupted command exits at once (its results
+    are on disk): a background download is not waited for.
+    """
+    _signals.install()
+    atexit.register(_exit_if_interrupted)  # registered first, so it runs last
+    command: list[str] = []
     try:
-        return int(COMMANDS[args.command](**options))
-    except (UsageError, ValueError, OSError, KeyError, ImportError, ProbeLoadError, CheckpointLoadError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        one_line = " ".join(str(message).split())  # library messages may hold newlines
-        print(f"geomtrace {args.command}: error: {one_line}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Results are appended per checkpoint as units: nothing measured so far is lost.
-        print(f"geomtrace {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
-        return 130
+        code = _main(argv, command)
+        _signals.finish()  # the command is done: from here a signal is only noted
+    except SystemExit:  # --help, --version, a usage error while parsing: exit as argparse does
+        _signals.finish()
+        raise
+    except _signals.Interrupted as err:  # between the command's end and finish()
+        _signals.finish()
+        code = _report_interrupt(command[0] if command else None, err)
+    if code >= 128:
+        _hard_exit(code)
+    sys.exit(code)
+
+
+def _report_interrupt(command: str | None, err: _signals.Interrupted) -> int:
+    # Results are appended per checkpoint as units: nothing measured so far is lost.
+    where = f"geomtrace {command}" if command else "geomtrace"
+    print(f"{where}: interrupted (rerun the same command to resume)", file=sys.stderr)
+    return err.exit_code
+
+
+def _hard_exit(code: int) -> NoReturn:
+    """Flush what was printed and logged, then leave without the interpreter's exit handlers."""
+    import logging
+
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def _exit_if_interrupted() -> None:
+    """The last exit handler of :func:`run`: a signal noted after the command finished."""
+    signum = _signals.pending()
+    if signum is not None:
+        _hard_exit(_report_interrupt(None, _signals.Interrupted(signum)))
+
+
+def _main(argv: Sequence[str] | None, command_out: list[str] | None = None) -> int:
+    """:func:`main` under handlers installed by the caller. ``command_out`` receives the
+    subcommand's name once parsed."""
+    command = None
+    try:
+        try:
+            args = parse_args(argv)
+        except ImportError as err:  # the cli extra is missing: say which, in one line
+            print(f"geomtrace: error: {err}", file=sys.stderr)
+            return 2
+        command = args.command
+        if command_out is not None:
+            command_out.append(command)
+        from geomtrace.probes import ProbeLoadError
+        from geomtrace.replay.sources import CheckpointLoadError
+
+        options = {k: v for k, v in vars(args).items() if k != "command"}
+        try:
+            return int(COMMANDS[command](**options))
+        except (UsageError, ValueError, OSError, KeyError, ImportError, ProbeLoadError, CheckpointLoadError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            one_line = " ".join(str(message).split())  # library messages may hold newlines
+            print(f"geomtrace {command}: error: {one_line}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt as err:  # Interrupted (a handled signal) or a plain Ctrl-C
+        interrupt = err if isinstance(err, _signals.Interrupted) else _signals.Interrupted(2)
+        return _report_interrupt(command, interrupt)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -333,14 +333,23 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 150, close: boo
     suffix = p.suffix.lower()
     if suffix not in _FORMATS:
         raise ValueError(f"unsupported figure format {p.suffix or '(none)'!r} for {p}: use .png, .svg or .pdf")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    from geomtrace._atomic import write_error
+
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    except OSError as err:
+        if close:
+            _pyplot().close(fig)
+        raise write_error(err, p) from err
     os.close(fd)
     try:
         fig.savefig(tmp, format=suffix[1:], dpi=dpi)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise write_error(err, p) from err
         raise
     finally:
         if close:

@@ -18,6 +18,7 @@ can measure checkpoints "the same way as this run" from it.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -541,6 +542,34 @@ class GeometryTracker:
         if self.strict:
             _raise_on_bad_rows(result, step)
         self.cost_measurements += 1
+        # Until the measurement is complete (memorization included) an interrupt (Ctrl-C, a
+        # signal) must leave no trace of it: what the history file and a checkpoint save
+        # then holds only completed measurements.
+        saved = self._snapshot()
+        try:
+            return self._record(model, step, final, result, start)
+        except BaseException:
+            self._restore(saved)
+            raise
+
+    def _snapshot(self) -> dict[str, Any]:
+        names = ("history", "provenance", "provenance_changes", "comparable_from", "phase", "num_measurements")
+        return {name: copy.copy(getattr(self, name)) for name in names}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        for name, value in saved.items():
+            setattr(self, name, value)
+
+    def _record(self, model: nn.Module, step: int, final: bool, result: GeometryResult, start: float) -> Measurement:
+        """Add a finished geometry measurement (and its memorization values) to the history.
+        Everything slow (the memorization probe's forwards) runs before the history changes,
+        so a checkpoint saved meanwhile (SLURM's SIGUSR1 handler) never holds half a record."""
+        seconds = time.perf_counter() - start
+        values: dict[str, Any] = {}
+        notes: list[str] = []
+        if self.memorization is not None:
+            # After geometry, on every rank alike (its collectives follow the same schedule).
+            values, notes = self.memorization.measure(model, int(step))
         if self.history and step <= self.history[-1]["step"]:
             # The run went back (a manual call, or a resume without the checkpoint's state):
             # later records no longer describe this run, and phases need increasing steps.
@@ -556,15 +585,11 @@ class GeometryTracker:
         self.history.append(record)
         if self.track_phases:
             self._update_phase(measurement, record)
-        seconds = time.perf_counter() - start
         scalars[f"{self.prefix}/seconds"] = seconds
         record[f"{self.prefix}/seconds"] = seconds
-        if self.memorization is not None:
-            # After geometry, on every rank alike (its collectives follow the same schedule).
-            values, notes = self.memorization.measure(model, int(step))
-            scalars.update(values)
-            record.update(values)
-            measurement.notes.extend(notes)
+        scalars.update(values)
+        record.update(values)
+        measurement.notes.extend(notes)
         return measurement
 
     def extra_metric_classes(self) -> dict[str, str]:

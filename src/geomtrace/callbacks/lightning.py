@@ -271,6 +271,12 @@ class GeometryMonitor(Callback):
             report(self.tracker.end())
             self.tracker.autosave()
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Ctrl-C (KeyboardInterrupt), Lightning's SIGTERM exit (SIGTERMException) or an error:
+        # the history file gets every completed measurement (one cut short left no trace).
+        if trainer.is_global_zero and self.tracker.probes is not None:
+            self.tracker.autosave()
+
     def _maybe_measure(self, trainer: Any, event: str) -> None:
         # Every rank reaches the same decision from the same global_step, so all ranks
         # enter the measurement's collectives together.

@@ -123,6 +123,12 @@ def like_settings(provenance: Mapping[str, Any]) -> LikeSettings:
     weights, pure bf16 runs bf16 ones); an fp32 forward in fp32. When the reference autocast
     explicitly (``autocast="bf16"``), its weights were fp32: so are the replay's.
     """
+    for name in ("measure_config", "probe_options"):
+        if provenance.get(name) is not None and not isinstance(provenance[name], dict):
+            raise ValueError(
+                f"malformed provenance: '{name}' is {type(provenance[name]).__name__} {provenance[name]!r}, expected "
+                "an object of options; give the probe and measurement options explicitly instead"
+            )
     measure_config = provenance.get("measure_config") or {}
     measure = {k: measure_config[k] for k in _MEASURE_FIELDS if k in measure_config}
     if isinstance(measure.get("fit_range"), list):

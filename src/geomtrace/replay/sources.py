@@ -351,6 +351,15 @@ def hub_checkpoints(model_id: str, revisions: Sequence[str] | str) -> list[Check
 # --------------------------------------------------------------------------------------
 
 _HF_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _checkpoint_like(name: str) -> bool:
+    """A folder name that says "a checkpoint" (checkpoint-N, stepN..., stageK-stepN...)."""
+    return bool(_HF_DIR.match(name)) or (
+        name.lower().startswith(("step", "stage")) and parse_revision(name)[0] is not None
+    )
+
+
 _CKPT_STEP = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
 
 
@@ -373,7 +382,7 @@ def _local_sort_key(c: Checkpoint) -> tuple:
     return (0 if c.step is not None else 1, c.step or 0, _natural_key(c.key))
 
 
-def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
+def local_checkpoints(directory: str | os.PathLike, skipped: list[str] | None = None) -> list[Checkpoint]:
     """Discover checkpoints under a local folder, sorted by step (unknown steps last).
 
     Looked for:
@@ -386,7 +395,9 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
       is skipped when other ``.ckpt`` files exist (it duplicates the latest one).
 
     ``directory`` may also be a single ``.ckpt`` file or a single HF model folder.
-    Raises FileNotFoundError when nothing is found, saying what was looked for.
+    Raises FileNotFoundError when nothing is found, saying what was looked for. ``skipped``
+    receives one line per ``checkpoint-N/`` / ``stepN/`` folder left out (no ``config.json``
+    nor adapter: e.g. a save still being written, or only optimizer state).
     """
     root = Path(directory).expanduser()
     if not root.exists():
@@ -410,6 +421,8 @@ def local_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
     for child in sorted(root.iterdir()):
         kind = _folder_kind(child) if child.is_dir() else None
         if kind is None:
+            if skipped is not None and child.is_dir() and _checkpoint_like(child.name):
+                skipped.append(f"{child}: no config.json (nor adapter_config.json): not a model folder, skipped")
             continue
         m = _HF_DIR.match(child.name)
         if m:

@@ -46,6 +46,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from geomtrace import _signals
 from geomtrace._atomic import atomic_write_bytes, atomic_write_text  # re-exported: the store's writers
 from geomtrace.trajectory import to_float as _num
 
@@ -164,6 +165,11 @@ def _parse_lines(data: bytes) -> list[dict[str, Any]]:
 
 def _locked_append(path: Path, data: bytes) -> None:
     """Append ``data`` with one write on an O_APPEND fd, under flock, starting on a new line."""
+    with _signals.critical():  # a signal (Ctrl-C, SIGTERM) waits for the whole append
+        _append_unit(path, data)
+
+
+def _append_unit(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
