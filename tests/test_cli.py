@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -760,7 +759,7 @@ def test_plot_of_an_all_nan_history_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "t.png").exists()
 
 
-def test_unwritable_outputs_are_named_in_user_terms(run_dir, tmp_path, capsys):
+def test_unwritable_outputs_are_named_in_user_terms(run_dir, tmp_path, capsys, monkeypatch):
     assert main(["export", str(run_dir), "--format", "csv", "-o", str(tmp_path)]) == 2  # an existing folder
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path}: it is a folder; give a file path" in err and ".tmp" not in err
@@ -769,16 +768,22 @@ def test_unwritable_outputs_are_named_in_user_terms(run_dir, tmp_path, capsys):
     message = str(write_error(PermissionError(13, "Permission denied", str(tmp_path / ".x.tmp")), tmp_path / "x" / "y"))
     target = tmp_path / "x" / "y"
     assert message == f"cannot write {target}: {tmp_path} is not writable (change its permissions or write elsewhere)"
-    if sys.platform == "win32" or os.geteuid() == 0:
-        pytest.skip("root writes anywhere: the read-only folder case needs another user")
+    # A read-only folder, as the OS reports it to any user but root (CI runs as root, which
+    # writes anywhere): the tmp file cannot be created there.
+    import tempfile
+
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        assert main(["plot", str(run_dir), "-o", str(locked / "t.png")]) == 2
-        err = capsys.readouterr().err
-        assert f"cannot write {locked / 't.png'}: {locked} is not writable" in err and ".tmp" not in err
-        assert main(["export", str(run_dir), "-o", str(locked / "g.npy"), "--no-spectra"]) == 2
-        assert f"cannot write {locked / 'g.npy'}: {locked} is not writable" in capsys.readouterr().err
-    finally:
-        locked.chmod(0o700)
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse_in_locked(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == locked:
+            raise PermissionError(13, "Permission denied", str(locked / ".t.png.x.tmp"))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_in_locked)
+    assert main(["plot", str(run_dir), "-o", str(locked / "t.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {locked / 't.png'}: {locked} is not writable" in err and ".tmp" not in err
+    assert main(["export", str(run_dir), "-o", str(locked / "g.npy"), "--no-spectra"]) == 2
+    assert f"cannot write {locked / 'g.npy'}: {locked} is not writable" in capsys.readouterr().err
