@@ -669,3 +669,87 @@ def test_merge_state_errors_say_what_is_wrong():
     other.update(torch.randn(50, 8))
     with pytest.raises(ValueError, match="dimension 8 into one of dimension 16"):
         metric.merge_state(other)
+
+
+# ------------------------------------------------------------------ issue 15: numerics
+def _reference_rankme(x: torch.Tensor) -> float:
+    """RankMe of the same rows through float64 end to end (the reference route)."""
+    metric = RankMe()
+    metric.update(x.double())
+    return float(metric.compute())
+
+
+def test_a_large_constant_channel_is_not_round_off():
+    # A constant channel holds no round-off at all: it must not make valid data "zero variance".
+    torch.manual_seed(0)
+    x = torch.randn(500, 16) * 0.3
+    x[:, 0] = 300.0
+    bf16 = x.bfloat16()
+    metric = RankMe()
+    metric.update(bf16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was NaN with "all rows are equal up to round-off"
+        value = float(metric.compute())
+    assert value == pytest.approx(_reference_rankme(bf16.float()), rel=1e-4)
+    y = torch.randn(2000, 32)
+    y[:, :10] = 1e8  # exactly representable in fp32: a constant channel
+    metric = RankMe()
+    metric.update(y)
+    assert float(metric.compute()) == pytest.approx(_reference_rankme(y), rel=1e-6)
+
+
+def test_truly_constant_rows_are_still_zero_variance():
+    x = torch.full((50, 8), 300.0).bfloat16()
+    metric = RankMe()
+    metric.update(x)
+    with pytest.warns(GeometryWarning, match="zero variance"):
+        assert math.isnan(float(metric.compute()))
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e-170, 1e-300])
+def test_fp64_features_whose_squares_underflow_are_nan_with_the_reason(scale):
+    torch.manual_seed(1)
+    x = torch.randn(400, 32, dtype=torch.float64) * scale
+    metric = RankMe()
+    metric.update(x)
+    with pytest.warns(GeometryWarning, match="so small .* multiply the features by a constant"):
+        assert math.isnan(float(metric.compute()))  # was silently off by 2.8e-5, or "zero variance"
+
+
+def test_fp64_features_just_above_the_underflow_limit_are_exact():
+    torch.manual_seed(1)
+    x = torch.randn(400, 32, dtype=torch.float64)
+    metric = RankMe()
+    metric.update(x * 1e-140)
+    assert float(metric.compute()) == pytest.approx(_reference_rankme(x), rel=1e-9)
+
+
+def test_fp64_batches_after_an_fp32_batch_are_not_rounded_to_fp32():
+    torch.manual_seed(2)
+    first = torch.randn(64, 48)
+    rest = torch.randn(3000, 48, dtype=torch.float64) * 1.5 + 0.25
+    metric = Geometry()
+    metric.update(first)
+    metric.update(rest)
+    reference = Geometry()
+    reference.update(first.double())
+    reference.update(rest)
+    # fp32 rounding of the fp64 rows gave rel 2.8e-5; fp64 accumulation agrees to ~1e-12.
+    assert float(metric.compute()["rankme"]) == pytest.approx(float(reference.compute()["rankme"]), rel=1e-9)
+    assert metric.pending_m2.dtype == torch.float64
+
+
+def test_load_state_dict_copies_the_states():
+    torch.manual_seed(3)
+    x = torch.randn(200, 16)
+    source = Geometry()
+    source.update(x)
+    saved = source.state_dict()
+    n_before = float(saved["n_samples"])
+    first, second = Geometry(), Geometry()
+    first.load_state_dict(saved)
+    second.load_state_dict(saved)
+    first.update(x)
+    assert float(saved["n_samples"]) == n_before  # the caller's dict did not change
+    assert float(second.n_samples) == n_before  # and the other metric kept its own sums
+    assert float(first.n_samples) == 2 * n_before

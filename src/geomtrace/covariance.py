@@ -44,6 +44,7 @@ __all__ = [
     "Moments",
     "PreparedRows",
     "accumulate",
+    "accumulation_dtype",
     "covariance_from_moments",
     "default_states",
     "fold",
@@ -251,6 +252,12 @@ def accumulate(state: Any, prepared: PreparedRows, fold_every: int = FOLD_EVERY)
     state.input_roundoff.clamp_(min=torch.finfo(prepared.input_dtype).eps / 2.0)
     f64 = torch.float64
     batch_sum = prepared.batch_sum
+    if rows.dtype == torch.float64 and state.pending_m2.dtype != torch.float64:
+        # Accumulate in the widest dtype seen: fp64 rows after fp32 ones must not be rounded to
+        # fp32 (issue 15, item 3). The fp32 window so far is folded first; later fp32 rows are
+        # upcast exactly. The round-off rules read the coarsest input, not this buffer's dtype.
+        fold(state)
+        state.pending_m2 = torch.zeros_like(state.pending_m2, dtype=torch.float64)
     if rows.dtype != state.pending_m2.dtype or rows.device != device or batch_sum is None:
         # the mean must be that of the very rows that enter the GEMM
         rows = rows.to(device=device, dtype=state.pending_m2.dtype)
@@ -434,16 +441,24 @@ def moments_of(state: Any) -> Moments:
     """Fold ``state`` and return its :class:`Moments` (the tensors are the state's own)."""
     if state.feature_sum.numel() and state.pending_means.numel():
         fold(state)
-    dtype = state.pending_m2.dtype if state.pending_m2.numel() else torch.float32
     return Moments(
         n=float(state.n_samples),
         shift=state.shift,
         total=state.feature_sum,
         second=state.second_moment,
-        accumulation_dtype=dtype,
+        accumulation_dtype=accumulation_dtype(float(state.input_roundoff)),
         n_dropped=int(state.n_dropped),
         input_roundoff=float(state.input_roundoff),
     )
+
+
+def accumulation_dtype(input_roundoff: float) -> torch.dtype:
+    """The dtype whose round-off the Gram matrix carries: float64 only when every input was
+    float64 (coarser inputs go through the fp32 GEMM). Derived from ``input_roundoff``, a state
+    every rank agrees on after a sync, rather than from a rank's own buffer dtype."""
+    if 0.0 < input_roundoff <= torch.finfo(torch.float64).eps / 2.0:
+        return torch.float64
+    return torch.float32
 
 
 def covariance_from_moments(n: Tensor | float, total: Tensor, second: Tensor) -> Tensor:

@@ -182,6 +182,7 @@ def roundoff_floor(
     input_roundoff: float = 0.0,
     mean_norm_sq: float = 0.0,
     dim: int = 1,
+    quantization: float | None = None,
 ) -> float:
     """Eigenvalues at or below this level are round-off, not spectrum: ``max(a, q)`` with
 
@@ -195,13 +196,17 @@ def roundoff_floor(
       rounding each value ``x`` to its dtype (``u_in``: 2**-8 for bf16, 2**-11 for fp16) adds
       a noise of variance up to ``(u_in x)^2 / 3`` per coordinate, about ``u_in^2 E[x^2] / 6``
       on average, to every direction (and is all a LayerNorm's null direction holds). ``q``
-      is about 6 times that average, and negligible for fp32 features.
+      is about 6 times that average, and negligible for fp32 features. ``quantization``, when
+      given, replaces ``u_in^2 (trace(C) + |mean|^2)`` by a tighter total: the per-channel
+      ``sum_j min(C_jj, u_in^2 (C_jj + mean_j^2))`` (a constant channel, however large, adds no
+      rounding noise; see :func:`geomtrace.metrics.covariance_spectrum`).
 
     See ``docs/concepts.md`` ("Round-off and rank").
     """
     floor = float(trace) * unit_roundoff(accumulation_dtype)
     if input_roundoff > 0 and dim > 0:
-        floor = max(floor, input_roundoff**2 * (float(trace) + float(mean_norm_sq)) / dim)
+        total = input_roundoff**2 * (float(trace) + float(mean_norm_sq)) if quantization is None else quantization
+        floor = max(floor, total / dim)
     return floor
 
 

@@ -60,6 +60,9 @@ __all__ = [
 
 Spectrum = Literal["covariance", "singular"]
 
+#: Below this, ``|x|^2`` is near float64's subnormal range (2**-1022) and loses digits.
+_SMALLEST_EXACT_SQUARE = 2.0**-960
+
 
 # ----------------------------------------------------------------- from moments to spectrum
 class CovarianceSpectrum(NamedTuple):
@@ -70,7 +73,7 @@ class CovarianceSpectrum(NamedTuple):
             the spectrum is undefined (fewer than 2 samples, a covariance that overflowed).
             All zeros for constant features.
         floor: the round-off floor (:func:`geomtrace.functional.roundoff_floor`) for alpha.
-        problem: None, or ``(key, message)`` with key ``"few"``, ``"overflow"`` or ``"constant"``.
+        problem: None, or ``(key, message)`` with key ``"few"``, ``"overflow"``, ``"underflow"`` or ``"constant"``.
     """
 
     eigenvalues: Tensor | None
@@ -85,10 +88,12 @@ def covariance_spectrum(
 
     * fewer than 2 samples: undefined (``"few"``);
     * a covariance that is not finite (fp64 overflow: features beyond ~1e154): undefined (``"overflow"``);
-    * zero variance, i.e. a total variance no larger than rounding the features' own values
-      would give (``trace(C) <= u^2 (trace(C) + |mean|^2)``, ``u`` the unit round-off of the
-      coarser of the input and accumulation dtypes): all eigenvalues are exactly 0
-      (``"constant"``; RankMe and alpha are NaN).
+    * features so small that their float64 squares are subnormal (below ~1e-154): undefined
+      (``"underflow"``), never a silently inexact value;
+    * zero variance, i.e. every channel's variance is no larger than rounding its own values
+      would give (``C_jj <= u^2 (C_jj + mean_j^2)`` for every ``j``, ``u`` the unit round-off of
+      the coarser of the input and accumulation dtypes; a constant channel holds no round-off):
+      all eigenvalues are exactly 0 (``"constant"``; RankMe and alpha are NaN).
     """
     n, d = moments.n, moments.dim
     if n < 2 or d == 0:
@@ -104,11 +109,27 @@ def covariance_spectrum(
             "is NaN. RankMe and alpha are scale-invariant: divide the features by a constant."
         )
         return CovarianceSpectrum(None, math.inf, ("overflow", message))
-    trace = float(covariance.diagonal().sum())
-    mean_norm_sq = float(moments.mean().square().sum())
+    variances = covariance.diagonal().clamp(min=0.0)
+    trace = float(variances.sum())
     unit = max(F.unit_roundoff(moments.accumulation_dtype), moments.input_roundoff)
+    # What rounding could put into each channel: u^2 (var_j + mean_j^2), but never more than
+    # the variance the channel shows. A constant channel (however large) holds no round-off at
+    # all: every row carries the same rounded value. A global u^2 |mean|^2 would let one large
+    # constant channel declare every other channel "round-off" (issue 15, item 1).
+    roundoff = torch.minimum(variances, unit**2 * (variances + moments.mean().square()))
     k = min(int(n), d, max_components or d)
-    if trace <= unit**2 * (trace + mean_norm_sq):
+    # The data's magnitude squared; the means (kept in fp64 in the data's units) still show it
+    # when the squares have underflowed to 0.
+    magnitude = max(float(moments.shift.abs().max()), float(moments.mean().abs().max()))
+    scale = max(float((variances + moments.mean().square()).max()), magnitude * magnitude)
+    if magnitude > 0.0 and scale < _SMALLEST_EXACT_SQUARE:
+        message = (
+            f"{who}: the features are so small (magnitude below ~1e-144) that their float64 squares "
+            "lose precision; the result is NaN. RankMe and alpha are scale-invariant: multiply the "
+            "features by a constant."
+        )
+        return CovarianceSpectrum(None, math.inf, ("underflow", message))
+    if trace <= float(roundoff.sum()):
         message = (
             f"{who}: the features have zero variance (all {int(n)} rows are equal up to round-off); RankMe "
             "and alpha are NaN. Check that the layer's output depends on its input (e.g. not a "
@@ -118,7 +139,11 @@ def covariance_spectrum(
         return CovarianceSpectrum(zeros, math.inf, ("constant", message))
     eigenvalues = F.eigenspectrum(covariance, max_components, n_samples=int(n))
     floor = F.roundoff_floor(
-        trace, moments.accumulation_dtype, input_roundoff=moments.input_roundoff, mean_norm_sq=mean_norm_sq, dim=d
+        trace,
+        moments.accumulation_dtype,
+        input_roundoff=moments.input_roundoff,
+        quantization=float(roundoff.sum()) if moments.input_roundoff > 0 else 0.0,
+        dim=d,
     )
     return CovarianceSpectrum(eigenvalues, floor, None)
 
@@ -263,6 +288,13 @@ class _CovarianceMetric(Metric):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # torchmetrics assigns the caller's tensors as the states, and accumulation is in
+        # place: without a copy, two metrics loaded from one dict would share their sums and
+        # the dict would change under the caller.
+        for name in self._defaults:
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                setattr(self, name, value.clone())
         # A state saved before the shift existed holds sums around 0.
         d = self.feature_sum.numel()
         if self.shift.numel() != d:
