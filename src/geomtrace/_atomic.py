@@ -8,10 +8,11 @@ layer may import it.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_error"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "current_umask", "file_mode", "write_error"]
 
 
 def write_error(err: OSError, target: str | os.PathLike) -> OSError:
@@ -33,6 +34,30 @@ def write_error(err: OSError, target: str | os.PathLike) -> OSError:
         return OSError(message)
 
 
+def current_umask() -> int:
+    """The process umask: from ``/proc/self/status`` where it exists (no change to process state,
+    safe beside other threads), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(target: Path) -> int:
+    """The permission bits a new ``target`` gets: those of the file it replaces, else
+    ``0o666 & ~umask`` (what ``open(target, "w")`` gives)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; parent folders are created. Returns the path."""
     target = Path(path)
@@ -45,6 +70,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            # mkstemp creates 0600 files whatever the umask: give the file the mode a plain
+            # open() would (collaborators on a shared cluster read the results), or keep the
+            # mode of the file it replaces.
+            os.fchmod(handle.fileno(), file_mode(target))
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException as err:

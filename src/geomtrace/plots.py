@@ -333,7 +333,7 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 150, close: boo
     suffix = p.suffix.lower()
     if suffix not in _FORMATS:
         raise ValueError(f"unsupported figure format {p.suffix or '(none)'!r} for {p}: use .png, .svg or .pdf")
-    from geomtrace._atomic import write_error
+    from geomtrace._atomic import file_mode, write_error
 
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -345,6 +345,7 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 150, close: boo
     os.close(fd)
     try:
         fig.savefig(tmp, format=suffix[1:], dpi=dpi)
+        os.chmod(tmp, file_mode(p))  # mkstemp's 0600 would hide the figure from collaborators
         os.replace(tmp, p)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)

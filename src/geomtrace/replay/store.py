@@ -47,7 +47,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from geomtrace import _signals
-from geomtrace._atomic import atomic_write_bytes, atomic_write_text  # re-exported: the store's writers
+from geomtrace._atomic import atomic_write_bytes, atomic_write_text, file_mode  # writers re-exported
 from geomtrace.trajectory import to_float as _num
 
 try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
@@ -198,6 +198,7 @@ def _exclusive_write_text(path: Path, text: str) -> bool:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8"))
             fh.flush()
+            os.fchmod(fh.fileno(), file_mode(path))  # the umask's mode, not mkstemp's 0600
             os.fsync(fh.fileno())
         try:
             os.link(tmp, path)  # fails if path exists: the first writer wins
