@@ -116,12 +116,14 @@ def covariance_spectrum(
     # the variance the channel shows. A constant channel (however large) holds no round-off at
     # all: every row carries the same rounded value. A global u^2 |mean|^2 would let one large
     # constant channel declare every other channel "round-off" (issue 15, item 1).
-    roundoff = torch.minimum(variances, unit**2 * (variances + moments.mean().square()))
+    mean = moments.mean()
+    second_moments = variances + mean.square()  # E[x_j^2] per channel
+    roundoff = torch.minimum(variances, unit**2 * second_moments)
     k = min(int(n), d, max_components or d)
     # The data's magnitude squared; the means (kept in fp64 in the data's units) still show it
     # when the squares have underflowed to 0.
-    magnitude = max(float(moments.shift.abs().max()), float(moments.mean().abs().max()))
-    scale = max(float((variances + moments.mean().square()).max()), magnitude * magnitude)
+    magnitude = max(float(moments.shift.abs().max()), float(mean.abs().max()))
+    scale = max(float(second_moments.max()), magnitude * magnitude)
     if magnitude > 0.0 and scale < _SMALLEST_EXACT_SQUARE:
         message = (
             f"{who}: the features are so small (magnitude below ~1e-144) that their float64 squares "
