@@ -561,7 +561,9 @@ def test_numpy_options_survive_the_history_file_and_checkpoint_saves(tok, tmp_pa
     assert [r["step"] for r in json.loads(path.read_text())["history"]] == [0, 2]
     saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
     args = saved["stateful_callbacks"]["GeometryCallback"]["args"]
-    assert args["num_sequences"] == N_PROBES and args["fit_range"] == [2, 20] and args["seed"] == 1
+    # The option objects are saved as dicts of their fields (the shape the callback takes back).
+    assert args["probes"]["num_sequences"] == N_PROBES and args["probes"]["seed"] == 1
+    assert args["measure"]["fit_range"] == [2, 20] and args["schedule"]["every_n_steps"] == 2
     restored = GeometryCallback.from_state(saved["stateful_callbacks"]["GeometryCallback"])
     assert restored.tracker.probe_options == callback.tracker.probe_options
     assert [r["step"] for r in restored.history] == [0, 2]

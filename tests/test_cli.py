@@ -700,16 +700,17 @@ def test_plot_warns_when_measure_options_differ(tmp_path, monkeypatch):
         assert _check_measure_configs({"a": str(paths["last"]), "b": str(tmp_path)}) == []  # no provenance: skipped
 
 
-def test_value_fields_is_the_one_declaration():
-    # Until MeasureConfig.identity_fields() replaces them, the two older tuples must agree with it.
+def test_every_measure_field_says_what_it_changes():
+    # One declaration: each MeasureConfig field's metadata; the comparisons derive from it.
     from dataclasses import fields
 
-    from geomtrace import tracking
     from geomtrace.measure import value_fields
-    from geomtrace.replay import provenance
 
-    assert value_fields() == tracking._COMPARED_CONFIG == provenance._MEASURE_FIELDS
-    assert set(value_fields()) <= {f.name for f in fields(MeasureConfig)}
+    changes = {f.name: f.metadata.get("changes") for f in fields(MeasureConfig)}
+    assert set(changes.values()) == {"values", "speed", "precision"}, changes
+    assert value_fields() == MeasureConfig.identity_fields()
+    assert {"layers", "tokens", "fit_range", "eps"} <= set(MeasureConfig.identity_fields())
+    assert set(MeasureConfig.speed_fields()) == {"batch_size", "rows_per_update", "padding_side"}
 
 
 # ----------------------------------------------------------------------------- issue 15: messages

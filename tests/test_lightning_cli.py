@@ -23,6 +23,10 @@ def test_config_snippets_parse_into_a_geometry_monitor(name):
     monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, GeometryMonitor)]
     assert len(monitors) == 1
     assert monitors[0].tracker.every_n_steps > 0
+    # The nested groups reach the option objects (the shape of a run's recorded provenance).
+    if name == "geometry_paper.yaml":
+        assert monitors[0].tracker.config.max_components == 2048
+        assert monitors[0].tracker.probe_options.min_tokens == 11
 
 
 def test_cli_fit_with_geometry_config(tmp_path):
@@ -32,8 +36,8 @@ def test_cli_fit_with_geometry_config(tmp_path):
             "fit",
             "--config",
             str(ROOT / "callbacks" / "geometry.yaml"),
-            "--trainer.callbacks.init_args.every_n_steps=2",
-            "--trainer.callbacks.init_args.num_sequences=32",
+            "--trainer.callbacks.init_args.schedule.every_n_steps=2",
+            "--trainer.callbacks.init_args.probes.num_sequences=32",
             "--trainer.max_steps=2",
             "--trainer.accelerator=cpu",
             "--trainer.enable_progress_bar=false",

@@ -47,7 +47,7 @@ def test_bad_options_raise_clear_errors(kwargs, match):
 
 
 def test_probes_must_be_a_probe_set_and_tokenizer_is_required():
-    with pytest.raises(TypeError, match="probe_source"):
+    with pytest.raises(TypeError, match=r"ProbeOptions\(source="):
         GeometryTracker(probes=["a text"])
     with pytest.raises(ValueError, match="tokenizer"):
         GeometryTracker().prepare(None)

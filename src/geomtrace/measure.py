@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -24,6 +24,7 @@ from torchmetrics import Metric, MetricCollection
 
 from geomtrace import functional as F
 from geomtrace._distributed import rank_and_world_size
+from geomtrace._options import OptionSet
 from geomtrace._validate import Rule, check_fields, coerce_fields
 from geomtrace._warnings import warn
 from geomtrace.features import (
@@ -69,9 +70,23 @@ AUTOCAST_CHOICES: tuple[str, ...] = get_args(AutocastSetting)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# What a MeasureConfig field changes (``metadata["changes"]``): the values (runs that differ in one
+# are not comparable), only the speed (round-off at most), or the forward's precision (recorded
+# apart, as the provenance's ``precision``).
+_VALUES = {"changes": "values"}
+_SPEED = {"changes": "speed"}
+_PRECISION = {"changes": "precision"}
+
+
 @dataclass(frozen=True)
-class MeasureConfig:
+class MeasureConfig(OptionSet):
     """How to measure: which states, how many per forward, which conventions.
+
+    Each field says in its ``metadata["changes"]`` what it changes: ``"values"`` (layers, tokens,
+    conventions: :meth:`identity_fields`), ``"speed"`` (batch size, buffering, padding:
+    :meth:`speed_fields`) or ``"precision"`` (``autocast``). Everything that compares runs (the
+    tracker's provenance check, replay's output identity, ``--like``, ``plot``'s warning) derives
+    its field list from this.
 
     Attributes:
         layers: ``"last"`` (post final norm, default), ``"all"``, an index or a list of
@@ -94,17 +109,19 @@ class MeasureConfig:
             The statistics are fp32/fp64 in every case.
     """
 
-    layers: LayerSelection = "last"
-    tokens: TokenSelection = "last"
-    skip_first_token: bool = False
-    batch_size: int = 32
-    spectrum: Literal["covariance", "singular"] = "covariance"
-    eps: float = F.DEFAULT_EPS
-    fit_range: tuple[int, int] = F.DEFAULT_FIT_RANGE
-    max_components: int | None = None
-    rows_per_update: int = 2048
-    padding_side: Literal["left", "right"] = "right"
-    autocast: AutocastSetting = "auto"
+    group = "measure"
+
+    layers: LayerSelection = field(default="last", metadata=_VALUES)
+    tokens: TokenSelection = field(default="last", metadata=_VALUES)
+    skip_first_token: bool = field(default=False, metadata=_VALUES)
+    batch_size: int = field(default=32, metadata=_SPEED)
+    spectrum: Literal["covariance", "singular"] = field(default="covariance", metadata=_VALUES)
+    eps: float = field(default=F.DEFAULT_EPS, metadata=_VALUES)
+    fit_range: tuple[int, int] = field(default=F.DEFAULT_FIT_RANGE, metadata=_VALUES)
+    max_components: int | None = field(default=None, metadata=_VALUES)
+    rows_per_update: int = field(default=2048, metadata=_SPEED)
+    padding_side: Literal["left", "right"] = field(default="right", metadata=_SPEED)
+    autocast: AutocastSetting = field(default="auto", metadata=_PRECISION)
 
     def __post_init__(self) -> None:
         # Types at construction (plain Python values: the record is JSON); ranges in validate().
@@ -121,11 +138,16 @@ class MeasureConfig:
         check_fields(self, _CONFIG_RULES)
         F.validate_eps(self.eps)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["layers"] = list(self.layers) if isinstance(self.layers, tuple) else self.layers
-        out["fit_range"] = list(self.fit_range)
-        return out
+    @classmethod
+    def identity_fields(cls) -> tuple[str, ...]:
+        """The fields that change the values: runs that differ in one are not comparable."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("changes") == "values")
+
+    @classmethod
+    def speed_fields(cls) -> tuple[str, ...]:
+        """The fields that change only the speed (round-off at most): a replay with other values
+        of these continues an output instead of conflicting with it."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("changes") == "speed")
 
 
 #: One rule per option of :class:`MeasureConfig` (``layers`` and ``eps`` have their own checks).
@@ -153,9 +175,8 @@ def _coerce_layers(layers: Any) -> Any:
 
 
 def value_fields() -> tuple[str, ...]:
-    """The :class:`MeasureConfig` fields that change the values: runs that differ in one are
-    not comparable (the others change the speed; the forward's precision is recorded apart)."""
-    return ("layers", "tokens", "skip_first_token", "spectrum", "eps", "fit_range", "max_components")
+    """The :class:`MeasureConfig` fields that change the values (:meth:`MeasureConfig.identity_fields`)."""
+    return MeasureConfig.identity_fields()
 
 
 @dataclass

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,19 @@ import torch
 from torch import Tensor
 
 from geomtrace._optional import require
-from geomtrace._validate import Rule
+from geomtrace._options import OptionSet
+from geomtrace._validate import Rule, check_fields, coerce_fields
 from geomtrace._warnings import warn
 
-__all__ = ["PROBE_OPTION_RULES", "ProbeFileError", "ProbeLoadError", "ProbeSet", "check_probe_lengths", "load_probes"]
+__all__ = [
+    "PROBE_OPTION_RULES",
+    "ProbeFileError",
+    "ProbeLoadError",
+    "ProbeOptions",
+    "ProbeSet",
+    "check_probe_lengths",
+    "load_probes",
+]
 
 # Hub datasets are streamed; only this many texts (at least) are read to pick the probes from.
 _STREAM_TEXTS_PER_PROBE = 8
@@ -59,11 +68,15 @@ class ProbeSet:
         description: human-readable provenance, e.g.
             ``"embedded:pydoc_data.topics n=1024 len=11..128 seed=0"``.
         pad_token_id: id used to pad batches (masked out, so its value never matters).
+        options: the :class:`ProbeOptions` that rebuild this set (:func:`load_probes` records
+            them), or None (a hand-made set); the callbacks record them, so that ``geomtrace
+            replay --like`` can rebuild a ready set passed to a callback.
     """
 
     sequences: list[list[int]]
     description: str
     pad_token_id: int
+    options: ProbeOptions | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -119,10 +132,15 @@ class ProbeSet:
         max_tokens = PROBE_OPTION_RULES["max_tokens"]("max_tokens", max_tokens)
         if self.longest() <= max_tokens:
             return self
+        # Without a chat template, cutting is rebuilding with the lower max_tokens (the selection
+        # depends on min_tokens only); chat probes lose their generation prompt, which no option says.
+        options = self.options
+        rebuilt = replace(options, max_tokens=max_tokens) if options and not options.chat_template else None
         return ProbeSet(
             sequences=[list(seq[:max_tokens]) for seq in self.sequences],
             description=f"{self.description} cut={max_tokens}",
             pad_token_id=self.pad_token_id,
+            options=rebuilt,
         )
 
     def num_tokens(self) -> int:
@@ -138,8 +156,7 @@ class ProbeSet:
         return digest.hexdigest()[:16]
 
 
-#: One rule per probe option, shared by :func:`load_probes` and the option sets
-#: (:class:`geomtrace.tracking.ProbeOptions`, replay's).
+#: One rule per probe option, shared by :func:`load_probes` and :class:`ProbeOptions`.
 PROBE_OPTION_RULES: dict[str, Rule] = {
     "num_sequences": Rule("int", minimum=1, example="1024"),
     "min_tokens": Rule("int", minimum=1, example="11"),
@@ -149,7 +166,74 @@ PROBE_OPTION_RULES: dict[str, Rule] = {
     "text_column": Rule("str", example="'text'"),
     "split": Rule("str", example="'train'"),
     "config_name": Rule("str", optional=True, example="'wikitext-103-raw-v1'"),
+    "system_prompt": Rule("str", optional=True, nonempty=False, example="'You are a helpful assistant.'"),
 }
+
+
+@dataclass(frozen=True)
+class ProbeOptions(OptionSet):
+    """How a probe set is built (the one declaration: the callbacks, the tracker, ``run_replay``
+    and ``geomtrace replay --probes.*`` take it; the record keeps :meth:`to_dict`).
+
+    Attributes:
+        source: ``None`` (the embedded corpus), texts, a ``.txt``/``.jsonl``/``.json`` path, a
+            ``datasets`` dataset or a hub dataset name (see :func:`load_probes`).
+        num_sequences: how many probe sequences (at least 2; the paper: 1024).
+        min_tokens: keep texts with at least this many tokens (11: "more than 10").
+        max_tokens: truncate longer sequences to this many tokens.
+        seed: seed of the shuffle that picks the sequences.
+        chat_template: wrap each text as a user turn of the tokenizer's chat template, measured
+            at the generation prompt (probes for post-trained models).
+        text_column: the text field of a dataset or ``.jsonl`` file.
+        split: dataset split of a hub name or ``DatasetDict``.
+        config_name: dataset config of a hub name, e.g. ``"wikitext-103-raw-v1"``.
+        system_prompt: the system message of chat probes (with ``chat_template=True``).
+    """
+
+    group = "probes"
+
+    source: Any = field(default=None, metadata={"flat": "probe_source"})
+    num_sequences: int = 1024
+    min_tokens: int = 11
+    max_tokens: int = 128
+    seed: int = 0
+    chat_template: bool = False
+    text_column: str = "text"
+    split: str = "train"
+    config_name: str | None = None
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, PROBE_OPTION_RULES)  # types now, as plain Python values (the record is JSON)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on options that cannot give a probe set (before any tokenizing)."""
+        if self.num_sequences < 2:
+            raise ValueError(
+                f"num_sequences must be an int >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}"
+            )
+        check_fields(self, PROBE_OPTION_RULES)
+        check_probe_lengths(self.min_tokens, self.max_tokens)
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError("system_prompt is the system message of chat probes: set chat_template (--chat-template)")
+
+    def build(self, tokenizer: Any) -> ProbeSet:
+        """Tokenize the probe set described by these options (once; deterministic)."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: no deep copy
+        return load_probes(tokenizer, kwargs.pop("source"), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready options. A local file is recorded by its absolute path (a record read from
+        another folder finds it); a source JSON cannot hold (texts, a Dataset) is described, not kept."""
+        out = super().to_dict()
+        source = self.source
+        if source is None or isinstance(source, (str, os.PathLike)):
+            path = None if source is None else Path(source)
+            out["source"] = None if path is None else os.fspath(path.resolve() if path.is_file() else source)
+        else:
+            size = f" of {len(source)}" if hasattr(source, "__len__") else ""
+            out["source"] = f"<{type(source).__name__}{size} (in memory, not recorded)>"
+        return out
 
 
 def check_probe_lengths(min_tokens: int, max_tokens: int) -> None:
@@ -206,10 +290,12 @@ def load_probes(
     """
     options = {"num_sequences": num_sequences, "min_tokens": min_tokens, "max_tokens": max_tokens, "seed": seed}
     options.update(text_column=text_column, split=split, config_name=config_name, chat_template=chat_template)
+    options.update(system_prompt=system_prompt)
     options = {name: PROBE_OPTION_RULES[name](name, value) for name, value in options.items()}
     check_probe_lengths(options["min_tokens"], options["max_tokens"])
     num_sequences, min_tokens, max_tokens = options["num_sequences"], options["min_tokens"], options["max_tokens"]
     seed, chat_template = options["seed"], options["chat_template"]
+    recorded = ProbeOptions(source=source, **options)
     if chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template=True but the tokenizer has no chat template; set tokenizer.chat_template")
     if system_prompt is not None and not chat_template:
@@ -259,6 +345,7 @@ def load_probes(
         sequences=sequences,
         description=f"{label} n={len(sequences)} len={min_tokens}..{max_tokens} seed={seed}{chat}",
         pad_token_id=int(pad) if pad is not None else 0,
+        options=recorded,
     )
 
 

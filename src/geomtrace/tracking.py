@@ -19,7 +19,6 @@ can measure checkpoints "the same way as this run" from it.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,76 +35,35 @@ from torch import nn
 from torchmetrics import Metric
 
 from geomtrace._atomic import atomic_write_text
-from geomtrace._validate import OptionTypeError, Rule, check_fields, coerce_fields, plain
+from geomtrace._options import legacy_options, option_set
+from geomtrace._validate import OptionTypeError, Rule, plain
 from geomtrace._warnings import warn
 from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, max_positions, measure_geometry, validate_extra_metrics
 from geomtrace.memorization.live import LiveMemorization
 from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.phases import DetectorOptions
-from geomtrace.probes import PROBE_OPTION_RULES, ProbeSet, check_probe_lengths, load_probes
+from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.schedule import Schedule
 
 __all__ = [
-    "TRACKER_OPTIONS",
+    "OPTION_SETS",
     "GeometryTracker",
     "Measurement",
     "ProbeLengthError",
     "ProbeOptions",
     "loaded_model_hint",
     "report",
+    "upgrade_flat_options",
 ]
 
 #: Version of :meth:`GeometryTracker.state_dict` (older states load too).
 STATE_VERSION = 2
 
-# What makes two measurements comparable: a change in any of these between the restored
-# history and a new measurement is warned about by name. Batch size, padding side and
-# rows_per_update change nothing but round-off, so they may change freely.
-_COMPARED_CONFIG = ("layers", "tokens", "skip_first_token", "spectrum", "eps", "fit_range", "max_components")
+# What makes two measurements comparable: a change in any of these (and in the measurement
+# options that change the values, MeasureConfig.identity_fields()) between the restored history
+# and a new measurement is warned about by name. The speed options may change freely.
 _COMPARED_PROVENANCE = ("probe_fingerprint", "n_probes", "precision")
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """How the default probe set is built when no :class:`ProbeSet` is given."""
-
-    source: Any = None
-    num_sequences: int = 1024
-    min_tokens: int = 11
-    max_tokens: int = 128
-    seed: int = 0
-    chat_template: bool = False
-    text_column: str = "text"
-    split: str = "train"
-    config_name: str | None = None
-
-    def __post_init__(self) -> None:
-        coerce_fields(self, PROBE_OPTION_RULES)  # types now, as plain Python values (the record is JSON)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` on options that cannot give a probe set (before any tokenizing)."""
-        if self.num_sequences < 2:
-            raise ValueError(
-                f"num_sequences must be an int >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}"
-            )
-        check_fields(self, PROBE_OPTION_RULES)
-        check_probe_lengths(self.min_tokens, self.max_tokens)
-
-    def build(self, tokenizer: Any) -> ProbeSet:
-        """Tokenize the probe set described by these options (once; deterministic)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: no deep copy
-        return load_probes(tokenizer, kwargs.pop("source"), **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready options; a source JSON cannot hold (texts, a Dataset) is described, not kept."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        source = out["source"]
-        if source is None or isinstance(source, (str, os.PathLike)):
-            out["source"] = None if source is None else os.fspath(source)
-        else:
-            size = f" of {len(source)}" if hasattr(source, "__len__") else ""
-            out["source"] = f"<{type(source).__name__}{size} (in memory, not recorded)>"
-        return out
 
 
 @dataclass
@@ -153,28 +111,23 @@ class GeometryTracker:
     """Schedules measurements, keeps their history and the phase; never raises unless ``strict``.
 
     Args:
-        every_n_steps: measure every this many optimizer steps (``0`` disables periodic
-            measurements; start/end still run).
-        extra_steps: further optimizer steps to measure at, e.g. log-spaced early steps
-            (``(1, 2, 4, 8, 16, 32, 64)``) that resolve the fast warmup collapse.
-        config: what and how to measure (:class:`~geomtrace.measure.MeasureConfig`).
-        probes: a ready :class:`~geomtrace.probes.ProbeSet`; otherwise one is built at
-            :meth:`prepare` from ``probe_options`` and the tokenizer.
-        probe_options: options for building the probe set (default: 1024 sequences of the
-            embedded corpus, 11 to 128 tokens).
-        measure_on_start: measure before the first optimizer step (step 0).
-        measure_on_end: measure when training ends (if that step was not measured yet).
-        log_spectrum_every: log an eigenspectrum figure every this many measurements, and
-            always at the final one (``0`` never).
+        schedule: when to measure (:class:`~geomtrace.schedule.Schedule`: every_n_steps,
+            extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
+            ``every_n_steps``.
+        measure: what and how to measure (:class:`~geomtrace.measure.MeasureConfig`).
+        probes: a ready :class:`~geomtrace.probes.ProbeSet`, or the
+            :class:`~geomtrace.probes.ProbeOptions` to build one at :meth:`prepare` with the
+            tokenizer (default: 1024 sequences of the embedded corpus, 11 to 128 tokens).
+        detector: the phase detector's options (:class:`~geomtrace.phases.DetectorOptions`;
+            default: its defaults), recorded as ``record()["detector"]`` so that ``geomtrace
+            phases`` and ``plot --phases`` detect the same phases from the history.
         track_phases: log the current geometric phase and its transitions.
         from_pretrained: whether training starts from a trained model (post-training):
             then a falling RankMe is compression-seeking, never "warmup". ``None`` decides
             per training (see :meth:`begin`).
-        detector: the phase detector's options (:class:`~geomtrace.phases.DetectorOptions`;
-            default: its defaults), recorded as ``record()["detector"]`` so that ``geomtrace
-            phases`` and ``plot --phases`` detect the same phases from the history.
-        history_file: write :meth:`record` to this JSON file (atomically) after every
-            measurement; the callbacks do it on the main process only.
+        history_file: write :meth:`record` to this JSON file (atomically) at every
+            :meth:`autosave` (the callbacks call it after every measurement, on the main
+            process only; a custom loop calls it itself).
         strict: raise errors from the measurement instead of warning and going on.
         prefix: tag prefix of the logged keys.
         extra_metrics: ``{name: torchmetrics.Metric}`` taking ``(N, d)`` features, measured
@@ -186,19 +139,21 @@ class GeometryTracker:
             distinct names) measured after each geometry measurement, logged as
             ``memorization[/<name>]/{spearman,pearson,answer_logprob,n_scored}`` (see
             :mod:`geomtrace.memorization.live`).
+        deprecated: the flat keywords of geomtrace 0.1 (``every_n_steps=``, ``config=``,
+            ``probe_options=``, ``layers=``...), applied to the option objects with one
+            ``DeprecationWarning`` naming the new spelling (:func:`geomtrace._options.legacy_options`).
+
+    Each option object may also be given as a dict of its fields (a config file, a transformers
+    checkpoint's saved arguments).
     """
 
     def __init__(
         self,
         *,
-        every_n_steps: int = 100,
-        extra_steps: Sequence[int] = (),
-        config: MeasureConfig | None = None,
-        probes: ProbeSet | None = None,
-        probe_options: ProbeOptions | None = None,
-        measure_on_start: bool = True,
-        measure_on_end: bool = True,
-        log_spectrum_every: int = 5,
+        schedule: Schedule | int | Mapping[str, Any] | None = None,
+        measure: MeasureConfig | Mapping[str, Any] | None = None,
+        probes: ProbeSet | ProbeOptions | Mapping[str, Any] | None = None,
+        detector: DetectorOptions | Mapping[str, Any] | None = None,
         track_phases: bool = True,
         from_pretrained: bool | None = None,
         history_file: str | os.PathLike | None = None,
@@ -206,34 +161,22 @@ class GeometryTracker:
         prefix: str = "geometry",
         extra_metrics: Mapping[str, Metric] | None = None,
         memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
-        detector: DetectorOptions | None = None,
+        owner: str = "GeometryTracker",
+        **deprecated: Any,
     ) -> None:
-        options = {
-            "every_n_steps": every_n_steps,
-            "extra_steps": extra_steps,
-            "measure_on_start": measure_on_start,
-            "measure_on_end": measure_on_end,
-            "log_spectrum_every": log_spectrum_every,
-            "track_phases": track_phases,
-            "from_pretrained": from_pretrained,
-            "strict": strict,
-            "prefix": prefix,
-        }
+        if deprecated:
+            groups = upgrade_flat_options(owner, deprecated, schedule=schedule, measure=measure, probes=probes)
+            schedule, measure, probes = groups["schedule"], groups["measure"], groups["probes"]
+        options = {"track_phases": track_phases, "from_pretrained": from_pretrained, "strict": strict, "prefix": prefix}
         options = {name: _TRACKER_RULES[name](name, value) for name, value in options.items()}
         if "/" in (options["prefix"][0], options["prefix"][-1]) or any(c.isspace() for c in options["prefix"]):
             raise ValueError(
                 f"prefix must be a tag such as 'geometry' (no spaces, no leading or trailing '/'), got {prefix!r}"
             )
-        if probes is not None and not isinstance(probes, ProbeSet):
+        if probes is not None and not isinstance(probes, (ProbeSet, ProbeOptions, Mapping)):
             raise TypeError(
-                "probes must be a geomtrace.probes.ProbeSet; to build one from texts, a file or a "
-                "dataset pass it as probe_source=... (or use geomtrace.probes.load_probes)."
-            )
-        if config is not None and not isinstance(config, MeasureConfig):
-            raise TypeError(f"config must be a geomtrace.measure.MeasureConfig or None, got {type(config).__name__}")
-        if probe_options is not None and not isinstance(probe_options, ProbeOptions):
-            raise TypeError(
-                f"probe_options must be a geomtrace.tracking.ProbeOptions or None, got {type(probe_options).__name__}"
+                "probes must be a geomtrace.probes.ProbeSet or ProbeOptions; to build one from texts, a file or a "
+                "dataset pass probes=ProbeOptions(source=...) (or use geomtrace.probes.load_probes)."
             )
         if history_file is not None:
             if not isinstance(history_file, (str, os.PathLike)) or not os.fspath(history_file):
@@ -242,19 +185,18 @@ class GeometryTracker:
                 )
             if Path(history_file).is_dir():
                 raise ValueError(f"history_file must be a file path, got the directory {history_file!r}")
-        self.extra_steps = frozenset(options["extra_steps"])
         self.extra_metrics = _validate_extra_metrics(extra_metrics)
-        self.config = config or MeasureConfig()
+        self.schedule = Schedule.of(schedule)
+        self.schedule.validate()
+        self.config = option_set(measure, MeasureConfig, owner=owner)
         self.config.validate()
-        self.every_n_steps = options["every_n_steps"]
-        self.probes = probes
-        self._probes_from_options = probes is None
-        self.probe_options = probe_options or ProbeOptions()
+        self._probes_from_options = not isinstance(probes, ProbeSet)
+        self.probes: ProbeSet | None = None if self._probes_from_options else probes  # type: ignore[assignment]
         if self._probes_from_options:
+            self.probe_options = option_set(probes, ProbeOptions, owner=owner)
             self.probe_options.validate()  # at construction, not when the training starts
-        self.measure_on_start = options["measure_on_start"]
-        self.measure_on_end = options["measure_on_end"]
-        self.log_spectrum_every = options["log_spectrum_every"]
+        else:
+            self.probe_options = self.probes.options or ProbeOptions()  # type: ignore[union-attr]
         self.track_phases = options["track_phases"]
         self.from_pretrained_option = options["from_pretrained"]
         self.history_file = Path(history_file) if history_file is not None else None
@@ -271,10 +213,17 @@ class GeometryTracker:
         self._fitted_to: int | None = None
         self._reset_cost()
         # The phase detector's options (recorded; the offline tools reuse them).
-        if detector is not None and not isinstance(detector, DetectorOptions):
+        if detector is not None and not isinstance(detector, (DetectorOptions, Mapping)):
             raise TypeError(f"detector must be a geomtrace.phases.DetectorOptions, got {type(detector).__name__}")
-        self.detector = detector or DetectorOptions()
+        self.detector = option_set(detector, DetectorOptions, owner=owner, name="detector")
         self.detector.validate()
+
+    # The schedule's options, as attributes (read by the callbacks and older code).
+    every_n_steps = property(lambda self: self.schedule.every_n_steps)
+    extra_steps = property(lambda self: frozenset(self.schedule.extra_steps))
+    measure_on_start = property(lambda self: self.schedule.measure_on_start)
+    measure_on_end = property(lambda self: self.schedule.measure_on_end)
+    log_spectrum_every = property(lambda self: self.schedule.log_spectrum_every)
 
     def _reset_stage(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -295,75 +244,9 @@ class GeometryTracker:
         self._train_started: float | None = None
 
     @classmethod
-    def from_options(
-        cls,
-        *,
-        every_n_steps: int = 100,
-        extra_steps: Sequence[int] = (),
-        probes: ProbeSet | None = None,
-        probe_source: Any = None,
-        num_sequences: int = 1024,
-        min_tokens: int = 11,
-        max_tokens: int = 128,
-        seed: int = 0,
-        chat_template: bool = False,
-        layers: Any = "last",
-        tokens: Any = "last",
-        skip_first_token: bool = False,
-        batch_size: int = 32,
-        spectrum: Any = "covariance",
-        eps: float = MeasureConfig.eps,
-        fit_range: Sequence[int] = MeasureConfig.fit_range,
-        max_components: int | None = None,
-        autocast: Any = "auto",
-        measure_on_start: bool = True,
-        measure_on_end: bool = True,
-        log_spectrum_every: int = 5,
-        track_phases: bool = True,
-        from_pretrained: bool | None = None,
-        history_file: str | os.PathLike | None = None,
-        strict: bool = False,
-        prefix: str = "geometry",
-        extra_metrics: Mapping[str, Metric] | None = None,
-        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
-    ) -> GeometryTracker:
-        """A tracker from the flat option list the callbacks expose (one place for both)."""
-        config = MeasureConfig(
-            layers=layers,
-            tokens=tokens,
-            skip_first_token=skip_first_token,
-            batch_size=batch_size,
-            spectrum=spectrum,
-            eps=eps,
-            fit_range=fit_range,
-            max_components=max_components,
-            autocast=autocast,
-        )
-        probe_options = ProbeOptions(
-            source=probe_source,
-            num_sequences=num_sequences,
-            min_tokens=min_tokens,
-            max_tokens=max_tokens,
-            seed=seed,
-            chat_template=chat_template,
-        )
-        return cls(
-            every_n_steps=every_n_steps,
-            extra_steps=extra_steps,
-            config=config,
-            probes=probes,
-            probe_options=probe_options,
-            measure_on_start=measure_on_start,
-            measure_on_end=measure_on_end,
-            log_spectrum_every=log_spectrum_every,
-            track_phases=track_phases,
-            from_pretrained=from_pretrained,
-            history_file=history_file,
-            strict=strict,
-            prefix=prefix,
-            extra_metrics=extra_metrics,
-            memorization=memorization,
-        )
+    def from_options(cls, **options: Any) -> GeometryTracker:
+        """Deprecated: ``GeometryTracker(**options)`` takes the same (flat keywords included)."""
+        return cls(**options)
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, tokenizer: Any | None) -> ProbeSet:
@@ -505,15 +388,7 @@ class GeometryTracker:
         """
         if step == self.last_step or step == self._last_attempt:
             return False
-        if event == "start":
-            return self.measure_on_start and step == 0
-        if event == "end":
-            return self.measure_on_end or self._periodic(step)
-        return self._periodic(step)
-
-    def _periodic(self, step: int) -> bool:
-        periodic = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-        return periodic or step in self.extra_steps
+        return self.schedule.due(step, event)
 
     # --------------------------------------------------------------- measuring
     @contextmanager
@@ -579,9 +454,7 @@ class GeometryTracker:
         measurement = Measurement(step=int(step), scalars=scalars, result=result)
         self._check_provenance(result, int(step), measurement.notes)
         self.num_measurements += 1
-        measurement.log_spectrum = self.log_spectrum_every > 0 and (
-            final or (self.num_measurements - 1) % self.log_spectrum_every == 0
-        )
+        measurement.log_spectrum = self.schedule.spectrum_due(self.num_measurements, final)
         self.history.append(record)
         if self.track_phases:
             self._update_phase(measurement, record)
@@ -591,6 +464,14 @@ class GeometryTracker:
         record.update(values)
         measurement.notes.extend(notes)
         return measurement
+
+    def recorded_probe_options(self) -> dict[str, Any] | None:
+        """The probe options the record keeps: this tracker's, or those a ready probe set was
+        built with (:attr:`ProbeSet.options`); None for a hand-made set."""
+        if self._probes_from_options:
+            return self.probe_options.to_dict()
+        options = self.probes.options if self.probes is not None else None
+        return options.to_dict() if options is not None else None
 
     def extra_metric_classes(self) -> dict[str, str]:
         """``{name: "module.Class"}`` of the extra metrics, as the record keeps them."""
@@ -603,7 +484,7 @@ class GeometryTracker:
         provenance["measure_config"] = {**provenance["measure_config"], "extra_metrics": self.extra_metric_classes()}
         current = {
             **provenance,
-            "probe_options": self.probe_options.to_dict() if self._probes_from_options else None,
+            "probe_options": self.recorded_probe_options(),
             "trajectory": {
                 "layer": result.last.layer,
                 "num_layers": result.num_layers,
@@ -741,12 +622,7 @@ class GeometryTracker:
             "phase": self.phase,
             "from_pretrained": self.from_pretrained,
             "detector": self.detector.to_dict(),
-            "schedule": {
-                "every_n_steps": self.every_n_steps,
-                "extra_steps": sorted(self.extra_steps),
-                "measure_on_start": self.measure_on_start,
-                "measure_on_end": self.measure_on_end,
-            },
+            "schedule": self.schedule.to_dict(),
         }
         if self.provenance_changes:
             out["provenance_changes"] = [dict(c) for c in self.provenance_changes]
@@ -835,11 +711,6 @@ class GeometryTracker:
 
 #: One rule per option of :class:`GeometryTracker` (the probe and measurement options have theirs).
 _TRACKER_RULES: dict[str, Rule] = {
-    "every_n_steps": Rule("int", minimum=0, example="100; 0 measures only at start and end"),
-    "extra_steps": Rule("ints", minimum=1, example="(1, 2, 4, 8)"),
-    "measure_on_start": Rule("bool"),
-    "measure_on_end": Rule("bool"),
-    "log_spectrum_every": Rule("int", minimum=0, example="5; 0 never"),
     "track_phases": Rule("bool"),
     "from_pretrained": Rule("bool", optional=True, example="None: automatic"),
     "strict": Rule("bool"),
@@ -878,7 +749,7 @@ def _provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[st
         if old.get(name) != new.get(name):
             changed["probe set" if name == "probe_fingerprint" else name] = (old.get(name), new.get(name))
     old_config, new_config = old.get("measure_config") or {}, new.get("measure_config") or {}
-    for name in _COMPARED_CONFIG:
+    for name in MeasureConfig.identity_fields():
         if _plain(old_config.get(name)) != _plain(new_config.get(name)):
             changed[name] = (old_config.get(name), new_config.get(name))
     return changed
@@ -925,7 +796,27 @@ def _raise_on_bad_rows(result: GeometryResult, step: int) -> None:
             )
 
 
-#: Keyword options of :meth:`GeometryTracker.from_options`, which both callbacks expose.
-TRACKER_OPTIONS: frozenset[str] = frozenset(
-    name for name in inspect.signature(GeometryTracker.from_options).parameters if name != "cls"
-)
+def upgrade_flat_options(owner: str, flat: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """The tracker's and the callbacks' flat keywords of geomtrace 0.1 in their option objects
+    (``{"schedule", "measure", "probes"}``), with one DeprecationWarning (see
+    :func:`geomtrace._options.legacy_options`)."""
+    groups = {"schedule": Schedule, "measure": MeasureConfig, "probes": ProbeOptions}
+    schedule = given.get("schedule")
+    if isinstance(schedule, int) and not isinstance(schedule, bool):
+        given["schedule"] = Schedule.of(schedule)
+    return legacy_options(
+        owner,
+        flat,
+        {name: (cls, given.get(name)) for name, cls in groups.items()},
+        renamed={"config": "measure", "probe_options": "probes"},
+        stacklevel=4,
+    )
+
+
+#: The option objects the tracker and both callbacks take (each declared once, as a dataclass).
+OPTION_SETS: dict[str, type] = {
+    "schedule": Schedule,
+    "measure": MeasureConfig,
+    "probes": ProbeOptions,
+    "detector": DetectorOptions,
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 from torchmetrics import Metric
@@ -12,18 +12,18 @@ from torchmetrics import Metric
 from geomtrace._optional import require
 from geomtrace._warnings import warn
 from geomtrace.callbacks._tensorboard import write_text_and_figures
-from geomtrace.features import LayerSelection, TokenSelection
-from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
-from geomtrace.measure import AutocastSetting
+from geomtrace.measure import MeasureConfig
 from geomtrace.memorization.probe import MemorizationProbe
-from geomtrace.probes import ProbeSet
+from geomtrace.phases import DetectorOptions
+from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.schedule import Schedule
 from geomtrace.tracking import (
-    TRACKER_OPTIONS,
     GeometryTracker,
     Measurement,
     ProbeLengthError,
     loaded_model_hint,
     report,
+    upgrade_flat_options,
 )
 
 _lightning = require("lightning", "the GeometryMonitor callback")
@@ -53,26 +53,18 @@ class GeometryMonitor(Callback):
     Args:
         tokenizer: tokenizer for the probes. Default: ``pl_module.tokenizer`` or
             ``trainer.datamodule.tokenizer``.
-        every_n_steps: measure every this many optimizer steps (0: only start and end).
-        extra_steps: further steps to measure at, e.g. log-spaced early steps
-            ``(1, 2, 4, 8, 16, 32, 64)`` to resolve the fast warmup collapse.
-        probes: a ready :class:`~geomtrace.probes.ProbeSet` (overrides the probe options).
-        probe_source: texts, a ``.txt``/``.jsonl`` path, a ``datasets.Dataset`` or a hub
-            dataset name (default: the embedded corpus).
-        num_sequences, min_tokens, max_tokens, seed, chat_template: probe set options.
-        layers: ``"last"`` (default), ``"all"``, an index or a list of indices.
-        tokens: ``"last"`` (default), ``"mean"`` or ``"all"``.
-        skip_first_token: leave out the first real token (``tokens="all"``/``"mean"``).
-        batch_size: probe sequences per forward.
-        spectrum, eps, fit_range, max_components: metric conventions (see docs/concepts.md).
-        autocast: precision of the probe forward: ``"auto"`` (the trainer's own mixed
-            precision), ``"bf16"``/``"fp16"`` (autocast the probes only; cheaper in an fp32
-            run), ``"off"`` (no autocast, the model's dtype). Statistics are fp32/fp64 always.
+        schedule: when to measure, a :class:`~geomtrace.schedule.Schedule` (every_n_steps,
+            extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
+            ``every_n_steps`` (``GeometryMonitor(tok, 100)``).
+        measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,
+            tokens, batch size, conventions, autocast).
+        probes: the probe set: :class:`~geomtrace.probes.ProbeOptions` to build it with the
+            tokenizer (source, num_sequences, text_column, split, config_name, chat_template...;
+            default: 1024 paragraphs of the embedded corpus), or a ready
+            :class:`~geomtrace.probes.ProbeSet`.
+        detector: the phase detector's options, :class:`~geomtrace.phases.DetectorOptions`.
         model_getter: ``callable(pl_module) -> nn.Module`` returning the HF model, for
             modules where it cannot be found automatically.
-        measure_on_start, measure_on_end: measure at step 0 / when training ends.
-        log_spectrum_every: eigenspectrum figure every this many measurements and at the
-            final one (0: never).
         track_phases: log the current geometric phase.
         from_pretrained: whether the fit starts from a trained model (post-training: a
             falling RankMe is compression-seeking, never warmup). ``None`` (default):
@@ -90,40 +82,28 @@ class GeometryMonitor(Callback):
             measurement on every rank; logs ``memorization/spearman``, ``memorization/pearson``,
             ``memorization/answer_logprob``, ``memorization/n_scored`` (``memorization/<name>/...``
             for a named probe). The ∞-gram side is computed once per run. See docs/memorization.md.
+        deprecated: the flat keywords of geomtrace 0.1 (``every_n_steps=``, ``layers=``,
+            ``num_sequences=``, ``probe_source=``...): still taken, with a ``DeprecationWarning``
+            naming the new spelling.
 
     Example::
 
-        trainer = L.Trainer(callbacks=[GeometryMonitor(tokenizer=tok, every_n_steps=100)],
-                            logger=TensorBoardLogger("runs"))
+        trainer = L.Trainer(
+            callbacks=[GeometryMonitor(tok, Schedule(every_n_steps=100), measure=MeasureConfig(layers="all"))],
+            logger=TensorBoardLogger("runs"),
+        )
         trainer.fit(model)
     """
 
     def __init__(
         self,
         tokenizer: Any | None = None,
-        every_n_steps: int = 100,
+        schedule: Schedule | int | None = None,
         *,
-        extra_steps: Sequence[int] = (),
-        probes: ProbeSet | None = None,
-        probe_source: Any = None,
-        num_sequences: int = 1024,
-        min_tokens: int = 11,
-        max_tokens: int = 128,
-        seed: int = 0,
-        chat_template: bool = False,
-        layers: LayerSelection = "last",
-        tokens: TokenSelection = "last",
-        skip_first_token: bool = False,
-        batch_size: int = 32,
-        spectrum: Literal["covariance", "singular"] = "covariance",
-        eps: float = DEFAULT_EPS,
-        fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
-        max_components: int | None = None,
-        autocast: AutocastSetting = "auto",
+        measure: MeasureConfig | None = None,
+        probes: ProbeOptions | ProbeSet | None = None,
+        detector: DetectorOptions | None = None,
         model_getter: Callable[[Any], nn.Module] | None = None,
-        measure_on_start: bool = True,
-        measure_on_end: bool = True,
-        log_spectrum_every: int = 5,
         track_phases: bool = True,
         from_pretrained: bool | None = None,
         history_file: str | None = None,
@@ -131,11 +111,29 @@ class GeometryMonitor(Callback):
         prefix: str = "geometry",
         extra_metrics: Mapping[str, Metric] | None = None,
         memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
+        **deprecated: Any,
     ) -> None:
-        tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
         super().__init__()
         try:
-            self.tracker = GeometryTracker.from_options(**tracker_options)
+            if deprecated:
+                groups = upgrade_flat_options(
+                    "GeometryMonitor", deprecated, schedule=schedule, measure=measure, probes=probes
+                )
+                schedule, measure, probes = groups["schedule"], groups["measure"], groups["probes"]
+            self.tracker = GeometryTracker(
+                schedule=schedule,
+                measure=measure,
+                probes=probes,
+                detector=detector,
+                track_phases=track_phases,
+                from_pretrained=from_pretrained,
+                history_file=history_file,
+                strict=strict,
+                prefix=prefix,
+                extra_metrics=extra_metrics,
+                memorization=memorization,
+                owner="GeometryMonitor",
+            )
         except (TypeError, ValueError) as err:
             raise MisconfigurationException(f"GeometryMonitor: {err}") from err
         if model_getter is not None and not callable(model_getter):

@@ -25,10 +25,10 @@ How the values are logged (one design, see docs/transformers.md):
 from __future__ import annotations
 
 import inspect
-import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 from torchmetrics import Metric
@@ -37,18 +37,18 @@ from geomtrace._optional import require
 from geomtrace._validate import plain
 from geomtrace._warnings import warn
 from geomtrace.callbacks._tensorboard import write_text_and_figures
-from geomtrace.features import LayerSelection, TokenSelection
-from geomtrace.functional import DEFAULT_EPS, DEFAULT_FIT_RANGE
-from geomtrace.measure import AutocastSetting
+from geomtrace.measure import MeasureConfig
 from geomtrace.memorization.probe import MemorizationProbe
-from geomtrace.probes import ProbeSet
+from geomtrace.phases import DetectorOptions
+from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.schedule import Schedule
 from geomtrace.tracking import (
-    TRACKER_OPTIONS,
     GeometryTracker,
     Measurement,
     ProbeLengthError,
     loaded_model_hint,
     report,
+    upgrade_flat_options,
 )
 
 require("transformers", "the GeometryCallback")
@@ -57,35 +57,10 @@ from transformers.trainer_callback import ExportableState  # noqa: E402
 
 __all__ = ["GeometryCallback"]
 
-# Options that state() saves as "args" (JSON). transformers rebuilds the callback from them
-# when it restores a checkpoint; tokenizer / probes / non-JSON probe sources cannot be saved.
-_SAVED_OPTIONS = (
-    "every_n_steps",
-    "extra_steps",
-    "probe_source",
-    "num_sequences",
-    "min_tokens",
-    "max_tokens",
-    "seed",
-    "chat_template",
-    "layers",
-    "tokens",
-    "skip_first_token",
-    "batch_size",
-    "spectrum",
-    "eps",
-    "fit_range",
-    "max_components",
-    "autocast",
-    "measure_on_start",
-    "measure_on_end",
-    "log_spectrum_every",
-    "track_phases",
-    "from_pretrained",
-    "history_file",
-    "strict",
-    "prefix",
-)
+# What state() saves as "args" (JSON): transformers rebuilds the callback from them when it
+# restores a checkpoint. The option objects are saved as dicts of their fields (the callback takes
+# those too); a tokenizer, a model getter, a ready ProbeSet and extra metrics cannot be saved.
+_SAVED_PLAIN = ("track_phases", "from_pretrained", "history_file", "strict", "prefix")
 
 
 class GeometryCallback(TrainerCallback, ExportableState):
@@ -104,25 +79,21 @@ class GeometryCallback(TrainerCallback, ExportableState):
     gets ``geometry/eigenspectrum`` figures and the phase as text.
 
     Args:
-        every_n_steps: measure every this many optimizer steps (0: only start and end).
-        extra_steps: further steps to measure at, e.g. log-spaced early steps
-            ``(1, 2, 4, 8, 16, 32, 64)`` that resolve the fast warmup collapse.
-        probes: a ready :class:`~geomtrace.probes.ProbeSet` (overrides the probe options).
-        probe_source: texts, a ``.txt``/``.jsonl`` path, a ``datasets.Dataset`` or a hub
-            dataset name (default: the embedded corpus).
-        num_sequences, min_tokens, max_tokens, seed, chat_template: probe set options;
-            ``chat_template=True`` wraps each probe as a user turn (for post-training).
-        layers: ``"last"`` (default), ``"all"``, an index or a list of indices.
-        tokens: ``"last"`` (default), ``"mean"`` or ``"all"``.
-        skip_first_token: leave out the first real token (``tokens="all"``/``"mean"``).
-        batch_size: probe sequences per forward.
-        spectrum, eps, fit_range, max_components: metric conventions (see docs/concepts.md).
-        autocast: precision of the probe forward: ``"auto"`` (the trainer's own mixed
-            precision), ``"bf16"``/``"fp16"`` (autocast the probes only; cheaper in an fp32
-            run), ``"off"`` (no autocast, the model's dtype). Statistics are fp32/fp64 always.
-        measure_on_start, measure_on_end: measure at step 0 / when training ends.
-        log_spectrum_every: eigenspectrum figure every this many measurements and at the
-            final one (0: never).
+        schedule: when to measure, a :class:`~geomtrace.schedule.Schedule` (every_n_steps,
+            extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
+            ``every_n_steps`` (``GeometryCallback(100)``).
+        measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,
+            tokens, batch size, conventions, autocast).
+        probes: the probe set: :class:`~geomtrace.probes.ProbeOptions` to build it with the
+            tokenizer (source, num_sequences, text_column, split, config_name, chat_template,
+            system_prompt...; default: 1024 paragraphs of the embedded corpus;
+            ``chat_template=True`` wraps each probe as a user turn, for post-training), or a ready
+            :class:`~geomtrace.probes.ProbeSet`.
+        detector: the phase detector's options, :class:`~geomtrace.phases.DetectorOptions`.
+        tokenizer: tokenizer for the probes; default: the trainer's ``processing_class``
+            (its ``.tokenizer`` for multimodal processors).
+        model_getter: ``callable(model) -> nn.Module`` returning the HF model to probe from
+            the trainer's model, when it cannot be found automatically.
         track_phases: log the current geometric phase.
         from_pretrained: whether training starts from a trained model (post-training: a
             falling RankMe is compression-seeking, never warmup). ``None`` (default):
@@ -132,71 +103,71 @@ class GeometryCallback(TrainerCallback, ExportableState):
             JSON file (atomically) after every measurement.
         strict: raise measurement errors (and NaN/Inf features) instead of warning.
         prefix: prefix of the logged keys.
-        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` (QA set + ∞-gram
-            index), or several with distinct names, measured right after each geometry
-            measurement on every rank; logs ``memorization/spearman``, ``memorization/pearson``,
-            ``memorization/answer_logprob``, ``memorization/n_scored`` (``memorization/<name>/...``
-            for a named probe). The ∞-gram side is computed once per run. See docs/memorization.md.
-        tokenizer: tokenizer for the probes; default: the trainer's ``processing_class``
-            (its ``.tokenizer`` for multimodal processors).
-        model_getter: ``callable(model) -> nn.Module`` returning the HF model to probe from
-            the trainer's model, when it cannot be found automatically.
         extra_metrics: ``{name: torchmetrics.Metric}`` whose ``update`` takes ``(N, d)``
             features: measured on the same probe forward, per tracked layer, and logged as
             ``geometry/<name>`` (``geometry/layer{L}/<name>``); a failing one is NaN with a
             warning. Not saved in ``state()`` (not JSON): a resumed run keeps the ones
             of the callback passed to the new trainer. See docs/transformers.md.
+        memorization: a :class:`~geomtrace.memorization.MemorizationProbe` (QA set + ∞-gram
+            index), or several with distinct names, measured right after each geometry
+            measurement on every rank; logs ``memorization/spearman``, ``memorization/pearson``,
+            ``memorization/answer_logprob``, ``memorization/n_scored`` (``memorization/<name>/...``
+            for a named probe). The ∞-gram side is computed once per run. See docs/memorization.md.
+        deprecated: the flat keywords of geomtrace 0.1 (``every_n_steps=``, ``layers=``,
+            ``num_sequences=``, ``probe_source=``...): still taken, with a ``DeprecationWarning``
+            naming the new spelling.
 
     Example::
 
         trainer = SFTTrainer(model=model, args=SFTConfig(..., report_to="tensorboard"),
-                             train_dataset=ds, callbacks=[GeometryCallback(every_n_steps=100)])
+                             train_dataset=ds, callbacks=[GeometryCallback(Schedule(every_n_steps=100))])
         trainer.train()
     """
 
     def __init__(
         self,
-        every_n_steps: int = 100,
+        schedule: Schedule | int | Mapping[str, Any] | None = None,
         *,
-        extra_steps: Sequence[int] = (),
-        probes: ProbeSet | None = None,
-        probe_source: Any = None,
-        num_sequences: int = 1024,
-        min_tokens: int = 11,
-        max_tokens: int = 128,
-        seed: int = 0,
-        chat_template: bool = False,
-        layers: LayerSelection = "last",
-        tokens: TokenSelection = "last",
-        skip_first_token: bool = False,
-        batch_size: int = 32,
-        spectrum: Literal["covariance", "singular"] = "covariance",
-        eps: float = DEFAULT_EPS,
-        fit_range: tuple[int, int] = DEFAULT_FIT_RANGE,
-        max_components: int | None = None,
-        autocast: AutocastSetting = "auto",
-        measure_on_start: bool = True,
-        measure_on_end: bool = True,
-        log_spectrum_every: int = 5,
+        measure: MeasureConfig | Mapping[str, Any] | None = None,
+        probes: ProbeOptions | ProbeSet | Mapping[str, Any] | None = None,
+        detector: DetectorOptions | Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        model_getter: Callable[[nn.Module], nn.Module] | None = None,
         track_phases: bool = True,
         from_pretrained: bool | None = None,
         history_file: str | None = None,
         strict: bool = False,
         prefix: str = "geometry",
-        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
-        tokenizer: Any = None,
-        model_getter: Callable[[nn.Module], nn.Module] | None = None,
         extra_metrics: Mapping[str, Metric] | None = None,
+        memorization: MemorizationProbe | Sequence[MemorizationProbe] | None = None,
+        **deprecated: Any,
     ) -> None:
-        options = {name: value for name, value in locals().items() if name in _SAVED_OPTIONS}
-        tracker_options = {name: value for name, value in locals().items() if name in TRACKER_OPTIONS}
         try:
-            self.tracker = GeometryTracker.from_options(**tracker_options)
+            if deprecated:
+                groups = upgrade_flat_options(
+                    "GeometryCallback", deprecated, schedule=schedule, measure=measure, probes=probes
+                )
+                schedule, measure, probes = groups["schedule"], groups["measure"], groups["probes"]
+            self.tracker = GeometryTracker(
+                schedule=schedule,
+                measure=measure,
+                probes=probes,
+                detector=detector,
+                track_phases=track_phases,
+                from_pretrained=from_pretrained,
+                history_file=history_file,
+                strict=strict,
+                prefix=prefix,
+                extra_metrics=extra_metrics,
+                memorization=memorization,
+                owner="GeometryCallback",
+            )
         except (TypeError, ValueError) as err:
             raise ValueError(f"GeometryCallback: {err}") from err
         if model_getter is not None and not callable(model_getter):
             raise ValueError("GeometryCallback: model_getter must be a callable(model) -> nn.Module.")
-        self._options = {name: _jsonable(value) for name, value in options.items()}
+        given = locals()
+        self._options = _saved_options(self.tracker, {name: given[name] for name in _SAVED_PLAIN})
         self.tokenizer = tokenizer
         self.model_getter = model_getter
         self._trainer: Trainer | None = None
@@ -239,7 +210,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         """What ``Trainer`` saves in ``trainer_state.json`` at each checkpoint (ExportableState)."""
         return {
-            "args": {name: value for name, value in self._options.items() if value is not _UNSAVED},
+            "args": dict(self._options),
             "attributes": {"tracker_state": self.tracker.state_dict()},
         }
 
@@ -443,17 +414,17 @@ class GeometryCallback(TrainerCallback, ExportableState):
 
 
 # --------------------------------------------------------------------------- helpers
-_UNSAVED = object()
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as JSON-ready data, or ``_UNSAVED`` when JSON cannot hold it."""
-    value = plain(value)  # numpy scalars, tuples, paths
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return _UNSAVED
-    return value
+def _saved_options(tracker: GeometryTracker, plain_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The callback's arguments as JSON (what ``state()`` saves): the option objects as dicts of
+    their fields (probe options only where JSON holds their source), the plain options as given."""
+    saved: dict[str, Any] = {name: plain(value) for name, value in plain_options.items()}
+    saved["schedule"] = tracker.schedule.to_dict()
+    saved["measure"] = tracker.config.to_dict()
+    saved["detector"] = tracker.detector.to_dict()
+    source = tracker.probe_options.source
+    if tracker.probes is None and (source is None or isinstance(source, (str, os.PathLike))):
+        saved["probes"] = tracker.probe_options.to_dict()
+    return saved
 
 
 def _holds(trainer: Trainer, callback: TrainerCallback) -> bool:

@@ -10,8 +10,10 @@
 Nothing here imports transformers at import time.
 """
 
+from geomtrace.probes import ProbeOptions
+from geomtrace.replay.load_options import LoadOptions
 from geomtrace.replay.results import Trajectory, load_trajectory
-from geomtrace.replay.runner import ProbeOptions, ReplaySummary, build_records, run_replay
+from geomtrace.replay.runner import ReplaySummary, build_records, run_replay
 from geomtrace.replay.sources import (
     Checkpoint,
     CheckpointLoadError,
@@ -28,6 +30,7 @@ from geomtrace.replay.store import ResultsStore, export_csv, export_seed_npy, im
 __all__ = [
     "Checkpoint",
     "CheckpointLoadError",
+    "LoadOptions",
     "ProbeOptions",
     "ReplaySummary",
     "ResultsStore",

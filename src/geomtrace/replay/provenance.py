@@ -20,8 +20,6 @@ from typing import Any
 
 __all__ = ["LikeSettings", "like_settings", "read_provenance"]
 
-#: MeasureConfig fields taken from the reference run (the others only change speed).
-_MEASURE_FIELDS = ("layers", "tokens", "skip_first_token", "spectrum", "eps", "fit_range", "max_components")
 _DESCRIPTION = re.compile(
     r"^(?P<label>\S+) n=(?P<n>\d+) len=(?P<lo>\d+)\.\.(?P<hi>\d+) seed=(?P<seed>-?\d+)(?P<chat> chat)?"
 )
@@ -101,7 +99,7 @@ def _probe_options_from_description(description: str) -> tuple[dict[str, Any], s
 
 
 def _probe_options(provenance: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    from geomtrace.replay.runner import ProbeOptions
+    from geomtrace.probes import ProbeOptions
 
     given = provenance.get("probe_options")
     if not isinstance(given, dict):
@@ -129,8 +127,11 @@ def like_settings(provenance: Mapping[str, Any]) -> LikeSettings:
                 f"malformed provenance: '{name}' is {type(provenance[name]).__name__} {provenance[name]!r}, expected "
                 "an object of options; give the probe and measurement options explicitly instead"
             )
+    from geomtrace.measure import MeasureConfig  # torch: only once a --like run is read
+
     measure_config = provenance.get("measure_config") or {}
-    measure = {k: measure_config[k] for k in _MEASURE_FIELDS if k in measure_config}
+    # The fields that change the values are taken from the reference run (the others only change speed).
+    measure = {k: measure_config[k] for k in MeasureConfig.identity_fields() if k in measure_config}
     if isinstance(measure.get("fit_range"), list):
         measure["fit_range"] = tuple(measure["fit_range"])
     if isinstance(measure.get("layers"), list):

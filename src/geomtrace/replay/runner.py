@@ -18,17 +18,19 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from geomtrace._distributed import rank_and_world_size
+from geomtrace._options import legacy_options, option_set
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
-from geomtrace.probes import ProbeSet
+from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.replay.load_options import LoadOptions
 from geomtrace.replay.prefetch import CheckpointLoader
 from geomtrace.replay.sources import (
     Checkpoint,
@@ -39,11 +41,8 @@ from geomtrace.replay.sources import (
     resolve_dtype,
 )
 from geomtrace.replay.store import EXTRA_METRICS_FIELD, OutputConflictError, ResultsStore, check_output_dir
-from geomtrace.tracking import ProbeOptions as _TrackerProbeOptions
 
 __all__ = [
-    "PERFORMANCE_OPTIONS",
-    "ProbeOptions",
     "ReplaySummary",
     "build_records",
     "expected_precision",
@@ -51,46 +50,6 @@ __all__ = [
     "measurement_identity",
     "run_replay",
 ]
-
-
-@dataclass(frozen=True)
-class ProbeOptions(_TrackerProbeOptions):
-    """How the replay's probe set is built (the live callbacks' options, see
-    :class:`geomtrace.tracking.ProbeOptions`), plus ``system_prompt``: the system message of
-    chat-templated probes (``chat_template=True``), as post-training runs measure them."""
-
-    system_prompt: str | None = None
-
-    def validate(self) -> None:
-        """Raise ValueError on options that cannot give a probe set, before any loading."""
-        if not isinstance(self.num_sequences, int) or self.num_sequences < 2:
-            raise ValueError(f"num_sequences must be >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}")
-        if not (
-            isinstance(self.min_tokens, int)
-            and isinstance(self.max_tokens, int)
-            and 1 <= self.min_tokens <= self.max_tokens
-        ):
-            raise ValueError(
-                f"need 1 <= min_tokens <= max_tokens, got min_tokens={self.min_tokens!r}, "
-                f"max_tokens={self.max_tokens!r}"
-            )
-        if self.system_prompt is not None and not self.chat_template:
-            raise ValueError("system_prompt is the system message of chat probes: set chat_template (--chat-template)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able options; a source that is not a name or path (texts, a Dataset) is
-        described by its type only."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if out["source"] is not None and not isinstance(out["source"], (str, os.PathLike)):
-            out["source"] = f"<{type(out['source']).__name__}>"
-        elif out["source"] is not None:
-            out["source"] = os.fspath(out["source"])
-        return out
-
-
-#: MeasureConfig fields that change speed only, never the values (1e-6): a rerun with other
-#: values of these continues an output instead of conflicting with it.
-PERFORMANCE_OPTIONS: frozenset[str] = frozenset({"batch_size", "rows_per_update", "padding_side"})
 
 
 @dataclass
@@ -203,7 +162,7 @@ _TOKENIZER_TRIES = 3
 
 
 def _probe_tokenizer(
-    checkpoints: Sequence[Checkpoint], load: dict[str, Any]
+    checkpoints: Sequence[Checkpoint], load: LoadOptions
 ) -> tuple[Any, tuple[Checkpoint, Any, float] | None, dict[str, str]]:
     """The tokenizer for the probe set: the first checkpoint's that loads.
 
@@ -216,21 +175,19 @@ def _probe_tokenizer(
     """
     failures: dict[str, str] = {}
     for ckpt in checkpoints[:_TOKENIZER_TRIES]:
-        tok = load_checkpoint_tokenizer(
-            ckpt, trust_remote_code=load["trust_remote_code"], base_model=load["base_model"]
-        )
+        tok = load_checkpoint_tokenizer(ckpt, trust_remote_code=load.trust_remote_code, base_model=load.base_model)
         if tok is not None:
             return tok, None, failures
         t0 = time.perf_counter()
         try:
-            model, tok = load_checkpoint_model(ckpt, **load)
+            model, tok = load_checkpoint_model(ckpt, **load.kwargs())
         except Exception as err:  # noqa: BLE001 - recorded as that checkpoint's failure
             failures[ckpt.key] = _load_error(err)
             continue
         if tok is not None:
             return tok, (ckpt, model, t0), failures
         model = None
-        _release_memory(str(load["device"]))
+        _release_memory(load.device)
         raise ValueError(
             f"no tokenizer to build the probe set from: checkpoint {ckpt.key!r} holds none. Pass "
             "--tokenizer NAME_OR_PATH (tokenizer= in Python), give the LightningModule a `tokenizer` "
@@ -253,9 +210,11 @@ def _load_error(err: BaseException) -> str:
 
 def measurement_identity(config: MeasureConfig, probes: ProbeSet, dtype: Any) -> dict[str, Any]:
     """What makes two measurements of one checkpoint comparable: the probe set
-    (fingerprint), every value-changing option of ``config`` (not :data:`PERFORMANCE_OPTIONS`)
-    and the weights' dtype. An output holds records of one identity only."""
-    measure = {k: v for k, v in config.to_dict().items() if k not in PERFORMANCE_OPTIONS}
+    (fingerprint), every option of ``config`` that changes the values or the precision (not
+    :meth:`~geomtrace.measure.MeasureConfig.speed_fields`) and the weights' dtype. An output
+    holds records of one identity only."""
+    speed = MeasureConfig.speed_fields()
+    measure = {k: v for k, v in config.to_dict().items() if k not in speed}
     return {
         "probe_fingerprint": probes.fingerprint(),
         "n_probes": len(probes),
@@ -408,7 +367,7 @@ def _run_info(
     config: MeasureConfig,
     probes: ProbeSet,
     options: ProbeOptions | None,
-    load: dict[str, Any],
+    load: LoadOptions,
 ) -> dict[str, Any]:
     """``run.json``: how this output is measured. ``provenance`` has the shape of the live
     histories' (``GeometryResult.provenance()`` plus the probe options), so either can be
@@ -420,20 +379,13 @@ def _run_info(
             "probe": probes.description,
             "probe_fingerprint": probes.fingerprint(),
             "n_probes": len(probes),
-            "precision": expected_precision(load["dtype"], config.autocast),
+            "precision": expected_precision(load.dtype, config.autocast),
             "measure_config": config.to_dict(),
             "probe_options": options.to_dict() if options is not None else None,
         },
-        "load": {k: v for k, v in load.items() if k != "model_builder"}
-        | {"dtype": _dtype_name(load["dtype"]), "model_builder": _builder_name(load.get("model_builder"))},
+        "load": load.to_dict() | {"dtype": _dtype_name(load.dtype)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _builder_name(builder: Any) -> str | None:
-    if builder is None or isinstance(builder, str):
-        return builder
-    return f"{getattr(builder, '__module__', '?')}:{getattr(builder, '__qualname__', repr(builder))}"
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -617,16 +569,10 @@ def run_replay(
     checkpoints: Sequence[Checkpoint],
     output: str | os.PathLike,
     *,
-    config: MeasureConfig | None = None,
-    probes: ProbeSet | None = None,
-    probe_options: ProbeOptions | None = None,
-    dtype: Any = "float32",
-    device: str = "auto",
-    device_map: Any = None,
-    trust_remote_code: bool = False,
+    measure: MeasureConfig | Mapping[str, Any] | None = None,
+    probes: ProbeSet | ProbeOptions | Mapping[str, Any] | None = None,
+    load: LoadOptions | Mapping[str, Any] | None = None,
     tokenizer: Any = None,
-    model_builder: Callable[..., Any] | str | None = None,
-    base_model: str | None = None,
     tokens_per_step: int | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
     tensorboard_spectra: bool = False,
@@ -636,6 +582,7 @@ def run_replay(
     prefetch: bool = True,
     extra_metrics: Mapping[str, Any] | None = None,
     memorization: Any = None,
+    **deprecated: Any,
 ) -> ReplaySummary:
     """Measure ``checkpoints`` in order into the results store at ``output``; resumable.
 
@@ -644,13 +591,13 @@ def run_replay(
             :func:`~geomtrace.replay.sources.local_checkpoints` (optionally
             :func:`~geomtrace.replay.sources.shard_checkpoints`). Empty: nothing is done.
         output: results folder (created). Several processes may write to the same one.
-        config: what to measure (:class:`~geomtrace.measure.MeasureConfig`).
-        probes: a ready probe set. Otherwise one is built once with ``probe_options`` from
-            ``tokenizer`` or, failing that, the first checkpoint's tokenizer that loads, and
-            kept fixed. At least 2 sequences.
-        probe_options: how to build the probe set (default: 1024 sequences of the embedded corpus).
-        dtype, device, device_map, trust_remote_code, model_builder, base_model: passed to
-            :func:`~geomtrace.replay.sources.load_checkpoint_model`.
+        measure: what to measure (:class:`~geomtrace.measure.MeasureConfig`; a dict of its fields).
+        probes: a ready :class:`~geomtrace.probes.ProbeSet`, or the
+            :class:`~geomtrace.probes.ProbeOptions` to build one (default: 1024 sequences of the
+            embedded corpus), once, with ``tokenizer`` or, failing that, the first checkpoint's
+            tokenizer that loads; kept fixed. At least 2 sequences.
+        load: how each checkpoint is loaded (:class:`~geomtrace.replay.load_options.LoadOptions`:
+            dtype, device, device_map, trust_remote_code, model_builder, base_model).
         tokenizer: a tokenizer object or a name/path to load one from.
         tokens_per_step: fill ``tokens = step * tokens_per_step`` where the revision name has
             no token count (Pythia: 1024 x 2048 = 2097152).
@@ -677,6 +624,8 @@ def run_replay(
             (checkpoint, probe) goes to ``OUT/memorization.jsonl`` (the ∞-gram side once, in
             ``OUT/memorization/<probe>.json``; see :mod:`geomtrace.replay.memorization`). A
             checkpoint missing only memorization records is loaded again for them alone.
+        deprecated: the flat keywords of geomtrace 0.1 (``config=``, ``probe_options=``,
+            ``dtype=``, ``device=``, ...), with a ``DeprecationWarning`` naming the new spelling.
 
     The output holds one measurement configuration (:func:`measurement_identity`, stored in
     ``run.json``): a run with another one raises
@@ -685,28 +634,35 @@ def run_replay(
     to load or measure is logged to ``failures.jsonl`` and skipped (retried by the next run).
     """
     start = time.perf_counter()
-    config = config or MeasureConfig()
+    if deprecated:
+        upgraded = legacy_options(
+            "run_replay",
+            deprecated,
+            {"measure": (MeasureConfig, measure), "probes": (ProbeOptions, probes), "load": (LoadOptions, load)},
+            renamed={"config": "measure", "probe_options": "probes"},
+        )
+        measure, probes, load = upgraded["measure"], upgraded["probes"], upgraded["load"]
+    config = option_set(measure, MeasureConfig, owner="run_replay")
     config.validate()
+    load_options = option_set(load, LoadOptions, owner="run_replay")
+    load_options.validate()
     extra_metrics = check_extra_metrics(extra_metrics)
-    if probes is None and isinstance(probe_options, ProbeOptions):
+    probe_options: ProbeOptions | None = None
+    if not isinstance(probes, ProbeSet):
+        probe_options = option_set(probes, ProbeOptions, owner="run_replay")
         probe_options.validate()
+        probes = None
     check_output_dir(output, writable=True)
     summary = ReplaySummary(output=Path(output))
     checkpoints = list(checkpoints)
     if not checkpoints:
         return summary
-    device = str(resolve_device(device))
+    device = str(resolve_device(load_options.device))
     created_group = init_distributed(device)
     device = _rank_device(device)
     rank, _ = rank_and_world_size()
-    load = dict(
-        dtype=dtype,
-        device=device,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        model_builder=model_builder,
-        base_model=base_model,
-    )
+    load_options = load_options.replace(device=device)  # this rank's device, as run.json records it
+    trust_remote_code = load_options.trust_remote_code
     writer = loader = None
     try:
         # The probe set decides what counts as done, so it comes first. A model loaded only to
@@ -718,11 +674,11 @@ def run_replay(
             if isinstance(tok, (str, os.PathLike)):
                 tok = _load_tokenizer(str(tok), trust_remote_code=trust_remote_code)
             if tok is None:
-                tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load)
+                tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load_options)
             options = probe_options or ProbeOptions()
             probes = build_probes(tok, options)
         else:
-            options = None
+            options = probes.options  # a set built by load_probes knows its options (for --like)
             tok = tokenizer
             if isinstance(tok, (str, os.PathLike)) and memorization is not None:
                 tok = _load_tokenizer(str(tok), trust_remote_code=trust_remote_code)
@@ -733,8 +689,8 @@ def run_replay(
                 "the paper uses 1024)"
             )
         _check_reference(reference, probes)
-        identity = measurement_identity(config, probes, dtype)
-        info = _run_info(identity, config, probes, options, load)
+        identity = measurement_identity(config, probes, load_options.dtype)
+        info = _run_info(identity, config, probes, options, load_options)
         if tokens_per_step is not None:
             info["tokens_per_step"] = int(tokens_per_step)
         summary.probe_fingerprint, summary.n_probes = probes.fingerprint(), len(probes)
@@ -770,8 +726,8 @@ def run_replay(
         )
         loader = CheckpointLoader(
             todo,
-            load,
-            prefetch=prefetch and device_map is None,
+            load_options.kwargs(),
+            prefetch=prefetch and load_options.device_map is None,
             describe_error=_load_error,
             known_failures=known_failures,
             preloaded=preloaded,
