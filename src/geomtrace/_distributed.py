@@ -7,10 +7,13 @@ torchmetrics' default sync all-gathers every state and stacks it, which needs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from geomtrace.covariance import CovarianceState
 
 _NO_DIM = -(2**62)
 
@@ -76,7 +79,7 @@ def all_reduce_moments(
     return n, shift, total, second
 
 
-def all_reduce_state(state: Any, group: Any = None) -> None:
+def all_reduce_state(state: CovarianceState, group: Any = None) -> None:
     """Sum a covariance state (``geomtrace.covariance.STATE_NAMES``) over ranks.
 
     Folds the deferred batches, reduces *copies* of the sums (a ``MetricCollection`` compute

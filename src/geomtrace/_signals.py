@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any, TypeAlias
 
 __all__ = ["SIGNALS", "Interrupted", "critical", "finish", "handle_signals", "install", "pending"]
 
@@ -60,6 +61,9 @@ class _State:
 
 _state = _State()
 
+#: What ``signal.getsignal`` returns and ``signal.signal`` takes (None: a handler not set from Python).
+SignalHandler: TypeAlias = "Callable[[int, FrameType | None], Any] | int | None"
+
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _state.record_only or _state.depth > 0:
@@ -73,7 +77,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def install(signals: tuple[int, ...] = SIGNALS) -> dict[int, object]:
+def install(signals: tuple[int, ...] = SIGNALS) -> dict[int, SignalHandler]:
     """Install the interrupt handler for ``signals``; returns the previous handlers (an
     empty dict outside the main thread, where Python cannot set handlers)."""
     if not _main_thread():
@@ -85,10 +89,10 @@ def install(signals: tuple[int, ...] = SIGNALS) -> dict[int, object]:
     return previous
 
 
-def restore(previous: dict[int, object]) -> None:
+def restore(previous: dict[int, SignalHandler]) -> None:
     """Put back the handlers :func:`install` returned."""
     for s, handler in previous.items():
-        signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     _state.record_only, _state.depth, _state.pending = False, 0, None
 
 

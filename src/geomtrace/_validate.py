@@ -64,7 +64,9 @@ def _to_int(name: str, value: Any, what: str) -> int:
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
-        return int(value)
+        # typeshed's numbers.Real declares no __int__; float, numpy's floats and Fraction have one
+        # (math.trunc would not do: numpy.float32 has no __trunc__).
+        return int(value)  # type: ignore[call-overload]  # see above
     if isinstance(value, numbers.Real):
         raise OptionTypeError(f"{name} must be {what}, got {_given(value)}: pass a whole number")
     raise OptionTypeError(f"{name} must be {what}, got {_given(value)}")

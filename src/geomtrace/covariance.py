@@ -22,8 +22,9 @@ Magnitudes outside ``2**+-20`` are rescaled by an exact power of two before the 
 in the features' own units.
 
 The state lives in any object with the attributes of :data:`STATE_NAMES` and
-:data:`PENDING_NAMES`: the torchmetrics metrics (:mod:`geomtrace.metrics`) hold them as
-metric states, :class:`CovarianceAccumulator` as plain tensors. Both run the functions here.
+:data:`PENDING_NAMES` (the :class:`CovarianceState` protocol): the torchmetrics metrics
+(:mod:`geomtrace.metrics`) hold them as metric states, :class:`CovarianceAccumulator` as plain
+tensors. Both run the functions here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ __all__ = [
     "PENDING_NAMES",
     "STATE_NAMES",
     "CovarianceAccumulator",
+    "CovarianceState",
     "Moments",
     "PreparedRows",
     "accumulate",
@@ -75,6 +77,40 @@ PENDING_NAMES: tuple[str, ...] = (
 # a batch whose scaled magnitude would leave [2**-30, 2**30] folds the window first.
 _NO_SCALE_BAND = 20
 _WINDOW_BAND = 30
+
+
+class CovarianceState(Protocol):
+    """What the engine runs on: the tensors of :data:`STATE_NAMES` and :data:`PENDING_NAMES`.
+
+    Any object with these attributes is a state (the metrics of :mod:`geomtrace.metrics` hold
+    them as torchmetrics states, :class:`CovarianceAccumulator` as plain tensors). The
+    functions here read them and update them in place or rebind them.
+    """
+
+    #: Rows accumulated (float64 scalar).
+    n_samples: Tensor
+    #: The shift ``c`` the sums are around (float64, ``(d,)``; empty before the first rows).
+    shift: Tensor
+    #: ``s = sum (x - c)`` (float64, ``(d,)``).
+    feature_sum: Tensor
+    #: ``S = sum (x - c)(x - c)^T`` (float64, ``(d, d)``), without the pending terms.
+    second_moment: Tensor
+    #: Rows dropped for NaN/Inf (float64 scalar).
+    n_dropped: Tensor
+    #: Unit round-off of the coarsest input dtype seen (float64 scalar; combined by max).
+    input_roundoff: Tensor
+    #: The window's fp32 (or fp64) M2 buffer, ``(d, d)``.
+    pending_m2: Tensor
+    #: Per-batch ``mu_b - c`` of the window (float64, ``(fold_every, d)``).
+    pending_means: Tensor
+    #: Per-batch ``delta_b`` of the window (float64, ``(fold_every, d)``).
+    pending_corrections: Tensor
+    #: Per-batch row counts of the window (float64, ``(fold_every,)``).
+    pending_weights: Tensor
+    #: Batches in the window (float64 scalar).
+    pending_count: Tensor
+    #: The window's power-of-two exponent (float64 scalar).
+    pending_scale: Tensor
 
 
 def default_states(device: torch.device | str | None = None) -> dict[str, Tensor]:
@@ -192,7 +228,9 @@ def prepare_rows(features: Tensor, mask: Tensor | None = None, *, expected_dim: 
 
 
 # ----------------------------------------------------------------------- the engine
-def materialize(state: Any, d: int, dtype: torch.dtype, device: torch.device, fold_every: int = FOLD_EVERY) -> None:
+def materialize(
+    state: CovarianceState, d: int, dtype: torch.dtype, device: torch.device, fold_every: int = FOLD_EVERY
+) -> None:
     """Give an empty state its dimension ``d`` (zeros; the shift is set by the first rows)."""
     f64 = torch.float64
     state.n_samples = torch.zeros((), dtype=f64, device=device)
@@ -204,7 +242,7 @@ def materialize(state: Any, d: int, dtype: torch.dtype, device: torch.device, fo
     materialize_pending(state, dtype, fold_every)
 
 
-def materialize_pending(state: Any, dtype: torch.dtype, fold_every: int = FOLD_EVERY) -> None:
+def materialize_pending(state: CovarianceState, dtype: torch.dtype, fold_every: int = FOLD_EVERY) -> None:
     """Allocate the deferred-work buffers (after materialize, or on a state restored by a sync)."""
     d, device, f64 = state.feature_sum.numel(), state.feature_sum.device, torch.float64
     state.pending_m2 = torch.zeros(d, d, dtype=dtype, device=device)
@@ -235,7 +273,7 @@ def _fits_window(amax: float, exponent: int) -> bool:
     return amax == 0.0 or 2.0**-_WINDOW_BAND <= math.ldexp(amax, exponent) <= 2.0**_WINDOW_BAND
 
 
-def accumulate(state: Any, prepared: PreparedRows, fold_every: int = FOLD_EVERY) -> None:
+def accumulate(state: CovarianceState, prepared: PreparedRows, fold_every: int = FOLD_EVERY) -> None:
     """Add one batch of clean rows into ``state`` (in place: compute-group members share it).
 
     The dimension is fixed by the first batch, even one whose rows were all dropped.
@@ -311,7 +349,7 @@ def fold_rank_one(second: Tensor, means: Tensor, corrections: Tensor, weights: T
     second.addmm_(corrections.T * weights, corrections, alpha=-1.0)
 
 
-def fold(state: Any) -> None:
+def fold(state: CovarianceState) -> None:
     """Move the deferred per-batch terms into ``second_moment``, in place."""
     count = int(state.pending_count)
     if count == 0:
@@ -347,7 +385,7 @@ def recenter(n: Tensor | float, shift: Tensor, total: Tensor, second: Tensor, ne
     shift.copy_(new_shift)
 
 
-def merge_states(state: Any, incoming: Mapping[str, Tensor], fold_every: int = FOLD_EVERY) -> None:
+def merge_states(state: CovarianceState, incoming: Mapping[str, Tensor], fold_every: int = FOLD_EVERY) -> None:
     """Add another state's sums (a mapping of :data:`STATE_NAMES` + :data:`PENDING_NAMES`) into ``state``.
 
     Each side's deferred terms are folded first; the merged sums keep the shift of the side
@@ -390,6 +428,19 @@ def merge_states(state: Any, incoming: Mapping[str, Tensor], fold_every: int = F
 
 class _Folded:
     """A folded copy of an incoming state's sums, on ``device`` (the incoming tensors stay untouched)."""
+
+    n_samples: Tensor
+    shift: Tensor
+    feature_sum: Tensor
+    second_moment: Tensor
+    n_dropped: Tensor
+    input_roundoff: Tensor
+    pending_m2: Tensor
+    pending_means: Tensor
+    pending_corrections: Tensor
+    pending_weights: Tensor
+    pending_count: Tensor
+    pending_scale: Tensor
 
     def __init__(self, incoming: Mapping[str, Tensor], device: torch.device) -> None:
         d = incoming["feature_sum"].numel()
@@ -437,7 +488,7 @@ class Moments:
         return self.second + torch.outer(s, c) + torch.outer(c, s) + self.n * torch.outer(c, c)
 
 
-def moments_of(state: Any) -> Moments:
+def moments_of(state: CovarianceState) -> Moments:
     """Fold ``state`` and return its :class:`Moments` (the tensors are the state's own)."""
     if state.feature_sum.numel() and state.pending_means.numel():
         fold(state)
@@ -477,8 +528,21 @@ class CovarianceAccumulator:
 
     A thin holder of the same state the torchmetrics metrics keep, run by the same
     functions (:func:`accumulate`, :func:`fold`, :func:`merge_states`), for code that wants
-    the moments without torchmetrics.
+    the moments without torchmetrics. It is a :class:`CovarianceState`.
     """
+
+    n_samples: Tensor
+    shift: Tensor
+    feature_sum: Tensor
+    second_moment: Tensor
+    n_dropped: Tensor
+    input_roundoff: Tensor
+    pending_m2: Tensor
+    pending_means: Tensor
+    pending_corrections: Tensor
+    pending_weights: Tensor
+    pending_count: Tensor
+    pending_scale: Tensor
 
     def __init__(self, device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -96,11 +96,11 @@ class FeatureSpec:
             raise ValueError("skip_first_token=True only applies to tokens='all' or 'mean', not 'last'")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _pretrained_model_class() -> type:
+def _pretrained_model_class() -> type[PreTrainedModel]:
     return require("transformers", "feature extraction").PreTrainedModel
 
 
@@ -189,11 +189,9 @@ def resolve_layers(selection: LayerSelection, num_layers: int) -> list[int]:
     """
     FeatureSpec(layers=selection).validate()
     size = num_layers + 1
-    if selection == "last":
-        return [num_layers]
-    if selection == "all":
-        return list(range(size))
-    wanted = [selection] if _is_int(selection) else list(selection)  # type: ignore[arg-type]
+    if isinstance(selection, str):  # validated: "last" or "all"
+        return [num_layers] if selection == "last" else list(range(size))
+    wanted = [selection] if isinstance(selection, int) else list(selection)  # validated: no bools
     out = set()
     for index in wanted:
         if not -size <= index < size:
@@ -289,7 +287,7 @@ def _is_fsdp(module: nn.Module) -> bool:
     return name == "FullyShardedDataParallel" or name.startswith("FSDP")
 
 
-def _runner(model: nn.Module, lm: nn.Module) -> nn.Module:
+def _runner(model: nn.Module, lm: PreTrainedModel) -> nn.Module:
     """The module to call: the base model, unless FSDP must gather parameters first.
 
     FSDP unshards parameters in its wrapper's forward: calling an inner submodule directly

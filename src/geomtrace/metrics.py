@@ -307,18 +307,24 @@ class _CovarianceMetric(Metric):
         self._computed = None
 
     # --------------------------------------------------- devices and dtypes
-    def _apply(self, fn: Callable, exclude_state: Any = (), recurse: bool = True) -> Metric:
+    # torchmetrics' Metric._apply takes `exclude_state` second, where nn.Module's takes `recurse`;
+    # torch calls it with `fn` alone or `recurse=` by keyword, so both orders work at run time.
+    def _apply(  # type: ignore[override]  # Metric's signature, not nn.Module's (see above)
+        self, fn: Callable, exclude_state: Any = (), recurse: bool = True
+    ) -> Metric:
         # Move the states between devices but never change their dtype: float64 sums are
         # what makes the covariance exact (torchmetrics would cast them on .to(dtype) or
         # set_dtype). States on the meta device hold only defaults: they become zeros
         # (so to_empty() works; torchmetrics' own _apply does not take `recurse`).
         names = tuple(self._defaults)
-        this = super()._apply(fn, exclude_state=names)
-        device = this.device
+        super()._apply(fn, exclude_state=names)  # nn.Module._apply returns self
+        device = self.device
         for name in names:
-            setattr(this, name, _to_device(getattr(this, name), device))
-            this._defaults[name] = _to_device(this._defaults[name], device)
-        return this
+            setattr(self, name, _to_device(getattr(self, name), device))
+            default = self._defaults[name]
+            if isinstance(default, Tensor):  # every default here is a tensor (no list states)
+                self._defaults[name] = _to_device(default, device)
+        return self
 
     def set_dtype(self, dst_type: str | torch.dtype) -> Metric:
         """Set the dtype of the *results*; the states stay float64 (the covariance needs them)."""

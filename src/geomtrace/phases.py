@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -193,7 +193,7 @@ def log_step(steps: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.log1p((s - min(s[0], 0.0)) / (s[1] - s[0]))
 
 
-def _local_fits(x: np.ndarray, y: np.ndarray, w: int) -> tuple[np.ndarray, ...]:
+def _local_fits(x: np.ndarray, y: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Linear fit over the ``w`` nearest measurements of each point.
 
     Returns (slope, sqrt(Sxx), residual at the point, leverage of the point).
@@ -534,7 +534,7 @@ def detect_phases(
     bounds = [0, *knots, n - 1]
     merged = [[labs[k], bounds[k], bounds[k + 1]] for k in range(len(labs))]
 
-    out = []
+    out: list[PhaseSegment] = []
     for lab, i0, i1 in merged:
         xs, ys = x[i0 : i1 + 1], y[i0 : i1 + 1]
         dy, t_y = _seg_fit(xs, ys, sig_y)
@@ -594,6 +594,14 @@ def _warn_if_noisy(segments: list[PhaseSegment], sigma: float) -> None:
         )
 
 
+class _AlphaSeries(NamedTuple):
+    """The alpha-ReQ side of :class:`_Ctx`: values, noise sigma, smoothed values."""
+
+    values: np.ndarray
+    sigma: float
+    smooth: np.ndarray
+
+
 class _Ctx:
     """Data and settings shared by the boundary refinement and segment-level checks."""
 
@@ -614,7 +622,9 @@ class _Ctx:
         self.x, self.y, self.a = x, y, a
         self.sig_y, self.sig_a = sig_y, sig_a
         self.y_smooth = y - _local_fits(x, y, _ext_window(w))[2]
-        self.a_smooth = None if a is None else a - _local_fits(x, a, _ext_window(w))[2]
+        self.alpha = (
+            None if a is None or sig_a is None else _AlphaSeries(a, sig_a, a - _local_fits(x, a, _ext_window(w))[2])
+        )
         self.w, self.enter, self.exit, self.min_len = w, enter, exit_, min_len
         self.flat_change = flat_change
         self.min_effect = min_effect  # (log RankMe change, alpha change) a trend needs
@@ -641,8 +651,9 @@ class _Ctx:
             lo, hi = max(left, b - 2 * w), min(right, b + 2 * w)
             # Use RankMe unless neither side moves it (an alpha-only boundary).
             t_left, t_right = self.t_stats(left, b)[0], self.t_stats(b, right)[0]
-            rankme = self.a is None or max(abs(t_left), abs(t_right)) >= self.enter
-            target, sig = (self.y, self.sig_y) if rankme else (self.a, self.sig_a)
+            alpha = None if max(abs(t_left), abs(t_right)) >= self.enter else self.alpha
+            rankme = alpha is None
+            target, sig, target_smooth = (self.y, self.sig_y, self.y_smooth) if alpha is None else alpha
             if (labs[k - 1] == _FLAT) != (labs[k] == _FLAT):
                 # A trend meets a plateau: the plateau piece is flat by definition.
                 bounds[k] = _ramp_knot(self.x, target, lo, hi, range(lo_c, hi_c + 1), labs[k] == _FLAT)
@@ -654,7 +665,7 @@ class _Ctx:
             if labs[k - 1] == -labs[k] != _FLAT and hi2 - lo2 > 3 and sse > 4.0 * (hi2 - lo2 - 2) * sig**2:
                 # Two straight pieces do not describe this turn (a rounded extremum, not a
                 # corner): the turning point is the extremum of the smoothed curve.
-                smooth = (self.y_smooth if rankme else self.a_smooth)[lo_c : hi_c + 1]
+                smooth = target_smooth[lo_c : hi_c + 1]
                 # Direction of RankMe (or of -alpha) before the turn; -1: a minimum of RankMe.
                 ext = np.argmin(smooth) if (labs[k - 1] == _DOWN) == rankme else np.argmax(smooth)
                 knot = lo_c + int(ext)
@@ -671,7 +682,7 @@ class _Ctx:
         lo, hi = max(bounds[k - 1], knot - 2 * self.w), min(bounds[k + 1], knot + 2 * self.w)
         if hi - lo + 1 < 4:
             return False
-        series = [(self.y, self.sig_y)] + ([(self.a, self.sig_a)] if self.a is not None else [])
+        series = [(self.y, self.sig_y)] + ([(self.alpha.values, self.alpha.sigma)] if self.alpha is not None else [])
         for vals, sig in series:
             ys = vals[lo : hi + 1]
             line_sse = hinge_sse = np.inf
@@ -1043,7 +1054,7 @@ def shift(
 
     rel = (r1 - r0) / r0
     dr = 0 if abs(rel) <= tolerance else (1 if rel > 0 else -1)
-    da_val = None if a0 is None else a1 - a0
+    da_val = None if a0 is None or a1 is None else a1 - a0
     da = 0 if da_val is None or abs(da_val) <= a_tol else (1 if da_val > 0 else -1)
     if dr == 0 and da == 0:
         direction = "none"

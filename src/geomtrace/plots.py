@@ -189,16 +189,19 @@ def trajectory_figure(
     )
     axes = list(axes[:, 0])
     ax_r, ax_a = axes[0], axes[1]
-    xs, first = [], None
+    xs: list[np.ndarray] = []
+    first: tuple[np.ndarray, np.ndarray] | None = None  # the first run's (steps, x values)
     for label, run in runs.items():
         cols = _columns(run, layer)
         xv = _x_values(cols, x, label)
         order = np.argsort(xv, kind="stable")
         xs.append(xv)
-        first = first or (cols["step"], xv)
+        if first is None:
+            first = (cols["step"], xv)
         ax_r.plot(xv[order], cols["rankme"][order], marker="o", ms=3, label=str(label))
         if np.any(np.isfinite(cols["alpha"])):
             ax_a.plot(xv[order], cols["alpha"][order], marker="o", ms=3, label=str(label))
+    assert first is not None  # runs is not empty (checked above)
     steps, xv = first
     ok = np.isfinite(steps) & np.isfinite(xv)
     order = np.argsort(steps[ok])

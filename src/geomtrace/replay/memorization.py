@@ -190,8 +190,9 @@ class ReplayMemorization:
         for probe in self.probes:
             scores = probe.prepare(tokenizer)
             pairs = probe.qa.tokenize(tokenizer)
-            identity = {
-                "name": probe_label(probe),
+            name = probe_label(probe)
+            identity: dict[str, Any] = {
+                "name": name,
                 "qa": probe.qa.description,
                 "n_pairs": len(pairs),
                 "pairs_fingerprint": _fingerprint([[list(p.context_ids), list(p.answer_ids)] for p in pairs]),
@@ -199,9 +200,10 @@ class ReplayMemorization:
                 "zero_probability": probe.zero_probability,
             }
             texts = probe.qa.texts(tokenizer)
-            info = {
+            memorization_id = _fingerprint({"probe": identity, "config_id": self.config_id})
+            info: dict[str, Any] = {
                 "identity": identity,
-                "memorization_id": _fingerprint({"probe": identity, "config_id": self.config_id}),
+                "memorization_id": memorization_id,
                 "pairs": {
                     "key": [int(p.key) for p in probe.qa.pairs],
                     "question": [q for q, _ in texts],
@@ -216,8 +218,8 @@ class ReplayMemorization:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             self.store.bind_probe(info)
-            self.ids[identity["name"]] = info["memorization_id"]
-            self.done[identity["name"]] = self.store.done_keys(info["memorization_id"])
+            self.ids[name] = memorization_id
+            self.done[name] = self.store.done_keys(memorization_id)
 
     def pending(self, keys: Sequence[str]) -> set[str]:
         """The checkpoint keys some probe has no record for yet."""

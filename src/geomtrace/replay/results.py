@@ -52,7 +52,9 @@ def _with_run_fields(rows: list[dict[str, Any]], run: Mapping[str, Any]) -> list
     """Fill ``tokens`` (``step * tokens_per_step``), ``n_params`` and the provenance's
     fingerprint and precision into live rows that lack them."""
     tokens_per_step, n_params = run.get("tokens_per_step"), run.get("n_params")
-    provenance = run.get("provenance") if isinstance(run.get("provenance"), dict) else {}
+    provenance = run.get("provenance")
+    if not isinstance(provenance, dict):
+        provenance = {}
     out = []
     for r in rows:
         r = dict(r)
