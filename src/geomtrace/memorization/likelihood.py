@@ -101,7 +101,10 @@ def _score_batch(
     width = max(len(c) + len(a) for c, a in batch)
     input_ids = torch.zeros((len(batch), width), dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    rows, columns, targets, sizes = [], [], [], []
+    rows: list[int] = []
+    columns: list[int] = []
+    targets: list[int] = []
+    sizes: list[int] = []
     for row, (context, answer) in enumerate(batch):
         length = len(context) + len(answer)
         offset = 0 if padding_side == "right" else width - length
