@@ -23,7 +23,13 @@ answer scores, batched and distributed), :mod:`~geomtrace.memorization.stats`,
 "geomtrace[memorization]"``, Python >= 3.11), imported only when an index is built or opened.
 """
 
-from geomtrace.memorization.index import IndexBuildError, IndexNotReadyError, InfgramProb, NgramIndex
+from geomtrace.memorization.index import (
+    IndexBuildError,
+    IndexIntegrityError,
+    IndexNotReadyError,
+    InfgramProb,
+    NgramIndex,
+)
 from geomtrace.memorization.infgram import InfgramScores, NgramSource, answer_logprob, infgram_scores
 from geomtrace.memorization.likelihood import AnswerLogprobs, answer_logprobs
 from geomtrace.memorization.probe import MemorizationProbe, MemorizationResult, summarize
@@ -43,6 +49,7 @@ from geomtrace.memorization.stats import pearson, spearman
 __all__ = [
     "AnswerLogprobs",
     "IndexBuildError",
+    "IndexIntegrityError",
     "IndexNotReadyError",
     "InfgramProb",
     "InfgramScores",
