@@ -395,3 +395,71 @@ def test_verify_true_on_a_folder_geomtrace_did_not_build_says_nothing_is_recorde
         NgramIndex.open(directory, verify=True)
     with pytest.raises(TypeError, match="verify must be True or False"):
         NgramIndex.open(directory, verify="yes")
+
+
+# ---------------------------------------------------------------------- the index's tokenizer
+
+PET_TEXTS = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(PET_TEXTS * 5, vocab_size=300)
+    index = NgramIndex.from_texts(PET_TEXTS, tokenizer, tmp_path_factory.mktemp("pets") / "index", progress=False)
+    return tokenizer, index
+
+
+def _pets_probe(index, **kwargs):
+    from geomtrace.memorization import MemorizationProbe, QASet
+
+    return MemorizationProbe(QASet.from_pairs([("what sat on the mat", "the cat")]), index, **kwargs)
+
+
+def test_the_index_records_its_tokenizer(pets):
+    tokenizer, index = pets
+    recorded = index.info["tokenizer"]
+    assert recorded == index_module.tokenizer_identity(tokenizer)
+    assert recorded["vocab_size"] == len(tokenizer) and len(recorded["vocab_sha256"]) == 64
+
+
+def test_a_probe_querying_the_index_with_another_tokenizer_warns_with_a_hint(pets):
+    import warnings
+
+    from geomtrace import GeometryWarning
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    tokenizer, index = pets
+    other = train_bpe_tokenizer(["an entirely different corpus of words", "with other merges"] * 5, vocab_size=280)
+    with pytest.warns(GeometryWarning, match=r"was built with the tokenizer .* Rebuild the index with this tokenizer"):
+        _pets_probe(index).prepare(other)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _pets_probe(index).prepare(tokenizer)  # the index's own tokenizer
+        _pets_probe(index, index_tokenizer=tokenizer).prepare(other)  # the model's differs; the index side is right
+
+
+def test_a_saved_copy_of_the_tokenizer_is_the_same_tokenizer(pets, tmp_path):
+    import warnings
+
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer, index = pets
+    tokenizer.save_pretrained(tmp_path / "tok")
+    copy = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok")
+    assert copy.name_or_path != index.info["tokenizer"]["name_or_path"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert index.check_tokenizer(copy) is None
+
+
+def test_an_index_without_a_recorded_tokenizer_warns_on_ids_the_tokenizer_cannot_make(pets, tmp_path):
+    from geomtrace import GeometryWarning
+
+    tokenizer, _ = pets
+    index = NgramIndex.build([[1, 2, 3, len(tokenizer) + 5]], tmp_path / "ids", progress=False)
+    assert index.info["tokenizer"] is None
+    with pytest.warns(GeometryWarning, match=rf"holds token id {len(tokenizer) + 5}, which the tokenizer"):
+        _pets_probe(index).prepare(tokenizer)
+    assert NgramIndex.build([[1, 2, 3]], tmp_path / "small", progress=False).check_tokenizer(tokenizer) is None

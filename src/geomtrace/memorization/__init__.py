@@ -33,7 +33,15 @@ from geomtrace.memorization.index import (
 from geomtrace.memorization.infgram import InfgramScores, NgramSource, answer_logprob, infgram_scores
 from geomtrace.memorization.likelihood import AnswerLogprobs, answer_logprobs
 from geomtrace.memorization.probe import MemorizationProbe, MemorizationResult, summarize
-from geomtrace.memorization.qa import QALoadError, QAPair, QASet, TokenizedPair, hold_out, seed_prompt
+from geomtrace.memorization.qa import (
+    QALoadError,
+    QAPair,
+    QASet,
+    QAVocabularyError,
+    TokenizedPair,
+    hold_out,
+    seed_prompt,
+)
 from geomtrace.memorization.remote import InfiniGramAPI, InfiniGramAPIError
 from geomtrace.memorization.seed_format import (
     aligned,
@@ -62,6 +70,7 @@ __all__ = [
     "QALoadError",
     "QAPair",
     "QASet",
+    "QAVocabularyError",
     "TokenizedPair",
     "aligned",
     "answer_logprob",
