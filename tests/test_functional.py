@@ -189,6 +189,39 @@ def test_rankme_rejects_a_bad_eps(eps):
         F.rankme(torch.ones(4), eps="small")
 
 
+@pytest.mark.parametrize("eps", [True, False, np.bool_(True)])
+def test_rankme_rejects_a_bool_eps(eps):
+    # eps=True used to run with eps = 1.
+    with pytest.raises(TypeError, match="eps must be a number, not a bool"):
+        F.rankme(torch.ones(4), eps=eps)
+    with pytest.raises(TypeError, match="eps must be a number"):
+        F.rankme(torch.ones(4), eps="1e-7")  # a numeric string is not a number either
+
+
+def test_rankme_takes_numpy_and_int_eps_as_plain_floats():
+    assert F.validate_eps(np.float32(1e-7)) == 1e-7
+    assert F.validate_eps(np.float64(0.5)) == 0.5
+    assert F.validate_eps(0) == 0.0 and type(F.validate_eps(0)) is float
+
+
+@pytest.mark.parametrize("bad", [(1.5, 10), (12, 99.5), (True, 10), (1, False)])
+def test_alpha_req_rejects_a_fractional_or_bool_fit_range(bad):
+    # (1.5, 10) used to become (1, 10) silently.
+    with pytest.raises(TypeError, match=r"fit_range\[\d\] must be an int"):
+        F.alpha_req(torch.ones(10), fit_range=bad)
+
+
+def test_alpha_req_takes_integral_floats_and_numpy_ints_in_fit_range():
+    values = torch.arange(1, 41, dtype=torch.float64) ** -1.0
+    reference = F.alpha_req(values, fit_range=(2, 30))
+    for given in [(2.0, 30.0), (np.int64(2), np.int32(30)), np.array([2, 30])]:
+        fit = F.alpha_req(values, fit_range=given)
+        assert fit.ranks.tolist() == reference.ranks.tolist()
+        assert float(fit.alpha) == float(reference.alpha)
+    assert F._validate_fit_range((np.int64(2), 30.0)) == (2, 30)
+    assert all(type(v) is int for v in F._validate_fit_range((np.int64(2), 30.0)))
+
+
 def test_rankme_with_eps_zero_counts_exact_zeros_as_nothing():
     values = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
     assert float(F.rankme(values, eps=0.0)) == pytest.approx(2.0, rel=1e-12)

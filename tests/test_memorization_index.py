@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("infini_gram", reason="the infini-gram package (Python >= 3.11 wheels only) is not installed")
 
-from geomtrace.memorization import IndexBuildError, IndexNotReadyError, NgramIndex  # noqa: E402
+from geomtrace.memorization import IndexBuildError, IndexIntegrityError, IndexNotReadyError, NgramIndex  # noqa: E402
 from geomtrace.memorization import index as index_module  # noqa: E402
 from geomtrace.memorization.index import BUILD_MARKER, INDEX_MARKER  # noqa: E402
 from memorization_helpers import brute_count, brute_infgram, queries, random_docs  # noqa: E402
@@ -268,3 +269,197 @@ def test_answer_scores_from_the_index_equal_full_context_brute_force(random_inde
         for j, token in enumerate(pair.answer_ids):
             prob, suffix_len, _, _ = brute_infgram(docs, context + list(pair.answer_ids[:j]), token)
             assert probs[j] == pytest.approx(prob, rel=1e-12) and lens[j] == suffix_len
+
+
+# ---------------------------------------------------------------------- content checks at open
+
+LARGE_DOCS = [[int(t) for t in row] for row in np.random.default_rng(0).integers(0, 50, (200, 500))]
+
+
+@pytest.fixture(scope="module")
+def large_index_dir(tmp_path_factory):
+    """A 100k-token index: tokenized.0 (200 kB) and table.0 (300 kB) have bytes outside the sample."""
+    directory = tmp_path_factory.mktemp("large") / "index"
+    NgramIndex.build(LARGE_DOCS, directory, progress=False)
+    return directory
+
+
+def _copy(directory, tmp_path):
+    import shutil
+
+    target = tmp_path / "index"
+    shutil.copytree(directory, target)
+    return target
+
+
+def _flip(path, offset, n=100):
+    """Overwrite ``n`` bytes at ``offset`` with other values (same file size)."""
+    data = bytearray(path.read_bytes())
+    data[offset : offset + n] = bytes(b ^ 0x5A for b in data[offset : offset + n])
+    path.write_bytes(bytes(data))
+
+
+def _unsampled_offset(size, n=100):
+    block = index_module.SAMPLE_BLOCK_BYTES
+    offsets = index_module.sample_offsets(size)
+    for start, following in zip(offsets, offsets[1:]):
+        if following - (start + block) >= n:
+            return start + block
+    raise AssertionError("every byte is sampled")
+
+
+@pytest.mark.parametrize("name", ["tokenized.0", "table.0"])
+def test_open_catches_100_bytes_overwritten_in_a_sampled_block(large_index_dir, tmp_path, name):
+    directory = _copy(large_index_dir, tmp_path)
+    path = directory / name
+    _flip(path, index_module.sample_offsets(path.stat().st_size)[7] + 50)
+    with pytest.raises(IndexIntegrityError, match=rf"{name} differs from the file built.*rebuild the index"):
+        NgramIndex.open(directory)
+
+
+@pytest.mark.parametrize("name", ["tokenized.0", "table.0"])
+def test_verify_true_catches_100_bytes_overwritten_between_sampled_blocks(large_index_dir, tmp_path, name):
+    directory = _copy(large_index_dir, tmp_path)
+    path = directory / name
+    _flip(path, _unsampled_offset(path.stat().st_size))
+    NgramIndex.open(directory)  # the documented limit of the default check: these bytes are not read
+    with pytest.raises(IndexIntegrityError, match=rf"{name} differs.*every byte.*rebuild the index"):
+        NgramIndex.open(directory, verify=True)
+
+
+def test_open_catches_a_resized_missing_or_extra_file(large_index_dir, tmp_path):
+    directory = _copy(large_index_dir, tmp_path)
+    (directory / "offset.0").write_bytes((directory / "offset.0").read_bytes() + bytes(8))
+    with pytest.raises(IndexIntegrityError, match="offset.0 has 1,608 bytes; it had 1,600"):
+        NgramIndex.open(directory)
+    directory = _copy(large_index_dir, tmp_path / "b")
+    (directory / "tokenized.1").write_bytes((directory / "tokenized.0").read_bytes())
+    with pytest.raises(IndexIntegrityError, match="not part of the build: tokenized.1"):
+        NgramIndex.open(directory)
+
+
+def test_build_of_the_same_corpus_rebuilds_a_damaged_index(large_index_dir, tmp_path):
+    directory = _copy(large_index_dir, tmp_path)
+    _flip(directory / "tokenized.0", 1000)
+    with pytest.warns(UserWarning, match="rebuilding the index.*tokenized.0 differs"):
+        index = NgramIndex.build(LARGE_DOCS, directory, progress=False)
+    assert index.count(LARGE_DOCS[3][:3]) == brute_count(LARGE_DOCS, LARGE_DOCS[3][:3])
+    NgramIndex.open(directory, verify=True)
+
+
+def _as_if_built_before_the_record(directory):
+    import json
+
+    marker = directory / INDEX_MARKER
+    info = json.loads(marker.read_text())
+    del info["files"], info["sample"], info["tokenizer"]
+    marker.write_text(json.dumps(info))
+
+
+def test_an_index_without_a_file_record_opens_with_a_note_and_is_upgraded_by_build(large_index_dir, tmp_path):
+    directory = _copy(large_index_dir, tmp_path)
+    _as_if_built_before_the_record(directory)
+    with pytest.warns(UserWarning, match="recorded no file fingerprints: open.. checked the file sizes only"):
+        index = NgramIndex.open(directory)
+    assert index.count([]) == 100_200
+    with pytest.warns(UserWarning, match="verify=True checked the token stream"):
+        NgramIndex.open(directory, verify=True)
+    table_time = os.stat(directory / "table.0").st_mtime_ns
+    NgramIndex.build(LARGE_DOCS, directory, progress=False)  # checked, reused, given the record
+    assert os.stat(directory / "table.0").st_mtime_ns == table_time
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NgramIndex.open(directory, verify=True)
+
+
+def test_verify_true_on_an_index_without_a_file_record_checks_its_token_stream(large_index_dir, tmp_path):
+    directory = _copy(large_index_dir, tmp_path)
+    _as_if_built_before_the_record(directory)
+    _flip(directory / "tokenized.0", _unsampled_offset((directory / "tokenized.0").stat().st_size))
+    with pytest.warns(UserWarning, match="checked the file sizes only"):
+        NgramIndex.open(directory)
+    with pytest.raises(IndexIntegrityError, match="does not hold the corpus recorded"):
+        NgramIndex.open(directory, verify=True)
+    with pytest.warns(UserWarning, match="rebuilding the index"):
+        NgramIndex.build(LARGE_DOCS, directory, progress=False)
+    NgramIndex.open(directory, verify=True)
+
+
+def test_verify_true_on_a_folder_geomtrace_did_not_build_says_nothing_is_recorded(tmp_path):
+    directory = tmp_path / "index"
+    NgramIndex.build(HAND_DOCS, directory, progress=False)
+    (directory / INDEX_MARKER).unlink()
+    with pytest.warns(UserWarning, match="nothing is recorded"):
+        NgramIndex.open(directory, verify=True)
+    with pytest.raises(TypeError, match="verify must be True or False"):
+        NgramIndex.open(directory, verify="yes")
+
+
+# ---------------------------------------------------------------------- the index's tokenizer
+
+PET_TEXTS = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(PET_TEXTS * 5, vocab_size=300)
+    index = NgramIndex.from_texts(PET_TEXTS, tokenizer, tmp_path_factory.mktemp("pets") / "index", progress=False)
+    return tokenizer, index
+
+
+def _pets_probe(index, **kwargs):
+    from geomtrace.memorization import MemorizationProbe, QASet
+
+    return MemorizationProbe(QASet.from_pairs([("what sat on the mat", "the cat")]), index, **kwargs)
+
+
+def test_the_index_records_its_tokenizer(pets):
+    tokenizer, index = pets
+    recorded = index.info["tokenizer"]
+    assert recorded == index_module.tokenizer_identity(tokenizer)
+    assert recorded["vocab_size"] == len(tokenizer) and len(recorded["vocab_sha256"]) == 64
+
+
+def test_a_probe_querying_the_index_with_another_tokenizer_warns_with_a_hint(pets):
+    import warnings
+
+    from geomtrace import GeometryWarning
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    tokenizer, index = pets
+    other = train_bpe_tokenizer(["an entirely different corpus of words", "with other merges"] * 5, vocab_size=280)
+    with pytest.warns(GeometryWarning, match=r"was built with the tokenizer .* Rebuild the index with this tokenizer"):
+        _pets_probe(index).prepare(other)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _pets_probe(index).prepare(tokenizer)  # the index's own tokenizer
+        _pets_probe(index, index_tokenizer=tokenizer).prepare(other)  # the model's differs; the index side is right
+
+
+def test_a_saved_copy_of_the_tokenizer_is_the_same_tokenizer(pets, tmp_path):
+    import warnings
+
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer, index = pets
+    tokenizer.save_pretrained(tmp_path / "tok")
+    copy = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok")
+    assert copy.name_or_path != index.info["tokenizer"]["name_or_path"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert index.check_tokenizer(copy) is None
+
+
+def test_an_index_without_a_recorded_tokenizer_warns_on_ids_the_tokenizer_cannot_make(pets, tmp_path):
+    from geomtrace import GeometryWarning
+
+    tokenizer, _ = pets
+    index = NgramIndex.build([[1, 2, 3, len(tokenizer) + 5]], tmp_path / "ids", progress=False)
+    assert index.info["tokenizer"] is None
+    with pytest.warns(GeometryWarning, match=rf"holds token id {len(tokenizer) + 5}, which the tokenizer"):
+        _pets_probe(index).prepare(tokenizer)
+    assert NgramIndex.build([[1, 2, 3]], tmp_path / "small", progress=False).check_tokenizer(tokenizer) is None

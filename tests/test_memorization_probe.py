@@ -12,6 +12,7 @@ import pytest
 from geomtrace.memorization import (
     MemorizationProbe,
     QASet,
+    QAVocabularyError,
     answer_logprob,
     infgram_scores,
     pearson,
@@ -262,3 +263,57 @@ def test_untrusted_pickles_are_refused_unless_trusted(tmp_path, capsys):
     (tmp_path / "not.npy").write_bytes(buffer.getvalue())
     with pytest.raises(ValueError):
         read_pickled_npy(tmp_path / "not.npy")
+
+
+# ------------------------------------------------------------------- ids outside the model's vocabulary
+
+
+def _qa_file_with_an_id_above(tmp_path, bad_id):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"question_ids": [1, 2, 3], "answer_ids": [4]}\n'
+        f'{{"key": 7, "question_ids": [1, 2], "answer_ids": [3, {bad_id}]}}\n'
+        '{"question_ids": [5, 6], "answer_ids": [7]}\n'
+    )
+    return path
+
+
+def test_token_ids_outside_the_models_vocabulary_name_the_file_record_and_id(tmp_path, model):
+    # The model has 16 embeddings; id 40 used to fail deep in the forward with a bare IndexError.
+    path = _qa_file_with_an_id_above(tmp_path, 40)
+    probe = MemorizationProbe(QASet.from_jsonl(path), BruteForceSource(DOCS))
+    message = rf"QA file {path}, pair key=7 \(line 2\): field 'answer_ids' holds token id 40, but .* 16 ids.*regenerate"
+    with pytest.raises(QAVocabularyError, match=message):
+        probe.measure(model)
+    assert issubclass(QAVocabularyError, ValueError)
+    probe_in_range = MemorizationProbe(
+        QASet.from_jsonl(_qa_file_with_an_id_above(tmp_path, 15)), BruteForceSource(DOCS)
+    )
+    assert probe_in_range.measure(model)["n_pairs"] == 3
+
+
+def test_a_live_probe_with_ids_outside_the_vocabulary_is_turned_off_once(tmp_path, model):
+    import warnings
+
+    from geomtrace import GeometryWarning
+    from geomtrace.memorization.live import LiveMemorization
+
+    live = LiveMemorization(
+        MemorizationProbe(QASet.from_jsonl(_qa_file_with_an_id_above(tmp_path, 40)), BruteForceSource(DOCS))
+    )
+    with pytest.warns(GeometryWarning, match="off for the rest of this run.*token id 40"):
+        assert live.measure(model, step=1)[0] == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert live.measure(model, step=2)[0] == {}
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_named(model):
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["the cat sat on the mat", "a dog and a cat"] * 5, vocab_size=300)
+    qa = QASet.from_pairs([("what sat on the mat", "the cat"), ("who is a dog", "a cat")], description="pets")
+    with pytest.raises(
+        QAVocabularyError, match=r"QA set 'pets', pair key=0: the tokenizer gives token id .* own tokenizer"
+    ):
+        MemorizationProbe(qa, BruteForceSource(DOCS)).measure(model, tokenizer)

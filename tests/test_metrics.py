@@ -523,6 +523,27 @@ def test_negative_eps_is_a_clear_error(make):
         make()
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: RankMe(eps=True), "eps must be a number, not a bool"),
+        (lambda: Geometry(eps=True), "eps must be a number, not a bool"),
+        (lambda: AlphaReQ(fit_range=(1.5, 10)), r"fit_range\[0\] must be an int"),
+        (lambda: Geometry(fit_range=(2, 10.5)), r"fit_range\[1\] must be an int"),
+    ],
+)
+def test_bool_eps_and_fractional_fit_range_are_type_errors(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_metrics_store_numpy_options_as_plain_python():
+    metric = Geometry(eps=np.float32(1e-6), fit_range=(np.int64(2), 20.0))
+    assert metric.eps == 1e-6 and type(metric.eps) is float
+    assert metric.fit_range == (2, 20) and all(type(v) is int for v in metric.fit_range)
+    assert AlphaReQ(fit_range=np.array([3, 30])).fit_range == (3, 30)
+
+
 def test_dtype_changes_keep_float64_states_and_set_dtype_sets_the_result_dtype():
     x = torch.randn(300, 16)
     plain = RankMe()

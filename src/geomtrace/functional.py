@@ -23,7 +23,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from geomtrace._validate import OptionTypeError, Rule, _is_bool, as_int_pair
 from geomtrace._warnings import warn
+
+_FLOAT = Rule("float")
 
 #: The paper's fit range for alpha-ReQ: ranks 12 to 100 (1-based, inclusive).
 DEFAULT_FIT_RANGE: tuple[int, int] = (12, 100)
@@ -137,11 +140,20 @@ def _as_spectrum(values: Tensor) -> Tensor:
 
 
 def validate_eps(eps: float) -> float:
-    """Check RankMe's epsilon: a finite number >= 0 (a negative one can make some ``p_i`` < 0)."""
+    """Check RankMe's epsilon: a finite number >= 0 (a negative one can make some ``p_i`` < 0).
+
+    Numpy scalars are taken as plain floats; a bool (``eps=True`` would be 1) and anything
+    that is not a real number (a string, ``None``) raise ``TypeError``.
+    """
+    if _is_bool(eps):
+        raise OptionTypeError(
+            f"eps must be a number, not a bool (got {eps!r}, which would be {int(eps)}): pass e.g. {DEFAULT_EPS:g}, "
+            "the paper's value, or 0 to disable it."
+        )
     try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a number >= 0 (the paper uses {DEFAULT_EPS:g}), got {eps!r}.") from None
+        value = float(_FLOAT.coerce("eps", eps))
+    except OptionTypeError:
+        raise OptionTypeError(f"eps must be a number >= 0 (the paper uses {DEFAULT_EPS:g}), got {eps!r}.") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(
             f"eps must be a finite number >= 0 (the paper uses {DEFAULT_EPS:g}; 0 disables it), got {eps!r}. "
@@ -276,13 +288,13 @@ def alpha_req(
 
 
 def _validate_fit_range(fit_range: tuple[int, int]) -> tuple[int, int]:
-    try:
-        first, last = (int(v) for v in fit_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"fit_range must be two integers (first, last), got {fit_range!r}.") from None
-    if first < 1 or last < first:
-        raise ValueError(f"fit_range must satisfy 1 <= first <= last (1-based ranks), got {fit_range!r}.")
-    return first, last
+    """Two 1-based ranks ``(first, last)``, ``1 <= first <= last``, as plain ints.
+
+    Integral floats (``2.0``) and numpy ints are taken as ints; a float with a fractional part
+    (``1.5`` would silently become 1) or a bool raises ``TypeError`` (an ``OptionTypeError``, also
+    a ``ValueError``).
+    """
+    return as_int_pair("fit_range", fit_range, minimum=1, example="(12, 100), 1-based ranks")
 
 
 def covariance_from_features(features: Tensor) -> Tensor:

@@ -23,11 +23,25 @@ answer scores, batched and distributed), :mod:`~geomtrace.memorization.stats`,
 "geomtrace[memorization]"``, Python >= 3.11), imported only when an index is built or opened.
 """
 
-from geomtrace.memorization.index import IndexBuildError, IndexNotReadyError, InfgramProb, NgramIndex
+from geomtrace.memorization.index import (
+    IndexBuildError,
+    IndexIntegrityError,
+    IndexNotReadyError,
+    InfgramProb,
+    NgramIndex,
+)
 from geomtrace.memorization.infgram import InfgramScores, NgramSource, answer_logprob, infgram_scores
 from geomtrace.memorization.likelihood import AnswerLogprobs, answer_logprobs
 from geomtrace.memorization.probe import MemorizationProbe, MemorizationResult, summarize
-from geomtrace.memorization.qa import QALoadError, QAPair, QASet, TokenizedPair, hold_out, seed_prompt
+from geomtrace.memorization.qa import (
+    QALoadError,
+    QAPair,
+    QASet,
+    QAVocabularyError,
+    TokenizedPair,
+    hold_out,
+    seed_prompt,
+)
 from geomtrace.memorization.remote import InfiniGramAPI, InfiniGramAPIError
 from geomtrace.memorization.seed_format import (
     aligned,
@@ -43,6 +57,7 @@ from geomtrace.memorization.stats import pearson, spearman
 __all__ = [
     "AnswerLogprobs",
     "IndexBuildError",
+    "IndexIntegrityError",
     "IndexNotReadyError",
     "InfgramProb",
     "InfgramScores",
@@ -55,6 +70,7 @@ __all__ = [
     "QALoadError",
     "QAPair",
     "QASet",
+    "QAVocabularyError",
     "TokenizedPair",
     "aligned",
     "answer_logprob",

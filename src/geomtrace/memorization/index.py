@@ -29,6 +29,13 @@ A build is resumable-safe: ``geomtrace-building.json`` is written first, and
 ``geomtrace-index.json`` (what was indexed: its SHA-256, sizes, token width) is written
 atomically last. A folder with the first and not the second is a half-built index: ``build``
 clears infini-gram's files from it and starts over, ``open`` refuses it.
+
+The completion marker also records, for every index file, its size, the SHA-256 of its whole
+content and the SHA-256 of a fixed sample of it (:func:`sample_offsets`: the first and last
+4 KiB and 30 blocks of 4 KiB evenly spaced between, 128 KiB per file at most), and the
+identity of the tokenizer the ids came from, when one was given (:func:`tokenizer_identity`).
+``open`` checks the sizes and the sampled hashes (a few milliseconds whatever the index size);
+``open(verify=True)`` hashes every byte.
 """
 
 from __future__ import annotations
@@ -52,21 +59,35 @@ from typing import Any, Literal
 import numpy as np
 
 from geomtrace._optional import require
+from geomtrace._validate import as_bool
 from geomtrace._warnings import warn
 from geomtrace.memorization._io import ProgressOption, Reporter, atomic_write
 
-__all__ = ["IndexBuildError", "IndexNotReadyError", "InfgramProb", "NgramIndex", "require_infini_gram"]
+__all__ = [
+    "IndexBuildError",
+    "IndexIntegrityError",
+    "IndexNotReadyError",
+    "InfgramProb",
+    "NgramIndex",
+    "require_infini_gram",
+    "sample_offsets",
+    "tokenizer_identity",
+]
 
 INDEX_MARKER = "geomtrace-index.json"
 BUILD_MARKER = "geomtrace-building.json"
 VOCABULARY_FILE = "geomtrace-vocabulary.npy"
 _FORMAT = 1
-_DTYPES = {2: np.uint16, 4: np.uint32}
+_DTYPES: dict[int, type[np.unsignedinteger[Any]]] = {2: np.uint16, 4: np.uint32}
 _MAX_ID = {2: 2**16 - 2, 4: 2**32 - 2}  # the all-ones value is the document separator
 _U32_INDEXER_BYTES = 2**35  # infini-gram's 4-byte make-part allocates 2^32 x 8 bytes
 _INFINI_GRAM_FILES = re.compile(r"^(tokenized|offset|table|metadata|metaoff|unigram)\.\d+$|^(parts|merged)-\d+$")
 _MAX_ULIMIT = 1_048_576
 _PREFETCH_ABOVE_BYTES = 8 * 2**30
+#: The sampled fingerprint: blocks of this many bytes, this many per file (head and tail included).
+SAMPLE_BLOCK_BYTES = 4096
+SAMPLE_BLOCKS = 32
+_HASH_CHUNK = 8 * 2**20
 
 TokenWidth = Literal["auto"] | int
 
@@ -77,6 +98,10 @@ class IndexBuildError(RuntimeError):
 
 class IndexNotReadyError(RuntimeError):
     """The folder holds no complete infini-gram index (missing, half-built or truncated)."""
+
+
+class IndexIntegrityError(IndexNotReadyError):
+    """An index file differs from what was recorded when the index was built (changed or damaged since)."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +239,137 @@ def _check_u32_memory() -> None:
         )
 
 
+def sample_offsets(size: int, block: int = SAMPLE_BLOCK_BYTES, blocks: int = SAMPLE_BLOCKS) -> list[int]:
+    """Byte offsets of the blocks the default :meth:`NgramIndex.open` check hashes in a file of ``size`` bytes.
+
+    The first and the last ``block`` bytes and ``blocks - 2`` blocks evenly spaced between them:
+    fixed by the size alone, so the blocks read at ``open`` are those hashed at build time. A file
+    of at most ``block * blocks`` bytes is sampled whole.
+    """
+    if size <= block * blocks:
+        return list(range(0, size, block))
+    last = size - block
+    return sorted({last * i // (blocks - 1) for i in range(blocks)})
+
+
+def _sampled_sha256(path: Path, size: int, block: int, blocks: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for offset in sample_offsets(size, block, blocks):
+            handle.seek(offset)
+            digest.update(handle.read(block))
+    return digest.hexdigest()
+
+
+def _full_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _index_files(directory: Path) -> list[str]:
+    """The files the engine reads (infini-gram's, and the compact vocabulary), by name."""
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and (_INFINI_GRAM_FILES.match(p.name) or p.name == VOCABULARY_FILE)
+    )
+
+
+def _file_record(directory: Path) -> dict[str, Any]:
+    """Size, whole-file SHA-256 and sampled SHA-256 of every index file (written in the marker)."""
+    return {
+        "sample": {"block_bytes": SAMPLE_BLOCK_BYTES, "blocks": SAMPLE_BLOCKS},
+        "files": {
+            name: {
+                "bytes": (size := (directory / name).stat().st_size),
+                "sha256": _full_sha256(directory / name),
+                "sampled_sha256": _sampled_sha256(directory / name, size, SAMPLE_BLOCK_BYTES, SAMPLE_BLOCKS),
+            }
+            for name in _index_files(directory)
+        },
+    }
+
+
+def _check_files(directory: Path, record: dict[str, Any], verify: bool) -> None:
+    """Compare the index files with the build's record: names and sizes, then sampled or whole hashes."""
+    rebuild = (
+        "Its ∞-gram values cannot be trusted: rebuild the index (NgramIndex.build or from_texts with the same "
+        "corpus and folder rebuilds a damaged index; or delete the folder and build again)."
+    )
+    files: dict[str, dict[str, Any]] = record["files"]
+    present = set(_index_files(directory))
+    missing = sorted(set(files) - present)
+    extra = sorted(present - set(files))
+    if missing or extra:
+        what = "; ".join(
+            part
+            for part in (
+                f"missing since the build: {', '.join(missing)}" if missing else "",
+                f"not part of the build: {', '.join(extra)}" if extra else "",
+            )
+            if part
+        )
+        raise IndexIntegrityError(f"{directory}: the index files differ from those built ({what}). {rebuild}")
+    block, blocks = int(record["sample"]["block_bytes"]), int(record["sample"]["blocks"])
+    for name, expected in files.items():
+        path = directory / name
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise IndexIntegrityError(
+                f"{path} has {size:,} bytes; it had {expected['bytes']:,} when the index was built. {rebuild}"
+            )
+        if verify:
+            if _full_sha256(path) != expected["sha256"]:
+                raise IndexIntegrityError(
+                    f"{path} differs from the file built (its SHA-256 changed: verify=True hashed every byte). "
+                    + rebuild
+                )
+        elif _sampled_sha256(path, size, block, blocks) != expected["sampled_sha256"]:
+            raise IndexIntegrityError(
+                f"{path} differs from the file built (the hash of its sampled blocks changed). {rebuild}"
+            )
+
+
+def _stream_fingerprint(directory: Path, width: int, vocabulary: np.ndarray | None) -> str:
+    """The corpus fingerprint (:func:`_fingerprint`) recomputed from ``tokenized.0``."""
+    stream = np.fromfile(directory / "tokenized.0", dtype=_DTYPES[width])
+    separator = np.iinfo(_DTYPES[width]).max
+    starts = np.flatnonzero(stream == separator)
+    digest = hashlib.sha256()
+    for begin, end in zip(starts + 1, [*starts[1:].tolist(), stream.size]):
+        codes = stream[begin:end].astype(np.int64)
+        ids = vocabulary[codes] if vocabulary is not None else codes
+        digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer's ids: its ``name_or_path``, size and a SHA-256 of its vocabulary.
+
+    The vocabulary fingerprint hashes the sorted ``(token, id)`` items of ``get_vocab()``
+    (added tokens included), so two copies of one tokenizer (hub name and local path) agree and
+    tokenizers that give other ids to any token differ. ``None`` where the tokenizer has none.
+    """
+    vocab_sha256 = None
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if callable(get_vocab):
+        try:
+            items = sorted((str(token), int(i)) for token, i in get_vocab().items())
+            vocab_sha256 = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+        except Exception:  # noqa: BLE001 - identity only; never fail a build over it
+            vocab_sha256 = None
+    try:
+        size: int | None = len(tokenizer)
+    except TypeError:
+        size = getattr(tokenizer, "vocab_size", None)
+    name = getattr(tokenizer, "name_or_path", None)
+    return {"name_or_path": str(name) if name else None, "vocab_size": size, "vocab_sha256": vocab_sha256}
+
+
 class NgramIndex:
     """An infini-gram index in a folder, queried for ∞-gram probabilities.
 
@@ -243,6 +399,7 @@ class NgramIndex:
         token_width: TokenWidth = "auto",
         overwrite: bool = False,
         memory_gib: int | None = None,
+        tokenizer: Any = None,
         progress: ProgressOption = True,
     ) -> NgramIndex:
         """Index ``token_sequences`` (one document each) into ``directory`` and open it.
@@ -256,8 +413,12 @@ class NgramIndex:
                 65,534; 4 bytes only when the corpus has more distinct ids than that), ``2``,
                 or ``4`` (needs ~34 GiB of free memory while indexing).
             overwrite: rebuild when the folder holds a complete index of *other* content
-                (an index of the same content is always reused).
+                (an index of the same content is reused, after :meth:`open`'s check; one that
+                fails it is rebuilt with a warning).
             memory_gib: memory the indexer may use (default: half of what is available).
+            tokenizer: the tokenizer that made the ids (optional): its identity
+                (:func:`tokenizer_identity`) is recorded, and a probe that uses the index with
+                another tokenizer warns. ``vocab_size`` defaults to ``len(tokenizer)``.
             progress: ``True`` prints progress lines on stderr, ``False`` is silent, or a
                 callable receives each line.
 
@@ -270,6 +431,9 @@ class NgramIndex:
         report = Reporter(progress)
         directory = Path(directory).resolve()
         documents = _as_documents(token_sequences)
+        identity = tokenizer_identity(tokenizer) if tokenizer is not None else None
+        if vocab_size is None and identity is not None:
+            vocab_size = identity["vocab_size"]
         if vocab_size is not None:
             top = max(int(doc.max()) for doc in documents)
             if top >= vocab_size:
@@ -284,10 +448,10 @@ class NgramIndex:
         if state == "complete":
             existing = json.loads((directory / INDEX_MARKER).read_text(encoding="utf-8"))
             if existing.get("fingerprint") == fingerprint:
-                (directory / BUILD_MARKER).unlink(missing_ok=True)
-                report(f"reusing the complete index of the same corpus in {directory}")
-                return cls.open(directory)
-            if not overwrite:
+                reused = cls._reuse(directory, existing, fingerprint, report)
+                if reused is not None:
+                    return reused
+            elif not overwrite:
                 raise FileExistsError(
                     f"{directory} holds a complete index of a different corpus ({existing.get('n_tokens')} tokens). "
                     "Pass overwrite=True to replace it, or choose another folder."
@@ -326,11 +490,14 @@ class NgramIndex:
             "max_token_id": max(int(doc.max()) for doc in documents),
             "vocab_size": vocab_size,
             "fingerprint": fingerprint,
+            "tokenizer": identity,
             "seconds": round(time.perf_counter() - start, 3),
             "built_with": {"infini-gram": _infini_gram_version()},
         }
         index = cls._load(directory, info, vocabulary)
         _verify_counts(index, directory, width)
+        info.update(_file_record(directory))
+        index.info = dict(index.info, **info)
         atomic_write(directory / INDEX_MARKER, json.dumps(info, indent=1).encode())
         (directory / BUILD_MARKER).unlink(missing_ok=True)
         report(f"index ready in {info['seconds']:.1f} s: {directory}")
@@ -362,20 +529,72 @@ class NgramIndex:
             documents.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
             report.throttled(f"tokenized {min(start + batch_size, len(texts)):,} / {len(texts):,} texts")
         build_kwargs.setdefault("vocab_size", len(tokenizer))
-        return cls.build(documents, directory, progress=progress, **build_kwargs)
+        return cls.build(documents, directory, progress=progress, tokenizer=tokenizer, **build_kwargs)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, *, token_width: int | None = None) -> NgramIndex:
+    def _reuse(cls, directory: Path, existing: dict[str, Any], fingerprint: str, report: Reporter) -> NgramIndex | None:
+        """The complete index of the same corpus in ``directory``, or None (warned) when it must be rebuilt.
+
+        An index built before the file record (no ``"files"`` in its marker) is checked the build's
+        way (its token stream is the corpus; unigram and bigram counts) and gets the record.
+        """
+        try:
+            if existing.get("files"):
+                index = cls.open(directory)
+            else:
+                vocabulary = (
+                    np.load(directory / VOCABULARY_FILE, allow_pickle=False)
+                    if existing.get("compact_vocabulary")
+                    else None
+                )
+                width = _check_shards(directory, existing.get("token_width"))
+                if _shard_ids(directory) != [0] or _stream_fingerprint(directory, width, vocabulary) != fingerprint:
+                    raise IndexIntegrityError(f"{directory}/tokenized.0 does not hold the corpus its marker records")
+                index = cls._load(directory, existing, vocabulary)
+                _verify_counts(index, directory, width)
+                info = dict(existing, **_file_record(directory))
+                atomic_write(directory / INDEX_MARKER, json.dumps(info, indent=1).encode())
+                index.info = dict(index.info, **info)
+        except (IndexNotReadyError, IndexBuildError, OSError, ValueError) as err:
+            warn(f"rebuilding the index in {directory}: {err}")
+            return None
+        (directory / BUILD_MARKER).unlink(missing_ok=True)
+        report(f"reusing the complete index of the same corpus in {directory}")
+        return index
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, *, token_width: int | None = None, verify: bool = False) -> NgramIndex:
         """Open the infini-gram index in ``directory`` (built by geomtrace or not).
 
         A folder built by geomtrace must carry its completion marker; any folder must hold,
         for each shard, ``tokenized.N``, ``offset.N`` and a ``table.N`` of the size a complete
         suffix array has. ``token_width`` (2 or 4) is inferred from those sizes when omitted.
 
+        What is checked against the record the build wrote (geomtrace's indexes):
+
+        * by default: the set of index files, each file's size, and the SHA-256 of a fixed
+          sample of each (:func:`sample_offsets`: first and last 4 KiB and 30 blocks of 4 KiB
+          evenly spaced, at most 128 KiB read per file, a few milliseconds whatever the index
+          size). This catches a missing, extra, truncated, extended or replaced file (another
+          build, another corpus) and damage inside a sampled block; it does **not** catch a few
+          bytes changed between sampled blocks (in a 20 MB ``tokenized.0``, 99% of its bytes).
+        * ``verify=True``: the SHA-256 of every byte of every file (about as long as reading
+          the index once; see ``docs/benchmarks.md``). Catches any change.
+
+        An index built by an earlier geomtrace without that record (its marker holds only the corpus
+        fingerprint) opens with a warning that only sizes were checked; ``verify=True`` then
+        recomputes the corpus fingerprint from ``tokenized.0`` (the suffix array is not
+        covered). Building the same corpus into the folder again adds the record. A folder
+        geomtrace did not build has no record: sizes only (``verify=True`` warns so).
+        After the file checks, the engine's stream length must equal the files'.
+
         Raises:
             IndexNotReadyError: no index, a half-built one, or a truncated table.
+            IndexIntegrityError: (a subclass) a file differs from the build's record: rebuild
+                the index (``build``/``from_texts`` with the same corpus and folder rebuild it).
         """
         require_infini_gram()
+        verify = as_bool("verify", verify)
         directory = Path(directory).resolve()
         if not directory.is_dir():
             raise IndexNotReadyError(f"{directory} is not a folder; build an index with NgramIndex.build first")
@@ -388,13 +607,37 @@ class NgramIndex:
         if state == "empty":
             raise IndexNotReadyError(f"{directory} holds no infini-gram index (no tokenized.0 / table.0)")
         vocabulary = None
+        recorded = False
         if state == "complete":
             info = json.loads((directory / INDEX_MARKER).read_text(encoding="utf-8"))
+            recorded = bool(info.get("files"))
+            if recorded:
+                _check_files(directory, info, verify)
             if info.get("compact_vocabulary"):
                 vocabulary = np.load(directory / VOCABULARY_FILE, allow_pickle=False)
         else:
             info = {}
         width = _check_shards(directory, info.get("token_width", token_width))
+        if state == "complete" and not recorded:
+            if verify and info.get("fingerprint") and _shard_ids(directory) == [0]:
+                if _stream_fingerprint(directory, width, vocabulary) != info["fingerprint"]:
+                    raise IndexIntegrityError(
+                        f"{directory}/tokenized.0 does not hold the corpus recorded when the index was built (its "
+                        "token ids changed): its ∞-gram values cannot be trusted. Rebuild the index (NgramIndex.build "
+                        "with the same corpus and folder rebuilds it)."
+                    )
+                why = "verify=True checked the token stream against the corpus fingerprint, not the suffix array"
+            else:
+                why = "open() checked the file sizes only, not their content"
+            warn(
+                f"{directory} was built by an older geomtrace that recorded no file fingerprints: {why}. Build the "
+                "same corpus into the folder again (NgramIndex.build: it checks and reuses the index) to record them."
+            )
+        elif state == "foreign" and verify:
+            warn(
+                f"verify=True: {directory} was not built by geomtrace, so nothing is recorded to check its content "
+                "against; only the file sizes were checked."
+            )
         if not info:
             n_documents = sum((directory / f"offset.{s}").stat().st_size // 8 for s in _shard_ids(directory))
             stream = sum((directory / f"tokenized.{s}").stat().st_size for s in _shard_ids(directory)) // width
@@ -445,6 +688,49 @@ class NgramIndex:
     def fingerprint(self) -> str | None:
         """SHA-256 of the indexed token ids (None for an index geomtrace did not build)."""
         return self.info.get("fingerprint")
+
+    def check_tokenizer(self, tokenizer: Any) -> str | None:
+        """Warn (and return the message) when ``tokenizer`` is not the one the index was built with.
+
+        Compared: the vocabulary fingerprint of :func:`tokenizer_identity` when both sides have
+        one, else the vocabulary sizes. An index with no tokenizer recorded is checked only for
+        ids the tokenizer cannot produce (an indexed id >= ``len(tokenizer)``). ``None``: no
+        mismatch found. Queried with another tokenizer's ids, the ∞-gram values are those of
+        other tokens: typically no answer is scorable (all NaN).
+        """
+        if tokenizer is None:
+            return None
+        given = tokenizer_identity(tokenizer)
+        recorded = self.info.get("tokenizer") or None
+        problem = None
+        if recorded is not None:
+            if recorded.get("vocab_sha256") and given["vocab_sha256"]:
+                differs = recorded["vocab_sha256"] != given["vocab_sha256"]
+            else:
+                differs = recorded.get("vocab_size") != given["vocab_size"]
+            if differs:
+                problem = (
+                    f"was built with the tokenizer {recorded.get('name_or_path')!r} (vocabulary of "
+                    f"{recorded.get('vocab_size')} tokens, fingerprint {str(recorded.get('vocab_sha256'))[:12]}), but "
+                    f"is queried with {given['name_or_path']!r} ({given['vocab_size']} tokens, fingerprint "
+                    f"{str(given['vocab_sha256'])[:12]})"
+                )
+        else:
+            top = self.info.get("max_token_id")
+            if top is not None and given["vocab_size"] is not None and int(top) >= int(given["vocab_size"]):
+                problem = (
+                    f"holds token id {top}, which the tokenizer {given['name_or_path']!r} "
+                    f"({given['vocab_size']} tokens) cannot produce"
+                )
+        if problem is None:
+            return None
+        message = (
+            f"the ∞-gram index {self.directory} {problem}: its values would be those of other tokens (typically no "
+            "answer is scorable: all NaN). Rebuild the index with this tokenizer (NgramIndex.from_texts(texts, "
+            "tokenizer, folder)), or pass the index's own tokenizer as index_tokenizer= (CLI: --index_tokenizer)."
+        )
+        warn(message)
+        return message
 
     def _codes(self, ids: Sequence[int]) -> list[int]:
         codes = [int(t) for t in ids]  # the engine accepts Python ints only
@@ -634,4 +920,5 @@ def _check_shards(directory: Path, token_width: int | None) -> int:
                 f"{directory}/table.{shard} has {table_bytes} bytes, expected {ratio * stream_bytes // width} for a "
                 f"complete {width}-byte index: the index is incomplete (interrupted build?); rebuild it"
             )
+    assert width is not None  # every shard set it
     return int(width)

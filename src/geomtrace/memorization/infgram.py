@@ -42,7 +42,9 @@ class NgramSource(Protocol):
     def describe(self) -> str: ...
 
 
-def answer_logprob(token_probs: Sequence[float], zero_probability: ZeroProbability = "unscorable") -> float:
+def answer_logprob(
+    token_probs: Sequence[float] | np.ndarray, zero_probability: ZeroProbability = "unscorable"
+) -> float:
     """Σ log p over an answer's token probabilities under a zero rule; NaN when unscorable."""
     if zero_probability not in _ZERO_RULES:
         raise ValueError(f"zero_probability must be one of {_ZERO_RULES}, got {zero_probability!r}")

@@ -42,7 +42,7 @@ from geomtrace.measure import (
 )
 from geomtrace.memorization.qa import TokenizedPair
 
-__all__ = ["AnswerLogprobs", "answer_logprobs"]
+__all__ = ["AnswerLogprobs", "answer_logprobs", "model_vocab_size"]
 
 
 @dataclass
@@ -58,6 +58,16 @@ class AnswerLogprobs:
     total: np.ndarray
     per_token: list[np.ndarray]
     precision: str
+
+
+def model_vocab_size(model: nn.Module) -> int | None:
+    """Rows of the causal LM's input embedding (the ids it accepts: ``0 .. n - 1``); None if unknown."""
+    try:
+        embeddings = find_causal_lm(model).get_input_embeddings()
+    except (ValueError, AttributeError, NotImplementedError):
+        return None
+    rows = getattr(embeddings, "num_embeddings", None)
+    return int(rows) if isinstance(rows, int) and rows > 0 else None
 
 
 def _runner(model: nn.Module, lm: nn.Module) -> nn.Module:
@@ -101,7 +111,10 @@ def _score_batch(
     width = max(len(c) + len(a) for c, a in batch)
     input_ids = torch.zeros((len(batch), width), dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    rows, columns, targets, sizes = [], [], [], []
+    rows: list[int] = []
+    columns: list[int] = []
+    targets: list[int] = []
+    sizes: list[int] = []
     for row, (context, answer) in enumerate(batch):
         length = len(context) + len(answer)
         offset = 0 if padding_side == "right" else width - length

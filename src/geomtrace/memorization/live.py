@@ -26,6 +26,7 @@ from torch import nn
 from geomtrace._warnings import warn
 from geomtrace.memorization.likelihood import AnswerLogprobs
 from geomtrace.memorization.probe import MemorizationProbe
+from geomtrace.memorization.qa import QAVocabularyError
 
 __all__ = ["LIVE_KEYS", "LiveMemorization", "probe_list"]
 
@@ -71,6 +72,10 @@ class LiveMemorization:
             except Exception as err:
                 if self.strict:
                     raise
+                if isinstance(err, QAVocabularyError):  # the same at every step: off, said once
+                    self._ready[i] = False
+                    warn(f"geomtrace: {_label(probe)} is off for the rest of this run: {err}")
+                    continue
                 warn(f"geomtrace: {_label(probe)} at step {step} failed and was skipped: {err}")
                 continue
             shared[probe.model_side_key()] = result.model

@@ -18,7 +18,7 @@ from torch import nn
 from geomtrace._distributed import rank_and_world_size
 from geomtrace.memorization._io import ProgressOption
 from geomtrace.memorization.infgram import InfgramScores, NgramSource, ZeroProbability, infgram_scores
-from geomtrace.memorization.likelihood import AnswerLogprobs, answer_logprobs
+from geomtrace.memorization.likelihood import AnswerLogprobs, answer_logprobs, model_vocab_size
 from geomtrace.memorization.qa import QASet, TokenizedPair
 from geomtrace.memorization.stats import pearson, spearman
 
@@ -154,6 +154,9 @@ class MemorizationProbe:
         if self.infgram is not None and index_pairs == self._index_pairs:
             return self.infgram
         rank, world_size = rank_and_world_size()
+        check_tokenizer = getattr(self.index, "check_tokenizer", None)  # an NgramIndex records its tokenizer
+        if callable(check_tokenizer) and rank == 0:
+            check_tokenizer(self.index_tokenizer if self.index_tokenizer is not None else tokenizer)
         if distributed is False or world_size == 1:
             scores = infgram_scores(
                 self.index, index_pairs, zero_probability=self.zero_probability, progress=self.progress
@@ -195,10 +198,16 @@ class MemorizationProbe:
 
         ``scores``: the model side already computed by a probe with the same
         :meth:`model_side_key` at this checkpoint (no forward then).
+
+        Raises:
+            QAVocabularyError: a pair holds a token id the model has no embedding for.
         """
         if self.infgram is None or self._model_pairs is None:
             self.prepare(tokenizer, distributed=distributed)
         assert self.infgram is not None and self._model_pairs is not None
+        vocab_size = model_vocab_size(model)
+        if vocab_size is not None:
+            self.qa.check_token_ids(self._model_pairs, vocab_size)
         if scores is None:
             scores = answer_logprobs(
                 model,

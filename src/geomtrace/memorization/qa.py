@@ -27,6 +27,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import numpy as np
 from geomtrace._optional import require
 from geomtrace._warnings import warn
 
-__all__ = ["QALoadError", "QAPair", "QASet", "TokenizedPair", "hold_out", "seed_prompt"]
+__all__ = ["QALoadError", "QAPair", "QASet", "QAVocabularyError", "TokenizedPair", "hold_out", "seed_prompt"]
 
 TRIVIA_QA = ("mandarjoshi/trivia_qa", "rc", "validation")
 
@@ -44,13 +45,18 @@ class QALoadError(RuntimeError):
     """A QA source could not be loaded (e.g. the hub while offline)."""
 
 
+class QAVocabularyError(ValueError):
+    """A QA pair holds a token id the model has no embedding for (ids of another tokenizer)."""
+
+
 @dataclass(frozen=True)
 class QAPair:
     """One question and its answer, as text or as token ids (cloze pairs).
 
     ``key`` identifies the pair in its source (the dataset row index for TriviaQA, the
     ``"key"`` field or else the line number for JSONL, the pair's position for cloze sets);
-    the seed's result files are keyed by it.
+    the seed's result files are keyed by it. ``line``: the pair's line in its JSONL file (for
+    messages; not part of the pair's value).
     """
 
     key: int
@@ -58,6 +64,7 @@ class QAPair:
     answer: str | None = None
     question_ids: tuple[int, ...] | None = None
     answer_ids: tuple[int, ...] | None = None
+    line: int | None = dataclass_field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -164,13 +171,14 @@ class QASet:
                     raise ValueError(f"{where}: key {key} already names the pair of line {keys[key]}")
                 keys[key] = number
                 if kind == "text":
-                    pairs.append(_text_pair(record, key, where))
+                    pairs.append(_text_pair(record, key, where, number))
                 else:
                     pairs.append(
                         QAPair(
                             key=key,
                             question_ids=_token_ids(record, "question_ids", where),
                             answer_ids=_token_ids(record, "answer_ids", where),
+                            line=number,
                         )
                     )
         if not pairs:
@@ -307,6 +315,37 @@ class QASet:
             out.append(split)
         return out
 
+    def check_token_ids(self, pairs: Sequence[TokenizedPair], vocab_size: int) -> None:
+        """Raise :class:`QAVocabularyError` when a pair holds a token id ``>= vocab_size``.
+
+        ``pairs`` are this set's :meth:`tokenize` output; ``vocab_size`` the model's number of
+        embeddings. The message names the file (or set), the record (key and line), the field,
+        the id and the vocabulary size, and says what to do. (Without it the model's embedding
+        lookup fails with a bare ``IndexError``.)
+        """
+        for pair, tokenized in zip(self.pairs, pairs):
+            for field_name, ids in (("question_ids", tokenized.context_ids), ("answer_ids", tokenized.answer_ids)):
+                bad = next((int(t) for t in ids if int(t) >= vocab_size), None)
+                if bad is None:
+                    continue
+                record = f"pair key={pair.key}" + (f" (line {pair.line})" if pair.line is not None else "")
+                limit = f"the model's vocabulary has {vocab_size:,} ids (0..{vocab_size - 1:,})"
+                if not self.is_tokenized:
+                    raise QAVocabularyError(
+                        f"QA set {self.description!r}, {record}: the tokenizer gives token id {bad:,}, but {limit}. "
+                        "The tokenizer does not belong to this model: pass the model's own tokenizer."
+                    )
+                source = (
+                    f"QA file {self.description[len('jsonl:') :]}"
+                    if self.description.startswith("jsonl:")
+                    else f"QA set {self.description!r}"
+                )
+                raise QAVocabularyError(
+                    f"{source}, {record}: field {field_name!r} holds token id {bad:,}, but {limit}. The ids were "
+                    "made with another tokenizer (or for a larger model): regenerate the pairs with this model's "
+                    "tokenizer (e.g. QASet.cloze(...).to_jsonl(path)) or remove the record."
+                )
+
     def texts(self, tokenizer: Any = None) -> list[tuple[str, str]]:
         """``(question, answer)`` strings per pair (cloze pairs decoded with ``tokenizer``)."""
         if not self.is_tokenized:
@@ -331,7 +370,7 @@ def _jsonl_key(record: dict, number: int, where: str) -> int:
     return key
 
 
-def _text_pair(record: dict, key: int, where: str) -> QAPair:
+def _text_pair(record: dict, key: int, where: str, line: int | None = None) -> QAPair:
     for field in ("question", "answer"):
         if field not in record:
             raise ValueError(f"{where}: missing field {field!r} (fields: {sorted(record)})")
@@ -339,7 +378,7 @@ def _text_pair(record: dict, key: int, where: str) -> QAPair:
             raise ValueError(f"{where}: field {field!r} must be a string, got {type(record[field]).__name__}")
     if not record["answer"].strip():
         raise ValueError(f"{where}: the answer is empty")
-    return QAPair(key=key, question=record["question"], answer=record["answer"])
+    return QAPair(key=key, question=record["question"], answer=record["answer"], line=line)
 
 
 def _token_ids(record: dict, field: str, where: str) -> tuple[int, ...]:
