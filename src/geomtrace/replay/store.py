@@ -48,6 +48,7 @@ import numpy as np
 
 from geomtrace import _signals
 from geomtrace._atomic import atomic_write_bytes, atomic_write_text, file_mode  # writers re-exported
+from geomtrace.replay.naming import parse_name
 from geomtrace.trajectory import to_float as _num
 
 try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
@@ -560,7 +561,8 @@ def import_seed_npy(path: str | os.PathLike) -> list[dict[str, Any]]:
     Security: this is the only place geomtrace uses ``allow_pickle=True``; unpickling can
     execute arbitrary code, so only load files you trust.
 
-    Each record has ``key`` (the entry's ``checkpoint``, else ``step<N>``), ``step``,
+    Each record has ``key`` (the entry's ``checkpoint``, else ``step<N>``), ``step`` (the entry's,
+    else its dict key's, else the one its checkpoint name gives by the naming registry),
     ``revision``, ``tokens``, ``layer``, ``rankme``, ``alpha``, ``r2`` (nan when absent) and
     ``eigenspectrum`` (an array, or None); other scalar fields of the entry are kept.
     """
@@ -580,11 +582,15 @@ def import_seed_npy(path: str | os.PathLike) -> list[dict[str, Any]]:
         step = int(step) if isinstance(step, (int, np.integer)) else step
         checkpoint = v.get("checkpoint")
         key = str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else str(k))
+        revision = str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else None)
+        if step is None:  # a checkpoint name (``checkpoint-10``, ``epoch=0-step=100.ckpt``) may say it
+            parsed = parse_name(key.rsplit("/", 1)[-1])
+            step = None if parsed is None else parsed.step
         spec = v.get("eigenspectrum")
         rec: dict[str, Any] = {
             "key": key,
             "step": step,
-            "revision": str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else None),
+            "revision": revision,
             "tokens": v.get("tokens"),
             "layer": v.get("layer"),
             "rankme": _num(v.get("rankme")),
