@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from geomtrace._jsonio import plain  # the one JSON sanitizer; importable from here as before
 
 __all__ = [
     "OptionTypeError",
@@ -222,33 +223,3 @@ def check_fields(obj: Any, rules: Mapping[str, Rule]) -> None:
     """Range checks of the fields of ``obj`` named in ``rules`` (after :func:`coerce_fields`)."""
     for name, rule in rules.items():
         rule.check(name, getattr(obj, name))
-
-
-def plain(value: Any) -> Any:
-    """``value`` with numpy/torch scalars, arrays, tuples and paths as plain JSON-ready Python.
-
-    NaN and Inf are kept (the history file writes them as ``NaN``); anything JSON cannot hold
-    is left as it is (``json.dumps`` then says what).
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(plain(k)): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return plain(value.item())
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    item = getattr(value, "item", None)  # torch scalars (0-d or one-element tensors)
-    numel = getattr(value, "numel", None)
-    if callable(item) and callable(numel):
-        try:
-            if numel() == 1:
-                return plain(item())
-            return plain(value.tolist())
-        except (TypeError, ValueError, RuntimeError):
-            return value
-    return value

@@ -654,18 +654,16 @@ def _check_loading(args: argparse.Namespace) -> None:
 
 
 def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]:
-    """Apply --stage / --step-range / --log-spaced (they work on revision-like names)."""
-    from geomtrace.replay.sources import filter_revisions
+    """Apply --stage / --step-range / --log-spaced (by the steps and stages the naming registry read)."""
+    from geomtrace.replay.sources import filter_checkpoints
 
-    if args.stage is None and args.step_range is None and args.log_spaced is None:
-        return ckpts
-    by_name: dict[str, list[Any]] = {}
-    for c in ckpts:
-        name = c.revision or (None if c.step is None else "-".join(filter(None, [c.stage, f"step{c.step}"])))
-        if name is not None:
-            by_name.setdefault(name, []).append(c)
-    kept = filter_revisions(list(by_name), step_range=args.step_range, log_spaced=args.log_spaced, stage=args.stage)
-    return [c for name in kept for c in by_name[name]]
+    left_out: list[str] = []
+    kept = filter_checkpoints(
+        ckpts, step_range=args.step_range, log_spaced=args.log_spaced, stage=args.stage, left_out=left_out
+    )
+    for line in left_out:  # a checkpoint without a step (last.ckpt, main): said, never dropped silently
+        print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
+    return kept
 
 
 def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:

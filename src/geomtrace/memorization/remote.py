@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from geomtrace._jsonio import append_jsonl, read_jsonl
 from geomtrace.memorization.index import InfgramProb
 
 __all__ = ["DEFAULT_API_URL", "InfiniGramAPI", "InfiniGramAPIError", "default_cache_dir"]
@@ -102,50 +103,32 @@ class InfiniGramAPI:
 
     def _read_cache(self) -> dict[tuple[int, ...], InfgramProb]:
         cache: dict[tuple[int, ...], InfgramProb] = {}
-        if not self.cache_path.is_file():
-            return cache
-        with open(self.cache_path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                    key = tuple(int(t) for t in record["q"])
-                    cache[key] = InfgramProb(
-                        float(record["prob"]),
-                        int(record["suffix_len"]),
-                        int(record["prompt_cnt"]),
-                        int(record["cont_cnt"]),
-                    )
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a kill mid-write: that query is simply asked again
+        for record in read_jsonl(self.cache_path):  # a line torn by a kill mid-write is skipped
+            try:
+                key = tuple(int(t) for t in record["q"])
+                cache[key] = InfgramProb(
+                    float(record["prob"]),
+                    int(record["suffix_len"]),
+                    int(record["prompt_cnt"]),
+                    int(record["cont_cnt"]),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # that query is simply asked again
         return cache
 
     def _remember(self, key: tuple[int, ...], answer: InfgramProb) -> None:
         self._cache[key] = answer
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(
-            {
-                "q": list(key),
-                "prob": answer.prob,
-                "suffix_len": answer.suffix_len,
-                "prompt_cnt": answer.prompt_cnt,
-                "cont_cnt": answer.cont_cnt,
-            }
-        )
-        # One write() of a whole line on an O_APPEND descriptor, flushed to disk before the
-        # answer is used: a rerun finds every answered query.
-        fd = os.open(self.cache_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            data = ("\n" + line + "\n").encode() if self._needs_newline(fd) else (line + "\n").encode()
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _needs_newline(fd: int) -> bool:
-        # After a torn last line (no newline), start the next record on a fresh line.
-        size = os.fstat(fd).st_size
-        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        record = {
+            "q": list(key),
+            "prob": answer.prob,
+            "suffix_len": answer.suffix_len,
+            "prompt_cnt": answer.prompt_cnt,
+            "cont_cnt": answer.cont_cnt,
+        }
+        # One locked write() of a whole line, flushed to disk before the answer is used: a rerun
+        # (or another process sharing the cache) finds every answered query.
+        append_jsonl(self.cache_path, [record], strict=False)
 
     # ------------------------------------------------------------------ queries
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from geomtrace._jsonio import append_jsonl, plain, read_jsonl
 from geomtrace.memorization.likelihood import AnswerLogprobs
 from geomtrace.memorization.live import LIVE_KEYS, probe_list
 from geomtrace.memorization.probe import SUMMARY_KEYS, MemorizationProbe
@@ -44,9 +45,6 @@ from geomtrace.replay.store import (
     OutputConflictError,
     _differences,
     _exclusive_write_text,
-    _jsonable,
-    _locked_append,
-    _parse_lines,
     safe_key,
 )
 
@@ -86,11 +84,11 @@ class MemorizationStore:
         """Write a probe file once; later runs must present the same ``identity``."""
         self.probes_dir.mkdir(parents=True, exist_ok=True)
         path = self.probe_path(info["identity"]["name"])
-        text = json.dumps(_jsonable(info), allow_nan=False, ensure_ascii=False) + "\n"
+        text = json.dumps(plain(info, strict=True), allow_nan=False, ensure_ascii=False) + "\n"
         if _exclusive_write_text(path, text):
             return info
         stored = self.probe_info(path)
-        old, new = stored.get("identity"), _jsonable(info["identity"])
+        old, new = stored.get("identity"), plain(info["identity"], strict=True)
         if old != new:
             changes = _differences(old, new) if isinstance(old, dict) else [f"{path} has no identity"]
             raise OutputConflictError(
@@ -121,10 +119,7 @@ class MemorizationStore:
     def records(self, *, dedupe: bool = True) -> list[dict[str, Any]]:
         """Complete records in file order (the last one of each (key, probe) with ``dedupe``);
         ``null`` summary values read back as NaN."""
-        try:
-            raw = _parse_lines(self.records_path.read_bytes())
-        except FileNotFoundError:
-            return []
+        raw = read_jsonl(self.records_path)
         if dedupe:
             last = {(r.get("key"), r.get("probe")): i for i, r in enumerate(raw)}
             raw = [r for i, r in enumerate(raw) if last[(r.get("key"), r.get("probe"))] == i]
@@ -147,8 +142,7 @@ class MemorizationStore:
         if not records:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps(_jsonable(r), allow_nan=False, ensure_ascii=False) for r in records]
-        _locked_append(self.records_path, ("\n".join(lines) + "\n").encode("utf-8"))
+        append_jsonl(self.records_path, records)
 
     def series(self, key: str = "spearman") -> dict[str, dict[str, list[float]]]:
         """``{probe: {"step": [...], "tokens": [...], key: [...]}}`` sorted by step (for plots)."""

@@ -46,14 +46,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from geomtrace import _signals
 from geomtrace._atomic import atomic_write_bytes, atomic_write_text, file_mode  # writers re-exported
+from geomtrace._jsonio import append_jsonl, plain, read_jsonl
+from geomtrace.replay.naming import parse_name
 from geomtrace.trajectory import to_float as _num
-
-try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "OutputConflictError",
@@ -109,33 +105,6 @@ def _npy_bytes(obj: Any, allow_pickle: bool = False) -> bytes:
 # --------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain-JSON version of value: NaN/Inf -> None, numpy/torch scalars -> Python."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    item = getattr(value, "item", None)  # torch scalars
-    if callable(item):
-        try:
-            return _jsonable(item())
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    return str(value)
-
-
 def _decode(record: dict[str, Any]) -> dict[str, Any]:
     extras = record.get(EXTRA_METRICS_FIELD)
     names = [n for n in extras if isinstance(n, str)] if isinstance(extras, list) else []
@@ -143,51 +112,6 @@ def _decode(record: dict[str, Any]) -> dict[str, Any]:
         if f in record and record[f] is None:
             record[f] = math.nan
     return record
-
-
-def _parse_lines(data: bytes) -> list[dict[str, Any]]:
-    """Complete JSON-object lines of ``data``; a last line without '\\n' is ignored."""
-    out = []
-    lines = data.split(b"\n")
-    # the element after the last '\n' is either empty or a truncated line: drop it
-    for raw in lines[:-1]:
-        raw = raw.strip()
-        if not raw:
-            continue
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-def _locked_append(path: Path, data: bytes) -> None:
-    """Append ``data`` with one write on an O_APPEND fd, under flock, starting on a new line."""
-    with _signals.critical():  # a signal (Ctrl-C, SIGTERM) waits for the whole append
-        _append_unit(path, data)
-
-
-def _append_unit(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            size = os.fstat(fd).st_size
-            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # a killed writer left a partial line: don't glue onto it
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def _exclusive_write_text(path: Path, text: str) -> bool:
@@ -289,13 +213,13 @@ class ResultsStore:
         one raises :class:`OutputConflictError` naming each difference, so results measured
         in two ways never share an output. Returns the stored info.
         """
-        text = json.dumps(_jsonable(info), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+        text = json.dumps(plain(info, strict=True), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
         if _exclusive_write_text(self.info_path, text):
             return info
         stored = self.info()
         if stored is None:  # removed between the two calls: try once more
             return self.bind(info)
-        old, new = stored.get("identity"), _jsonable(info.get("identity"))
+        old, new = stored.get("identity"), plain(info.get("identity"), strict=True)
         if old != new:
             changes = _differences(old, new) if isinstance(old, dict) else ["run.json has no 'identity'"]
             empty = not self.done_keys()
@@ -314,11 +238,7 @@ class ResultsStore:
     # -- reading ---------------------------------------------------------------------------
 
     def _raw_records(self) -> list[dict[str, Any]]:
-        try:
-            data = self.records_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        return _parse_lines(data)
+        return read_jsonl(self.records_path)
 
     def records(self, *, dedupe: bool = True) -> list[dict[str, Any]]:
         """All complete records, in file order; malformed or truncated lines are skipped.
@@ -360,10 +280,7 @@ class ResultsStore:
 
     def failures(self) -> list[dict[str, Any]]:
         """All failure records (complete lines only)."""
-        try:
-            return _parse_lines(self.failures_path.read_bytes())
-        except FileNotFoundError:
-            return []
+        return read_jsonl(self.failures_path)
 
     def spectrum(self, key: str, layer: int) -> np.ndarray | None:
         """The stored eigenspectrum of ``key`` at ``layer``, or None when there is none.
@@ -431,14 +348,14 @@ class ResultsStore:
             raise ValueError(
                 f"append() takes the records of exactly one checkpoint (one string 'key'), got keys {keys}"
             )
-        key = next(iter(keys))
+        key = str(next(iter(keys)))
         if any("layer" not in r for r in records):
             raise ValueError("every record needs a 'layer' field")
         arrays = arrays or {}
         if spectra or arrays:
             self.spectra_dir.mkdir(parents=True, exist_ok=True)
             for layer in sorted(set(spectra or {}) | set(arrays)):
-                members = {
+                members: dict[str, Any] = {  # Any: numpy's stub would match **members to allow_pickle
                     _EXTRA_ARRAY_PREFIX + name: np.asarray(_to_numpy(a)) for name, a in arrays.get(layer, {}).items()
                 }
                 if spectra and layer in spectra:
@@ -447,19 +364,13 @@ class ResultsStore:
                 np.savez(buf, **members)
                 atomic_write_bytes(self.spectrum_path(key, layer), buf.getvalue())
         n = len({r["layer"] for r in records})
-        lines = []
-        for r in records:
-            out = dict(r)
-            out.setdefault("n_layers", n)
-            lines.append(json.dumps(_jsonable(out), allow_nan=False, ensure_ascii=False))
-        _locked_append(self.records_path, ("\n".join(lines) + "\n").encode("utf-8"))
+        append_jsonl(self.records_path, [{**r, "n_layers": r.get("n_layers", n)} for r in records])
 
     def record_failure(self, key: str, error: str, **fields: Any) -> None:
         """Log a failed checkpoint to ``failures.jsonl`` (key, error, time, extra fields).
         Failures never count as done, so a resumed run retries them."""
         rec = {"key": key, "error": str(error), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
-        line = json.dumps(_jsonable(rec), allow_nan=False, ensure_ascii=False) + "\n"
-        _locked_append(self.failures_path, line.encode("utf-8"))
+        append_jsonl(self.failures_path, [rec])
 
 
 def check_output_dir(path: str | os.PathLike, writable: bool = False) -> None:
@@ -514,7 +425,7 @@ def export_seed_npy(
     recs, store = _records_and_spectra(records_or_store)
     if not recs:
         raise ValueError("no records to export")
-    layers = {r.get("layer") for r in recs if r.get("layer") is not None}
+    layers: set[int] = {r["layer"] for r in recs if r.get("layer") is not None}
     if layer is None:
         if not layers:
             raise ValueError("records have no 'layer' field; pass layer=")
@@ -560,7 +471,8 @@ def import_seed_npy(path: str | os.PathLike) -> list[dict[str, Any]]:
     Security: this is the only place geomtrace uses ``allow_pickle=True``; unpickling can
     execute arbitrary code, so only load files you trust.
 
-    Each record has ``key`` (the entry's ``checkpoint``, else ``step<N>``), ``step``,
+    Each record has ``key`` (the entry's ``checkpoint``, else ``step<N>``), ``step`` (the entry's,
+    else its dict key's, else the one its checkpoint name gives by the naming registry),
     ``revision``, ``tokens``, ``layer``, ``rankme``, ``alpha``, ``r2`` (nan when absent) and
     ``eigenspectrum`` (an array, or None); other scalar fields of the entry are kept.
     """
@@ -580,11 +492,15 @@ def import_seed_npy(path: str | os.PathLike) -> list[dict[str, Any]]:
         step = int(step) if isinstance(step, (int, np.integer)) else step
         checkpoint = v.get("checkpoint")
         key = str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else str(k))
+        revision = str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else None)
+        if step is None:  # a checkpoint name (``checkpoint-10``, ``epoch=0-step=100.ckpt``) may say it
+            parsed = parse_name(key.rsplit("/", 1)[-1])
+            step = None if parsed is None else parsed.step
         spec = v.get("eigenspectrum")
         rec: dict[str, Any] = {
             "key": key,
             "step": step,
-            "revision": str(checkpoint) if checkpoint else (f"step{step}" if isinstance(step, int) else None),
+            "revision": revision,
             "tokens": v.get("tokens"),
             "layer": v.get("layer"),
             "rankme": _num(v.get("rankme")),

@@ -1,0 +1,284 @@
+"""Loading a checkpoint: ``(model, tokenizer_or_None)`` from the hub, an HF folder, a PEFT adapter
+or a Lightning file, and fetching its files ahead. Nothing here imports transformers or
+huggingface_hub at module import time."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from geomtrace._optional import require
+from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind, CheckpointLoadError
+from geomtrace.replay.lightning_ckpt import find_pretrained, load_lightning
+from geomtrace.replay.naming import FOLDER_KINDS
+
+__all__ = ["fetch_checkpoint", "load_checkpoint_model", "load_checkpoint_tokenizer", "resolve_device", "resolve_dtype"]
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "16": "float16",
+}
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    """A torch dtype from a name (``float32``/``fp32``, ``bfloat16``/``bf16``,
+    ``float16``/``fp16``) or a torch dtype; ``"auto"`` is returned unchanged (use the
+    checkpoint's own dtype)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.float32
+    name = str(dtype).strip().lower().removeprefix("torch.")
+    if name == "auto":
+        return "auto"
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32/fp32, bfloat16/bf16, float16/fp16, auto")
+    return getattr(torch, _DTYPES[name])
+
+
+def resolve_device(device: Any) -> Any:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; anything else unchanged."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _hub_error(what: str, err: BaseException) -> CheckpointLoadError:
+    offline = any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    hint = (
+        "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set, so only the local cache is used: download "
+        "it first (huggingface-cli download MODEL --revision REV) or unset offline mode."
+        if offline
+        else "Check the model id and that the revision exists (list them with "
+        "huggingface_hub.list_repo_refs), and your network / HF token for gated models."
+    )
+    return CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}. {hint}")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(source: str, **kwargs: Any) -> Any:
+    transformers = require("transformers", "loading tokenizers")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception:  # noqa: BLE001 - "no tokenizer here" has many forms; the caller says what to pass
+        return None
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def _adapter_base(folder: Path, base_model: str | None) -> str | None:
+    """The base model of a PEFT adapter folder: ``base_model`` if given, else the adapter's
+    ``base_model_name_or_path``."""
+    if base_model:
+        return str(base_model)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return str(base) if base else None
+
+
+def load_checkpoint_tokenizer(
+    ckpt: Checkpoint, *, trust_remote_code: bool = False, base_model: str | None = None
+) -> Any:
+    """The tokenizer of ``ckpt`` without loading its weights, or None.
+
+    Hub: from the same id and revision. ``hf_folder`` / ``peft_adapter``: from the folder if
+    it holds tokenizer files, else from its parent (HF Trainer saves it at the run root); an
+    adapter falls back to its base model's tokenizer. A folder without tokenizer files is never
+    passed to ``AutoTokenizer`` (transformers 5 would build an *empty* tokenizer from its
+    config.json). Lightning checkpoints: None (the module or the model builder may hold one).
+    """
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if ckpt.kind == CheckpointKind.HUB:
+        if ckpt.revision:
+            kwargs["revision"] = ckpt.revision
+        return _load_tokenizer(ckpt.model, **kwargs)
+    if ckpt.kind not in FOLDER_KINDS or not ckpt.path:
+        return None
+    folder = Path(ckpt.path)
+    for candidate in (folder, folder.parent):
+        if _has_tokenizer_files(candidate):
+            tokenizer = _load_tokenizer(str(candidate), **kwargs)
+            if tokenizer is not None:
+                return tokenizer
+    if ckpt.kind == CheckpointKind.PEFT_ADAPTER:
+        base = _adapter_base(folder, base_model)
+        if base and (not Path(base).is_dir() or _has_tokenizer_files(Path(base))):
+            return _load_tokenizer(base, **kwargs)
+    return None
+
+
+def _from_pretrained(source: str, what: str, hub: bool, kwargs: dict[str, Any]) -> Any:
+    transformers = require("transformers", "loading checkpoints")
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        if hub:
+            raise _hub_error(what, err) from err
+        raise CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}") from err
+
+
+def _load_adapter(ckpt: Checkpoint, base_model: str | None, kwargs: dict[str, Any]) -> Any:
+    """A PEFT adapter folder on its base model (adapters kept unmerged, as in training)."""
+    peft = require("peft", "replaying PEFT adapter checkpoints")
+    folder = Path(ckpt.path or "")
+    base = _adapter_base(folder, base_model)
+    if base is None:
+        raise CheckpointLoadError(
+            f"{folder / 'adapter_config.json'} names no base model (base_model_name_or_path): pass "
+            "--base-model NAME_OR_PATH (base_model= in Python)"
+        )
+    try:
+        model = _from_pretrained(
+            base, f"the base model {base!r} of the adapter {folder}", hub=not Path(base).exists(), kwargs=kwargs
+        )
+    except CheckpointLoadError as err:
+        raise CheckpointLoadError(
+            f"{err} Pass --base-model NAME_OR_PATH to use another copy of the base model."
+        ) from err
+    try:
+        return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as err:  # noqa: BLE001 - peft raises many types for a bad adapter
+        raise CheckpointLoadError(f"could not load the PEFT adapter {folder}: {type(err).__name__}: {err}") from err
+
+
+def load_checkpoint_model(
+    ckpt: Checkpoint,
+    *,
+    dtype: Any = "float32",
+    device: Any = "cpu",
+    device_map: Any = None,
+    trust_remote_code: bool = False,
+    model_builder: Callable[[dict[str, Any]], Any] | str | None = None,
+    base_model: str | None = None,
+) -> tuple[Any, Any]:
+    """Load ``ckpt`` and return ``(model, tokenizer_or_None)``, the model in eval mode.
+
+    * ``hub``: ``AutoModelForCausalLM.from_pretrained(ckpt.model, revision=ckpt.revision,
+      dtype=...)`` and the tokenizer from the same id and revision (None if it does not load).
+    * ``hf_folder``: ``from_pretrained(ckpt.path)``; the tokenizer from the folder, else from
+      its parent (HF Trainer saves it at the run root when checkpoints lack it).
+    * ``peft_adapter``: the base model (``base_model``, else the adapter's
+      ``base_model_name_or_path``) with the adapter loaded on it by
+      ``peft.PeftModel.from_pretrained`` (unmerged, as in training); the tokenizer from the
+      folder, its parent or the base model.
+    * ``lightning_ckpt``: with a LightningModule class as ``model_builder``, its own
+      ``load_from_checkpoint``; with a function, ``torch.load(path, map_location="cpu",
+      weights_only=False)`` (needed to read ``hyper_parameters``; **pickle can execute code:
+      only load checkpoints you trust**), then ``model_builder(hyper_parameters)`` builds the
+      module (LightningCLI's private ``_instantiator``/``_class_path`` entries are left out; it
+      may return a LightningModule, an HF model, or ``(module, tokenizer)``), its
+      ``state_dict`` is loaded (a leading prefix such as ``model.`` is stripped if the module
+      lacks it), and the HF causal LM inside is returned. The tokenizer is the builder's, else
+      the module's ``tokenizer`` attribute. ``model_builder`` may be a ``"module:attribute"``
+      string (the CLI's ``--model-builder``).
+
+    Args:
+        dtype: ``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16``, ``auto`` or a
+            torch dtype.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (cuda if available). Ignored
+            when ``device_map`` is given.
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a big model over
+            GPUs; needs accelerate).
+
+    Raises:
+        CheckpointLoadError: a hub revision or local checkpoint could not be loaded.
+        ValueError: a Lightning checkpoint without ``model_builder``.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+
+    if ckpt.kind in (CheckpointKind.HUB, *FOLDER_KINDS):
+        if ckpt.kind == CheckpointKind.HUB:
+            revision_kwargs = {"revision": ckpt.revision} if ckpt.revision else {}
+            what = f"{ckpt.model!r} at revision {ckpt.revision or 'main'!r}"
+            model = _from_pretrained(ckpt.model, what, hub=True, kwargs={**kwargs, **revision_kwargs})
+        elif not ckpt.path or not Path(ckpt.path).is_dir():
+            raise CheckpointLoadError(f"checkpoint folder not found: {ckpt.path}")
+        elif ckpt.kind == CheckpointKind.PEFT_ADAPTER:
+            model = _load_adapter(ckpt, base_model, kwargs)
+        else:
+            model = _from_pretrained(ckpt.path, f"the model folder {ckpt.path}", hub=False, kwargs=kwargs)
+        if device_map is None:
+            model.to(dev)
+        model.eval()
+        tokenizer = load_checkpoint_tokenizer(ckpt, trust_remote_code=trust_remote_code, base_model=base_model)
+        return model, tokenizer
+
+    if ckpt.kind == CheckpointKind.LIGHTNING_CKPT:
+        built, tokenizer = load_lightning(ckpt, model_builder)
+        model = find_pretrained(built)
+        if torch_dtype != "auto":
+            model.to(dtype=torch_dtype)
+        model.to(dev)
+        model.eval()
+        return model, tokenizer
+
+    raise ValueError(
+        f"unknown checkpoint kind {ckpt.kind!r}; expected 'hub', 'hf_folder', 'peft_adapter' or 'lightning_ckpt'"
+    )
+
+
+#: Files a model load reads: fetched ahead by :func:`fetch_checkpoint`.
+_FETCH_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
+_READ_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+def _read_through(path: Path, chunk: int = 1 << 24) -> None:
+    """Read a file once so that the load that follows finds it in the page cache."""
+    with path.open("rb") as handle:
+        while handle.read(chunk):
+            pass
+
+
+def fetch_checkpoint(ckpt: Checkpoint, *, base_model: str | None = None) -> None:
+    """Bring ``ckpt``'s files close without building anything: download a hub revision into
+    the local cache, or read a local checkpoint's weight files into the page cache.
+
+    Touches no process-wide torch state, so it may run beside a measurement. Never raises:
+    the load that follows reports any problem properly.
+    """
+    try:
+        if ckpt.kind == CheckpointKind.HUB:
+            hub = require("huggingface_hub", "downloading checkpoints")
+            hub.snapshot_download(ckpt.model, revision=ckpt.revision, allow_patterns=_FETCH_PATTERNS)
+            return
+        if not ckpt.path:
+            return
+        path = Path(ckpt.path)
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in _READ_SUFFIXES)
+        if ckpt.kind == CheckpointKind.PEFT_ADAPTER:
+            base = _adapter_base(path, base_model)
+            if base and Path(base).is_dir():
+                files += sorted(p for p in Path(base).iterdir() if p.suffix in _READ_SUFFIXES)
+        for f in files:
+            _read_through(f)
+    except Exception:  # noqa: BLE001 - fetching ahead is an optimisation; the load reports errors
+        return
