@@ -142,19 +142,20 @@ def prepare(args: argparse.Namespace, name: str, rows: list[dict]) -> tuple[Any,
 
 def geometry_callback(args: argparse.Namespace, from_pretrained: bool):
     from geomtrace.callbacks.transformers import GeometryCallback
+    from geomtrace.measure import MeasureConfig
+    from geomtrace.probes import ProbeOptions
+    from geomtrace.schedule import Schedule
 
     return GeometryCallback(
         # A fresh tiny model (no pretrain checkpoint) starts at initialisation: its early
         # collapse is warmup; from a checkpoint the run is post-training.
         from_pretrained=from_pretrained,
         history_file=str(Path(args.output) / "geometry.json"),
-        every_n_steps=args.every_n_steps,
-        num_sequences=args.num_probes,
-        batch_size=args.probe_batch_size,
-        autocast=args.probe_autocast,
-        layers=parse_layers(args.layers),
-        chat_template=not args.plain_probes,  # post-trained models answer chat turns
-        seed=args.seed,
+        schedule=Schedule(every_n_steps=args.every_n_steps),
+        measure=MeasureConfig(layers=parse_layers(args.layers), batch_size=args.probe_batch_size,
+                              autocast=args.probe_autocast),
+        # post-trained models answer chat turns
+        probes=ProbeOptions(num_sequences=args.num_probes, chat_template=not args.plain_probes, seed=args.seed),
     )
 
 

@@ -275,6 +275,9 @@ def run(args: argparse.Namespace) -> dict:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from geomtrace.callbacks import GeometryMonitor
+    from geomtrace.measure import MeasureConfig
+    from geomtrace.probes import ProbeOptions
+    from geomtrace.schedule import Schedule
     from geomtrace.tiny import train_bpe_tokenizer
 
     L.seed_everything(args.seed, verbose=False)
@@ -302,10 +305,15 @@ def run(args: argparse.Namespace) -> dict:
         extra = [int(v) for v in args.extra_steps.split(",") if v.strip()]
         # from_pretrained=False: trained from scratch, even when --model names a hub config
         # (the automatic rule would read that name as a pretrained start).
-        monitor = GeometryMonitor(tokenizer=tokenizer, every_n_steps=args.every_n_steps, extra_steps=extra,
-                                  num_sequences=args.num_probes, batch_size=args.probe_batch_size, layers=layers,
-                                  autocast=args.probe_autocast, from_pretrained=False, history_file=str(history_path),
-                                  memorization=memorization)
+        monitor = GeometryMonitor(
+            tokenizer=tokenizer,
+            schedule=Schedule(every_n_steps=args.every_n_steps, extra_steps=tuple(extra)),
+            measure=MeasureConfig(layers=layers, batch_size=args.probe_batch_size, autocast=args.probe_autocast),
+            probes=ProbeOptions(num_sequences=args.num_probes),
+            from_pretrained=False,
+            history_file=str(history_path),
+            memorization=memorization,
+        )
         callbacks.append(monitor)
     saved_steps = checkpoint_steps(args)
     if saved_steps:

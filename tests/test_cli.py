@@ -91,11 +91,12 @@ def test_help_documents_every_option(command, capsys):
 def test_config_file_then_flags_override(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "model: org/model\nrevisions: [step0, step1]\nbatch_size: 8\nnum-sequences: 100\n"
-        "layers: [1, 2]\nfit_range: [5, 50]\noutput: out\nno-tensorboard: true\n"
+        "model: org/model\nrevisions: [step0, step1]\nmeasure:\n  batch_size: 8\n  layers: [1, 2]\n"
+        "  fit_range: [5, 50]\nprobes:\n  num_sequences: 100\noutput: out\nno-tensorboard: true\n"
     )
-    args = parse_args(["replay", "--config", str(cfg), "--batch-size", "4", "--autocast", "bf16"])
-    assert args.batch_size == 4 and args.num_sequences == 100 and args.no_tensorboard is True
+    # The config file nests like a run's record; the flat flags are aliases of the group options.
+    args = parse_args(["replay", "--config", str(cfg), "--batch-size", "4", "--measure.autocast", "bf16"])
+    assert args.measure["batch_size"] == 4 and args.probes["num_sequences"] == 100 and args.no_tensorboard is True
     config = measure_config(args)
     assert config == MeasureConfig(layers=(1, 2), batch_size=4, fit_range=(5, 50), autocast="bf16")
     ckpts, total = replay_checkpoints(args)
@@ -124,7 +125,7 @@ def test_olmo_preset_resolves(capsys):
     path = str(RECIPES / "replay_olmo.yaml")
     args = parse_args(["replay", "--config", path])
     assert args.model == "allenai/OLMo-2-0425-1B" and args.revisions == "all"
-    assert (args.stage, args.log_spaced, args.dtype) == ("stage1", 40, "bf16")
+    assert (args.stage, args.log_spaced, args.load["dtype"]) == ("stage1", 40, "bf16")
     assert measure_config(args) == MeasureConfig(layers="last", tokens="last", batch_size=32, max_components=2048)
     assert probe_options(args).source == "HuggingFaceFW/fineweb"
     # listing the hub branches needs network: offline it is a clear one-line error
@@ -158,8 +159,8 @@ def test_the_parser_rejects_bad_choices(capsys):
     assert exit_code(["replay", "--model", "a/b", "--tokens", "first"]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "geomtrace replay: error: --tokens (config key tokens, environment GEOMTRACE_REPLAY__TOKENS) expects one of "
-        "last, mean, all, got 'first'\n"
+        "geomtrace replay: error: --measure.tokens (config key measure.tokens, environment "
+        "GEOMTRACE_REPLAY__MEASURE__TOKENS) expects one of last, mean, all, got 'first'\n"
     )
 
 
@@ -261,11 +262,15 @@ def test_only_the_latest_probe_set_is_used(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("dtype: int8", "--dtype (config key dtype, environment GEOMTRACE_REPLAY__DTYPE) expects one of fp32"),
-        ("device: gpu", "--device"),
         (
-            "batch_size: many",
-            "--batch-size (config key batch_size, environment GEOMTRACE_REPLAY__BATCH_SIZE) expects int, got 'many'",
+            "load:\n  dtype: int8",
+            "--load.dtype (config key load.dtype, environment GEOMTRACE_REPLAY__LOAD__DTYPE) expects one of fp32",
+        ),
+        ("load:\n  device: gpu", "--device must be cpu, cuda, cuda:N or auto, got 'gpu'"),
+        (
+            "measure:\n  batch_size: many",
+            "--measure.batch_size (config key measure.batch_size, environment GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE) "
+            "expects int, got 'many'",
         ),
     ],
 )
@@ -487,20 +492,22 @@ def test_print_config_round_trips_through_config(tmp_path, capsys):
 
 
 def test_environment_variables_and_precedence(tmp_path, monkeypatch):
-    monkeypatch.setenv("GEOMTRACE_REPLAY__BATCH_SIZE", "7")
+    monkeypatch.setenv("GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE", "7")
     monkeypatch.setenv("GEOMTRACE_REPLAY__DRY_RUN", "true")
-    assert parse_args(["replay"]).batch_size == 7 and parse_args(["replay"]).dry_run is True
-    assert parse_args(["replay", "--batch-size", "3"]).batch_size == 3  # the command line wins
+    assert parse_args(["replay"]).measure["batch_size"] == 7 and parse_args(["replay"]).dry_run is True
+    assert parse_args(["replay", "--batch-size", "3"]).measure["batch_size"] == 3  # the command line wins
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("batch_size: 5\n")
-    assert parse_args(["replay", "--config", str(cfg)]).batch_size == 5
-    assert parse_args(["replay", "--config", str(cfg), "--batch-size", "4"]).batch_size == 4
+    cfg.write_text("measure:\n  batch_size: 5\n")
+    assert parse_args(["replay", "--config", str(cfg)]).measure["batch_size"] == 5
+    assert parse_args(["replay", "--config", str(cfg), "--measure.batch_size", "4"]).measure["batch_size"] == 4
 
 
 def test_option_names_with_dashes_or_underscores():
     dashed = parse_args(["replay", "--num-sequences", "9", "--no-tensorboard", "--output", "o"])
     under = parse_args(["replay", "--num_sequences", "9", "--no_tensorboard", "-o", "o"])
-    assert vars(dashed) == vars(under) and dashed.num_sequences == 9 and dashed.no_tensorboard is True
+    nested = parse_args(["replay", "--probes.num_sequences", "9", "--no-tensorboard", "-o", "o"])
+    assert vars(dashed) == vars(under) == vars(nested)
+    assert dashed.probes["num_sequences"] == 9 and dashed.no_tensorboard is True
     assert parse_args(["plot", "a", "b", "--linear-x"]).runs == ["a", "b"]
     assert parse_args(["export", "out", "--format", "csv"]).run == "out"
 
@@ -718,14 +725,14 @@ def test_every_measure_field_says_what_it_changes():
 
 def test_wrong_types_from_a_config_file_or_the_environment_are_one_line(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: org/model\nbatch_size: abc\n")
+    cfg.write_text("model: org/model\nmeasure:\n  batch_size: abc\n")
     expected = (
-        "geomtrace replay: error: --batch-size (config key batch_size, environment GEOMTRACE_REPLAY__BATCH_SIZE) "
-        "expects int, got 'abc'\n"
+        "geomtrace replay: error: --measure.batch_size (config key measure.batch_size, environment "
+        "GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE) expects int, got 'abc'\n"
     )
     assert exit_code(["replay", "--config", str(cfg)]) == 2
     assert capsys.readouterr().err == expected
-    monkeypatch.setenv("GEOMTRACE_REPLAY__BATCH_SIZE", "abc")
+    monkeypatch.setenv("GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE", "abc")
     assert exit_code(["replay", "--model", "org/model"]) == 2
     assert capsys.readouterr().err == expected
 

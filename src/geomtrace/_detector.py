@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from geomtrace._options import OptionSet
 
 __all__ = ["DetectorOptions"]
 
@@ -26,7 +27,7 @@ def _is_real(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class DetectorOptions:
+class DetectorOptions(OptionSet):
     """How :func:`geomtrace.phases.detect_phases` segments a trajectory (the one declaration).
 
     The live tracker (``GeometryTracker(detector=...)``), ``geomtrace phases`` and ``geomtrace
@@ -68,6 +69,8 @@ class DetectorOptions:
             significant; this and min_rankme_change keep them from being named phases.
     """
 
+    group = "detector"
+
     smoothing: int = 7
     enter_threshold: float = 4.0
     exit_threshold: float = 2.0
@@ -79,19 +82,6 @@ class DetectorOptions:
     flat_rankme_change: float = 0.1
     min_rankme_change: float = 0.05
     min_alpha_change: float = 0.05
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """The option names, in declaration order."""
-        return tuple(f.name for f in fields(cls))
-
-    @classmethod
-    def unknown_names(cls, names: Any) -> str | None:
-        """A message naming those of ``names`` that are no option (and the options), or None."""
-        unknown = sorted(set(map(str, names)) - set(cls.field_names()))
-        if not unknown:
-            return None
-        return f"unknown detector option(s) {', '.join(unknown)}; the options are {', '.join(cls.field_names())}"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range or of the wrong type."""
@@ -121,25 +111,6 @@ class DetectorOptions:
         for name in _NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dict (JSON-serialisable), the shape :meth:`from_dict` reads."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DetectorOptions:
-        """Options from a mapping of (some of) the fields, the others at their defaults; validated.
-
-        Raises ValueError naming unknown keys (and the known ones) or a bad value.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"detector options must be a mapping of option names, got {type(data).__name__}")
-        unknown = cls.unknown_names(data)
-        if unknown:
-            raise ValueError(unknown)
-        options = cls(**data)
-        options.validate()
-        return options
 
 
 #: Options that must be numbers >= 0.

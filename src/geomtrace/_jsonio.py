@@ -11,7 +11,7 @@
 * :func:`read_jsonl` / :func:`parse_jsonl` read back the complete object lines; a truncated last
   line (a killed writer) and malformed lines are skipped.
 
-Standard library and numpy only, so any layer may import it.
+Standard library only (numpy values are recognised when numpy is loaded), so any layer may import it.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import enum
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from geomtrace import _signals
 
@@ -60,9 +59,10 @@ def plain(value: Any, *, strict: bool = False) -> Any:
         }
     if isinstance(value, (list, tuple)):
         return [plain(v, strict=strict) for v in value]
-    if isinstance(value, np.generic):
+    np = sys.modules.get("numpy")  # not imported: no value is a numpy one
+    if np is not None and isinstance(value, np.generic):
         return plain(value.item(), strict=strict)
-    if isinstance(value, np.ndarray):
+    if np is not None and isinstance(value, np.ndarray):
         return plain(value.tolist(), strict=strict)
     if isinstance(value, os.PathLike):
         return os.fspath(value)

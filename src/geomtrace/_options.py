@@ -2,8 +2,8 @@
 the one shim that keeps the old flat keywords working.
 
 The option sets (:class:`~geomtrace.probes.ProbeOptions`, :class:`~geomtrace.measure.MeasureConfig`,
-:class:`~geomtrace.schedule.Schedule`, :class:`~geomtrace.phases.DetectorOptions`,
-:class:`~geomtrace.replay.loading.LoadOptions`) are each declared once, as a frozen dataclass; the
+:class:`~geomtrace.options.Schedule`, :class:`~geomtrace.phases.DetectorOptions`,
+:class:`~geomtrace.options.LoadOptions`) are each declared once, as a frozen dataclass; the
 callbacks, the tracker, ``run_replay`` and the command line take them as objects, and everything
 that lists their fields (the record, the transformers checkpoint state, the command line's
 ``--GROUP.FIELD`` options, the deprecation shim) derives the list from :func:`dataclasses.fields`.

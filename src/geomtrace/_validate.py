@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from geomtrace._jsonio import plain  # the one JSON sanitizer; importable from here as before
 
@@ -43,8 +42,15 @@ __all__ = [
     "as_str",
     "check_fields",
     "coerce_fields",
+    "numpy_module",
     "plain",
 ]
+
+
+def numpy_module() -> Any:
+    """numpy when some module has imported it, else None: no value can then be a numpy one, so
+    options are checked without importing numpy (the command line's ``--help`` stays light)."""
+    return sys.modules.get("numpy")
 
 
 class OptionTypeError(TypeError, ValueError):
@@ -56,7 +62,8 @@ def _given(value: Any) -> str:
 
 
 def _is_bool(value: Any) -> bool:
-    return isinstance(value, (bool, np.bool_))
+    np = numpy_module()
+    return isinstance(value, bool) or (np is not None and isinstance(value, np.bool_))
 
 
 def _to_int(name: str, value: Any, what: str) -> int:
@@ -76,7 +83,8 @@ def _to_int(name: str, value: Any, what: str) -> int:
 def _to_float(name: str, value: Any, what: str) -> float:
     if _is_bool(value) or not isinstance(value, numbers.Real):
         raise OptionTypeError(f"{name} must be {what}, got {_given(value)}")
-    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+    np = numpy_module()
+    if np is not None and isinstance(value, np.floating) and value.dtype.itemsize < 8:
         return float(str(value))  # np.float32(1e-7) is 1e-07 as typed, not 1.0000000116860974e-07
     return float(value)
 
@@ -150,7 +158,9 @@ class Rule:
             if not isinstance(value, str):
                 raise OptionTypeError(f"{name} must be {what}, got {_given(value)}")
             return str(value)
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, np.ndarray)):
+        np = numpy_module()
+        arrays = (Sequence,) if np is None else (Sequence, np.ndarray)
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, arrays):
             raise OptionTypeError(f"{name} must be {what}, got {_given(value)}")
         if kind == "int_pair":
             if len(value) != 2:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, Union
 
 from geomtrace import _signals
-from geomtrace._detector import DetectorOptions  # standard library only: the --detector.* options
+from geomtrace.options import DetectorOptions, LoadOptions, MeasureConfig, ProbeOptions  # no torch, no numpy
 
 __all__ = [
     "build_parser",
@@ -66,33 +66,13 @@ def replay(
     stage: str | None = None,
     shard: str | None = None,
     dry_run: bool = False,
-    layers: Union[int, list[int], str, None] = None,
-    tokens: Literal["last", "mean", "all"] | None = None,
-    batch_size: int | None = None,
-    max_components: int | None = None,
-    fit_range: Union[str, list[int], None] = None,
-    spectrum: Literal["covariance", "singular"] | None = None,
-    autocast: Literal["auto", "off", "bf16", "fp16"] | None = None,
-    skip_first_token: bool = False,
+    measure: Union[MeasureConfig, dict[str, Any], None] = None,
     like: str | None = None,
+    probes: Union[ProbeOptions, dict[str, Any], None] = None,
     probe_file: str | None = None,
     probe_dataset: str | None = None,
-    probe_config: str | None = None,
-    probe_split: str | None = None,
-    probe_column: str | None = None,
-    num_sequences: int | None = None,
-    min_tokens: int | None = None,
-    max_tokens: int | None = None,
-    seed: int | None = None,
-    chat_template: bool = False,
-    system_prompt: str | None = None,
     tokenizer: str | None = None,
-    dtype: Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16", "auto"] | None = None,
-    device: str | None = None,
-    device_map: str | None = None,
-    trust_remote_code: bool = False,
-    model_builder: str | None = None,
-    base_model: str | None = None,
+    load: Union[LoadOptions, dict[str, Any], None] = None,
     output: str | None = None,
     tokens_per_step: int | None = None,
     tensorboard: str | None = None,
@@ -129,38 +109,18 @@ def replay(
         shard: I/N, measure only shard I of N (0-based, round-robin); N independent jobs may write to the same
             --output
         dry_run: list the checkpoints that would be measured and exit
-        layers: last (default: last layer after the final norm), all, or comma indices into hidden_states
-            (0 = embeddings)
-        tokens: which token states per probe (default last)
-        batch_size: probe sequences per forward pass (default 32)
-        max_components: keep at most this many eigenvalues (2048 reproduces the paper's scripts; default: all)
-        fit_range: LO:HI, alpha-ReQ fit ranks, 1-based inclusive (default 12:100)
-        spectrum: RankMe on covariance eigenvalues (paper, default) or singular values
-        autocast: precision of the probe forward: auto (default: the weights' dtype) or autocast to bf16/fp16 with
-            fp32 weights (faster on GPUs; statistics stay fp32/fp64)
-        skip_first_token: with --tokens mean/all: leave out each probe's first token (BOS / attention sink)
+        measure: what to measure (MeasureConfig: --measure.layers last|all|0,6,12, --measure.tokens,
+            --measure.fit_range 12:100, ...; each also as --layers, --fit-range, ...)
         like: measure like RUN: a live history .json (e.g. outputs/pretrain/geometry.json) or a replay output;
-            takes its probe options, measurement options and precision (explicit options win)
+            its recorded measure and probes options and precision are the defaults (explicit options win)
+        probes: the fixed probe set (ProbeOptions: --probes.num_sequences, --probes.text_column, ...; each also
+            as --num-sequences, --probe-column, --probe-split, --probe-config, ...)
         probe_file: .txt (one text per line), .jsonl or .json file of probe texts (UTF-8)
         probe_dataset: hub dataset name, e.g. wikitext
-        probe_config: dataset config, e.g. wikitext-103-raw-v1
-        probe_split: dataset split (default train)
-        probe_column: text field of the dataset or .jsonl file (default text)
-        num_sequences: number of probe sequences (default 1024, at least 2)
-        min_tokens: drop probes shorter than this (default 11)
-        max_tokens: truncate probes to this many tokens (default 128)
-        seed: seed of the probe selection (default 0)
-        chat_template: wrap each probe as a user message in the tokenizer's chat template, measured at the
-            generation prompt (post-trained models; as the callbacks' chat_template=True)
-        system_prompt: system message of --chat-template probes
         tokenizer: tokenizer name or path (default: the first checkpoint's own)
-        dtype: weights dtype (default fp32); features are upcast to fp32 for the statistics
-        device: cpu, cuda, cuda:N or auto (default auto: cuda if available)
-        device_map: from_pretrained device_map, e.g. auto (big models over GPUs)
-        trust_remote_code: allow custom model code
-        model_builder: MODULE:ATTRIBUTE, for Lightning .ckpt: your LightningModule class, or a
-            function(hyper_parameters) -> module (or (module, tokenizer))
-        base_model: base model of PEFT adapter checkpoints (default: the adapter's base_model_name_or_path)
+        load: how checkpoints load (LoadOptions: --load.dtype fp32|bf16|fp16|auto, --load.device cpu|cuda|auto,
+            --load.device_map, --load.trust_remote_code, --load.model_builder MODULE:ATTR, --load.base_model;
+            each also as --dtype, --device, ...)
         output: results folder (required)
         tokens_per_step: tokens = step * N where revisions carry no token count (Pythia: 2097152)
         tensorboard: TensorBoard log dir (default OUT/tensorboard)
@@ -275,6 +235,8 @@ def phases(
 
 
 COMMANDS: dict[str, Callable[..., int]] = {"replay": replay, "plot": plot, "export": export, "phases": phases}
+#: jsonargparse names a subcommand's keys "replay.measure.batch_size": the command is no part of the option.
+COMMANDS_PREFIXES = tuple(f"{name}." for name in COMMANDS)
 _POSITIONAL = {"runs": "*", "run": "?"}
 _SHORT = {"output": "-o", "quiet": "-q"}
 #: Help sections of the replay options (the others list theirs in signature order).
@@ -291,32 +253,8 @@ _GROUPS = {
             "shard",
             "dry_run",
         ),
-        "measurement": (
-            "layers",
-            "tokens",
-            "batch_size",
-            "max_components",
-            "fit_range",
-            "spectrum",
-            "autocast",
-            "skip_first_token",
-            "like",
-        ),
-        "probes (fixed for the whole replay)": (
-            "probe_file",
-            "probe_dataset",
-            "probe_config",
-            "probe_split",
-            "probe_column",
-            "num_sequences",
-            "min_tokens",
-            "max_tokens",
-            "seed",
-            "chat_template",
-            "system_prompt",
-            "tokenizer",
-        ),
-        "loading": ("dtype", "device", "device_map", "trust_remote_code", "model_builder", "base_model", "no_prefetch"),
+        "probe source": ("like", "probe_file", "probe_dataset", "tokenizer"),
+        "loading": ("no_prefetch",),
         "output": (
             "output",
             "tokens_per_step",
@@ -398,7 +336,7 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
 
 def _options_class(kind: Any) -> type | None:
     """The dataclass of an option-set parameter (``DetectorOptions | None``), else None."""
-    candidates = [t for t in typing.get_args(kind) or (kind,) if dataclasses.is_dataclass(t)]
+    candidates = [t for t in typing.get_args(kind) or (kind,) if isinstance(t, type) and dataclasses.is_dataclass(t)]
     return candidates[0] if candidates else None
 
 
@@ -406,22 +344,47 @@ def _options_class(kind: Any) -> type | None:
 #: option that is not given is None too: it leaves the recorded or default value).
 _NONE = "none"
 
+#: The option groups whose fields keep their flat spelling of geomtrace 0.1 as an alias
+#: (``--layers`` is ``--measure.layers``), and the flat names that differ from the field's.
+_FLAT_ALIASES: dict[str, dict[str, str]] = {
+    "measure": {},
+    "probes": {"text_column": "probe_column", "split": "probe_split", "config_name": "probe_config"},
+    "load": {},
+}
+#: Fields that are no command-line option: the probe source is --probe-file or --probe-dataset.
+_NOT_ON_THE_COMMAND_LINE = {("probes", "source")}
+#: Command-line types where the field's own type cannot be parsed from text.
+_COMMAND_LINE_TYPES: dict[tuple[str, str], Any] = {
+    ("measure", "layers"): Union[int, list[int], str, None],
+    ("measure", "fit_range"): Union[str, list[int], None],
+    ("load", "dtype"): Union[Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16", "auto"], None],
+    ("load", "device_map"): Union[str, None],
+    ("load", "model_builder"): Union[str, None],
+}
+
 
 def _add_options_group(parser: Any, name: str, cls: type, help_text: str) -> None:
     """``--NAME.FIELD`` for each field of the option-set dataclass ``cls`` (``--detector.min_points 4``,
-    ``--detector.min-points`` too; ``detector: {min_points: 4}`` in a config file). Each defaults to
-    None, "not given", so that what is given can override a recorded value field by field."""
+    ``--detector.min-points`` too; ``detector: {min_points: 4}`` in a config file, the shape of a
+    run's record). Each defaults to None, "not given", so that what is given can override a recorded
+    value field by field. The groups of :data:`_FLAT_ALIASES` keep their flat spelling too."""
     hints = typing.get_type_hints(cls)
     _, _, helps = _docs(cls)
+    aliases = _FLAT_ALIASES.get(name)
     group = parser.add_argument_group(f"{name} options ({help_text})" if help_text else f"{name} options")
     for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+        if (name, f.name) in _NOT_ON_THE_COMMAND_LINE:
+            continue
+        kind = _COMMAND_LINE_TYPES.get((name, f.name), hints[f.name])
         args = typing.get_args(kind)
         if type(None) in args:  # an option whose value may be None: spelled none
-            kind = Union[(*[t for t in args if t is not type(None)], Literal[_NONE], None)]  # type: ignore[valid-type]
+            kind = Union[tuple([*[t for t in args if t is not type(None)], Literal[_NONE], None])]
         else:
             kind = Union[kind, None]
         flags = [f"--{name}.{f.name}"] + ([f"--{name}.{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        flat = None if aliases is None else aliases.get(f.name, f.name)
+        if flat is not None and hints[f.name] is not bool:
+            flags += [f"--{flat.replace('_', '-')}"] + ([f"--{flat}"] if "_" in flat else [])
         default = _NONE if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default
         group.add_argument(
             *flags,
@@ -430,6 +393,15 @@ def _add_options_group(parser: Any, name: str, cls: type, help_text: str) -> Non
             default=None,
             help=f"{helps.get(f.name, '')} (not given: the run's recorded value, else {default})".strip(),
         )
+        if flat is not None and hints[f.name] is bool:  # a flag, as before: --chat-template
+            group.add_argument(
+                *([f"--{flat.replace('_', '-')}"] + ([f"--{flat}"] if "_" in flat else [])),
+                dest=f"{name}.{f.name}",
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"the same as --{name}.{f.name} true",
+            )
 
 
 def build_parser() -> Any:
@@ -484,12 +456,13 @@ def _one_line_error(message: str, prog: str) -> str:
     given = re.search(r"Given value: (.*)", message)
     choices = re.search(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]", message)
     if key and (expected or choices):
-        name = key.group(1).split(".")[-1]
+        name = key.group(1).split(".", 1)[-1] if key.group(1).startswith(COMMANDS_PREFIXES) else key.group(1)
         command = prog.split()[-1] if " " in prog else ""
-        env = f"{_ENV_PREFIX}_{command.upper()}__{name.upper()}" if command else f"{_ENV_PREFIX}_{name.upper()}"
+        variable = name.upper().replace(".", "__")
+        env = f"{_ENV_PREFIX}_{command.upper()}__{variable}" if command else f"{_ENV_PREFIX}_{variable}"
         wants = " or ".join(expected) if expected else f"one of {choices.group(1).replace(chr(39), '')}"
         got = f", got {given.group(1).strip()!r}" if given else ""
-        return f"--{name.replace('_', '-')} (config key {name}, environment {env}) expects {wants}{got}"
+        return f"--{name} (config key {name}, environment {env}) expects {wants}{got}"
     first = next((line.strip() for line in str(message).splitlines() if line.strip()), str(message))
     return f"{first} (see {prog} --help)"
 
@@ -561,62 +534,64 @@ def like_settings(args: argparse.Namespace) -> Any:
         raise UsageError(f"--like {args.like}: {err}") from err
 
 
-def measure_config(args: argparse.Namespace, like: Any = None) -> Any:
-    """The :class:`~geomtrace.measure.MeasureConfig` of parsed replay options (explicit
-    options over ``--like``'s)."""
-    from geomtrace.measure import MeasureConfig
+def _group(args: argparse.Namespace, name: str, cls: type) -> dict[str, Any]:
+    """The fields of option group ``name`` given explicitly (``--measure.layers``, ``--layers``, a
+    config file's ``measure:``), ``none`` as None; from Python, an option object's fields or a dict."""
+    value = getattr(args, name, None)
+    if isinstance(value, cls):
+        given = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+    elif value is None:
+        given = {}
+    elif isinstance(value, (Mapping, argparse.Namespace)):
+        items = vars(value) if isinstance(value, argparse.Namespace) else dict(value)
+        unknown = cls.unknown_names(items)  # type: ignore[attr-defined]
+        if unknown:
+            raise UsageError(unknown)
+        given = {k: (None if v == _NONE else v) for k, v in items.items() if v is not None}
+    else:
+        raise UsageError(f"--{name}: expected {name} options, got {value!r}")
+    return given
 
-    given = {
-        "layers": None if args.layers is None else _layers(args.layers),
-        "tokens": args.tokens,
-        "skip_first_token": getattr(args, "skip_first_token", None) or None,  # a flag: only ever turns it on
-        "batch_size": args.batch_size,
-        "max_components": args.max_components,
-        "fit_range": _fit_range(args.fit_range),
-        "spectrum": args.spectrum,
-        "autocast": args.autocast,
-    }
+
+def measure_config(args: argparse.Namespace, like: Any = None) -> MeasureConfig:
+    """The :class:`~geomtrace.measure.MeasureConfig` of parsed replay options: the reference run's
+    recorded options (``--like``) with the explicit ones over them."""
+    given = _group(args, "measure", MeasureConfig)
+    if given.get("layers") is not None:
+        given["layers"] = _layers(given["layers"])
+    if given.get("fit_range") is not None:
+        given["fit_range"] = _fit_range(given["fit_range"])
     base = dict(like.measure, **({"autocast": like.autocast} if like.autocast else {})) if like else {}
-    config = MeasureConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
     try:
+        config = MeasureConfig(**{**base, **given})
         config.validate()
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from err
     return config
 
 
-def probe_options(args: argparse.Namespace, like: Any = None) -> Any:
-    """The :class:`~geomtrace.replay.runner.ProbeOptions` of parsed replay options (explicit
-    options over ``--like``'s)."""
-    from geomtrace.replay.runner import ProbeOptions
-
-    if args.probe_file and args.probe_dataset:
+def probe_options(args: argparse.Namespace, like: Any = None) -> ProbeOptions:
+    """The :class:`~geomtrace.probes.ProbeOptions` of parsed replay options: the reference run's
+    recorded options (``--like``) with the explicit ones over them."""
+    probe_file, probe_dataset = getattr(args, "probe_file", None), getattr(args, "probe_dataset", None)
+    if probe_file and probe_dataset:
         raise UsageError("give either --probe-file or --probe-dataset, not both")
-    if args.probe_file and not Path(args.probe_file).is_file():
-        raise UsageError(f"probe file not found: {args.probe_file}")
-    source = args.probe_file or args.probe_dataset
+    if probe_file and not Path(probe_file).is_file():
+        raise UsageError(f"probe file not found: {probe_file}")
+    given = _group(args, "probes", ProbeOptions)
+    source = probe_file or probe_dataset
+    if source is not None:
+        given["source"] = source
     if like and like.missing_source and source is None:
         raise UsageError(
             f"--like: the reference run's probes came from {like.missing_source}, which its record cannot rebuild: "
             "give the same texts with --probe-file (or --probe-dataset)"
         )
-    given = {
-        "source": source,
-        "num_sequences": args.num_sequences,
-        "min_tokens": args.min_tokens,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-        "text_column": args.probe_column,
-        "split": args.probe_split,
-        "config_name": args.probe_config,
-        "chat_template": args.chat_template or None,  # a flag: only ever turns it on
-        "system_prompt": args.system_prompt,
-    }
     base = dict(like.probe_options) if like else {}
-    options = ProbeOptions(**{**base, **{k: v for k, v in given.items() if v is not None}})
     try:
+        options = ProbeOptions(**{**base, **given})
         options.validate()
-    except ValueError as err:  # name the command-line options
+    except (TypeError, ValueError) as err:  # name the command-line options
         message = (
             str(err)
             .replace("num_sequences", "--num-sequences")
@@ -626,31 +601,34 @@ def probe_options(args: argparse.Namespace, like: Any = None) -> Any:
     return options
 
 
-def _check_loading(args: argparse.Namespace) -> None:
-    """Fail before any checkpoint loads on a dtype or device that every load would reject
-    (config files bypass argparse's choices)."""
-    from geomtrace.replay.sources import resolve_dtype
-
-    resolve_dtype(args.dtype or "float32")  # ValueError names the accepted dtypes
-    device = str(args.device or "auto")
-    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    if device.startswith("cuda") and not args.dry_run:
+def load_options(args: argparse.Namespace, like: Any = None) -> LoadOptions:
+    """The :class:`~geomtrace.replay.LoadOptions` of parsed replay options (the reference run's
+    dtype under ``--like``), checked before any checkpoint loads: a dtype or device every load would
+    reject fails now (config files bypass argparse's choices)."""
+    given = _group(args, "load", LoadOptions)
+    if given.get("dtype") is None and like and like.dtype:
+        given["dtype"] = like.dtype
+    try:
+        options = LoadOptions(**given)
+        options.validate()
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err).replace("device must", "--device must")) from err
+    if options.device.startswith("cuda") and not getattr(args, "dry_run", False):
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device is available here (use --device cpu or auto)")
-    if args.tokens_per_step is not None and args.tokens_per_step < 1:
-        raise UsageError(f"--tokens-per-step must be a positive number of tokens, got {args.tokens_per_step}")
-    if args.model_builder:
-        from geomtrace.replay.sources import _resolve_builder
+            raise UsageError(f"--device {options.device}: no CUDA device is available here (use --device cpu or auto)")
+    builder = options.model_builder
+    if isinstance(builder, str):
+        from geomtrace.replay.sources import resolve_builder
 
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # console scripts do not put the cwd on sys.path
         try:
-            _resolve_builder(args.model_builder)
+            resolve_builder(builder)
         except (ImportError, AttributeError, ValueError) as err:
-            raise UsageError(f"--model-builder {args.model_builder}: {type(err).__name__}: {err}") from err
+            raise UsageError(f"--model-builder {builder}: {type(err).__name__}: {err}") from err
+    return options
 
 
 def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]:
@@ -712,8 +690,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     like = like_settings(args)
     config = measure_config(args, like)
     options = probe_options(args, like)
-    dtype = args.dtype or (like.dtype if like and like.dtype else "float32")
-    _check_loading(args)
+    load = load_options(args, like)
+    if args.tokens_per_step is not None and args.tokens_per_step < 1:
+        raise UsageError(f"--tokens-per-step must be a positive number of tokens, got {args.tokens_per_step}")
     ckpts, total = replay_checkpoints(args)
     if args.dry_run:
         for c in ckpts:
@@ -723,20 +702,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not ckpts:
         print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
         return 0
-    memorization = memorization_probe(args, trust_remote_code=bool(args.trust_remote_code))
+    memorization = memorization_probe(args, config, trust_remote_code=load.trust_remote_code)
     tensorboard = None if args.no_tensorboard else (args.tensorboard or os.path.join(args.output, "tensorboard"))
     summary = run_replay(
         ckpts,
         args.output,
-        config=config,
-        probe_options=options,
-        dtype=dtype,
-        device=args.device or "auto",
-        device_map=args.device_map,
-        trust_remote_code=bool(args.trust_remote_code),
+        measure=config,
+        probes=options,
+        load=load,
         tokenizer=args.tokenizer,
-        model_builder=args.model_builder,
-        base_model=args.base_model,
         tokens_per_step=args.tokens_per_step or (like.tokens_per_step if like else None),
         tensorboard_dir=tensorboard,
         tensorboard_spectra=bool(args.tensorboard_spectra),
@@ -751,7 +725,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False) -> Any:
+def memorization_probe(args: argparse.Namespace, config: Any = None, trust_remote_code: bool = False) -> Any:
     """The :class:`~geomtrace.memorization.MemorizationProbe` of parsed replay options, or None."""
     source = args.index or args.infini_gram_api
     memorization_only = (args.qa_limit, args.index_tokenizer, args.zero_probability, args.memorization_name)
@@ -802,8 +776,8 @@ def memorization_probe(args: argparse.Namespace, trust_remote_code: bool = False
         name=args.memorization_name,
         index_tokenizer=index_tokenizer,
         zero_probability=args.zero_probability or "unscorable",
-        batch_size=args.batch_size or 32,
-        autocast=args.autocast or "auto",
+        batch_size=config.batch_size if config is not None else 32,
+        autocast=config.autocast if config is not None else "auto",
     )
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
 from geomtrace._optional import require
+from geomtrace.options import LayerSelection, TokenSelection
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import PreTrainedModel
@@ -41,8 +42,6 @@ __all__ = [
     "unwrap_model",
 ]
 
-LayerSelection = str | int | Sequence[int]
-TokenSelection = Literal["last", "mean", "all"]
 
 _TOKEN_MODES = ("last", "mean", "all")
 # Attribute names of the decoder-layer list across HF families (Llama/OLMo/NeoX: layers, GPT-2: h).

@@ -25,13 +25,11 @@ from torch import Tensor
 
 from geomtrace._validate import OptionTypeError, Rule, _is_bool, as_int_pair
 from geomtrace._warnings import warn
+from geomtrace.options import DEFAULT_EPS, DEFAULT_FIT_RANGE
 
 _FLOAT = Rule("float")
 
-#: The paper's fit range for alpha-ReQ: ranks 12 to 100 (1-based, inclusive).
-DEFAULT_FIT_RANGE: tuple[int, int] = (12, 100)
-#: The epsilon the paper's RankMe adds to every normalised eigenvalue.
-DEFAULT_EPS: float = 1e-7
+# DEFAULT_FIT_RANGE (the paper's ranks 12..100) and DEFAULT_EPS are declared with the options.
 #: A power-law fit on fewer points than this is not reported (NaN).
 MIN_FIT_POINTS: int = 5
 

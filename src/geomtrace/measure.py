@@ -12,31 +12,26 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from geomtrace import functional as F
 from geomtrace._distributed import rank_and_world_size
-from geomtrace._options import OptionSet
-from geomtrace._validate import Rule, check_fields, coerce_fields
 from geomtrace._warnings import warn
 from geomtrace.features import (
-    FeatureSpec,
-    LayerSelection,
-    TokenSelection,
     extract_features,
     find_causal_lm,
     num_hidden_layers,
     resolve_layers,
 )
 from geomtrace.metrics import Geometry, GeometrySummary
+from geomtrace.options import AUTOCAST_CHOICES, AutocastSetting, MeasureConfig
 from geomtrace.probes import ProbeSet
 
 __all__ = [
@@ -64,114 +59,7 @@ RESERVED_NAMES: frozenset[str] = frozenset(
 )
 _NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
-#: Precision settings of the probe forward (:attr:`MeasureConfig.autocast`).
-AutocastSetting = Literal["auto", "off", "bf16", "fp16"]
-AUTOCAST_CHOICES: tuple[str, ...] = get_args(AutocastSetting)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# What a MeasureConfig field changes (``metadata["changes"]``): the values (runs that differ in one
-# are not comparable), only the speed (round-off at most), or the forward's precision (recorded
-# apart, as the provenance's ``precision``).
-_VALUES = {"changes": "values"}
-_SPEED = {"changes": "speed"}
-_PRECISION = {"changes": "precision"}
-
-
-@dataclass(frozen=True)
-class MeasureConfig(OptionSet):
-    """How to measure: which states, how many per forward, which conventions.
-
-    Each field says in its ``metadata["changes"]`` what it changes: ``"values"`` (layers, tokens,
-    conventions: :meth:`identity_fields`), ``"speed"`` (batch size, buffering, padding:
-    :meth:`speed_fields`) or ``"precision"`` (``autocast``). Everything that compares runs (the
-    tracker's provenance check, replay's output identity, ``--like``, ``plot``'s warning) derives
-    its field list from this.
-
-    Attributes:
-        layers: ``"last"`` (post final norm, default), ``"all"``, an index or a list of
-            indices into ``hidden_states`` (0 = embeddings).
-        tokens: ``"last"`` (last real token of each probe, default), ``"mean"`` or ``"all"``.
-        skip_first_token: leave out the first real token for ``tokens="all"``/``"mean"``.
-        batch_size: probe sequences per forward pass.
-        spectrum: RankMe on ``"covariance"`` eigenvalues (paper) or ``"singular"`` values.
-        eps: RankMe epsilon.
-        fit_range: alpha-ReQ ranks (1-based, inclusive).
-        max_components: keep at most this many eigenvalues (paper's scripts: 2048).
-        rows_per_update: feature rows buffered per layer before a covariance update, so a
-            few last-token rows per batch still make a matmul worth its d^2 merge.
-        padding_side: how probe batches are padded (features do not depend on it).
-        autocast: precision of the probe forward. ``"auto"`` (default) keeps the caller's
-            context: the callbacks run the probes under the trainer's own mixed precision,
-            replay in the weights' dtype. ``"bf16"``/``"fp16"`` autocast the forward to that
-            dtype whatever the trainer does (cheaper probes for an fp32 run); ``"off"``
-            disables autocast (the model's own dtype, e.g. fp32 probes in a bf16-mixed run).
-            The statistics are fp32/fp64 in every case.
-    """
-
-    group = "measure"
-
-    layers: LayerSelection = field(default="last", metadata=_VALUES)
-    tokens: TokenSelection = field(default="last", metadata=_VALUES)
-    skip_first_token: bool = field(default=False, metadata=_VALUES)
-    batch_size: int = field(default=32, metadata=_SPEED)
-    spectrum: Literal["covariance", "singular"] = field(default="covariance", metadata=_VALUES)
-    eps: float = field(default=F.DEFAULT_EPS, metadata=_VALUES)
-    fit_range: tuple[int, int] = field(default=F.DEFAULT_FIT_RANGE, metadata=_VALUES)
-    max_components: int | None = field(default=None, metadata=_VALUES)
-    rows_per_update: int = field(default=2048, metadata=_SPEED)
-    padding_side: Literal["left", "right"] = field(default="right", metadata=_SPEED)
-    autocast: AutocastSetting = field(default="auto", metadata=_PRECISION)
-
-    def __post_init__(self) -> None:
-        # Types at construction (plain Python values: the record is JSON); ranges in validate().
-        object.__setattr__(self, "layers", _coerce_layers(self.layers))
-        coerce_fields(self, _CONFIG_RULES)
-
-    @property
-    def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec(layers=self.layers, tokens=self.tokens, skip_first_token=self.skip_first_token)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` with a clear message on a bad option."""
-        self.feature_spec.validate()
-        check_fields(self, _CONFIG_RULES)
-        F.validate_eps(self.eps)
-
-    @classmethod
-    def identity_fields(cls) -> tuple[str, ...]:
-        """The fields that change the values: runs that differ in one are not comparable."""
-        return tuple(f.name for f in fields(cls) if f.metadata.get("changes") == "values")
-
-    @classmethod
-    def speed_fields(cls) -> tuple[str, ...]:
-        """The fields that change only the speed (round-off at most): a replay with other values
-        of these continues an output instead of conflicting with it."""
-        return tuple(f.name for f in fields(cls) if f.metadata.get("changes") == "speed")
-
-
-#: One rule per option of :class:`MeasureConfig` (``layers`` and ``eps`` have their own checks).
-_CONFIG_RULES: dict[str, Rule] = {
-    "tokens": Rule("str"),  # the choices: FeatureSpec.validate
-    "skip_first_token": Rule("bool"),
-    "batch_size": Rule("int", minimum=1, example="32"),
-    "spectrum": Rule("str", choices=("covariance", "singular")),
-    "eps": Rule("float"),  # the range: functional.validate_eps
-    "fit_range": Rule("int_pair", minimum=1, example="(12, 100), 1-based ranks"),
-    "max_components": Rule("int", minimum=1, optional=True, example="2048"),
-    "rows_per_update": Rule("int", minimum=1, example="2048"),
-    "padding_side": Rule("str", choices=("left", "right")),
-    "autocast": Rule("str", choices=AUTOCAST_CHOICES, example="'auto', which follows the trainer's precision"),
-}
-
-
-def _coerce_layers(layers: Any) -> Any:
-    """``"last"``/``"all"`` as is, an index or indices as plain ints (a list becomes a tuple)."""
-    if isinstance(layers, (str, np.str_)):
-        return str(layers)
-    if isinstance(layers, (Sequence, np.ndarray)) and not isinstance(layers, bytes):
-        return Rule("ints", example="[0, 6, 12]")("layers", layers)
-    return Rule("int", example="-1, or 'last', 'all', a list of ints")("layers", layers)
 
 
 def value_fields() -> tuple[str, ...]:

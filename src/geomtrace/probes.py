@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,8 @@ import torch
 from torch import Tensor
 
 from geomtrace._optional import require
-from geomtrace._options import OptionSet
-from geomtrace._validate import Rule, check_fields, coerce_fields
 from geomtrace._warnings import warn
+from geomtrace.options import PROBE_OPTION_RULES, ProbeOptions, check_probe_lengths
 
 __all__ = [
     "PROBE_OPTION_RULES",
@@ -154,95 +153,6 @@ class ProbeSet:
             digest.update(np.asarray(seq, dtype=np.int64).tobytes())
             digest.update(b"|")  # separator: [1, 2] + [3] differs from [1] + [2, 3]
         return digest.hexdigest()[:16]
-
-
-#: One rule per probe option, shared by :func:`load_probes` and :class:`ProbeOptions`.
-PROBE_OPTION_RULES: dict[str, Rule] = {
-    "num_sequences": Rule("int", minimum=1, example="1024"),
-    "min_tokens": Rule("int", minimum=1, example="11"),
-    "max_tokens": Rule("int", minimum=1, example="128"),
-    "seed": Rule("int", minimum=0, example="0"),
-    "chat_template": Rule("bool"),
-    "text_column": Rule("str", example="'text'"),
-    "split": Rule("str", example="'train'"),
-    "config_name": Rule("str", optional=True, example="'wikitext-103-raw-v1'"),
-    "system_prompt": Rule("str", optional=True, nonempty=False, example="'You are a helpful assistant.'"),
-}
-
-
-@dataclass(frozen=True)
-class ProbeOptions(OptionSet):
-    """How a probe set is built (the one declaration: the callbacks, the tracker, ``run_replay``
-    and ``geomtrace replay --probes.*`` take it; the record keeps :meth:`to_dict`).
-
-    Attributes:
-        source: ``None`` (the embedded corpus), texts, a ``.txt``/``.jsonl``/``.json`` path, a
-            ``datasets`` dataset or a hub dataset name (see :func:`load_probes`).
-        num_sequences: how many probe sequences (at least 2; the paper: 1024).
-        min_tokens: keep texts with at least this many tokens (11: "more than 10").
-        max_tokens: truncate longer sequences to this many tokens.
-        seed: seed of the shuffle that picks the sequences.
-        chat_template: wrap each text as a user turn of the tokenizer's chat template, measured
-            at the generation prompt (probes for post-trained models).
-        text_column: the text field of a dataset or ``.jsonl`` file.
-        split: dataset split of a hub name or ``DatasetDict``.
-        config_name: dataset config of a hub name, e.g. ``"wikitext-103-raw-v1"``.
-        system_prompt: the system message of chat probes (with ``chat_template=True``).
-    """
-
-    group = "probes"
-
-    source: Any = field(default=None, metadata={"flat": "probe_source"})
-    num_sequences: int = 1024
-    min_tokens: int = 11
-    max_tokens: int = 128
-    seed: int = 0
-    chat_template: bool = False
-    text_column: str = "text"
-    split: str = "train"
-    config_name: str | None = None
-    system_prompt: str | None = None
-
-    def __post_init__(self) -> None:
-        coerce_fields(self, PROBE_OPTION_RULES)  # types now, as plain Python values (the record is JSON)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` on options that cannot give a probe set (before any tokenizing)."""
-        if self.num_sequences < 2:
-            raise ValueError(
-                f"num_sequences must be an int >= 2 (a spectrum needs 2 samples), got {self.num_sequences!r}"
-            )
-        check_fields(self, PROBE_OPTION_RULES)
-        check_probe_lengths(self.min_tokens, self.max_tokens)
-        if self.system_prompt is not None and not self.chat_template:
-            raise ValueError("system_prompt is the system message of chat probes: set chat_template (--chat-template)")
-
-    def build(self, tokenizer: Any) -> ProbeSet:
-        """Tokenize the probe set described by these options (once; deterministic)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: no deep copy
-        return load_probes(tokenizer, kwargs.pop("source"), **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready options. A local file is recorded by its absolute path (a record read from
-        another folder finds it); a source JSON cannot hold (texts, a Dataset) is described, not kept."""
-        out = super().to_dict()
-        source = self.source
-        if source is None or isinstance(source, (str, os.PathLike)):
-            path = None if source is None else Path(source)
-            out["source"] = None if path is None else os.fspath(path.resolve() if path.is_file() else source)
-        else:
-            size = f" of {len(source)}" if hasattr(source, "__len__") else ""
-            out["source"] = f"<{type(source).__name__}{size} (in memory, not recorded)>"
-        return out
-
-
-def check_probe_lengths(min_tokens: int, max_tokens: int) -> None:
-    """``min_tokens <= max_tokens`` (each already checked by its rule)."""
-    if max_tokens < min_tokens:
-        raise ValueError(
-            f"need min_tokens <= max_tokens, got min_tokens={min_tokens}, max_tokens={max_tokens}: sequences are "
-            "cut to max_tokens, so none could have min_tokens"
-        )
 
 
 def load_probes(

@@ -42,9 +42,9 @@ from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, max_positions, measure_geometry, validate_extra_metrics
 from geomtrace.memorization.live import LiveMemorization
 from geomtrace.memorization.probe import MemorizationProbe
+from geomtrace.options import Schedule
 from geomtrace.phases import DetectorOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
-from geomtrace.schedule import Schedule
 
 __all__ = [
     "OPTION_SETS",
@@ -111,7 +111,7 @@ class GeometryTracker:
     """Schedules measurements, keeps their history and the phase; never raises unless ``strict``.
 
     Args:
-        schedule: when to measure (:class:`~geomtrace.schedule.Schedule`: every_n_steps,
+        schedule: when to measure (:class:`~geomtrace.options.Schedule`: every_n_steps,
             extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
             ``every_n_steps``.
         measure: what and how to measure (:class:`~geomtrace.measure.MeasureConfig`).

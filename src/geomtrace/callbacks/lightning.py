@@ -14,9 +14,9 @@ from geomtrace._warnings import warn
 from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.measure import MeasureConfig
 from geomtrace.memorization.probe import MemorizationProbe
+from geomtrace.options import Schedule
 from geomtrace.phases import DetectorOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
-from geomtrace.schedule import Schedule
 from geomtrace.tracking import (
     GeometryTracker,
     Measurement,
@@ -53,7 +53,7 @@ class GeometryMonitor(Callback):
     Args:
         tokenizer: tokenizer for the probes. Default: ``pl_module.tokenizer`` or
             ``trainer.datamodule.tokenizer``.
-        schedule: when to measure, a :class:`~geomtrace.schedule.Schedule` (every_n_steps,
+        schedule: when to measure, a :class:`~geomtrace.options.Schedule` (every_n_steps,
             extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
             ``every_n_steps`` (``GeometryMonitor(tok, 100)``).
         measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,

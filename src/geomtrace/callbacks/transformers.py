@@ -39,9 +39,9 @@ from geomtrace._warnings import warn
 from geomtrace.callbacks._tensorboard import write_text_and_figures
 from geomtrace.measure import MeasureConfig
 from geomtrace.memorization.probe import MemorizationProbe
+from geomtrace.options import Schedule
 from geomtrace.phases import DetectorOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
-from geomtrace.schedule import Schedule
 from geomtrace.tracking import (
     GeometryTracker,
     Measurement,
@@ -79,7 +79,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
     gets ``geometry/eigenspectrum`` figures and the phase as text.
 
     Args:
-        schedule: when to measure, a :class:`~geomtrace.schedule.Schedule` (every_n_steps,
+        schedule: when to measure, a :class:`~geomtrace.options.Schedule` (every_n_steps,
             extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
             ``every_n_steps`` (``GeometryCallback(100)``).
         measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,

@@ -10,8 +10,8 @@
 Nothing here imports transformers at import time.
 """
 
+from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions
-from geomtrace.replay.load_options import LoadOptions
 from geomtrace.replay.results import Trajectory, load_trajectory
 from geomtrace.replay.runner import ReplaySummary, build_records, run_replay
 from geomtrace.replay.sources import (

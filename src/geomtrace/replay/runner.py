@@ -29,8 +29,8 @@ from geomtrace._distributed import rank_and_world_size
 from geomtrace._options import legacy_options, option_set
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
+from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
-from geomtrace.replay.load_options import LoadOptions
 from geomtrace.replay.prefetch import CheckpointLoader
 from geomtrace.replay.sources import (
     Checkpoint,
@@ -596,7 +596,7 @@ def run_replay(
             :class:`~geomtrace.probes.ProbeOptions` to build one (default: 1024 sequences of the
             embedded corpus), once, with ``tokenizer`` or, failing that, the first checkpoint's
             tokenizer that loads; kept fixed. At least 2 sequences.
-        load: how each checkpoint is loaded (:class:`~geomtrace.replay.load_options.LoadOptions`:
+        load: how each checkpoint is loaded (:class:`~geomtrace.options.LoadOptions`:
             dtype, device, device_map, trust_remote_code, model_builder, base_model).
         tokenizer: a tokenizer object or a name/path to load one from.
         tokens_per_step: fill ``tokens = step * tokens_per_step`` where the revision name has
