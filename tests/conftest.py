@@ -1,9 +1,14 @@
-"""Test-wide settings: never touch the network, keep hub caches in a tmp dir."""
+"""Test-wide settings and shared fixtures.
+
+Settings: never touch the network, keep hub caches in a tmp dir, and let worker scripts that run
+as subprocesses (tests/workers/) import the helper modules of tests/ by name (PYTHONPATH).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 # Set before transformers / datasets / huggingface_hub are imported anywhere.
 _HF_HOME = tempfile.mkdtemp(prefix="geomtrace-hf-home-")
@@ -14,6 +19,9 @@ os.environ["HF_HOME"] = _HF_HOME
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+# pyproject's `pythonpath` puts tests/ on this process's sys.path; subprocesses get it from here.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([_TESTS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -25,3 +33,4 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def hf_home() -> str:
     """The tmp HF_HOME used for the whole test session (fake hub caches go under it)."""
     return _HF_HOME
+

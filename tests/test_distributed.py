@@ -24,11 +24,8 @@ def free_port() -> int:
 
 
 def single_process_reference() -> dict:
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from metrics_ddp import extreme_features, features
-    finally:
-        sys.path.pop(0)
+    from metrics_ddp import extreme_features, features  # tests/workers/ is on sys.path (pyproject's pythonpath)
+
     metrics = MetricCollection({"rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
     metrics.update(features())
     out = metrics.compute()

@@ -130,11 +130,8 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from memorization_ddp import worker_model, worker_pairs
-    finally:
-        sys.path.pop(0)
+    from memorization_ddp import worker_model, worker_pairs  # tests/workers/ is on sys.path (pyproject's pythonpath)
+
     for n in (7, 1):
         reference = answer_logprobs(worker_model(), worker_pairs(n), batch_size=2)
         for rank in (0, 1):
