@@ -2,6 +2,7 @@
 
 Settings: never touch the network, keep hub caches in a tmp dir, and let worker scripts that run
 as subprocesses (tests/workers/) import the helper modules of tests/ by name (PYTHONPATH).
+Fixtures: the tiny tokenizer, trained once per session (``tokenizer``, ``make_tokenizer``).
 """
 
 from __future__ import annotations
@@ -34,3 +35,20 @@ def hf_home() -> str:
     """The tmp HF_HOME used for the whole test session (fake hub caches go under it)."""
     return _HF_HOME
 
+
+@pytest.fixture(scope="session")
+def make_tokenizer():
+    """``make_tokenizer(texts=None, vocab_size=2048, **options)``: a fresh tiny BPE tokenizer.
+
+    :func:`geomtrace.tiny.train_bpe_tokenizer` trains once per (texts, vocab size) and process and
+    each call returns a new object: use this for another vocabulary, or for one to modify.
+    """
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    return train_bpe_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer(make_tokenizer):
+    """The tiny tokenizer of the embedded corpus (vocab 2048), shared by the whole session: don't modify it."""
+    return make_tokenizer()

@@ -24,18 +24,10 @@ from geomtrace import GeometryWarning
 from geomtrace.callbacks import GeometryMonitor
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
-from geomtrace.tiny import train_bpe_tokenizer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from lightning_helpers import TinyLM, read_scalars, token_loader  # noqa: E402
-from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents  # noqa: E402
+from lightning_helpers import TinyLM, read_scalars, token_loader
+from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents
 
 PROBES = 48
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer()
 
 
 def trainer(tmp_path, callbacks, max_steps=6, loggers=None, **kwargs) -> L.Trainer:

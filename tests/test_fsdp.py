@@ -12,7 +12,7 @@ import pytest
 
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
-from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+from geomtrace.tiny import build_tiny_model
 
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch FSDP")
 WORKER = Path(__file__).parent / "workers" / "fsdp_measure.py"
@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_fsdp2_sharded_model_matches_single_process(tmp_path):
+def test_fsdp2_sharded_model_matches_single_process(tmp_path, tokenizer):
     from torch.distributed import fsdp
 
     if not hasattr(fsdp, "fully_shard"):
@@ -35,7 +35,6 @@ def test_fsdp2_sharded_model_matches_single_process(tmp_path):
         [sys.executable, str(WORKER), str(out), str(free_port())], capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tokenizer = train_bpe_tokenizer()
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=64)
     single = measure_geometry(model, load_probes(tokenizer, num_sequences=33), MeasureConfig(batch_size=8)).last
     for rank in (0, 1):
