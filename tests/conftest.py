@@ -2,12 +2,14 @@
 
 Settings: never touch the network, keep hub caches in a tmp dir, and let worker scripts that run
 as subprocesses (tests/workers/) import the helper modules of tests/ by name (PYTHONPATH).
-Fixtures: the tiny tokenizer, trained once per session (``tokenizer``, ``make_tokenizer``).
+Fixtures: the tiny tokenizer, trained once per session (``tokenizer``, ``make_tokenizer``), and a
+``free_port`` for distributed subprocesses.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -52,3 +54,11 @@ def make_tokenizer():
 def tokenizer(make_tokenizer):
     """The tiny tokenizer of the embedded corpus (vocab 2048), shared by the whole session: don't modify it."""
     return make_tokenizer()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: the MASTER_PORT of a test's distributed subprocess."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

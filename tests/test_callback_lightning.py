@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -299,17 +298,11 @@ def test_model_without_hf_lm_or_bad_layers_fails_before_training(tmp_path, token
         )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
+def test_ddp_two_processes_match_single_process(tmp_path, tokenizer, free_port):
     worker = Path(__file__).parent / "workers" / "lightning_ddp.py"
     out = tmp_path / "ddp.json"
-    env = {**__import__("os").environ, "MASTER_PORT": str(free_port()), "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "MASTER_PORT": str(free_port), "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run([sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads(out.read_text())

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -469,13 +468,7 @@ def test_model_without_hf_lm_fails_once_and_model_getter_fixes_it(tokenizer, tmp
 
 
 # -------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_torchrun_ddp_matches_single_process(tokenizer, tmp_path):
+def test_torchrun_ddp_matches_single_process(tokenizer, tmp_path, free_port):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb"), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -488,7 +481,7 @@ def test_torchrun_ddp_matches_single_process(tokenizer, tmp_path):
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port),
             str(WORKER),
             str(tmp_path),
         ],
