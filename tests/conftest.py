@@ -1,9 +1,17 @@
-"""Test-wide settings: never touch the network, keep hub caches in a tmp dir."""
+"""Test-wide settings and shared fixtures.
+
+Settings: never touch the network, keep hub caches in a tmp dir, and let worker scripts that run
+as subprocesses (tests/workers/) import the helper modules of tests/ by name (PYTHONPATH).
+Fixtures: the tiny tokenizer, trained once per session (``tokenizer``, ``make_tokenizer``), and a
+``free_port`` for distributed subprocesses.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+from pathlib import Path
 
 # Set before transformers / datasets / huggingface_hub are imported anywhere.
 _HF_HOME = tempfile.mkdtemp(prefix="geomtrace-hf-home-")
@@ -14,6 +22,9 @@ os.environ["HF_HOME"] = _HF_HOME
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+# pyproject's `pythonpath` puts tests/ on this process's sys.path; subprocesses get it from here.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([_TESTS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -25,3 +36,29 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def hf_home() -> str:
     """The tmp HF_HOME used for the whole test session (fake hub caches go under it)."""
     return _HF_HOME
+
+
+@pytest.fixture(scope="session")
+def make_tokenizer():
+    """``make_tokenizer(texts=None, vocab_size=2048, **options)``: a fresh tiny BPE tokenizer.
+
+    :func:`geomtrace.tiny.train_bpe_tokenizer` trains once per (texts, vocab size) and process and
+    each call returns a new object: use this for another vocabulary, or for one to modify.
+    """
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    return train_bpe_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer(make_tokenizer):
+    """The tiny tokenizer of the embedded corpus (vocab 2048), shared by the whole session: don't modify it."""
+    return make_tokenizer()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: the MASTER_PORT of a test's distributed subprocess."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

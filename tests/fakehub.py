@@ -25,13 +25,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 __all__ = ["make_fake_hub_model", "tiny_tokenizer", "tiny_config", "build_tiny_model", "hub_repo_dir"]
-
-_SPECIALS = ["<|endoftext|>", "<|pad|>"]
 
 
 def hub_repo_dir(hf_home: str | os.PathLike, repo_id: str) -> Path:
@@ -54,50 +51,25 @@ def _corpus_lines(n: int = 400) -> list[str]:
     return [f"{base} {i} {base[::-1]}" for i in range(n)]
 
 
-@lru_cache(maxsize=4)
-def _tokenizer_json(vocab_size: int) -> str:
-    """Serialized tiny byte-level BPE (trained once per process and vocab size)."""
-    try:  # prefer the project's own helper when it exists
-        from geomtrace.tiny import train_bpe_tokenizer  # type: ignore[attr-defined]
-    except Exception:
-        train_bpe_tokenizer = None
-    if train_bpe_tokenizer is not None:
-        try:
-            tok = train_bpe_tokenizer(_corpus_lines(), vocab_size=vocab_size)
-            backend = getattr(tok, "backend_tokenizer", tok)
-            return backend.to_str()
-        except Exception:
-            pass  # fall back to our own below
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(_SPECIALS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus_lines(), trainer=trainer)
-    return tok.to_str()
-
-
 def tiny_tokenizer(vocab_size: int = 512) -> Any:
-    """A ``PreTrainedTokenizerFast`` (byte-level BPE) with eos/pad set."""
+    """A hub-style ``PreTrainedTokenizerFast`` (byte-level BPE, eos/bos/unk/pad set, no chat template).
+
+    The vocabulary fits the fake hub's models (512); the training is
+    :func:`geomtrace.tiny.train_bpe_tokenizer`'s (once per process, on a few hundred pydoc lines).
+    """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer.from_str(_tokenizer_json(vocab_size))
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    from geomtrace.tiny import train_bpe_tokenizer
+
+    trained = train_bpe_tokenizer(_corpus_lines(), vocab_size=vocab_size)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(trained.backend_tokenizer.to_str()),
         eos_token="<|endoftext|>",
         bos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         pad_token="<|pad|>",
     )
-    return tok
 
 
 def tiny_config(arch: str = "gpt_neox", hidden_size: int = 64, vocab_size: int = 512) -> Any:

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,10 @@ from geomtrace import GeometryWarning
 from geomtrace.callbacks import GeometryMonitor
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
-from geomtrace.tiny import train_bpe_tokenizer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from lightning_helpers import TinyLM, read_scalars, token_loader  # noqa: E402
-from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents  # noqa: E402
+from lightning_helpers import TinyLM, read_scalars, token_loader
+from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents
 
 PROBES = 48
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer()
 
 
 def trainer(tmp_path, callbacks, max_steps=6, loggers=None, **kwargs) -> L.Trainer:
@@ -307,17 +298,11 @@ def test_model_without_hf_lm_or_bad_layers_fails_before_training(tmp_path, token
         )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(tmp_path, tokenizer):
+def test_ddp_two_processes_match_single_process(tmp_path, tokenizer, free_port):
     worker = Path(__file__).parent / "workers" / "lightning_ddp.py"
     out = tmp_path / "ddp.json"
-    env = {**__import__("os").environ, "MASTER_PORT": str(free_port()), "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "MASTER_PORT": str(free_port), "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run([sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads(out.read_text())

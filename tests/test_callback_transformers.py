@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,11 @@ from geomtrace._warnings import GeometryWarning  # noqa: E402
 from geomtrace.callbacks.transformers import GeometryCallback  # noqa: E402
 from geomtrace.measure import MeasureConfig, measure_geometry  # noqa: E402
 from geomtrace.probes import load_probes  # noqa: E402
-from geomtrace.tiny import build_tiny_model, embedded_corpus, tiny_pythia_config, train_bpe_tokenizer  # noqa: E402
+from geomtrace.tiny import build_tiny_model, embedded_corpus, tiny_pythia_config  # noqa: E402
 
 WORKER = Path(__file__).parent / "workers" / "hf_ddp.py"
 KEYS = ("geometry/rankme", "geometry/alpha", "geometry/n_samples")
 N_PROBES = 96  # > hidden size 64, so the covariance has full rank and the alpha fit no round-off tail
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_bpe_tokenizer()
 
 
 @pytest.fixture
@@ -48,13 +42,13 @@ def tb_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def lm(tok):
-    return build_tiny_model("gpt_neox", hidden_size=64, tokenizer=tok)
+def lm(tokenizer):
+    return build_tiny_model("gpt_neox", hidden_size=64, tokenizer=tokenizer)
 
 
-def lm_dataset(tok) -> Dataset:
+def lm_dataset(tokenizer) -> Dataset:
     texts = embedded_corpus()[:48]
-    return Dataset.from_dict(dict(tok(texts, truncation=True, max_length=48)))
+    return Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=48)))
 
 
 def hf_args(tmp_path, **overrides) -> dict:
@@ -73,13 +67,13 @@ def hf_args(tmp_path, **overrides) -> dict:
     return args
 
 
-def hf_trainer(tok, tmp_path, callback, processing_class="tok", **overrides) -> Trainer:
+def hf_trainer(tokenizer, tmp_path, callback, processing_class="tokenizer", **overrides) -> Trainer:
     return Trainer(
-        model=lm(tok),
+        model=lm(tokenizer),
         args=TrainingArguments(**hf_args(tmp_path, **overrides)),
-        train_dataset=lm_dataset(tok),
-        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        processing_class=tok if processing_class == "tok" else processing_class,
+        train_dataset=lm_dataset(tokenizer),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer if processing_class == "tokenizer" else processing_class,
         callbacks=[callback],
     )
 
@@ -120,9 +114,9 @@ def assert_logged(tb_dir: Path, callback: GeometryCallback, steps: list[int]) ->
 
 
 # ------------------------------------------------------------------ trainers
-def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir, capsys):
+def test_trainer_logs_to_tensorboard_at_exact_steps(tokenizer, tmp_path, tb_dir, capsys):
     callback = GeometryCallback(every_n_steps=2, extra_steps=(1,), num_sequences=N_PROBES)
-    trainer = hf_trainer(tok, tmp_path, callback)
+    trainer = hf_trainer(tokenizer, tmp_path, callback)
     trainer.train()
     # The cost of watching, printed once at the end: measurements, share, probe tokens.
     cost = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[geomtrace] cost: ")]
@@ -146,7 +140,7 @@ def test_trainer_logs_to_tensorboard_at_exact_steps(tok, tmp_path, tb_dir, capsy
     assert [event.step for event in acc.Images("geometry/eigenspectrum")] == [0, 5]
 
 
-def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
+def test_sft_trainer(tokenizer, tmp_path, tb_dir, capsys):
     from trl import SFTConfig, SFTTrainer
 
     data = Dataset.from_list(
@@ -163,10 +157,10 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
         extra_metrics={"pr": ParticipationRatio(), "stats": RowStats()},
     )
     trainer = SFTTrainer(
-        model=lm(tok),
+        model=lm(tokenizer),
         args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
         train_dataset=data,
-        processing_class=tok,
+        processing_class=tokenizer,
         callbacks=[callback],
     )
     assert trainer.args.bf16  # TRL's default, on CPU too (use_cpu=True)
@@ -193,7 +187,7 @@ def test_sft_trainer(tok, tmp_path, tb_dir, capsys):
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
 
 
-def test_sft_trainer_logs_memorization_beside_geometry(tok, tmp_path, tb_dir):
+def test_sft_trainer_logs_memorization_beside_geometry(tokenizer, tmp_path, tb_dir):
     from trl import SFTConfig, SFTTrainer
 
     from memorization_helpers import cloze_probe, repetitive_documents
@@ -204,10 +198,10 @@ def test_sft_trainer_logs_memorization_beside_geometry(tok, tmp_path, tb_dir):
     probe = cloze_probe(repetitive_documents())
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, memorization=probe)
     trainer = SFTTrainer(
-        model=lm(tok),
+        model=lm(tokenizer),
         args=SFTConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
         train_dataset=data,
-        processing_class=tok,
+        processing_class=tokenizer,
         callbacks=[callback],
     )
     trainer.train()
@@ -228,17 +222,17 @@ def test_sft_trainer_logs_memorization_beside_geometry(tok, tmp_path, tb_dir):
     assert logged == [0, 2, 4]
 
 
-def test_dpo_trainer(tok, tmp_path, tb_dir):
+def test_dpo_trainer(tokenizer, tmp_path, tb_dir):
     from trl import DPOConfig, DPOTrainer
 
-    model = lm(tok)
+    model = lm(tokenizer)
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
     trainer = DPOTrainer(
         model=model,
         ref_model=copy.deepcopy(model),
         args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
         train_dataset=preference_dataset(),
-        processing_class=tok,
+        processing_class=tokenizer,
         callbacks=[callback],
     )
     trainer.train()
@@ -246,18 +240,18 @@ def test_dpo_trainer(tok, tmp_path, tb_dir):
     assert sorted(board["train/rewards/accuracies"]) == [1, 2, 3, 4]
 
 
-def test_dpo_with_peft_measures_the_adapted_model_only(tok, tmp_path, tb_dir):
+def test_dpo_with_peft_measures_the_adapted_model_only(tokenizer, tmp_path, tb_dir):
     """PEFT with ref_model=None: DPO's reference passes run the same modules, adapters off."""
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True, batch_size=16)
     trainer = DPOTrainer(
-        model=lm(tok),
+        model=lm(tokenizer),
         ref_model=None,
         args=DPOConfig(max_length=48, **hf_args(tmp_path, max_steps=2, learning_rate=5e-3)),
         train_dataset=preference_dataset(),
-        processing_class=tok,
+        processing_class=tokenizer,
         callbacks=[callback],
         peft_config=LoraConfig(r=4, lora_alpha=64, target_modules=["query_key_value"]),
     )
@@ -265,7 +259,7 @@ def test_dpo_with_peft_measures_the_adapted_model_only(tok, tmp_path, tb_dir):
     assert [r["step"] for r in callback.history] == [0, 2]
     # The last value equals a measurement of the trained PEFT model, in the trainer's precision:
     # nothing of the reference passes leaked into it.
-    probes = load_probes(tok, num_sequences=N_PROBES, chat_template=True)
+    probes = load_probes(tokenizer, num_sequences=N_PROBES, chat_template=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         direct = measure_geometry(trainer.model, probes, MeasureConfig(batch_size=16)).last
         with trainer.model.disable_adapter():
@@ -275,7 +269,7 @@ def test_dpo_with_peft_measures_the_adapted_model_only(tok, tmp_path, tb_dir):
     assert callback.record()["provenance"]["precision"] == "bf16"
 
 
-def test_grpo_trainer(tok, tmp_path, tb_dir):
+def test_grpo_trainer(tokenizer, tmp_path, tb_dir):
     from trl import GRPOConfig, GRPOTrainer
 
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in arithmetic(16)])
@@ -286,22 +280,24 @@ def test_grpo_trainer(tok, tmp_path, tb_dir):
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
     config = GRPOConfig(num_generations=2, max_completion_length=4, **hf_args(tmp_path, max_steps=3))
     trainer = GRPOTrainer(
-        model=lm(tok),
+        model=lm(tokenizer),
         reward_funcs=exact_answer,
         args=config,
         train_dataset=data,
-        processing_class=tok,
+        processing_class=tokenizer,
         callbacks=[callback],
     )
     trainer.train()
     assert_logged(tb_dir, callback, [0, 2, 3])
 
 
-def test_reward_trainer_sequence_classifier(tok, tmp_path, tb_dir):
+def test_reward_trainer_sequence_classifier(tokenizer, tmp_path, tb_dir):
     from transformers import GPTNeoXForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    config = tiny_pythia_config(len(tok), num_labels=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = tiny_pythia_config(
+        len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     torch.manual_seed(0)
     model = GPTNeoXForSequenceClassification(config)
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, chat_template=True)
@@ -309,7 +305,7 @@ def test_reward_trainer_sequence_classifier(tok, tmp_path, tb_dir):
         model=model,
         args=RewardConfig(max_length=48, **hf_args(tmp_path, max_steps=4)),
         train_dataset=preference_dataset(),
-        processing_class=tok,
+        processing_class=tokenizer,
         callbacks=[callback],
     )
     trainer.train()
@@ -317,9 +313,9 @@ def test_reward_trainer_sequence_classifier(tok, tmp_path, tb_dir):
 
 
 # ------------------------------------------------------------------- resume
-def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
-    first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
-    hf_trainer(tok, tmp_path, first, max_steps=6, save_strategy="steps", save_steps=4).train()
+def test_resume_keeps_history_across_a_schedule_change(tokenizer, tmp_path, tb_dir):
+    first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tokenizer)
+    hf_trainer(tokenizer, tmp_path, first, max_steps=6, save_strategy="steps", save_steps=4).train()
     assert [r["step"] for r in first.history] == [0, 2, 4, 6]
     saved = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
     state = saved["stateful_callbacks"]["GeometryCallback"]["attributes"]["tracker_state"]
@@ -332,9 +328,9 @@ def test_resume_keeps_history_across_a_schedule_change(tok, tmp_path, tb_dir):
     from feature_metrics import ParticipationRatio
 
     second = GeometryCallback(
-        every_n_steps=3, num_sequences=N_PROBES, tokenizer=tok, extra_metrics={"pr": ParticipationRatio()}
+        every_n_steps=3, num_sequences=N_PROBES, tokenizer=tokenizer, extra_metrics={"pr": ParticipationRatio()}
     )
-    trainer = hf_trainer(tok, tmp_path, second, max_steps=7, restore_callback_states_from_checkpoint=True)
+    trainer = hf_trainer(tokenizer, tmp_path, second, max_steps=7, restore_callback_states_from_checkpoint=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", GeometryWarning)  # comparable (an extra metric changes no value)
         trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
@@ -385,9 +381,9 @@ def _sabotage_probe_forwards(model, mode: str):
 
 
 @pytest.mark.parametrize("mode", ["nan", "raise"])
-def test_bad_measurements_do_not_stop_training(tok, tmp_path, tb_dir, mode):
+def test_bad_measurements_do_not_stop_training(tokenizer, tmp_path, tb_dir, mode):
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, batch_size=32)
-    trainer = hf_trainer(tok, tmp_path, callback, max_steps=2)
+    trainer = hf_trainer(tokenizer, tmp_path, callback, max_steps=2)
     _sabotage_probe_forwards(trainer.model, mode)
     with pytest.warns(GeometryWarning) as caught:
         trainer.train()
@@ -401,15 +397,15 @@ def test_bad_measurements_do_not_stop_training(tok, tmp_path, tb_dir, mode):
 
 
 @pytest.mark.parametrize("mode", ["nan", "raise"])
-def test_strict_raises(tok, tmp_path, tb_dir, mode):
+def test_strict_raises(tokenizer, tmp_path, tb_dir, mode):
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, strict=True)
-    trainer = hf_trainer(tok, tmp_path, callback, max_steps=2)
+    trainer = hf_trainer(tokenizer, tmp_path, callback, max_steps=2)
     _sabotage_probe_forwards(trainer.model, mode)
     with pytest.raises((FloatingPointError, RuntimeError)):
         trainer.train()
 
 
-def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
+def test_misconfiguration_is_loud(tokenizer, tmp_path, tb_dir):
     with pytest.raises(ValueError, match="batch_size"):
         GeometryCallback(batch_size=0)
     with pytest.raises(ValueError, match="tokens"):
@@ -420,7 +416,9 @@ def test_misconfiguration_is_loud(tok, tmp_path, tb_dir):
         GeometryCallback(extra_metrics={"rankme": _metric()})
     with pytest.raises(ValueError, match="torchmetrics.Metric"):
         GeometryCallback(extra_metrics={"pr": torch.nn.Identity()})
-    trainer = hf_trainer(tok, tmp_path, GeometryCallback(num_sequences=N_PROBES), processing_class=None, max_steps=1)
+    trainer = hf_trainer(
+        tokenizer, tmp_path, GeometryCallback(num_sequences=N_PROBES), processing_class=None, max_steps=1
+    )
     with pytest.raises(ValueError, match="tokenizer"):
         trainer.train()
 
@@ -442,21 +440,21 @@ class NotAnHFModel(torch.nn.Module):
         return {"loss": self.scale * input_ids.float().mean() / 1000}
 
 
-def test_model_without_hf_lm_fails_once_and_model_getter_fixes_it(tok, tmp_path, tb_dir):
+def test_model_without_hf_lm_fails_once_and_model_getter_fixes_it(tokenizer, tmp_path, tb_dir):
     def trainer_for(callback):
         args = TrainingArguments(**hf_args(tmp_path, max_steps=2))
         return Trainer(
             model=NotAnHFModel(),
             args=args,
-            train_dataset=lm_dataset(tok),
-            processing_class=tok,
-            data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+            train_dataset=lm_dataset(tokenizer),
+            processing_class=tokenizer,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
             callbacks=[callback],
         )
 
     with pytest.raises(ValueError, match="model_getter"):
         trainer_for(GeometryCallback(num_sequences=N_PROBES)).train()  # at train begin, before any step
-    probed = lm(tok)
+    probed = lm(tokenizer)
     callback = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, model_getter=lambda model: probed)
     trainer_for(callback).train()
     assert [r["step"] for r in callback.history] == [0, 2]
@@ -470,13 +468,7 @@ def test_model_without_hf_lm_fails_once_and_model_getter_fixes_it(tok, tmp_path,
 
 
 # -------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_torchrun_ddp_matches_single_process(tok, tmp_path):
+def test_torchrun_ddp_matches_single_process(tokenizer, tmp_path, free_port):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb"), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -489,7 +481,7 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port),
             str(WORKER),
             str(tmp_path),
         ],
@@ -505,13 +497,10 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
     assert values[0] == values[1]
     assert [r["step"] for r in ranks[0]] == [0, 2]
 
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from hf_ddp import MEASURE, model_for
-    finally:
-        sys.path.pop(0)
-    probes = load_probes(tok, num_sequences=N_PROBES)
-    reference = measure_geometry(model_for(tok), probes, MeasureConfig(**MEASURE), distributed=False)
+    from hf_ddp import MEASURE, model_for  # tests/workers/ is on sys.path (pyproject's pythonpath)
+
+    probes = load_probes(tokenizer, num_sequences=N_PROBES)
+    reference = measure_geometry(model_for(tokenizer), probes, MeasureConfig(**MEASURE), distributed=False)
     expected = reference.scalars()
     step0 = ranks[0][0]
     for key in ("geometry/rankme", "geometry/alpha", "geometry/alpha_r2"):
@@ -522,7 +511,7 @@ def test_torchrun_ddp_matches_single_process(tok, tmp_path):
     assert sorted(board["geometry/rankme"]) == [0, 2]
 
 
-def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
+def test_readme_trl_quick_start_runs_on_cpu(tokenizer, tmp_path, tb_dir, monkeypatch):
     """The README's TRL snippet as written (TRL's bf16=True default used to fail on a CPU)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
@@ -533,7 +522,7 @@ def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
         [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)]
     )
     monkeypatch.chdir(tmp_path)
-    namespace = {"model": lm(tok), "dataset": dataset, "tokenizer": tok}
+    namespace = {"model": lm(tokenizer), "dataset": dataset, "tokenizer": tokenizer}
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     callback = next(cb for cb in namespace["trainer"].callback_handler.callbacks if isinstance(cb, GeometryCallback))
     assert callback.history[0]["step"] == 0 and callback.history[-1]["step"] == namespace["trainer"].state.global_step
@@ -541,7 +530,7 @@ def test_readme_trl_quick_start_runs_on_cpu(tok, tmp_path, tb_dir, monkeypatch):
 
 
 # ------------------------------------------------------------- option types (issue 15)
-def test_numpy_options_survive_the_history_file_and_checkpoint_saves(tok, tmp_path, tb_dir):
+def test_numpy_options_survive_the_history_file_and_checkpoint_saves(tokenizer, tmp_path, tb_dir):
     import numpy as np
 
     path = tmp_path / "geometry.json"
@@ -553,11 +542,11 @@ def test_numpy_options_survive_the_history_file_and_checkpoint_saves(tok, tmp_pa
         fit_range=(np.int64(2), np.int64(20)),
         measure_on_end=np.bool_(True),
         history_file=path,
-        tokenizer=tok,
+        tokenizer=tokenizer,
     )
     # Was TypeError "Object of type int64 is not JSON serializable": at step 0 (history file),
     # else at the first checkpoint save (transformers writes state() into trainer_state.json).
-    hf_trainer(tok, tmp_path, callback, max_steps=2, save_strategy="steps", save_steps=2).train()
+    hf_trainer(tokenizer, tmp_path, callback, max_steps=2, save_strategy="steps", save_steps=2).train()
     assert [r["step"] for r in json.loads(path.read_text())["history"]] == [0, 2]
     saved = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
     args = saved["stateful_callbacks"]["GeometryCallback"]["args"]
@@ -582,11 +571,11 @@ def test_bad_probe_options_fail_at_construction_not_at_train():
         assert "tokenizer" not in str(caught.value)
 
 
-def test_resume_with_another_prefix_keeps_the_history(tok, tmp_path, tb_dir):
-    first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok)
-    hf_trainer(tok, tmp_path, first, max_steps=4, save_strategy="steps", save_steps=4).train()
-    second = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tok, prefix="geo")
-    trainer = hf_trainer(tok, tmp_path, second, max_steps=6, restore_callback_states_from_checkpoint=True)
+def test_resume_with_another_prefix_keeps_the_history(tokenizer, tmp_path, tb_dir):
+    first = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tokenizer)
+    hf_trainer(tokenizer, tmp_path, first, max_steps=4, save_strategy="steps", save_steps=4).train()
+    second = GeometryCallback(every_n_steps=2, num_sequences=N_PROBES, tokenizer=tokenizer, prefix="geo")
+    trainer = hf_trainer(tokenizer, tmp_path, second, max_steps=6, restore_callback_states_from_checkpoint=True)
     with pytest.warns(GeometryWarning, match="under prefix 'geometry'; it continues under prefix 'geo'"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
     assert [r["step"] for r in second.history] == [0, 2, 4, 6]
@@ -594,7 +583,7 @@ def test_resume_with_another_prefix_keeps_the_history(tok, tmp_path, tb_dir):
     assert second.tracker.prefix == "geo"
 
 
-def test_sigterm_mid_measurement_keeps_completed_measurements_and_resume_continues(tok, tmp_path, tb_dir):
+def test_sigterm_mid_measurement_keeps_completed_measurements_and_resume_continues(tokenizer, tmp_path, tb_dir):
     # tests/workers/live_signal.py: SIGTERM (the default action kills the process) inside the
     # measurement of step 3 of an 8-step run that checkpoints every 2 steps.
     worker = Path(__file__).parent / "workers" / "live_signal.py"
@@ -618,10 +607,10 @@ def test_sigterm_mid_measurement_keeps_completed_measurements_and_resume_continu
     assert not list(tmp_path.glob(".geometry.json.*"))
 
     callback = GeometryCallback(
-        every_n_steps=1, num_sequences=24, tokenizer=tok, history_file=tmp_path / "geometry.json"
+        every_n_steps=1, num_sequences=24, tokenizer=tokenizer, history_file=tmp_path / "geometry.json"
     )
     trainer = hf_trainer(
-        tok,
+        tokenizer,
         tmp_path,
         callback,
         max_steps=3,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,9 @@ from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
 WORKER = Path(__file__).parent / "workers" / "metrics_ddp.py"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def single_process_reference() -> dict:
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from metrics_ddp import extreme_features, features
-    finally:
-        sys.path.pop(0)
+    from metrics_ddp import extreme_features, features  # tests/workers/ is on sys.path (pyproject's pythonpath)
+
     metrics = MetricCollection({"rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
     metrics.update(features())
     out = metrics.compute()
@@ -40,10 +30,10 @@ def single_process_reference() -> dict:
 
 
 @pytest.mark.parametrize("split", [700, 900], ids=["uneven", "rank1-empty"])
-def test_two_gloo_ranks_match_single_process(tmp_path, split):
+def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port()), str(split)],
+        [sys.executable, str(WORKER), str(out), str(free_port), str(split)],
         capture_output=True,
         text=True,
         timeout=120,

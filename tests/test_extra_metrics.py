@@ -13,12 +13,11 @@ from feature_metrics import Broken, ParticipationRatio, RowStats
 from geomtrace import GeometryWarning
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
-from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+from geomtrace.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tokenizer = train_bpe_tokenizer()
+def setup(tokenizer):
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer)
     return model, load_probes(tokenizer, num_sequences=64)
 

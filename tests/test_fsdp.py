@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +11,23 @@ import pytest
 
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
-from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+from geomtrace.tiny import build_tiny_model
 
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch FSDP")
 WORKER = Path(__file__).parent / "workers" / "fsdp_measure.py"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_fsdp2_sharded_model_matches_single_process(tmp_path):
+def test_fsdp2_sharded_model_matches_single_process(tmp_path, tokenizer, free_port):
     from torch.distributed import fsdp
 
     if not hasattr(fsdp, "fully_shard"):
         pytest.skip("this torch has no FSDP2 fully_shard")
     out = tmp_path / "fsdp.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port())], capture_output=True, text=True, timeout=180
+        [sys.executable, str(WORKER), str(out), str(free_port)], capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tokenizer = train_bpe_tokenizer()
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=64)
     single = measure_geometry(model, load_probes(tokenizer, num_sequences=33), MeasureConfig(batch_size=8)).last
     for rank in (0, 1):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse (installed by the dev extra)")
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
 from geomtrace.callbacks import GeometryMonitor  # noqa: E402
 from lightning_helpers import TinyLM  # noqa: E402
 

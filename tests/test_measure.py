@@ -11,12 +11,11 @@ import torch
 from geomtrace import GeometryWarning
 from geomtrace.measure import MeasureConfig, measure_geometry, probe_autocast
 from geomtrace.probes import load_probes
-from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+from geomtrace.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tokenizer = train_bpe_tokenizer()
+def setup(tokenizer):
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer)  # d = 64: alpha over ranks 12..63
     return model, load_probes(tokenizer, num_sequences=160)
 
@@ -108,8 +107,7 @@ def test_bf16_and_fp32_fit_the_same_ranks(setup):
     [(8, 40, {}), (64, 8, {}), (64, 40, {"max_components": 10}), (64, 40, {"fit_range": (100, 200)})],
     ids=["d8", "N8", "max_components10", "fit-start-beyond-d"],
 )
-def test_short_spectra_measure_rankme_and_warn_once_for_alpha(hidden_size, num_sequences, options):
-    tokenizer = train_bpe_tokenizer()
+def test_short_spectra_measure_rankme_and_warn_once_for_alpha(tokenizer, hidden_size, num_sequences, options):
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=hidden_size, num_heads=2)
     probes = load_probes(tokenizer, num_sequences=num_sequences)
     with warnings.catch_warnings(record=True) as caught:
@@ -146,10 +144,9 @@ def test_measure_config_types_are_checked_and_numpy_scalars_normalised():
     assert MeasureConfig(layers=[np.int64(0), 1]).layers == (0, 1)
 
 
-def test_probes_longer_than_the_model_positions_fail_with_a_clear_message():
+def test_probes_longer_than_the_model_positions_fail_with_a_clear_message(tokenizer):
     import transformers
 
-    tokenizer = train_bpe_tokenizer()
     config = transformers.GPT2Config(
         vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=16, bos_token_id=0, eos_token_id=0
     )

@@ -227,11 +227,9 @@ def test_bad_input_gets_clear_errors(tmp_path):
         NgramIndex.open(tmp_path / "empty")
 
 
-def test_from_texts_with_a_locally_trained_tokenizer(tmp_path):
-    from geomtrace.tiny import train_bpe_tokenizer
-
+def test_from_texts_with_a_locally_trained_tokenizer(tmp_path, make_tokenizer):
     texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
-    tokenizer = train_bpe_tokenizer(texts * 5, vocab_size=300)
+    tokenizer = make_tokenizer(texts * 5, vocab_size=300)
     index = NgramIndex.from_texts(texts, tokenizer, tmp_path / "index", progress=False)
     docs = tokenizer(texts, add_special_tokens=False)["input_ids"]
     assert index.n_documents == 3 and index.n_tokens == sum(map(len, docs))

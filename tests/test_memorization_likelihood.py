@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,27 +113,18 @@ def test_bad_arguments(model):
         answer_logprobs(model, [TokenizedPair((), (1, 2))])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_gloo_ranks_match_single_process(tmp_path):
+def test_two_gloo_ranks_match_single_process(tmp_path, free_port):
     # 7 pairs: uneven shards (3 and 4); 1 pair: rank 1 has nothing and still joins every collective.
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port()), "7,1"],
+        [sys.executable, str(WORKER), str(out), str(free_port), "7,1"],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from memorization_ddp import worker_model, worker_pairs
-    finally:
-        sys.path.pop(0)
+    from memorization_ddp import worker_model, worker_pairs  # tests/workers/ is on sys.path (pyproject's pythonpath)
+
     for n in (7, 1):
         reference = answer_logprobs(worker_model(), worker_pairs(n), batch_size=2)
         for rank in (0, 1):

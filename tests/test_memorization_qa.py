@@ -7,12 +7,6 @@ import json
 import pytest
 
 from geomtrace.memorization import QALoadError, QASet, hold_out, seed_prompt
-from geomtrace.tiny import train_bpe_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer()
 
 
 def test_seed_prompt_adds_a_question_mark_only_when_missing():

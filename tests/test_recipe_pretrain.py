@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import runpy
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from geomtrace.cli import main  # noqa: E402
-from geomtrace.memorization import QASet  # noqa: E402
-from geomtrace.replay.memorization import MemorizationStore  # noqa: E402
-from geomtrace.replay.sources import local_checkpoints  # noqa: E402
-from lightning_helpers import read_scalars  # noqa: E402
+from geomtrace.cli import main
+from geomtrace.memorization import QASet
+from geomtrace.replay.memorization import MemorizationStore
+from geomtrace.replay.sources import local_checkpoints
+from lightning_helpers import read_scalars
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain.py"
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # helpers under any import mode
-
-from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
-from feature_metrics import Broken, ParticipationRatio, RowStats  # noqa: E402
-from geomtrace.measure import MeasureConfig  # noqa: E402
-from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay  # noqa: E402
-from geomtrace.replay.store import export_csv  # noqa: E402
+from fakehub import build_tiny_model, tiny_tokenizer
+from feature_metrics import Broken, ParticipationRatio, RowStats
+from geomtrace.measure import MeasureConfig
+from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay
+from geomtrace.replay.store import export_csv
 
 STEPS = (0, 10)
 PROBES = ProbeOptions(num_sequences=24, max_tokens=32)

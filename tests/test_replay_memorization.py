@@ -4,21 +4,17 @@ the seed's result formats out and back in, the memorization panel of `geomtrace 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
-from geomtrace.measure import MeasureConfig  # noqa: E402
-from geomtrace.memorization import MemorizationProbe, QASet  # noqa: E402
-from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay  # noqa: E402
-from geomtrace.replay.memorization import MemorizationStore  # noqa: E402
-from geomtrace.replay.store import OutputConflictError  # noqa: E402
-from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents  # noqa: E402
+from fakehub import build_tiny_model, tiny_tokenizer
+from geomtrace.measure import MeasureConfig
+from geomtrace.memorization import MemorizationProbe, QASet
+from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay
+from geomtrace.replay.memorization import MemorizationStore
+from geomtrace.replay.store import OutputConflictError
+from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents
 
 PROBE_OPTIONS = ProbeOptions(num_sequences=12, max_tokens=24)
 STEPS = (0, 10, 20)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import gc
-import os
-import sys
 import threading
 import weakref
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `fakehub` under any import mode
-
-import geomtrace.replay.prefetch as prefetch  # noqa: E402
-from fakehub import build_tiny_model, tiny_tokenizer  # noqa: E402
-from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay  # noqa: E402
-from geomtrace.replay.sources import Checkpoint  # noqa: E402
+import geomtrace.replay.prefetch as prefetch
+from fakehub import build_tiny_model, tiny_tokenizer
+from geomtrace.replay import ProbeOptions, ResultsStore, local_checkpoints, run_replay
+from geomtrace.replay.sources import Checkpoint
 
 
 class _Model:

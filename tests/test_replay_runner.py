@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `fakehub` under any import mode
-
-from fakehub import build_tiny_model, make_fake_hub_model, tiny_config, tiny_tokenizer  # noqa: E402
-from geomtrace.cli import main  # noqa: E402
-from geomtrace.measure import MeasureConfig, measure_geometry  # noqa: E402
-from geomtrace.replay import (  # noqa: E402
+from fakehub import build_tiny_model, make_fake_hub_model, tiny_config, tiny_tokenizer
+from geomtrace.cli import main
+from geomtrace.measure import MeasureConfig, measure_geometry
+from geomtrace.replay import (
     ProbeOptions,
     ResultsStore,
     hub_checkpoints,
@@ -27,7 +25,7 @@ from geomtrace.replay import (  # noqa: E402
     local_checkpoints,
     run_replay,
 )
-from geomtrace.replay.runner import build_probes  # noqa: E402
+from geomtrace.replay.runner import build_probes
 
 REPO = "EleutherAI/pythia-replay-fake"
 REVS = ("step0", "step1", "step2", "step4", "step8", "step16")
@@ -519,20 +517,18 @@ LIVE_CHAT = dict(chat_template=True, system_prompt="Be brief.", num_sequences=24
 
 
 @pytest.fixture(scope="module")
-def chat_run(tmp_path_factory):
+def chat_run(tmp_path_factory, tokenizer):
     """A post-training-like run: checkpoints of a model with a chat template, measured "live"
     with chat probes in bf16 autocast, and its history JSON with the provenance record."""
     from geomtrace.tiny import build_tiny_model as build
-    from geomtrace.tiny import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("chat")
-    tok = train_bpe_tokenizer()
-    tok.save_pretrained(root / "run")
-    probes = build_probes(tok, ProbeOptions(**LIVE_CHAT))
+    tokenizer.save_pretrained(root / "run")
+    probes = build_probes(tokenizer, ProbeOptions(**LIVE_CHAT))
     config = MeasureConfig(autocast="bf16")
     history, provenance = [], None
     for i, step in enumerate((10, 20)):
-        model = build("gpt_neox", tokenizer=tok, seed=i)
+        model = build("gpt_neox", tokenizer=tokenizer, seed=i)
         model.save_pretrained(root / "run" / f"step{step}")
         result = measure_geometry(model, probes, config)
         history.append({"step": step, **result.scalars()})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 import types
 from pathlib import Path
@@ -12,10 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `fakehub` under any import mode
-
-from fakehub import build_tiny_model, make_fake_hub_model, tiny_config, tiny_tokenizer  # noqa: E402
-from geomtrace.replay.sources import (  # noqa: E402
+from fakehub import build_tiny_model, make_fake_hub_model, tiny_config, tiny_tokenizer
+from geomtrace.replay.sources import (
     PYTHIA_PAPER_SUBSET,
     PYTHIA_REVISIONS,
     Checkpoint,

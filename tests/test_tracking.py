@@ -11,13 +11,8 @@ import torch
 from geomtrace import GeometryWarning, tracking
 from geomtrace.measure import GeometryResult, LayerGeometry, MeasureConfig
 from geomtrace.probes import ProbeSet, load_probes
-from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+from geomtrace.tiny import build_tiny_model
 from geomtrace.tracking import GeometryTracker, ProbeOptions
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer()
 
 
 def test_schedule_start_periodic_extra_and_end():

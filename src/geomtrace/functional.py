@@ -167,6 +167,14 @@ def rankme(spectrum: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     covariance eigenvalues (the paper's convention) or singular values from
     :func:`singular_spectrum` (Garrido et al.). Scale-invariant. Returns a float64
     scalar; NaN when the spectrum is empty, not finite or sums to zero (zero variance).
+
+    Example:
+        A flat spectrum counts every dimension, a spike one, two equal values two:
+
+        >>> import torch
+        >>> from geomtrace.functional import rankme
+        >>> [round(float(rankme(torch.tensor(v))), 3) for v in ([1.0, 1, 1, 1], [4.0, 0, 0, 0], [2.0, 2, 0, 0])]
+        [4.0, 1.0, 2.0]
     """
     eps = validate_eps(eps)
     values = _as_spectrum(spectrum)
@@ -243,6 +251,15 @@ def alpha_req(
         spectrum: N or d below the fit range's start, a small ``max_components``...), alpha,
         r2 and intercept are NaN and one :class:`~geomtrace.GeometryWarning` is emitted.
         It never raises for a short or empty spectrum.
+
+    Example:
+        An exact power law ``lambda_r = r ** -1.5`` over 200 ranks, fitted over ranks 12 to 100:
+
+        >>> import torch
+        >>> from geomtrace.functional import alpha_req
+        >>> fit = alpha_req(torch.arange(1, 201) ** -1.5)
+        >>> print(f"alpha {fit.alpha:.3f}, R^2 {fit.r2:.3f}, ranks {int(fit.ranks[0])}..{int(fit.ranks[-1])}")
+        alpha 1.500, R^2 1.000, ranks 12..100
     """
     first, last = _validate_fit_range(fit_range)
     values = _as_spectrum(eigenvalues)

@@ -417,13 +417,23 @@ class Geometry(_CovarianceMetric):
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
 
     Example:
+        Features in d = 128 whose covariance eigenvalues fall as ``1 / r`` (column ``r`` scaled
+        by ``r ** -0.5``), streamed in batches: alpha comes out near 1 with an almost perfect
+        power-law fit, and RankMe counts about 47 effective dimensions of the 128.
+
         >>> import torch
         >>> from geomtrace import Geometry
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> scale = torch.arange(1, 129) ** -0.5
+        >>> features = torch.randn(4096, 128, generator=generator) * scale
         >>> metric = Geometry()
-        >>> metric.update(torch.randn(4096, 8))
+        >>> for batch in features.split(1024):
+        ...     metric.update(batch)
         >>> out = metric.compute()
-        >>> sorted(out), 7.5 < float(out["rankme"]) <= 8.0
-        (['alpha', 'eigenvalues', 'r2', 'rankme'], True)
+        >>> sorted(out), out["eigenvalues"].shape
+        (['alpha', 'eigenvalues', 'r2', 'rankme'], torch.Size([128]))
+        >>> print(f"RankMe {out['rankme']:.1f}, alpha {out['alpha']:.2f}, R^2 {out['r2']:.2f}")
+        RankMe 46.6, alpha 1.01, R^2 1.00
     """
 
     def __init__(
@@ -500,7 +510,7 @@ class RankMe(_CovarianceMetric):
         >>> import torch
         >>> from geomtrace import RankMe
         >>> metric = RankMe()
-        >>> metric.update(torch.randn(4096, 8))
+        >>> metric.update(torch.randn(4096, 8, generator=torch.Generator().manual_seed(0)))
         >>> 7.5 < float(metric.compute()) <= 8.0
         True
     """

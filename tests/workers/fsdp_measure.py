@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,7 +32,6 @@ def run(rank: int, port: int, out: str) -> None:
     for layer in model.gpt_neox.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the example metrics
     from feature_metrics import BrokenOnRankOne, ParticipationRatio
 
     extra = {"pr": ParticipationRatio(), "broken": BrokenOnRankOne()}

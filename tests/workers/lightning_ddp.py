@@ -8,11 +8,10 @@ from pathlib import Path
 
 import lightning as L
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from geomtrace.callbacks import GeometryMonitor  # noqa: E402
-from geomtrace.tiny import train_bpe_tokenizer  # noqa: E402
-from lightning_helpers import TinyLM, token_loader  # noqa: E402
-from memorization_helpers import cloze_probe, repetitive_documents  # noqa: E402
+from geomtrace.callbacks import GeometryMonitor
+from geomtrace.tiny import train_bpe_tokenizer
+from lightning_helpers import TinyLM, token_loader
+from memorization_helpers import cloze_probe, repetitive_documents
 
 
 def main(out: str) -> None:

@@ -55,7 +55,6 @@ def lightning() -> None:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    sys.path.insert(0, str(Path(__file__).parent.parent))
     from geomtrace.callbacks import GeometryMonitor
     from lightning_helpers import TinyLM
 

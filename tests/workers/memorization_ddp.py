@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from gloo_finish import finish_rank  # tests/workers/ is the script's folder, on sys.path
-
-sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/ for memorization_helpers
 
 
 def worker_model():
