@@ -412,7 +412,9 @@ def build_parser() -> Any:
     jsonargparse = require("jsonargparse", "the geomtrace command line")
     ActionConfigFile = jsonargparse.ActionConfigFile
 
-    class ArgumentParser(jsonargparse.ArgumentParser):
+    base: Any = jsonargparse.ArgumentParser  # a module imported late: a class mypy cannot follow
+
+    class ArgumentParser(base):
         """Usage errors in one line (jsonargparse prints the whole usage and a type report)."""
 
         def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -455,12 +457,14 @@ def _one_line_error(message: str, prog: str) -> str:
     expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
     given = re.search(r"Given value: (.*)", message)
     choices = re.search(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]", message)
-    if key and (expected or choices):
+    if key is not None and (expected or choices):
         name = key.group(1).split(".", 1)[-1] if key.group(1).startswith(COMMANDS_PREFIXES) else key.group(1)
         command = prog.split()[-1] if " " in prog else ""
         variable = name.upper().replace(".", "__")
         env = f"{_ENV_PREFIX}_{command.upper()}__{variable}" if command else f"{_ENV_PREFIX}_{variable}"
-        wants = " or ".join(expected) if expected else f"one of {choices.group(1).replace(chr(39), '')}"
+        wants = (
+            " or ".join(expected) if expected or choices is None else f"one of {choices.group(1).replace(chr(39), '')}"
+        )
         got = f", got {given.group(1).strip()!r}" if given else ""
         return f"--{name} (config key {name}, environment {env}) expects {wants}{got}"
     first = next((line.strip() for line in str(message).splitlines() if line.strip()), str(message))

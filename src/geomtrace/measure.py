@@ -330,7 +330,8 @@ def measure_geometry(
     # compute_summary() / compute() sum the states over ranks, metric by metric in the same
     # order on every rank; a metric that failed on any rank is skipped on all of them.
     failed = _failed_on_any_rank(failed, layers, list(extras), world_size, device)
-    results = {layer: _layer_geometry(layer, collections[layer][_GEOMETRY].compute_summary()) for layer in layers}
+    geometries: dict[int, Any] = {layer: collections[layer][_GEOMETRY] for layer in layers}  # Geometry metrics
+    results = {layer: _layer_geometry(layer, geometries[layer].compute_summary()) for layer in layers}
     for layer in layers:
         for name in extras:
             _add_extra(results[layer], name, collections[layer][name], (layer, name) in failed)
@@ -449,7 +450,7 @@ def _layer_collection(
         sync_on_compute=sync,
     )
     geometry.label = f"layer {layer}"
-    members: dict[str, Metric] = {_GEOMETRY: geometry}
+    members: dict[str, Metric | MetricCollection] = {_GEOMETRY: geometry}
     for name, template in extras.items():
         metric = template.clone()
         metric.reset()

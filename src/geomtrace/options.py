@@ -317,7 +317,7 @@ class ProbeOptions(OptionSet):
         source = self.source
         if source is None or isinstance(source, (str, os.PathLike)):
             path = None if source is None else Path(source)
-            out["source"] = None if path is None else os.fspath(path.resolve() if path.is_file() else source)
+            out["source"] = None if path is None else os.fspath(path.resolve() if path.is_file() else path)
         else:
             size = f" of {len(source)}" if hasattr(source, "__len__") else ""
             out["source"] = f"<{type(source).__name__}{size} (in memory, not recorded)>"

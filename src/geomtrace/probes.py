@@ -198,10 +198,10 @@ def load_probes(
         ProbeLoadError: a hub dataset that cannot be loaded (e.g. offline).
         ValueError: bad arguments, or no text passes the filters.
     """
-    options = {"num_sequences": num_sequences, "min_tokens": min_tokens, "max_tokens": max_tokens, "seed": seed}
-    options.update(text_column=text_column, split=split, config_name=config_name, chat_template=chat_template)
-    options.update(system_prompt=system_prompt)
-    options = {name: PROBE_OPTION_RULES[name](name, value) for name, value in options.items()}
+    given: dict[str, Any] = {"num_sequences": num_sequences, "min_tokens": min_tokens, "max_tokens": max_tokens}
+    given.update(seed=seed, text_column=text_column, split=split, config_name=config_name)
+    given.update(chat_template=chat_template, system_prompt=system_prompt)
+    options: dict[str, Any] = {name: PROBE_OPTION_RULES[name](name, value) for name, value in given.items()}
     check_probe_lengths(options["min_tokens"], options["max_tokens"])
     num_sequences, min_tokens, max_tokens = options["num_sequences"], options["min_tokens"], options["max_tokens"]
     seed, chat_template = options["seed"], options["chat_template"]

@@ -167,9 +167,11 @@ class GeometryTracker:
         if deprecated:
             groups = upgrade_flat_options(owner, deprecated, schedule=schedule, measure=measure, probes=probes)
             schedule, measure, probes = groups["schedule"], groups["measure"], groups["probes"]
-        options = {"track_phases": track_phases, "from_pretrained": from_pretrained, "strict": strict, "prefix": prefix}
-        options = {name: _TRACKER_RULES[name](name, value) for name, value in options.items()}
-        if "/" in (options["prefix"][0], options["prefix"][-1]) or any(c.isspace() for c in options["prefix"]):
+        track_phases = _TRACKER_RULES["track_phases"]("track_phases", track_phases)
+        from_pretrained = _TRACKER_RULES["from_pretrained"]("from_pretrained", from_pretrained)
+        strict = _TRACKER_RULES["strict"]("strict", strict)
+        prefix = _TRACKER_RULES["prefix"]("prefix", prefix)
+        if "/" in (prefix[0], prefix[-1]) or any(c.isspace() for c in prefix):
             raise ValueError(
                 f"prefix must be a tag such as 'geometry' (no spaces, no leading or trailing '/'), got {prefix!r}"
             )
@@ -197,11 +199,11 @@ class GeometryTracker:
             self.probe_options.validate()  # at construction, not when the training starts
         else:
             self.probe_options = self.probes.options or ProbeOptions()  # type: ignore[union-attr]
-        self.track_phases = options["track_phases"]
-        self.from_pretrained_option = options["from_pretrained"]
+        self.track_phases: bool = track_phases
+        self.from_pretrained_option: bool | None = from_pretrained
         self.history_file = Path(history_file) if history_file is not None else None
-        self.strict = options["strict"]
-        self.prefix = options["prefix"]
+        self.strict: bool = strict
+        self.prefix: str = prefix
         self.memorization = LiveMemorization(memorization, strict=strict) if memorization is not None else None
         self._reset_stage()
         self.stages: list[dict[str, Any]] = []

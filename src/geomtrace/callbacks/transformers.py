@@ -367,6 +367,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
 
     def _log_through_trainer(self, measurement: Measurement) -> None:
         trainer = self._trainer
+        assert trainer is not None  # _publish logs through the trainer only once it is bound
         handler, control = trainer.callback_handler, trainer.control
         callbacks, should_log = handler.callbacks, control.should_log
         # TensorBoard already has these values with exact tags (see _write_tensorboard).

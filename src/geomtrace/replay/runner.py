@@ -675,8 +675,8 @@ def run_replay(
                 tok = _load_tokenizer(str(tok), trust_remote_code=trust_remote_code)
             if tok is None:
                 tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load_options)
-            options = probe_options or ProbeOptions()
-            probes = build_probes(tok, options)
+            options: ProbeOptions | None = probe_options or ProbeOptions()
+            probes = build_probes(tok, options)  # type: ignore[arg-type]  # not None: just set
         else:
             options = probes.options  # a set built by load_probes knows its options (for --like)
             tok = tokenizer
@@ -736,7 +736,7 @@ def run_replay(
         for index, ckpt in enumerate(todo):
             loaded = loader.take(index)  # starts loading the next checkpoint in the background
             model, error, load_seconds, load_wait = loaded.model, loaded.error, loaded.seconds, loaded.wait
-            loaded = None
+            del loaded  # its model is ours now: no second reference while measuring
             result = None
             loaded_ok = _all_agree(error is None, device)
             if loaded_ok and ckpt.key not in done:
