@@ -144,7 +144,7 @@ def geometry_callback(args: argparse.Namespace, from_pretrained: bool):
     from geomtrace.callbacks.transformers import GeometryCallback
     from geomtrace.measure import MeasureConfig
     from geomtrace.probes import ProbeOptions
-    from geomtrace.schedule import Schedule
+    from geomtrace.options import Schedule
 
     return GeometryCallback(
         # A fresh tiny model (no pretrain checkpoint) starts at initialisation: its early

@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
     from geomtrace.callbacks import GeometryMonitor
     from geomtrace.measure import MeasureConfig
     from geomtrace.probes import ProbeOptions
-    from geomtrace.schedule import Schedule
+    from geomtrace.options import Schedule
     from geomtrace.tiny import train_bpe_tokenizer
 
     L.seed_everything(args.seed, verbose=False)

@@ -3,7 +3,7 @@
 The options of each subcommand are the typed parameters of the function of the same name
 below (:func:`replay`, :func:`plot`, :func:`export`, :func:`phases`), documented by their
 docstrings. jsonargparse gives every subcommand ``--config FILE.yaml`` (keys: the option
-names), ``--print_config`` and environment variables (``GEOMTRACE_REPLAY__BATCH_SIZE``).
+names), ``--print_config`` and environment variables (``GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE``).
 Options are spelled with dashes (``--batch-size``) as before; the underscore spelling
 (``--batch_size``, the config key) works too.
 

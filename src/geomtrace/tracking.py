@@ -738,8 +738,9 @@ def _precision_note(provenance: dict[str, Any], autocast: str) -> str:
     line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
     if precision in ("bf16", "fp16") and autocast == "auto":
         line += (
-            " (autocast='auto' follows the trainer's mixed precision; `geomtrace replay` measures in the "
-            "weights' dtype, so its values differ by ~1e-3: pass autocast='off' for fp32 probes)"
+            " (autocast='auto' follows the trainer's mixed precision; `geomtrace replay --like <history file>` "
+            "measures in the same precision, with identical values; a replay in fp32 differs by about 1e-4 to "
+            "2e-3 relative: pass autocast='off' for fp32 probes)"
         )
     return line
 
