@@ -795,3 +795,27 @@ def test_unwritable_outputs_are_named_in_user_terms(run_dir, tmp_path, capsys, m
     assert f"cannot write {locked / 't.png'}: {locked} is not writable" in err and ".tmp" not in err
     assert main(["export", str(run_dir), "-o", str(locked / "g.npy"), "--no-spectra"]) == 2
     assert f"cannot write {locked / 'g.npy'}: {locked} is not writable" in capsys.readouterr().err
+
+
+def test_like_finds_a_relative_probe_file_beside_the_record_and_names_a_missing_one(tmp_path, monkeypatch, capsys):
+    # Records written before probe paths were made absolute hold them as given: relative to where
+    # that run started. --like looks beside the record; a file found nowhere is named, and the
+    # message asks for --probe-file instead of blaming it (it was not passed).
+    from geomtrace.replay.provenance import like_settings, read_provenance
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "probes.txt").write_text("one probe text\nanother probe text\n")
+    record = {"provenance": {"probe": "file:probes.txt n=2 len=1..8 seed=0", "probe_options": {"source": "probes.txt"}}}
+    (run / "geometry.json").write_text(json.dumps(record))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = like_settings(read_provenance(run / "geometry.json"))
+    assert settings.probe_options["source"] == str((run / "probes.txt").resolve())
+    assert settings.missing_source is None
+    (run / "probes.txt").unlink()
+    argv = ["replay", "--like", str(run / "geometry.json"), "--model", "a/b", "--revisions", "step0"]
+    assert main([*argv, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "the probe file probes.txt, which is not there (recorded in" in err and "--probe-file" in err

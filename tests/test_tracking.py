@@ -467,3 +467,18 @@ def test_resume_under_another_prefix_keeps_the_history_renamed(tokenizer):
         warnings.simplefilter("error", GeometryWarning)
         same.load_state_dict(state)  # the same prefix: no warning
     assert same.history == first.history
+
+
+def test_a_ready_probe_set_records_the_options_that_rebuild_it(tmp_path, tokenizer, monkeypatch):
+    # A ProbeSet passed to a callback recorded probe_options: null, so --like could not rebuild
+    # it. One built by load_probes keeps its options; a file is recorded by its absolute path.
+    texts = tmp_path / "probes.txt"
+    texts.write_text("\n".join(f"probe text number {i} with a few more words" for i in range(12)))
+    monkeypatch.chdir(tmp_path)
+    probes = load_probes(tokenizer, "probes.txt", num_sequences=6, min_tokens=2, max_tokens=12, seed=3)
+    recorded = GeometryTracker(probes=probes).recorded_probe_options()
+    assert recorded is not None and recorded["source"] == str(texts.resolve())
+    assert (recorded["num_sequences"], recorded["max_tokens"], recorded["seed"]) == (6, 12, 3)
+    rebuilt = ProbeOptions.from_dict(recorded).build(tokenizer)
+    assert rebuilt.fingerprint() == probes.fingerprint()
+    assert GeometryTracker(probes=PROBES).recorded_probe_options() is None  # a hand-made set: nothing to say

@@ -49,6 +49,7 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
             "or is not a geomtrace history; give the probe and measurement options explicitly instead"
         )
     out = dict(provenance)
+    out.setdefault("record_path", str(p))  # where a relative probe path was recorded from
     load = data.get("load")
     if isinstance(load, dict) and load.get("dtype") and "dtype" not in out:
         out["dtype"] = load["dtype"]
@@ -110,7 +111,21 @@ def _probe_options(provenance: Mapping[str, Any]) -> tuple[dict[str, Any], str |
     if source is not None and (not isinstance(source, str) or source.startswith("<")):
         options.pop("source")
         return options, str(source)
+    if isinstance(source, str) and Path(source).suffix.lower() in _PROBE_FILE_SUFFIXES and not Path(source).is_file():
+        # Older records hold the path as given (relative to where that run started): look beside the record.
+        record = provenance.get("record_path")
+        beside = Path(record).parent / source if record else None
+        if beside is not None and not Path(source).is_absolute() and beside.is_file():
+            options["source"] = str(beside.resolve())
+        else:
+            options.pop("source")
+            where = f" (recorded in {record})" if record else ""
+            return options, f"the probe file {source}, which is not there{where}"
     return options, None
+
+
+#: What a recorded probe source that is a file path ends with (else: a hub dataset name).
+_PROBE_FILE_SUFFIXES = (".txt", ".jsonl", ".json")
 
 
 def like_settings(provenance: Mapping[str, Any]) -> LikeSettings:
