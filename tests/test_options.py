@@ -230,3 +230,17 @@ def test_each_option_set_is_declared_once():
     assert measure.MeasureConfig is MeasureConfig and phases.DetectorOptions is DetectorOptions
     assert replay.LoadOptions is LoadOptions
     assert all(dataclasses.is_dataclass(cls) for cls in SAMPLES)
+
+
+def test_the_deprecation_warning_points_at_the_users_line():
+    # Python shows a DeprecationWarning by default only when it is attributed to __main__: the
+    # warning must name the caller's line, not a geomtrace frame, whatever the layers between.
+    from geomtrace.callbacks import GeometryCallback, GeometryMonitor
+    from geomtrace.tracking import GeometryTracker
+
+    for make in (GeometryMonitor, GeometryCallback, GeometryTracker):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make(every_n_steps=3)
+        (warning,) = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert warning.filename == __file__, (make.__name__, warning.filename)

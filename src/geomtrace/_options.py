@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -114,7 +115,6 @@ def legacy_options(
     groups: Mapping[str, tuple[type[OptionSet], Any]],
     *,
     renamed: Mapping[str, str] | None = None,
-    stacklevel: int = 3,
 ) -> dict[str, Any]:
     """The one deprecation shim: old flat keywords (``layers=``, ``every_n_steps=``, ``probe_source=``)
     merged into their option sets, with one ``DeprecationWarning`` naming the new spelling.
@@ -126,7 +126,6 @@ def legacy_options(
             keyword is its name, or its ``metadata["flat"]`` (``ProbeOptions.source`` was
             ``probe_source``).
         renamed: whole parameters that were renamed: ``{"config": "measure"}``.
-        stacklevel: of the warning (the user's call).
 
     Returns:
         ``{group: option set}`` for every group, the flat values applied on top of the given set
@@ -172,6 +171,21 @@ def legacy_options(
             f"{owner}: flat keyword options are deprecated and will be removed in geomtrace 0.3; pass the option "
             f"objects instead ({'; '.join(spelled)})",
             DeprecationWarning,
-            stacklevel=stacklevel,
+            stacklevel=_caller_stacklevel(),
         )
     return out
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside geomtrace: the warning points at the user's
+    line (Python shows a DeprecationWarning by default only when it points at ``__main__``),
+    however many geomtrace layers (callback, tracker, shim) lie between."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level

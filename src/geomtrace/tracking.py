@@ -812,7 +812,6 @@ def upgrade_flat_options(owner: str, flat: Mapping[str, Any], **given: Any) -> d
         flat,
         {name: (cls, given.get(name)) for name, cls in groups.items()},
         renamed={"config": "measure", "probe_options": "probes"},
-        stacklevel=4,
     )
 
 

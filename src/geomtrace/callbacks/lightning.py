@@ -23,7 +23,6 @@ from geomtrace.tracking import (
     ProbeLengthError,
     loaded_model_hint,
     report,
-    upgrade_flat_options,
 )
 
 _lightning = require("lightning", "the GeometryMonitor callback")
@@ -115,11 +114,6 @@ class GeometryMonitor(Callback):
     ) -> None:
         super().__init__()
         try:
-            if deprecated:
-                groups = upgrade_flat_options(
-                    "GeometryMonitor", deprecated, schedule=schedule, measure=measure, probes=probes
-                )
-                schedule, measure, probes = groups["schedule"], groups["measure"], groups["probes"]
             self.tracker = GeometryTracker(
                 schedule=schedule,
                 measure=measure,
@@ -133,6 +127,7 @@ class GeometryMonitor(Callback):
                 extra_metrics=extra_metrics,
                 memorization=memorization,
                 owner="GeometryMonitor",
+                **deprecated,  # the flat keywords of 0.1: the tracker's shim, one warning naming GeometryMonitor
             )
         except (TypeError, ValueError) as err:
             raise MisconfigurationException(f"GeometryMonitor: {err}") from err

@@ -48,7 +48,6 @@ from geomtrace.tracking import (
     ProbeLengthError,
     loaded_model_hint,
     report,
-    upgrade_flat_options,
 )
 
 require("transformers", "the GeometryCallback")
@@ -143,11 +142,6 @@ class GeometryCallback(TrainerCallback, ExportableState):
         **deprecated: Any,
     ) -> None:
         try:
-            if deprecated:
-                groups = upgrade_flat_options(
-                    "GeometryCallback", deprecated, schedule=schedule, measure=measure, probes=probes
-                )
-                schedule, measure, probes = groups["schedule"], groups["measure"], groups["probes"]
             self.tracker = GeometryTracker(
                 schedule=schedule,
                 measure=measure,
@@ -161,6 +155,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
                 extra_metrics=extra_metrics,
                 memorization=memorization,
                 owner="GeometryCallback",
+                **deprecated,  # the flat keywords of 0.1: the tracker's shim, one warning naming GeometryCallback
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"GeometryCallback: {err}") from err
