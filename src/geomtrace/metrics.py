@@ -27,6 +27,7 @@ torchmetrics semantics, as they apply here:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -35,8 +36,9 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from geomtrace import functional as F
+from geomtrace import uncertainty as U
 from geomtrace._distributed import all_reduce_state
-from geomtrace._warnings import warn
+from geomtrace._warnings import GeometryWarning, warn
 from geomtrace.covariance import (
     FOLD_EVERY,
     Moments,
@@ -55,8 +57,11 @@ __all__ = [
     "GeometrySummary",
     "RankMe",
     "Spectrum",
+    "Uncertainty",
     "covariance_spectrum",
 ]
+
+Uncertainty = U.Uncertainty
 
 Spectrum = Literal["covariance", "singular"]
 
@@ -162,6 +167,9 @@ class GeometrySummary(NamedTuple):
     n_samples: int
     dim: int
     n_dropped: int
+    #: Jackknife standard errors (``uncertainty="jackknife"``); None without ``uncertainty=``.
+    rankme_se: Tensor | None = None
+    alpha_se: Tensor | None = None
 
 
 def _to_device(value: Tensor, device: torch.device) -> Tensor:
@@ -210,9 +218,18 @@ class _CovarianceMetric(Metric):
         spectrum: Spectrum = "covariance",
         max_components: int | None = None,
         strict: bool = False,
+        uncertainty: U.UncertaintyMethod | None = None,
+        groups: int | None = None,
+        max_group_memory: int | None = U.DEFAULT_MAX_GROUP_MEMORY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.uncertainty, self.groups, self.max_group_memory = U.validate_uncertainty(
+            uncertainty, groups, max_group_memory
+        )
+        # Rows accumulated before a forward() (which resets the states for its batch): the
+        # round-robin group assignment continues from there (see forward).
+        self._group_offset = 0
         if spectrum not in ("covariance", "singular"):
             raise ValueError(f"spectrum must be 'covariance' or 'singular', got {spectrum!r}.")
         if max_components is not None and (
@@ -229,6 +246,11 @@ class _CovarianceMetric(Metric):
         # deferred sums; the sync and merge below combine them (never torchmetrics' gather).
         for name, default in default_states().items():
             self.add_state(name, default, dist_reduce_fx="sum", persistent=True)
+        if self.uncertainty is not None:  # only then: uncertainty=None keeps today's states and cost
+            f64 = torch.float64
+            self.add_state("group_count", torch.zeros(self.groups, dtype=f64), dist_reduce_fx="sum", persistent=True)
+            self.add_state("group_sum", torch.zeros(0, 0, dtype=f64), dist_reduce_fx="sum", persistent=True)
+            self.add_state("group_second", torch.zeros(0, 0, 0, dtype=f64), dist_reduce_fx="sum", persistent=True)
 
     # ------------------------------------------------------------------ update
     @property
@@ -236,19 +258,70 @@ class _CovarianceMetric(Metric):
         """Feature dimension ``d``, or None before the first update."""
         return self.feature_sum.numel() or None
 
-    def update(self, features: Tensor, mask: Tensor | None = None) -> None:
+    def update(self, features: Tensor, mask: Tensor | None = None, sample_index: Tensor | None = None) -> None:
         """Accumulate a batch of features.
 
         Args:
             features: ``(N, d)`` or ``(..., d)`` floating point tensor of any float dtype.
             mask: optional tensor of shape ``features.shape[:-1]``, boolean or 0/1 (an
                 attention mask); False/0 rows are skipped (padding).
+            sample_index: only with ``uncertainty=``: non-negative integers of shape
+                ``features.shape[:-1]`` naming each row's sampling unit (e.g. the probe's
+                position in the whole probe set); the row goes to jackknife group
+                ``sample_index mod groups``. Default: round-robin over the rows in the order
+                they are accumulated. Ignored without ``uncertainty=``.
         """
         self._check_not_meta()
         prepared = prepare_rows(features, mask, expected_dim=self.dim)
         if prepared.n_dropped:
             self._on_dropped_rows(prepared.n_dropped)
+        if self.uncertainty is None:
+            accumulate(self, prepared, self.fold_every)
+            return
+        first_row = self._group_offset + int(self.n_samples)
+        index = None if sample_index is None else U.kept_sample_index(sample_index, features, mask, prepared.n_dropped)
         accumulate(self, prepared, self.fold_every)
+        self._update_groups(prepared.rows, first_row, index)
+
+    # ------------------------------------------------------- jackknife groups
+    group_count: Tensor
+    group_sum: Tensor
+    group_second: Tensor
+
+    def _materialize_groups(self, d: int) -> None:
+        """Zero group moments of dimension ``d`` (after checking the memory cap)."""
+        if self.group_sum.shape == (self.groups, d):
+            return
+        U.check_group_memory(self.groups, d, self.max_group_memory, self._who)
+        device, f64 = self.second_moment.device, torch.float64
+        self.group_count = torch.zeros(self.groups, dtype=f64, device=device)
+        self.group_sum = torch.zeros(self.groups, d, dtype=f64, device=device)
+        self.group_second = torch.zeros(self.groups, d, d, dtype=f64, device=device)
+
+    def _update_groups(self, rows: Tensor, first_row: int, index: Tensor | None) -> None:
+        d = self.feature_sum.numel()
+        if d == 0:
+            return
+        self._materialize_groups(d)
+        if rows.shape[0] == 0:
+            return
+        device = self.second_moment.device
+        rows = rows.to(device)
+        gid = U.group_ids(first_row, rows.shape[0], self.groups, device, index)
+        U.accumulate_groups(self.group_count, self.group_sum, self.group_second, rows, gid, self.shift)
+
+    def _group_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.group_count, self.group_sum, self.group_second
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """torchmetrics' ``forward``; with ``uncertainty=`` the batch's rows continue the groups' round-robin."""
+        if self.uncertainty is None:
+            return super().forward(*args, **kwargs)
+        self._group_offset = self._group_offset + int(self.n_samples)
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._group_offset = 0
 
     def _check_not_meta(self) -> None:
         if self.second_moment.device.type == "meta":
@@ -282,11 +355,65 @@ class _CovarianceMetric(Metric):
         # All states are sums: reduce them in place (around one agreed shift) instead of
         # gathering world_size copies. Reduce copies: in a MetricCollection compute group the
         # state tensors are shared with the other members, which must keep seeing the local sums.
+        old_shift = self.shift.clone()
         all_reduce_state(self, process_group or self.process_group)
+        if self.uncertainty is not None:
+            self._sync_groups(old_shift, process_group or self.process_group)
+
+    def _sync_groups(self, old_shift: Tensor, group: Any) -> None:
+        """Sum the group moments over ranks around the shift the totals agreed on (same collectives on every rank)."""
+        d = self.feature_sum.numel()  # agreed by all_reduce_state
+        if d == 0:
+            return
+        count, total, second = (t.clone() for t in self._group_tensors())
+        if total.shape != (self.groups, d) or old_shift.numel() != d:  # a rank with no rows
+            f64, device = torch.float64, self.second_moment.device
+            count = torch.zeros(self.groups, dtype=f64, device=device)
+            total = torch.zeros(self.groups, d, dtype=f64, device=device)
+            second = torch.zeros(self.groups, d, d, dtype=f64, device=device)
+        else:
+            U.recenter_groups(count, total, second, old_shift, self.shift)
+        dist = torch.distributed
+        for tensor in (count, total, second):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        self.group_count, self.group_sum, self.group_second = count, total, second
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         # merge_state() and forward(): sums around possibly different shifts; see merge_states.
+        if self.uncertainty is None:
+            merge_states(self, incoming_state, self.fold_every)
+            return
+        own_shift = self.shift.clone()
         merge_states(self, incoming_state, self.fold_every)
+        self._merge_groups(own_shift, incoming_state)
+
+    def _merge_groups(self, own_shift: Tensor, incoming: dict[str, Any]) -> None:
+        """Add the incoming group moments, both sides recentred onto the merged shift."""
+        d = self.feature_sum.numel()
+        if "group_second" not in incoming:
+            raise ValueError(
+                "cannot merge: the incoming state has no jackknife groups; give both metrics uncertainty=."
+            )
+        inc_count, inc_total, inc_second = (incoming[name] for name in U.GROUP_STATE_NAMES)
+        if inc_count.numel() != self.groups:
+            raise ValueError(f"cannot merge jackknife states of {inc_count.numel()} and {self.groups} groups.")
+        if d == 0:
+            return
+        had_groups = self.group_sum.shape == (self.groups, d)
+        self._materialize_groups(d)
+        if had_groups and own_shift.numel() == d:
+            U.recenter_groups(self.group_count, self.group_sum, self.group_second, own_shift, self.shift)
+        if inc_total.shape != (self.groups, d) or not float(inc_count.sum()):
+            return
+        device = self.second_moment.device
+        count, total, second = (t.to(device).clone() for t in (inc_count, inc_total, inc_second))
+        inc_shift = incoming.get("shift")
+        if inc_shift is None or inc_shift.numel() != d:
+            inc_shift = torch.zeros(d, dtype=torch.float64, device=device)
+        U.recenter_groups(count, total, second, inc_shift.to(device), self.shift)
+        self.group_count.add_(count)
+        self.group_sum.add_(total)
+        self.group_second.add_(second)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -390,6 +517,80 @@ class _CovarianceMetric(Metric):
         """
         return self._plot(val, ax)
 
+    # ------------------------------------------------------------- error bars
+    #: What the metric measures, hence what its jackknife replicates compute.
+    _measures: tuple[str, ...] = ()
+
+    def compute_uncertainty(self) -> U.Uncertainty:
+        """Jackknife standard errors of the values (synchronised across processes like ``compute``).
+
+        Needs ``uncertainty="jackknife"``. Costs ``groups`` more eigendecompositions of the
+        ``d x d`` covariance (one per deleted group). See :class:`~geomtrace.uncertainty.Uncertainty`.
+        """
+        if self.uncertainty is None:
+            raise ValueError(
+                f"{self._who} was created without uncertainty=: create it with uncertainty='jackknife' "
+                "(and groups=, default 20) to get standard errors."
+            )
+        return self._synced(self._uncertainty)
+
+    def _uncertainty(
+        self, moments: Moments | None = None, rankme: Tensor | None = None, alpha: Tensor | None = None
+    ) -> U.Uncertainty:
+        moments = moments if moments is not None else self._moments()
+        wants_rankme, wants_alpha = "rankme" in self._measures, "alpha" in self._measures
+        if (wants_rankme and rankme is None) or (wants_alpha and alpha is None):
+            full_rankme, full_alpha = self._replicate_statistic(moments)
+            rankme = rankme if rankme is not None else torch.tensor(full_rankme, dtype=torch.float64)
+            alpha = alpha if alpha is not None else torch.tensor(full_alpha, dtype=torch.float64)
+        device = self.second_moment.device
+        count, total, second = self._group_tensors()
+        if moments.dim == 0 or total.shape != (self.groups, moments.dim):
+            nan = torch.full((self.groups,), math.nan, dtype=torch.float64, device=device)
+            rankme_reps, alpha_reps = nan, nan.clone()
+        else:
+            rankme_reps, alpha_reps = U.replicate_values(moments, count, total, second, self._replicate_statistic)
+
+        def se(value: Tensor | None, replicates: Tensor) -> Tensor:
+            if value is None or not bool(torch.isfinite(value)):
+                return torch.tensor(math.nan, dtype=torch.float64, device=device)
+            return U.jackknife_se(replicates)
+
+        return U.Uncertainty(
+            method="jackknife",
+            groups=self.groups,
+            group_sizes=count.clone(),
+            rankme=self._out(rankme.to(device)) if wants_rankme and rankme is not None else None,
+            rankme_se=self._out(se(rankme, rankme_reps)) if wants_rankme else None,
+            rankme_replicates=self._out(rankme_reps) if wants_rankme else None,
+            alpha=self._out(alpha.to(device)) if wants_alpha and alpha is not None else None,
+            alpha_se=self._out(se(alpha, alpha_reps)) if wants_alpha else None,
+            alpha_replicates=self._out(alpha_reps) if wants_alpha else None,
+        )
+
+    def _replicate_statistic(self, moments: Moments) -> tuple[float, float]:
+        """``(rankme, alpha)`` of some moments as ``compute`` gives them, without warnings (NaN if undefined)."""
+        rankme = alpha = math.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GeometryWarning)
+            spectrum = None
+            if "alpha" in self._measures or (self.spectrum == "covariance" and "rankme" in self._measures):
+                spectrum = covariance_spectrum(moments, self.max_components, who=self._who)
+            if "rankme" in self._measures:
+                values: Tensor | None = None
+                if self.spectrum == "singular":
+                    gram = moments.gram() if moments.n >= 2 else None
+                    if gram is not None and bool(torch.isfinite(gram).all()) and float(gram.diagonal().sum()) > 0:
+                        values = F.singular_spectrum(gram, self.max_components, n_samples=int(moments.n))
+                elif spectrum is not None and spectrum.problem is None:
+                    values = spectrum.eigenvalues
+                if values is not None:
+                    rankme = float(F.rankme(values, eps=getattr(self, "eps", F.DEFAULT_EPS)))
+            if "alpha" in self._measures and spectrum is not None:
+                fit_range = getattr(self, "fit_range", F.DEFAULT_FIT_RANGE)
+                alpha = float(self._fit(moments, spectrum, fit_range).alpha)
+        return rankme, alpha
+
     def _synced(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the synchronised state, like ``compute`` does (for the richer results)."""
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True):
@@ -444,17 +645,33 @@ class Geometry(_CovarianceMetric):
         max_components: int | None = None,
         eigenvalues: bool = True,
         strict: bool = False,
+        uncertainty: U.UncertaintyMethod | None = None,
+        groups: int | None = None,
+        max_group_memory: int | None = U.DEFAULT_MAX_GROUP_MEMORY,
         **kwargs: Any,
     ) -> None:
-        super().__init__(spectrum=spectrum, max_components=max_components, strict=strict, **kwargs)
+        super().__init__(
+            spectrum=spectrum,
+            max_components=max_components,
+            strict=strict,
+            uncertainty=uncertainty,
+            groups=groups,
+            max_group_memory=max_group_memory,
+            **kwargs,
+        )
         self.eps = F.validate_eps(eps)
         self.fit_range = F._validate_fit_range(fit_range)
         self.return_eigenvalues = bool(eigenvalues)
 
+    _measures = ("rankme", "alpha")
+
     def compute(self) -> dict[str, Tensor]:
-        """``{"rankme", "alpha", "r2"[, "eigenvalues"]}`` of everything accumulated (synchronised)."""
+        """``{"rankme", "alpha", "r2"[, "eigenvalues"]}`` of everything accumulated (synchronised);
+        with ``uncertainty=`` also ``"rankme_se"`` and ``"alpha_se"``."""
         summary = self._summary()
         out = {"rankme": summary.rankme, "alpha": summary.alpha, "r2": summary.r2}
+        if summary.rankme_se is not None and summary.alpha_se is not None:
+            out["rankme_se"], out["alpha_se"] = summary.rankme_se, summary.alpha_se
         if self.return_eigenvalues:
             out["eigenvalues"] = summary.eigenvalues
         return {key: self._out(value) for key, value in out.items()}
@@ -475,8 +692,10 @@ class Geometry(_CovarianceMetric):
         moments = self._moments()
         spectrum = self._covariance_spectrum(moments)
         fit = self._fit(moments, spectrum, self.fit_range)
+        rankme = self._rankme(moments, spectrum, self.eps)
+        errors = None if self.uncertainty is None else self._uncertainty(moments, rankme, fit.alpha)
         return GeometrySummary(
-            rankme=self._rankme(moments, spectrum, self.eps),
+            rankme=rankme,
             alpha=fit.alpha,
             r2=fit.r2,
             eigenvalues=self._eigenvalues_or_nan(moments, spectrum),
@@ -484,6 +703,8 @@ class Geometry(_CovarianceMetric):
             n_samples=int(moments.n),
             dim=moments.dim,
             n_dropped=moments.n_dropped,
+            rankme_se=None if errors is None else errors.rankme_se,
+            alpha_se=None if errors is None else errors.alpha_se,
         )
 
 
@@ -521,10 +742,23 @@ class RankMe(_CovarianceMetric):
         eps: float = F.DEFAULT_EPS,
         max_components: int | None = None,
         strict: bool = False,
+        uncertainty: U.UncertaintyMethod | None = None,
+        groups: int | None = None,
+        max_group_memory: int | None = U.DEFAULT_MAX_GROUP_MEMORY,
         **kwargs: Any,
     ) -> None:
-        super().__init__(spectrum=spectrum, max_components=max_components, strict=strict, **kwargs)
+        super().__init__(
+            spectrum=spectrum,
+            max_components=max_components,
+            strict=strict,
+            uncertainty=uncertainty,
+            groups=groups,
+            max_group_memory=max_group_memory,
+            **kwargs,
+        )
         self.eps = F.validate_eps(eps)
+
+    _measures = ("rankme",)
 
     def compute(self) -> Tensor:
         """The RankMe of everything accumulated (synchronised across processes)."""
@@ -553,15 +787,34 @@ class AlphaReQ(_CovarianceMetric):
         fit_range: tuple[int, int] = F.DEFAULT_FIT_RANGE,
         max_components: int | None = None,
         strict: bool = False,
+        uncertainty: U.UncertaintyMethod | None = None,
+        groups: int | None = None,
+        max_group_memory: int | None = U.DEFAULT_MAX_GROUP_MEMORY,
         **kwargs: Any,
     ) -> None:
-        super().__init__(spectrum="covariance", max_components=max_components, strict=strict, **kwargs)
+        super().__init__(
+            spectrum="covariance",
+            max_components=max_components,
+            strict=strict,
+            uncertainty=uncertainty,
+            groups=groups,
+            max_group_memory=max_group_memory,
+            **kwargs,
+        )
         self.fit_range = F._validate_fit_range(fit_range)
 
+    _measures = ("alpha",)
+
     def compute(self) -> dict[str, Tensor]:
-        """``{"alpha": ..., "r2": ...}`` of everything accumulated."""
-        fit = self._alpha_fit()
-        return {"alpha": self._out(fit.alpha), "r2": self._out(fit.r2)}
+        """``{"alpha": ..., "r2": ...}`` of everything accumulated; with ``uncertainty=`` also ``"alpha_se"``."""
+        if self.uncertainty is None:
+            fit = self._alpha_fit()
+            return {"alpha": self._out(fit.alpha), "r2": self._out(fit.r2)}
+        moments = self._moments()
+        fit = self._fit(moments, self._covariance_spectrum(moments), self.fit_range)
+        errors = self._uncertainty(moments, alpha=fit.alpha)
+        assert errors.alpha_se is not None
+        return {"alpha": self._out(fit.alpha), "r2": self._out(fit.r2), "alpha_se": errors.alpha_se}
 
     def compute_fit(self) -> F.PowerLawFit:
         """The full power-law fit (synchronised across processes like ``compute``)."""
