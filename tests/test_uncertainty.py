@@ -202,6 +202,8 @@ def test_metric_collection_and_reset():
     metric = fed(jack(), x)
     metric.reset()
     assert metric.group_sum.numel() == 0 and float(metric.group_count.sum()) == 0
+    singular = fed(Geometry(uncertainty="jackknife", spectrum="singular", groups=5), x).compute()
+    assert math.isfinite(float(singular["rankme_se"])) and float(singular["rankme_se"]) > 0
     few = jack(eigenvalues=False)
     few.update(x[:30])  # 20 groups of 1-2 rows: the replicates exist, alpha's fit range is clipped
     out = few.compute()

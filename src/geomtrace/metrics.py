@@ -355,10 +355,12 @@ class _CovarianceMetric(Metric):
         # All states are sums: reduce them in place (around one agreed shift) instead of
         # gathering world_size copies. Reduce copies: in a MetricCollection compute group the
         # state tensors are shared with the other members, which must keep seeing the local sums.
+        if self.uncertainty is None:
+            all_reduce_state(self, process_group or self.process_group)
+            return
         old_shift = self.shift.clone()
         all_reduce_state(self, process_group or self.process_group)
-        if self.uncertainty is not None:
-            self._sync_groups(old_shift, process_group or self.process_group)
+        self._sync_groups(old_shift, process_group or self.process_group)
 
     def _sync_groups(self, old_shift: Tensor, group: Any) -> None:
         """Sum the group moments over ranks around the shift the totals agreed on (same collectives on every rank)."""
@@ -615,6 +617,14 @@ class Geometry(_CovarianceMetric):
         max_components: keep the top-k eigenvalues (paper's scripts: ``2048``).
         eigenvalues: include the eigenvalues in ``compute()``'s dict.
         strict: raise on NaN/Inf rows instead of dropping them with a warning.
+        uncertainty: ``"jackknife"`` adds standard errors from the sample itself (a delete-a-group
+            jackknife, see :mod:`geomtrace.uncertainty` and ``docs/concepts.md``, "Error bars");
+            None (default) measures exactly as without it.
+        groups: the jackknife's number of groups ``G`` (default 20; >= 2). Costs ``G`` more
+            ``d x d`` eigendecompositions at compute and ``G d^2`` float64 numbers of memory.
+        max_group_memory: refuse (``ValueError`` at the first update) group moments larger than
+            this many bytes (default 2 GiB); None: no cap.
+            With ``uncertainty=``, ``compute()`` also holds ``"rankme_se"`` and ``"alpha_se"``.
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
 
     Example:
@@ -721,6 +731,15 @@ class RankMe(_CovarianceMetric):
         eps: added to every normalised eigenvalue (paper: ``1e-7``); must be >= 0.
         max_components: keep the top-k eigenvalues (paper's scripts: ``2048``).
         strict: raise on NaN/Inf rows instead of dropping them with a warning.
+        uncertainty: ``"jackknife"`` adds standard errors from the sample itself (a delete-a-group
+            jackknife, see :mod:`geomtrace.uncertainty` and ``docs/concepts.md``, "Error bars");
+            None (default) measures exactly as without it.
+        groups: the jackknife's number of groups ``G`` (default 20; >= 2). Costs ``G`` more
+            ``d x d`` eigendecompositions at compute and ``G d^2`` float64 numbers of memory.
+        max_group_memory: refuse (``ValueError`` at the first update) group moments larger than
+            this many bytes (default 2 GiB); None: no cap.
+            ``compute()`` still returns the RankMe alone (a scalar for ``self.log``);
+            :meth:`compute_uncertainty` gives ``.rankme_se`` (and the replicates).
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
 
     ``compute()`` returns a float64 scalar tensor; NaN with one warning for fewer than 2
@@ -780,6 +799,10 @@ class AlphaReQ(_CovarianceMetric):
     plots. Fewer than 2 samples, zero variance, or fewer than 5 usable eigenvalues in the
     fit range (N or d below the range's start...) give NaN with one warning, never an error.
     Ranks up to 100 need ``d >= 100``. Want RankMe too? Use :class:`Geometry`.
+
+    With ``uncertainty="jackknife"`` (``groups=``, ``max_group_memory=``: as for
+    :class:`Geometry`) ``compute()``'s dict also holds ``"alpha_se"``, the jackknife standard
+    error; :meth:`compute_uncertainty` gives the replicates too.
     """
 
     def __init__(
