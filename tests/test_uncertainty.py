@@ -204,6 +204,9 @@ def test_metric_collection_and_reset():
     assert metric.group_sum.numel() == 0 and float(metric.group_count.sum()) == 0
     singular = fed(Geometry(uncertainty="jackknife", spectrum="singular", groups=5), x).compute()
     assert math.isfinite(float(singular["rankme_se"])) and float(singular["rankme_se"]) > 0
+    with pytest.warns(UserWarning):
+        before = jack(eigenvalues=False).compute()  # nothing accumulated: NaN values, NaN errors
+    assert math.isnan(float(before["rankme_se"])) and math.isnan(float(before["alpha_se"]))
     few = jack(eigenvalues=False)
     few.update(x[:30])  # 20 groups of 1-2 rows: the replicates exist, alpha's fit range is clipped
     out = few.compute()
@@ -232,12 +235,13 @@ def test_memory_cap_names_the_memory_and_what_to_do():
 
 
 # ------------------------------------------------------------------------- distributed
-def test_two_gloo_ranks_equal_one_process(tmp_path, free_port):
+@pytest.mark.parametrize("split", [333, 900], ids=["uneven", "rank1-empty"])
+def test_two_gloo_ranks_equal_one_process(tmp_path, free_port, split):
     from uncertainty_ddp import features  # tests/workers/ is on sys.path (pyproject's pythonpath)
 
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), "333"], capture_output=True, text=True, timeout=180
+        [sys.executable, str(WORKER), str(out), str(free_port), str(split)], capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     x = features()
@@ -247,7 +251,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, free_port):
     expected = reference.compute()
     for rank in (0, 1):
         got = json.loads(Path(f"{out}.rank{rank}").read_text())
-        assert got["local_n"] == got["local_groups"] == (333 if rank == 0 else 567)  # local states restored
+        assert got["local_n"] == got["local_groups"] == (split if rank == 0 else 900 - split)  # local states kept
         for key in ("rankme", "alpha"):
             assert got[key] == pytest.approx(float(expected[key]), rel=1e-6)
         for key in ("rankme_se", "alpha_se"):
