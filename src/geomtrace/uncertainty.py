@@ -241,11 +241,13 @@ def accumulate_groups(count: Tensor, total: Tensor, second: Tensor, rows: Tensor
             exponent = _scale_exponent(max(float(high), -float(low)))
             if exponent:
                 centred = centred * 2.0**exponent  # exact (a power of two)
-            m2 = (centred.T @ centred).to(f64)
-            second[g].add_(m2, alpha=2.0 ** (-2 * exponent))
+            second[g].add_(centred.T @ centred, alpha=2.0 ** (-2 * exponent))
             deviation = mean - shift
             correction = mean - rounded.to(f64)
-            second[g].addr_(deviation, deviation, alpha=float(n_g)).addr_(correction, correction, alpha=-float(n_g))
+            # n_g (dev dev^T - corr corr^T) as one rank-2 GEMM: one pass over the d x d block
+            terms = torch.stack([deviation, correction])
+            weights = torch.tensor([[float(n_g)], [-float(n_g)]], dtype=f64, device=terms.device)
+            second[g].addmm_((terms * weights).T, terms)
             total[g].add_(deviation, alpha=float(n_g))
     count.add_(sizes.to(count))
 
