@@ -281,37 +281,12 @@ class _CovarianceMetric(Metric):
         first_row = self._group_offset + int(self.n_samples)
         index = None if sample_index is None else U.kept_sample_index(sample_index, features, mask, prepared.n_dropped)
         accumulate(self, prepared, self.fold_every)
-        self._update_groups(prepared.rows, first_row, index)
+        U.update_groups(self, prepared.rows, first_row, index)
 
     # ------------------------------------------------------- jackknife groups
     group_count: Tensor
     group_sum: Tensor
     group_second: Tensor
-
-    def _materialize_groups(self, d: int) -> None:
-        """Zero group moments of dimension ``d`` (after checking the memory cap)."""
-        if self.group_sum.shape == (self.groups, d):
-            return
-        U.check_group_memory(self.groups, d, self.max_group_memory, self._who)
-        device, f64 = self.second_moment.device, torch.float64
-        self.group_count = torch.zeros(self.groups, dtype=f64, device=device)
-        self.group_sum = torch.zeros(self.groups, d, dtype=f64, device=device)
-        self.group_second = torch.zeros(self.groups, d, d, dtype=f64, device=device)
-
-    def _update_groups(self, rows: Tensor, first_row: int, index: Tensor | None) -> None:
-        d = self.feature_sum.numel()
-        if d == 0:
-            return
-        self._materialize_groups(d)
-        if rows.shape[0] == 0:
-            return
-        device = self.second_moment.device
-        rows = rows.to(device)
-        gid = U.group_ids(first_row, rows.shape[0], self.groups, device, index)
-        U.accumulate_groups(self.group_count, self.group_sum, self.group_second, rows, gid, self.shift)
-
-    def _group_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.group_count, self.group_sum, self.group_second
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """torchmetrics' ``forward``; with ``uncertainty=`` the batch's rows continue the groups' round-robin."""
@@ -360,25 +335,7 @@ class _CovarianceMetric(Metric):
             return
         old_shift = self.shift.clone()
         all_reduce_state(self, process_group or self.process_group)
-        self._sync_groups(old_shift, process_group or self.process_group)
-
-    def _sync_groups(self, old_shift: Tensor, group: Any) -> None:
-        """Sum the group moments over ranks around the shift the totals agreed on (same collectives on every rank)."""
-        d = self.feature_sum.numel()  # agreed by all_reduce_state
-        if d == 0:
-            return
-        count, total, second = (t.clone() for t in self._group_tensors())
-        if total.shape != (self.groups, d) or old_shift.numel() != d:  # a rank with no rows
-            f64, device = torch.float64, self.second_moment.device
-            count = torch.zeros(self.groups, dtype=f64, device=device)
-            total = torch.zeros(self.groups, d, dtype=f64, device=device)
-            second = torch.zeros(self.groups, d, d, dtype=f64, device=device)
-        else:
-            U.recenter_groups(count, total, second, old_shift, self.shift)
-        dist = torch.distributed
-        for tensor in (count, total, second):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
-        self.group_count, self.group_sum, self.group_second = count, total, second
+        U.all_reduce_groups(self, old_shift, process_group or self.process_group)
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         # merge_state() and forward(): sums around possibly different shifts; see merge_states.
@@ -387,35 +344,7 @@ class _CovarianceMetric(Metric):
             return
         own_shift = self.shift.clone()
         merge_states(self, incoming_state, self.fold_every)
-        self._merge_groups(own_shift, incoming_state)
-
-    def _merge_groups(self, own_shift: Tensor, incoming: dict[str, Any]) -> None:
-        """Add the incoming group moments, both sides recentred onto the merged shift."""
-        d = self.feature_sum.numel()
-        if "group_second" not in incoming:
-            raise ValueError(
-                "cannot merge: the incoming state has no jackknife groups; give both metrics uncertainty=."
-            )
-        inc_count, inc_total, inc_second = (incoming[name] for name in U.GROUP_STATE_NAMES)
-        if inc_count.numel() != self.groups:
-            raise ValueError(f"cannot merge jackknife states of {inc_count.numel()} and {self.groups} groups.")
-        if d == 0:
-            return
-        had_groups = self.group_sum.shape == (self.groups, d)
-        self._materialize_groups(d)
-        if had_groups and own_shift.numel() == d:
-            U.recenter_groups(self.group_count, self.group_sum, self.group_second, own_shift, self.shift)
-        if inc_total.shape != (self.groups, d) or not float(inc_count.sum()):
-            return
-        device = self.second_moment.device
-        count, total, second = (t.to(device).clone() for t in (inc_count, inc_total, inc_second))
-        inc_shift = incoming.get("shift")
-        if inc_shift is None or inc_shift.numel() != d:
-            inc_shift = torch.zeros(d, dtype=torch.float64, device=device)
-        U.recenter_groups(count, total, second, inc_shift.to(device), self.shift)
-        self.group_count.add_(count)
-        self.group_sum.add_(total)
-        self.group_second.add_(second)
+        U.merge_groups(self, own_shift, incoming_state)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -546,7 +475,7 @@ class _CovarianceMetric(Metric):
             rankme = rankme if rankme is not None else torch.tensor(full_rankme, dtype=torch.float64)
             alpha = alpha if alpha is not None else torch.tensor(full_alpha, dtype=torch.float64)
         device = self.second_moment.device
-        count, total, second = self._group_tensors()
+        count, total, second = self.group_count, self.group_sum, self.group_second
         if moments.dim == 0 or total.shape != (self.groups, moments.dim):
             nan = torch.full((self.groups,), math.nan, dtype=torch.float64, device=device)
             rankme_reps, alpha_reps = nan, nan.clone()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -43,16 +43,20 @@ __all__ = [
     "GROUP_STATE_NAMES",
     "Uncertainty",
     "UncertaintyMethod",
+    "GroupedState",
     "accumulate_groups",
+    "all_reduce_groups",
     "check_group_memory",
     "group_ids",
     "group_memory_bytes",
     "jackknife_se",
     "kept_sample_index",
+    "merge_groups",
     "recenter_groups",
     "replicate_moments",
     "replicate_values",
     "t_quantile",
+    "update_groups",
     "validate_uncertainty",
 ]
 
@@ -263,6 +267,102 @@ def recenter_groups(count: Tensor, total: Tensor, second: Tensor, shift: Tensor,
             continue
         second[g].addr_(total[g], delta).addr_(delta, total[g]).addr_(delta, delta, alpha=n_g)
         total[g].add_(delta, alpha=n_g)
+
+
+# ------------------------------------------------------------------- on a metric's states
+class GroupedState(Protocol):
+    """A covariance state (:class:`geomtrace.covariance.CovarianceState`) with group moments:
+    what the metrics of :mod:`geomtrace.metrics` hold with ``uncertainty=``."""
+
+    groups: int
+    max_group_memory: int | None
+    shift: Tensor
+    feature_sum: Tensor
+    second_moment: Tensor
+    group_count: Tensor
+    group_sum: Tensor
+    group_second: Tensor
+
+    @property
+    def _who(self) -> str: ...
+
+
+def materialize_groups(state: GroupedState, d: int) -> None:
+    """Zero group moments of dimension ``d`` (after checking the memory cap); kept if already there."""
+    if tuple(state.group_sum.shape) == (state.groups, d):
+        return
+    check_group_memory(state.groups, d, state.max_group_memory, state._who)
+    device, f64 = state.second_moment.device, torch.float64
+    state.group_count = torch.zeros(state.groups, dtype=f64, device=device)
+    state.group_sum = torch.zeros(state.groups, d, dtype=f64, device=device)
+    state.group_second = torch.zeros(state.groups, d, d, dtype=f64, device=device)
+
+
+def update_groups(state: GroupedState, rows: Tensor, first_row: int, index: Tensor | None) -> None:
+    """Add a batch's clean rows (already in the totals, whose shift they share) to their groups."""
+    d = state.feature_sum.numel()
+    if d == 0:
+        return
+    materialize_groups(state, d)
+    if rows.shape[0] == 0:
+        return
+    device = state.second_moment.device
+    rows = rows.to(device)
+    gid = group_ids(first_row, rows.shape[0], state.groups, device, index)
+    accumulate_groups(state.group_count, state.group_sum, state.group_second, rows, gid, state.shift)
+
+
+def all_reduce_groups(state: GroupedState, old_shift: Tensor, group: Any = None) -> None:
+    """Sum the group moments over ranks around the shift the totals just agreed on.
+
+    Call after :func:`geomtrace._distributed.all_reduce_state` with the rank's shift from
+    before it. Every rank enters the same collectives (a rank with no rows sends zeros).
+    """
+    d = state.feature_sum.numel()  # agreed by all_reduce_state
+    if d == 0:
+        return
+    count, total, second = (t.clone() for t in (state.group_count, state.group_sum, state.group_second))
+    if tuple(total.shape) != (state.groups, d) or old_shift.numel() != d:  # a rank with no rows
+        f64, device = torch.float64, state.second_moment.device
+        count = torch.zeros(state.groups, dtype=f64, device=device)
+        total = torch.zeros(state.groups, d, dtype=f64, device=device)
+        second = torch.zeros(state.groups, d, d, dtype=f64, device=device)
+    else:
+        recenter_groups(count, total, second, old_shift, state.shift)
+    dist = torch.distributed
+    for tensor in (count, total, second):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    state.group_count, state.group_sum, state.group_second = count, total, second
+
+
+def merge_groups(state: GroupedState, own_shift: Tensor, incoming: dict[str, Any]) -> None:
+    """Add the incoming group moments, both sides recentred onto the merged shift.
+
+    Call after :func:`geomtrace.covariance.merge_states` with ``state``'s shift from before it.
+    """
+    if "group_second" not in incoming:
+        raise ValueError("cannot merge: the incoming state has no jackknife groups; give both metrics uncertainty=.")
+    inc_count, inc_total, inc_second = (incoming[name] for name in GROUP_STATE_NAMES)
+    if inc_count.numel() != state.groups:
+        raise ValueError(f"cannot merge jackknife states of {inc_count.numel()} and {state.groups} groups.")
+    d = state.feature_sum.numel()
+    if d == 0:
+        return
+    had_groups = tuple(state.group_sum.shape) == (state.groups, d)
+    materialize_groups(state, d)
+    if had_groups and own_shift.numel() == d:
+        recenter_groups(state.group_count, state.group_sum, state.group_second, own_shift, state.shift)
+    if tuple(inc_total.shape) != (state.groups, d) or not float(inc_count.sum()):
+        return
+    device = state.second_moment.device
+    count, total, second = (t.to(device).clone() for t in (inc_count, inc_total, inc_second))
+    inc_shift = incoming.get("shift")
+    if inc_shift is None or inc_shift.numel() != d:
+        inc_shift = torch.zeros(d, dtype=torch.float64, device=device)
+    recenter_groups(count, total, second, inc_shift.to(device), state.shift)
+    state.group_count.add_(count)
+    state.group_sum.add_(total)
+    state.group_second.add_(second)
 
 
 # --------------------------------------------------------------------------- estimate
