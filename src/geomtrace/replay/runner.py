@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from geomtrace._distributed import rank_and_world_size
+from geomtrace._distributed import all_ranks, rank_and_world_size
 from geomtrace._options import legacy_options, option_set
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry, validate_extra_metrics
@@ -115,16 +115,6 @@ def _rank_device(device: str) -> str:
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
-
-
-def _all_agree(ok: bool, device: str) -> bool:
-    """True when ``ok`` holds on every rank (one tiny all_reduce under torch.distributed)."""
-    _, world = rank_and_world_size()
-    if world == 1:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag.item() == 0.0
 
 
 def _barrier() -> None:
@@ -505,7 +495,7 @@ def _bind_output(output: str | os.PathLike, info: dict[str, Any], device: str) -
             ResultsStore(output).bind(info)
         except (OutputConflictError, ValueError) as err:
             error = err
-    if not _all_agree(error is None, device):
+    if not all_ranks(error is None, device):
         raise error if error is not None else OutputConflictError(f"{output}: rank 0 refused the output")
 
 
@@ -538,7 +528,7 @@ def _prepare_memorization(
         memo.prepare(tokenizer)
     except Exception as err:  # noqa: BLE001 - raised below once every rank knows
         error = err
-    if not _all_agree(error is None, device):
+    if not all_ranks(error is None, device):
         raise error if error is not None else RuntimeError("memorization set-up failed on another rank")
     return memo
 
@@ -738,7 +728,7 @@ def run_replay(
             model, error, load_seconds, load_wait = loaded.model, loaded.error, loaded.seconds, loaded.wait
             del loaded  # its model is ours now: no second reference while measuring
             result = None
-            loaded_ok = _all_agree(error is None, device)
+            loaded_ok = all_ranks(error is None, device)
             if loaded_ok and ckpt.key not in done:
                 try:
                     result = measure_geometry(
