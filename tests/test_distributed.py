@@ -60,3 +60,21 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
             rtol=1e-6,
             atol=0,
         )
+
+
+def test_ranks_agree_on_flags(tmp_path, free_port):
+    # geomtrace._distributed.any_rank / all_ranks / any_rank_each: the one way a bool is agreed
+    # on (measure_geometry, answer_logprobs, replay's load / bind / memorization set-up).
+    out = tmp_path / "agree.json"
+    worker = Path(__file__).parent / "workers" / "agree_ddp.py"
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(out), str(free_port)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)]
+    for rank, got in enumerate(results):
+        assert got["any_one"] is True and got["any_none"] is False
+        assert got["all_one"] is False and got["all_every"] is True
+        assert got["each"] == [False, True, True, False] and got["each_empty"] == []
+        assert got["local"] is (rank == 1)  # world_size=1: this rank's own flag, no collective
+        assert got["collectives"] == [1, 1, 1, 1, 4]

@@ -327,7 +327,7 @@ def test_olmo2_stages_and_filters(hub, tmp_path):
     assert [e.step for e in acc.Images("geometry/eigenspectrum")] == [0, 2000]
 
 
-def test_local_folders_and_a_corrupt_checkpoint(local_dir, tmp_path, capsys):
+def test_local_folders_and_a_corrupt_checkpoint(local_dir, tmp_path, capsys, caplog):
     (tmp_path / "run").mkdir()
     for name in ("checkpoint-0", "checkpoint-10", "checkpoint-20"):
         os.symlink(local_dir / name, tmp_path / "run" / name)
@@ -340,6 +340,8 @@ def test_local_folders_and_a_corrupt_checkpoint(local_dir, tmp_path, capsys):
     rc = main(["replay", "--checkpoints", str(tmp_path / "run"), "--output", str(out), *PROBES, "--no-progress"])
     assert rc == 1  # some checkpoints failed, the others ran
     assert "checkpoint-5: FAILED" in capsys.readouterr().out
+    # the lines are INFO records of the logger geomtrace.replay, printed on stdout as before
+    assert any(r.name == "geomtrace.replay" and "checkpoint-5: FAILED" in r.getMessage() for r in caplog.records)
     records = ResultsStore(out).records()
     assert [r["key"] for r in records] == ["checkpoint-0", "checkpoint-10", "checkpoint-20"]
     assert [r["step"] for r in records] == [0, 10, 20]

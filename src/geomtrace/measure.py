@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from geomtrace._distributed import rank_and_world_size
+from geomtrace._distributed import any_rank, any_rank_each, rank_and_world_size
 from geomtrace._warnings import warn
 from geomtrace.features import (
     extract_features,
@@ -228,14 +228,6 @@ def _device_of(lm: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _any_rank_failed(failed: bool, world_size: int, device: torch.device) -> bool:
-    if world_size == 1:
-        return failed
-    flag = torch.tensor([1.0 if failed else 0.0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item() > 0)
-
-
 def _batch_count(n_local: int, batch_size: int, world_size: int, device: torch.device) -> int:
     count = math.ceil(n_local / batch_size)
     if world_size == 1:
@@ -323,7 +315,7 @@ def measure_geometry(
         )
     except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
         error = err
-    if _any_rank_failed(error is not None, world_size, device):
+    if any_rank(error is not None, device, world_size=world_size):
         if error is not None:
             raise RuntimeError(f"geometry measurement failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("geometry measurement failed on another rank")
@@ -483,12 +475,12 @@ def _update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed
 def _failed_on_any_rank(
     failed: set[tuple[int, str]], layers: list[int], names: list[str], world_size: int, device: torch.device
 ) -> set[tuple[int, str]]:
+    """The (layer, extra metric) pairs that failed on any rank (one collective, none without extra metrics)."""
     if world_size == 1 or not names:
         return failed
     keys = [(layer, name) for layer in layers for name in names]
-    flags = torch.tensor([1.0 if key in failed else 0.0 for key in keys], device=device)
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    return {key for key, flag in zip(keys, flags.tolist()) if flag > 0}
+    agreed = any_rank_each([key in failed for key in keys], device, world_size=world_size)
+    return {key for key, flag in zip(keys, agreed) if flag}
 
 
 def _add_extra(target: LayerGeometry, name: str, metric: Metric, failed: bool) -> None:

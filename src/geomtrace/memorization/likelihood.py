@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from geomtrace._distributed import rank_and_world_size
+from geomtrace._distributed import any_rank, rank_and_world_size
 from geomtrace.features import _is_fsdp, _position_ids, _unwrap_chain, find_causal_lm
 from geomtrace.measure import (
-    _any_rank_failed,
     _batch_count,
     _device_of,
     _progress,
@@ -228,7 +227,7 @@ def answer_logprobs(
     finally:
         if bar is not None:
             bar.close()
-    if _any_rank_failed(error is not None, world_size, device):
+    if any_rank(error is not None, device, world_size=world_size):
         if error is not None:
             raise RuntimeError(f"answer log-likelihood failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("answer log-likelihood failed on another rank")
