@@ -87,19 +87,16 @@ def resolve_options(
     load: LoadOptions | Mapping[str, Any] | None,
     extra_metrics: Mapping[str, Any] | None,
     deprecated: Mapping[str, Any],
-    *,
-    stacklevel: int = 4,
 ) -> ReplayOptions:
     """The option objects of ``run_replay(...)``: the flat keywords of geomtrace 0.1
-    (``deprecated``, one ``DeprecationWarning`` at ``stacklevel``, by default run_replay's
-    caller) merged in, each set validated, the extra metrics' names checked."""
+    (``deprecated``, one ``DeprecationWarning`` pointing at the user's call) merged in, each set
+    validated, the extra metrics' names checked."""
     if deprecated:
         upgraded = legacy_options(
             "run_replay",
             deprecated,
             {"measure": (MeasureConfig, measure), "probes": (ProbeOptions, probes), "load": (LoadOptions, load)},
             renamed={"config": "measure", "probe_options": "probes"},
-            stacklevel=stacklevel,
         )
         measure, probes, load = upgraded["measure"], upgraded["probes"], upgraded["load"]
     config = option_set(measure, MeasureConfig, owner="run_replay")

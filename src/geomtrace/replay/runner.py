@@ -260,9 +260,7 @@ def _measure_memorization(
     except Exception as err:  # noqa: BLE001 - every rank fails together (answer_logprobs agrees)
         return f"memorization failed: {type(err).__name__}: {err}"
     if write and writer is not None and ckpt.step is not None:
-        for tag, value in scalars.items():
-            writer.writer.add_scalar(tag, value, global_step=ckpt.step)
-        writer.writer.flush()
+        writer.log_scalars(scalars, ckpt.step)
     if write and verbose and scalars:
         shown = "  ".join(
             f"{tag.removeprefix('memorization/')} {value:.3f}"
