@@ -771,9 +771,9 @@ def memorization_probe(args: argparse.Namespace, config: Any = None, trust_remot
         raise UsageError(str(err)) from err
     index_tokenizer = None
     if args.index_tokenizer:
-        from geomtrace.replay.runner import _load_tokenizer
+        from geomtrace.replay.loading import load_tokenizer
 
-        index_tokenizer = _load_tokenizer(args.index_tokenizer, trust_remote_code=trust_remote_code)
+        index_tokenizer = load_tokenizer(args.index_tokenizer, trust_remote_code=trust_remote_code)
     return MemorizationProbe(
         qa,
         index,

@@ -15,7 +15,14 @@ from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind, CheckpointLo
 from geomtrace.replay.lightning_ckpt import find_pretrained, load_lightning
 from geomtrace.replay.naming import FOLDER_KINDS
 
-__all__ = ["fetch_checkpoint", "load_checkpoint_model", "load_checkpoint_tokenizer", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "fetch_checkpoint",
+    "load_checkpoint_model",
+    "load_checkpoint_tokenizer",
+    "load_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 _DTYPES = {
     "float32": "float32",
@@ -76,7 +83,24 @@ def _hub_error(what: str, err: BaseException) -> CheckpointLoadError:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _load_tokenizer(source: str, **kwargs: Any) -> Any:
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The tokenizer named by ``--tokenizer`` (a hub id or a folder); raises
+    :class:`CheckpointLoadError` naming it when it cannot be loaded (a missing folder included)."""
+    transformers = require("transformers", "loading tokenizers")
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        raise CheckpointLoadError(f"the tokenizer folder {name_or_path} does not exist (--tokenizer)")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointLoadError(
+            f"could not load the tokenizer {name_or_path!r} (--tokenizer): {type(err).__name__}: {err}"
+        ) from err
+
+
+def _try_tokenizer(source: str, **kwargs: Any) -> Any:
     transformers = require("transformers", "loading tokenizers")
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
@@ -116,19 +140,19 @@ def load_checkpoint_tokenizer(
     if ckpt.kind == CheckpointKind.HUB:
         if ckpt.revision:
             kwargs["revision"] = ckpt.revision
-        return _load_tokenizer(ckpt.model, **kwargs)
+        return _try_tokenizer(ckpt.model, **kwargs)
     if ckpt.kind not in FOLDER_KINDS or not ckpt.path:
         return None
     folder = Path(ckpt.path)
     for candidate in (folder, folder.parent):
         if _has_tokenizer_files(candidate):
-            tokenizer = _load_tokenizer(str(candidate), **kwargs)
+            tokenizer = _try_tokenizer(str(candidate), **kwargs)
             if tokenizer is not None:
                 return tokenizer
     if ckpt.kind == CheckpointKind.PEFT_ADAPTER:
         base = _adapter_base(folder, base_model)
         if base and (not Path(base).is_dir() or _has_tokenizer_files(Path(base))):
-            return _load_tokenizer(base, **kwargs)
+            return _try_tokenizer(base, **kwargs)
     return None
 
 
