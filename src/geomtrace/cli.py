@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, Union
 
 from geomtrace import _signals
+from geomtrace._log import get_logger
 from geomtrace.options import DetectorOptions, LoadOptions, MeasureConfig, ProbeOptions  # no torch, no numpy
 
 __all__ = [
@@ -42,6 +43,10 @@ __all__ = [
     "replay_checkpoints",
     "run",
 ]
+
+#: Notes on stderr go through logging (``geomtrace.cli``; stderr unless the application configured
+#: logging); what a command prints as its result (listings, summaries, tables, paths) is stdout.
+_LOG = get_logger("cli")
 
 _ENV_PREFIX = "GEOMTRACE"
 
@@ -635,6 +640,14 @@ def load_options(args: argparse.Namespace, like: Any = None) -> LoadOptions:
     return options
 
 
+def _note(line: str, args: argparse.Namespace) -> None:
+    """A note on the checkpoints: a line of the ``--dry-run`` listing (stdout), else logged (stderr)."""
+    if getattr(args, "dry_run", False):
+        print(f"[geomtrace] {line}")
+    else:
+        _LOG.info("[geomtrace] %s", line)
+
+
 def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]:
     """Apply --stage / --step-range / --log-spaced (by the steps and stages the naming registry read)."""
     from geomtrace.replay.sources import filter_checkpoints
@@ -644,7 +657,7 @@ def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]
         ckpts, step_range=args.step_range, log_spaced=args.log_spaced, stage=args.stage, left_out=left_out
     )
     for line in left_out:  # a checkpoint without a step (last.ckpt, main): said, never dropped silently
-        print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
+        _note(line, args)
     return kept
 
 
@@ -674,7 +687,7 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
         ckpts = local_checkpoints(args.checkpoints, skipped=skipped)
         for line in skipped:  # a save still being written, or a folder of optimizer state only
             # --dry-run lists them with the checkpoints (stdout); a replay says so on stderr.
-            print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
+            _note(line, args)
     ckpts = _filter_checkpoints(ckpts, args)
     if not ckpts:
         raise UsageError("no checkpoints left after --stage/--step-range/--log-spaced")
@@ -819,7 +832,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if args.phases:
         options, notes = _detector_options(args, paths[0])
         for note in notes:
-            print(f"[geomtrace] phases of {labels[0]}: {note}", file=sys.stderr)
+            _LOG.info("[geomtrace] phases of %s: %s", labels[0], note)
         phases = _detect(next(iter(runs.values())), options)
     keys = _memorization_keys(args.memorization)
     lines = _memorization_lines(dict(zip(labels, paths)), keys)
@@ -988,7 +1001,7 @@ def _cmd_phases(args: argparse.Namespace) -> int:
         import json
 
         for note in notes:
-            print(f"[geomtrace] {note}", file=sys.stderr)
+            _LOG.info("[geomtrace] %s", note)
         print(json.dumps([s.to_dict() for s in segments], indent=2))
     else:
         layer = "" if trajectory.layer is None else f", layer {trajectory.layer}"
