@@ -133,7 +133,7 @@ def replay(
         tensorboard_spectra: also log an eigenspectrum figure per checkpoint
         no_prefetch: load each checkpoint only after the previous one was measured (default: the next one loads in
             the background)
-        no_progress: no progress bars
+        no_progress: no progress bars (the default when stdout or stderr is not a terminal)
         quiet: no per-checkpoint summary lines
         qa: memorization QA pairs: a .jsonl file of {"question", "answer"} objects or of token-id pairs
             {"question_ids", "answer_ids"} (recipes/pretrain.py writes its cloze sets so), or trivia_qa (the seed's
@@ -697,7 +697,16 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
 # ----------------------------------------------------------------------------- commands
 
 
+def _on_a_terminal() -> bool:
+    """Whether both stdout and stderr are terminals (progress bars only make sense there)."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a stream replaced by an object without isatty, or closed
+        return False
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from geomtrace.replay.loading import loading_progress_bars
     from geomtrace.replay.runner import run_replay
     from geomtrace.replay.store import check_output_dir
 
@@ -719,24 +728,28 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not ckpts:
         print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
         return 0
-    memorization = memorization_probe(args, config, trust_remote_code=load.trust_remote_code)
+    # Bars only on a terminal: piped or redirected output carries none (transformers' "Loading
+    # weights" and the hub's download bars included), as with --no-progress.
+    progress = not args.no_progress and _on_a_terminal()
     tensorboard = None if args.no_tensorboard else (args.tensorboard or os.path.join(args.output, "tensorboard"))
-    summary = run_replay(
-        ckpts,
-        args.output,
-        measure=config,
-        probes=options,
-        load=load,
-        tokenizer=args.tokenizer,
-        tokens_per_step=args.tokens_per_step or (like.tokens_per_step if like else None),
-        tensorboard_dir=tensorboard,
-        tensorboard_spectra=bool(args.tensorboard_spectra),
-        progress=not args.no_progress,
-        verbose=not args.quiet,
-        reference=like.provenance if like else None,
-        prefetch=not args.no_prefetch,
-        memorization=memorization,
-    )
+    with loading_progress_bars(progress):
+        memorization = memorization_probe(args, config, trust_remote_code=load.trust_remote_code)
+        summary = run_replay(
+            ckpts,
+            args.output,
+            measure=config,
+            probes=options,
+            load=load,
+            tokenizer=args.tokenizer,
+            tokens_per_step=args.tokens_per_step or (like.tokens_per_step if like else None),
+            tensorboard_dir=tensorboard,
+            tensorboard_spectra=bool(args.tensorboard_spectra),
+            progress=progress,
+            verbose=not args.quiet,
+            reference=like.provenance if like else None,
+            prefetch=not args.no_prefetch,
+            memorization=memorization,
+        )
     if not args.quiet:
         print(summary)
     return 1 if summary.failed else 0

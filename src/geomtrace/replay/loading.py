@@ -4,9 +4,10 @@ huggingface_hub at module import time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "load_checkpoint_model",
     "load_checkpoint_tokenizer",
     "load_tokenizer",
+    "loading_progress_bars",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -36,6 +38,39 @@ _DTYPES = {
     "half": "float16",
     "16": "float16",
 }
+
+
+@contextlib.contextmanager
+def loading_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's own progress bars ("Loading weights", downloads) for
+    the block: unchanged when ``enabled``, else off, and as they were again after the block."""
+    if enabled:
+        yield
+        return
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        transformers_logging = None  # type: ignore[assignment]
+    try:
+        from huggingface_hub import utils as hub_utils
+    except ImportError:
+        hub_utils = None  # type: ignore[assignment]
+    transformers_on = transformers_logging is not None and transformers_logging.is_progress_bar_enabled()
+    hub_off = hub_utils is None or hub_utils.are_progress_bars_disabled()
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()  # also turns the hub's off
+    elif hub_utils is not None:
+        hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on and transformers_logging is not None:
+            transformers_logging.enable_progress_bar()  # also turns the hub's on
+        if hub_utils is not None:
+            if hub_off and not hub_utils.are_progress_bars_disabled():
+                hub_utils.disable_progress_bars()
+            elif not hub_off and hub_utils.are_progress_bars_disabled():
+                hub_utils.enable_progress_bars()
 
 
 def resolve_dtype(dtype: Any) -> Any:
