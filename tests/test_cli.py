@@ -819,3 +819,24 @@ def test_like_finds_a_relative_probe_file_beside_the_record_and_names_a_missing_
     assert main([*argv, "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "the probe file probes.txt, which is not there (recorded in" in err and "--probe-file" in err
+
+
+@pytest.mark.parametrize("flags", [["--no-progress", "-q"], ["-q"]])
+def test_piped_replay_output_carries_no_progress_bars(tmp_path, capsys, flags):
+    """``geomtrace replay ... --no-progress -q | cat``: no bars on stderr, transformers' "Loading
+    weights" included; without --no-progress too, since stderr is not a terminal here."""
+    from transformers.utils import logging as transformers_logging
+
+    from fakehub import build_tiny_model, tiny_tokenizer
+
+    for step in (0, 10):
+        build_tiny_model(seed=step).save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    tiny_tokenizer().save_pretrained(tmp_path / "run")
+    capsys.readouterr()  # save_pretrained's own "Writing model shards" bars
+    bars_before = transformers_logging.is_progress_bar_enabled()
+    argv = ["replay", "--checkpoints", str(tmp_path / "run"), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--num-sequences", "8", "--max-tokens", "16", "--no-tensorboard", *flags]) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err and "Loading weights" not in err, err
+    assert len(ResultsStore(tmp_path / "out").records()) == 2
+    assert transformers_logging.is_progress_bar_enabled() == bars_before  # as it was after the command

@@ -50,6 +50,9 @@ __all__ = [
     "probe_autocast",
     "validate_extra_metrics",
     "value_fields",
+    "batch_count",
+    "device_of",
+    "progress_bar",
 ]
 
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
@@ -222,13 +225,15 @@ def check_probe_positions(model: nn.Module, probes: ProbeSet) -> None:
         )
 
 
-def _device_of(lm: nn.Module) -> torch.device:
+def device_of(lm: nn.Module) -> torch.device:
+    """The device of the first parameter of ``lm`` (CPU for a module without parameters)."""
     for parameter in lm.parameters():
         return parameter.device
     return torch.device("cpu")
 
 
-def _batch_count(n_local: int, batch_size: int, world_size: int, device: torch.device) -> int:
+def batch_count(n_local: int, batch_size: int, world_size: int, device: torch.device) -> int:
+    """How many forwards every rank runs: the most any rank needs for its shard."""
     count = math.ceil(n_local / batch_size)
     if world_size == 1:
         return count
@@ -239,7 +244,8 @@ def _batch_count(n_local: int, batch_size: int, world_size: int, device: torch.d
     return int(tensor.item())
 
 
-def _progress(total: int, enabled: bool, description: str):
+def progress_bar(total: int, enabled: bool, description: str):
+    """A tqdm bar over ``total`` batches, or None when disabled or tqdm is missing."""
     if not enabled:
         return None
     try:
@@ -301,11 +307,11 @@ def measure_geometry(
     rank, world_size = rank_and_world_size()
     if distributed is False:
         rank, world_size = 0, 1
-    device = _device_of(lm)
+    device = device_of(lm)
     shard = probes.shard(rank, world_size) if world_size > 1 else probes
     collections = {layer: _layer_collection(layer, config, device, world_size > 1, extras) for layer in layers}
     failed: set[tuple[int, str]] = set()
-    n_batches = _batch_count(len(shard), config.batch_size, world_size, device)
+    n_batches = batch_count(len(shard), config.batch_size, world_size, device)
 
     error: BaseException | None = None
     precision = "fp32"
@@ -363,7 +369,7 @@ def _run_forwards(
                 chunks.clear()
         pending_rows = 0
 
-    bar = _progress(n_batches, progress, "geometry")
+    bar = progress_bar(n_batches, progress, "geometry")
     # Batch sequences of similar length together: the covariance does not depend on row
     # order, and padding every batch to its longest member wastes up to half the forward.
     by_length = sorted(shard.sequences, key=len)

@@ -448,7 +448,7 @@ class Geometry(_CovarianceMetric):
     ) -> None:
         super().__init__(spectrum=spectrum, max_components=max_components, strict=strict, **kwargs)
         self.eps = F.validate_eps(eps)
-        self.fit_range = F._validate_fit_range(fit_range)
+        self.fit_range = F.validate_fit_range(fit_range)
         self.return_eigenvalues = bool(eigenvalues)
 
     def compute(self) -> dict[str, Tensor]:
@@ -556,7 +556,7 @@ class AlphaReQ(_CovarianceMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(spectrum="covariance", max_components=max_components, strict=strict, **kwargs)
-        self.fit_range = F._validate_fit_range(fit_range)
+        self.fit_range = F.validate_fit_range(fit_range)
 
     def compute(self) -> dict[str, Tensor]:
         """``{"alpha": ..., "r2": ...}`` of everything accumulated."""

@@ -445,8 +445,8 @@ class NgramIndex:
             tokenizer: the tokenizer that made the ids (optional): its identity
                 (:func:`tokenizer_identity`) is recorded, and a probe that uses the index with
                 another tokenizer warns. ``vocab_size`` defaults to ``len(tokenizer)``.
-            progress: ``True`` prints progress lines on stderr, ``False`` is silent, or a
-                callable receives each line.
+            progress: ``True`` logs progress lines (logger ``geomtrace.memorization``: stderr by
+                default), ``False`` is silent, or a callable receives each line.
 
         Raises:
             FileExistsError: the folder holds a different complete index (and not
