@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from geomtrace._distributed import any_rank, any_rank_each, rank_and_world_size
+from geomtrace._provenance import measurement_provenance
 from geomtrace._warnings import warn
 from geomtrace.features import (
     extract_features,
@@ -129,13 +130,9 @@ class GeometryResult:
         Live histories and replay outputs both record it, so that a comparison can tell
         whether two values were measured the same way.
         """
-        return {
-            "probe": self.probe_description,
-            "probe_fingerprint": self.probe_fingerprint,
-            "n_probes": self.n_probes,
-            "precision": self.precision,
-            "measure_config": self.config.to_dict(),
-        }
+        return measurement_provenance(
+            self.probe_description, self.probe_fingerprint, self.n_probes, self.precision, self.config
+        )
 
     def scalars(self, prefix: str = "geometry") -> dict[str, float]:
         """Flat ``{tag: value}`` for loggers (see :func:`metric_key`)."""
