@@ -261,7 +261,7 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, history_file=str(path))
     module = TinyLM(tokenizer)
     trainer(tmp_path, [monitor], max_steps=2).fit(module, token_loader(tokenizer))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = out.splitlines()
     summaries = [line for line in lines if line.startswith("[geomtrace] RankMe ")]
     assert len(summaries) == 1 and sum("cost: 2 measurement(s)" in line for line in lines) == 1  # once each
@@ -273,7 +273,7 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     trainer(tmp_path / "b", [monitor], max_steps=2).fit(module, token_loader(tokenizer))
     assert [r["step"] for r in monitor.stages[0]["history"]] == [0, 2]
     assert [r["step"] for r in monitor.history] == [0, 2]
-    assert monitor.tracker.from_pretrained is True and "stage 2" in capsys.readouterr().out
+    assert monitor.tracker.from_pretrained is True and "stage 2" in capsys.readouterr().err
     payload = json.loads(path.read_text())
     assert [r["step"] for r in payload["stages"][0]["history"]] == [0, 2]
     assert payload["provenance"]["precision"] == "fp32" and payload["provenance"]["n_probes"] == PROBES
@@ -344,7 +344,7 @@ def test_memorization_is_logged_beside_geometry_and_the_infgram_side_computed_on
     assert all(-1.0 <= value <= 1.0 for _, value in scalars["memorization/spearman"])
     # One ∞-gram query per answer token for the whole run, not per measurement.
     assert probe.index.queries == 16 * 3
-    assert sum("computed once" in line for line in capsys.readouterr().out.splitlines()) == 1
+    assert sum("computed once" in line for line in capsys.readouterr().err.splitlines()) == 1
     # Step 0 is the initial model: the same values as a direct measurement of it.
     direct = cloze_probe(documents).measure(TinyLM(tokenizer).model)
     first = monitor.history[0]

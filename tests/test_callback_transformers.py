@@ -119,7 +119,7 @@ def test_trainer_logs_to_tensorboard_at_exact_steps(tokenizer, tmp_path, tb_dir,
     trainer = hf_trainer(tokenizer, tmp_path, callback)
     trainer.train()
     # The cost of watching, printed once at the end: measurements, share, probe tokens.
-    cost = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[geomtrace] cost: ")]
+    cost = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[geomtrace] cost: ")]
     tokens = callback.tracker.probes.num_tokens()
     assert (
         len(cost) == 1 and "5 measurement(s)" in cost[0] and f"{tokens:,} probe tokens ({N_PROBES} probes)" in cost[0]
@@ -182,7 +182,7 @@ def test_sft_trainer(tokenizer, tmp_path, tb_dir, capsys):
     assert all(1 < r["geometry/pr"] < 64 and r["geometry/stats/rows"] == N_PROBES for r in callback.history)
     logged = [entry for entry in trainer.state.log_history if "geometry/pr" in entry]
     assert [entry["step"] for entry in logged] == [0, 2, 4]
-    assert "forward in bf16" in capsys.readouterr().out
+    assert "forward in bf16" in capsys.readouterr().err
     # TRL's own metrics keep their per-step logging (we call the base Trainer.log, not SFTTrainer.log).
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
 
@@ -516,8 +516,11 @@ def test_readme_trl_quick_start_runs_on_cpu(tokenizer, tmp_path, tb_dir, monkeyp
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     snippet = next(block for block in blocks if "SFTTrainer(" in block)
-    assert "GeometryCallback(every_n_steps=100" in snippet
-    snippet = snippet.replace("GeometryCallback(", f"GeometryCallback(num_sequences={N_PROBES}, ")  # fewer probes: fast
+    assert "GeometryCallback(Schedule(every_n_steps=100), probes=ProbeOptions(chat_template=True))" in snippet
+    # fewer probes: fast
+    snippet = snippet.replace(
+        "ProbeOptions(chat_template=True)", f"ProbeOptions(chat_template=True, num_sequences={N_PROBES})"
+    )
     dataset = Dataset.from_list(
         [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)]
     )

@@ -54,7 +54,7 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
     ]
     summary = run_recipe(argv)
     assert [r["step"] for r in summary["history"]] == [0, 2, 4]
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert sum(line.startswith("[geomtrace] RankMe ") for line in printed.splitlines()) == 1  # the summary, once
     assert "cost: 3 measurement(s)" in printed
     payload = json.loads((out / "geometry.json").read_text())

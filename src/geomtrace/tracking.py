@@ -40,6 +40,7 @@ from geomtrace._cost import CostMeter, cost_line
 from geomtrace._history import STATE_VERSION as STATE_VERSION  # re-exported: the state_dict's version
 from geomtrace._history import RunRecord
 from geomtrace._jsonio import write_json
+from geomtrace._log import get_logger
 from geomtrace._options import legacy_options, option_set
 from geomtrace._provenance import precision_note, provenance_differences, record_provenance, trajectory_of
 from geomtrace._validate import OptionTypeError, Rule
@@ -85,6 +86,9 @@ class ProbeLengthError(ValueError):
     """The model takes fewer positions than the probe options' ``min_tokens``."""
 
 
+_logger = get_logger("tracking")
+
+
 def loaded_model_hint(model: nn.Module | None) -> tuple[bool, str] | None:
     """``(True, reason)`` when the HF model inside ``model`` was loaded by name (``from_pretrained``).
 
@@ -102,9 +106,10 @@ def loaded_model_hint(model: nn.Module | None) -> tuple[bool, str] | None:
 
 
 def report(lines: Sequence[str]) -> None:
-    """Print geomtrace's own messages (callers call it on the main process only)."""
+    """geomtrace's own messages to the user, through the ``geomtrace.tracking`` logger (INFO, rank
+    zero; on stderr unless the application routes logging elsewhere)."""
     for line in lines:
-        print(f"[geomtrace] {line}", flush=True)
+        _logger.info("[geomtrace] %s", line)
 
 
 class _StageField(Generic[_T]):

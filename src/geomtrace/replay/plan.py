@@ -33,10 +33,12 @@ import torch
 
 from geomtrace._distributed import all_ranks, rank_and_world_size
 from geomtrace._options import legacy_options, option_set
+from geomtrace._provenance import probe_set_provenance
 from geomtrace._warnings import warn
 from geomtrace.measure import MeasureConfig
 from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.replay.loading import load_tokenizer
 from geomtrace.replay.records import check_extra_metrics
 from geomtrace.replay.sources import (
     Checkpoint,
@@ -55,7 +57,6 @@ __all__ = [
     "expected_precision",
     "init_distributed",
     "load_error_message",
-    "load_tokenizer",
     "measurement_identity",
     "plan_replay",
     "release_memory",
@@ -153,24 +154,6 @@ def release_memory(device: str) -> None:
 
 
 # ----------------------------------------------------------------------------- probes
-
-
-def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
-    """``AutoTokenizer.from_pretrained(name_or_path)``; CheckpointLoadError (naming ``--tokenizer``) when it fails."""
-    from geomtrace._optional import require
-
-    transformers = require("transformers", "loading tokenizers")
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if revision:
-        kwargs["revision"] = revision
-    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
-        raise CheckpointLoadError(f"the tokenizer folder {name_or_path} does not exist (--tokenizer)")
-    try:
-        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise CheckpointLoadError(
-            f"could not load the tokenizer {name_or_path!r} (--tokenizer): {type(err).__name__}: {err}"
-        ) from err
 
 
 def build_probes(tokenizer: Any, options: ProbeOptions) -> ProbeSet:
@@ -351,14 +334,8 @@ def _run_info(
     return {
         "identity": identity,
         "config_id": _identity_id(identity),
-        "provenance": {
-            "probe": probes.description,
-            "probe_fingerprint": probes.fingerprint(),
-            "n_probes": len(probes),
-            "precision": expected_precision(load.dtype, config.autocast),
-            "measure_config": config.to_dict(),
-            "probe_options": options.to_dict() if options is not None else None,
-        },
+        # The live histories' shape (one builder), so either can be given to --like.
+        "provenance": probe_set_provenance(probes, config, expected_precision(load.dtype, config.autocast), options),
         "load": load.to_dict() | {"dtype": _dtype_name(load.dtype)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -39,13 +39,13 @@ from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.replay.loading import loading_progress_bars
 from geomtrace.replay.plan import (
     ReplayPlan,
     build_probes,
     expected_precision,
     init_distributed,
     load_error_message,
-    load_tokenizer,
     measurement_identity,
     plan_replay,
     release_memory,
@@ -73,9 +73,6 @@ __all__ = [
 #: The replay's user-facing lines (INFO, rank 0): one per checkpoint measured, failed or
 #: scored for memorization, and the "already done" line.
 logger = logging.getLogger("geomtrace.replay")
-
-#: cli.py imports the tokenizer loader under this name.
-_load_tokenizer = load_tokenizer
 
 
 @dataclass
@@ -454,15 +451,16 @@ def run_replay(
         )
         summary.probe_fingerprint, summary.n_probes = plan.probes.fingerprint(), len(plan.probes)
         summary.config_id, summary.skipped = plan.config_id, list(plan.skipped)
-        replay_loop(
-            plan,
-            summary,
-            tensorboard_dir=tensorboard_dir,
-            tensorboard_spectra=tensorboard_spectra,
-            progress=progress,
-            verbose=verbose,
-            prefetch=prefetch,
-        )
+        with loading_progress_bars(progress):  # no "Loading weights" bars when progress is off
+            replay_loop(
+                plan,
+                summary,
+                tensorboard_dir=tensorboard_dir,
+                tensorboard_spectra=tensorboard_spectra,
+                progress=progress,
+                verbose=verbose,
+                prefetch=prefetch,
+            )
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
