@@ -25,6 +25,7 @@ from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
 from lightning_helpers import TinyLM, read_scalars, token_loader
 from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents
+from timeouts import SUBPROCESS_TIMEOUT
 
 PROBES = 48
 
@@ -303,7 +304,9 @@ def test_ddp_two_processes_match_single_process(tmp_path, tokenizer, free_port):
     worker = Path(__file__).parent / "workers" / "lightning_ddp.py"
     out = tmp_path / "ddp.json"
     env = {**os.environ, "MASTER_PORT": str(free_port), "MASTER_ADDR": "127.0.0.1"}
-    proc = subprocess.run([sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads(out.read_text())
     module = TinyLM(tokenizer)
@@ -480,12 +483,12 @@ def test_sigterm_and_ctrl_c_mid_measurement_keep_completed_measurements_and_resu
     )
     try:
         for n, sig in enumerate((signal.SIGTERM, signal.SIGINT), 1):
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + SUBPROCESS_TIMEOUT
             while not (tmp_path / f"inside-{n}").is_file():
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
                 time.sleep(0.02)
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]

@@ -29,6 +29,7 @@ from geomtrace.callbacks.transformers import GeometryCallback  # noqa: E402
 from geomtrace.measure import MeasureConfig, measure_geometry  # noqa: E402
 from geomtrace.probes import load_probes  # noqa: E402
 from geomtrace.tiny import build_tiny_model, embedded_corpus, tiny_pythia_config  # noqa: E402
+from timeouts import SUBPROCESS_TIMEOUT
 
 WORKER = Path(__file__).parent / "workers" / "hf_ddp.py"
 KEYS = ("geometry/rankme", "geometry/alpha", "geometry/n_samples")
@@ -487,7 +488,7 @@ def test_torchrun_ddp_matches_single_process(tokenizer, tmp_path, free_port):
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=SUBPROCESS_TIMEOUT,
         env=env,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -595,12 +596,12 @@ def test_sigterm_mid_measurement_keeps_completed_measurements_and_resume_continu
         [sys.executable, str(worker), "hf", str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
         while not (tmp_path / "inside-1").is_file():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGTERM

@@ -14,6 +14,7 @@ from geomtrace.cli import build_parser, main, measure_config, parse_args, probe_
 from geomtrace.measure import MeasureConfig
 from geomtrace.replay.sources import PYTHIA_PAPER_SUBSET
 from geomtrace.replay.store import ResultsStore, import_seed_npy
+from timeouts import SUBPROCESS_TIMEOUT
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
@@ -300,7 +301,7 @@ def test_help_and_version_import_nothing_heavy():
         "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'numpy') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "geomtrace 0." in proc.stdout and "HEAVY []" in proc.stdout
 

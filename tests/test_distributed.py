@@ -12,6 +12,7 @@ import torch
 from torchmetrics import MetricCollection
 
 from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
+from timeouts import SUBPROCESS_TIMEOUT
 
 WORKER = Path(__file__).parent / "workers" / "metrics_ddp.py"
 
@@ -36,7 +37,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
         [sys.executable, str(WORKER), str(out), str(free_port), str(split)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = single_process_reference()
@@ -68,7 +69,10 @@ def test_ranks_agree_on_flags(tmp_path, free_port):
     out = tmp_path / "agree.json"
     worker = Path(__file__).parent / "workers" / "agree_ddp.py"
     proc = subprocess.run(
-        [sys.executable, str(worker), str(out), str(free_port)], capture_output=True, text=True, timeout=120
+        [sys.executable, str(worker), str(out), str(free_port)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)]

@@ -15,6 +15,7 @@ import warnings
 import pytest
 
 from geomtrace.options import DetectorOptions, LoadOptions, MeasureConfig, ProbeOptions, Schedule
+from timeouts import SUBPROCESS_TIMEOUT
 
 #: A value other than the default for every field (probes' source: a path JSON can hold).
 SAMPLES: dict[type, dict[str, object]] = {
@@ -218,7 +219,7 @@ def test_the_option_module_imports_neither_torch_nor_numpy():
     import sys
 
     code = "import sys, geomtrace.options; print([m for m in ('torch', 'numpy') if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 

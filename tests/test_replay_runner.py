@@ -26,6 +26,7 @@ from geomtrace.replay import (
     run_replay,
 )
 from geomtrace.replay.runner import build_probes
+from timeouts import SUBPROCESS_TIMEOUT
 
 REPO = "EleutherAI/pythia-replay-fake"
 REVS = ("step0", "step1", "step2", "step4", "step8", "step16")
@@ -445,7 +446,7 @@ def test_torchrun_two_ranks_equal_single_process(hub, tmp_path):
         [*torchrun, *args, "--output", str(tmp_path / "ddp")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SUBPROCESS_TIMEOUT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
