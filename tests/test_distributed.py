@@ -60,3 +60,30 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
             rtol=1e-6,
             atol=0,
         )
+
+
+def test_two_gloo_ranks_with_the_blocked_update_match_single_process(tmp_path, free_port):
+    """The update that fills only the upper block triangle (forced at d = 128, blocks of 48 rows,
+    not a divisor of d) syncs to the single-process result of the full GEMM (issue 18.2)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out), str(free_port), "700", "48"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = single_process_reference()
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        for key in ("rankme", "alpha", "r2"):
+            assert got[key] == pytest.approx(float(reference[key]), rel=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0
+        )
+        torch.testing.assert_close(
+            torch.tensor(got["accumulator_diag"], dtype=torch.float64),
+            reference["covariance_diag"][:20],
+            rtol=1e-6,
+            atol=0,
+        )
