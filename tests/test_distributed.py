@@ -76,6 +76,7 @@ def test_two_gloo_ranks_with_the_blocked_update_match_single_process(tmp_path, f
     reference = single_process_reference()
     for rank in (0, 1):
         got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        assert got["upper_only"]  # the blocked update did run
         for key in ("rankme", "alpha", "r2"):
             assert got[key] == pytest.approx(float(reference[key]), rel=1e-6)
         torch.testing.assert_close(

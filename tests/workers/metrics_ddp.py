@@ -53,6 +53,8 @@ def run(rank: int, world_size: int, port: int, split: int, out: str, block: int 
         metrics.update(batch)
     out_values = metrics.compute()
     local_n = float(metrics["rankme"].n_samples)  # local state is restored after compute
+    pending = metrics["rankme"].pending_m2  # unfolded window: only the upper blocks when blocked
+    upper_only = bool((pending[torch.ones_like(pending, dtype=torch.bool).tril(-1)] == 0).any())
     extreme = extreme_features()
     geometry = Geometry(fit_range=(2, 20))
     for batch in (extreme[:split] if rank == 0 else extreme[split:]).split(64):
@@ -70,6 +72,7 @@ def run(rank: int, world_size: int, port: int, split: int, out: str, block: int 
         "r2": float(out_values["r2"]),
         "top": out_values["spectrum"][:20].tolist(),
         "local_n": local_n,
+        "upper_only": upper_only,
         "extreme_rankme": float(summary.rankme),
         "extreme_alpha": float(summary.alpha),
         "extreme_n": summary.n_samples,
