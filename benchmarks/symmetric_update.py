@@ -38,16 +38,17 @@ def block_sweep(dims: list[int], blocks: list[int], rows: int, repeats: int) -> 
             for x in data:
                 out.addmm_(x.T, x)
 
-        def blocked(block: int, data: list[torch.Tensor] = data, out: torch.Tensor = out):
+        def blocked(block: int | None, data: list[torch.Tensor] = data, out: torch.Tensor = out):
             def run() -> None:
                 for x in data:
                     cov.add_gram(out, x, block)
 
             return run
 
-        usable = [b for b in blocks if b < d]
+        usable: list[int | None] = [b for b in blocks if b < d]
+        usable.append(None)  # what the update uses: SYMMETRIC_MIN_DIM and SYMMETRIC_BLOCK
         times = interleaved_best(repeats, full, *(blocked(b) for b in usable))
-        ratios = "  ".join(f"block {b}: {times[0] / t:.2f}" for b, t in zip(usable, times[1:]))
+        ratios = "  ".join(f"block {b or 'auto'}: {times[0] / t:.2f}" for b, t in zip(usable, times[1:]))
         print(f"    d={d:>5}: full {times[0]:.3f}s  {ratios}", flush=True)
 
 
@@ -120,7 +121,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
     parser.add_argument("--part", default="all", choices=["a", "b", "c", "all"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# symmetric update — {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; SYMMETRIC_MIN_DIM={cov.SYMMETRIC_MIN_DIM}, "
           f"SYMMETRIC_BLOCK={cov.SYMMETRIC_BLOCK}")

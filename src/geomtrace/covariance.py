@@ -78,9 +78,17 @@ PENDING_NAMES: tuple[str, ...] = (
 )
 
 #: From this feature dimension on, the CPU update computes only the upper block triangle of
-#: ``X^T X`` (:func:`add_gram`): about half the flops of the full GEMM. MEASURED_BELOW
-SYMMETRIC_MIN_DIM: int = 512
-#: Rows of ``X^T X`` per block GEMM in the upper-triangle update. MEASURED_BLOCK
+#: ``X^T X`` (:func:`add_gram`): about half the flops of the full GEMM. Measured
+#: (benchmarks/symmetric_update.py, 2-core AMD EPYC, batches of 1024 rows, 2026-12-04, a loaded
+#: machine): one thread, blocks of 128 gave 1.12x the full GEMM's throughput at d = 256 (two
+#: blocks), 1.48x at 384, 1.36x at 512, 1.56x at 1024; with two threads on the loaded cores
+#: d = 384 and 512 lost (0.31-0.96x). Below 384 the gain is small and machine dependent and the
+#: GEMM cheap, so d <= 383 keeps the one full GEMM.
+SYMMETRIC_MIN_DIM: int = 384
+#: Rows per block GEMM (at most half of ``d``, rounded up to 64). Measured as above: one thread,
+#: blocks of 128/256/512 gave 1.56/1.51/1.30x at d = 1024 and 1.75/1.71/1.52x at 2048; two threads
+#: on the loaded cores 0.89/1.11/1.17x at 1024 (more, smaller GEMMs suffer most from thread
+#: contention). 256 is within 3 % of the best in the first and 5 % in the second.
 SYMMETRIC_BLOCK: int = 256
 
 # Features whose largest magnitude lies in [2**-20, 2**20] go into the fp32 GEMM as they are;
@@ -354,7 +362,8 @@ def add_gram(out: Tensor, rows: Tensor, block: int | None = None) -> None:
 
     ``X^T X`` is symmetric, so from :data:`SYMMETRIC_MIN_DIM` columns on (on CPU) only the
     upper block triangle is computed: one GEMM per block row of ``block`` rows (default
-    :data:`SYMMETRIC_BLOCK`), ``out[i:j, i:] += rows[:, i:j]^T rows[:, i:]``, about
+    :data:`SYMMETRIC_BLOCK`, at most half of ``d`` rounded up to 64),
+    ``out[i:j, i:] += rows[:, i:j]^T rows[:, i:]``, about
     ``(1 + block / d) / 2`` of the full GEMM's flops. What lies below the diagonal blocks is
     then left untouched: read ``out`` through :func:`symmetric_from_upper` (as :func:`fold`
     does). Smaller ``d`` (and other devices, not measured yet) take the one full GEMM, whose
@@ -365,7 +374,7 @@ def add_gram(out: Tensor, rows: Tensor, block: int | None = None) -> None:
         if d < SYMMETRIC_MIN_DIM or rows.device.type != "cpu":
             out.addmm_(rows.T, rows)
             return
-        block = SYMMETRIC_BLOCK
+        block = min(SYMMETRIC_BLOCK, 64 * math.ceil(d / 128))  # at least two block rows
     for start in range(0, d, block):
         stop = min(start + block, d)
         out[start:stop, start:].addmm_(rows[:, start:stop].T, rows[:, start:])
