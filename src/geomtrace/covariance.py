@@ -11,10 +11,10 @@ agree (see :func:`recenter`):
 Per batch (see ``docs/concepts.md``, "Numerics"): ``s_b`` is summed in float64,
 ``mu_b = s_b / n_b``, ``m`` is ``mu_b`` rounded to the compute dtype, ``M2_b = (X_b - m)^T
 (X_b - m)`` is a fast fp32 GEMM accumulated in place into an fp32 buffer (from
-:data:`SYMMETRIC_MIN_DIM` on, only its upper block triangle: :func:`add_gram`; the fold mirrors
-it), ``delta = mu_b - m`` in float64, and ``S += M2_b + n_b ((mu_b - c)(mu_b - c)^T - delta delta^T)``; the rank-one
-terms of up to :data:`FOLD_EVERY` batches are folded at once as two small fp64 GEMMs. At the
-end ``C = (S - s s^T / n) / (n - 1)`` in float64: with the shift, ``s / n = mu - c`` is
+:data:`SYMMETRIC_MIN_DIM` on, only its upper block triangle: :func:`add_gram`; the fold
+mirrors it), ``delta = mu_b - m`` in float64, and ``S += M2_b + n_b ((mu_b - c)(mu_b - c)^T -
+delta delta^T)``; the rank-one terms of up to :data:`FOLD_EVERY` batches are folded at once
+as two small fp64 GEMMs. At the end ``C = (S - s s^T / n) / (n - 1)`` in float64: with the shift, ``s / n = mu - c`` is
 small and the subtraction cancels nothing (without it, ``S - s s^T / n`` loses every digit
 once ``(mean / std)^2`` nears ``1 / eps(fp64)``).
 
