@@ -82,3 +82,31 @@ def test_ranks_agree_on_flags(tmp_path, free_port):
         assert got["each"] == [False, True, True, False] and got["each_empty"] == []
         assert got["local"] is (rank == 1)  # world_size=1: this rank's own flag, no collective
         assert got["collectives"] == [1, 1, 1, 1, 4]
+
+
+def test_two_gloo_ranks_with_the_blocked_update_match_single_process(tmp_path, free_port):
+    """The update that fills only the upper block triangle (forced at d = 128, blocks of 48 rows,
+    not a divisor of d) syncs to the single-process result of the full GEMM (issue 18.2)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out), str(free_port), "700", "48"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = single_process_reference()
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        assert got["upper_only"]  # the blocked update did run
+        for key in ("rankme", "alpha", "r2"):
+            assert got[key] == pytest.approx(float(reference[key]), rel=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0
+        )
+        torch.testing.assert_close(
+            torch.tensor(got["accumulator_diag"], dtype=torch.float64),
+            reference["covariance_diag"][:20],
+            rtol=1e-6,
+            atol=0,
+        )

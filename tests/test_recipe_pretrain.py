@@ -149,4 +149,3 @@ def _printed(capsys) -> str:
     """What the run printed: the recipe's own lines (stdout) and geomtrace's (logging, stderr)."""
     captured = capsys.readouterr()
     return captured.out + captured.err
-

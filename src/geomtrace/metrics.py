@@ -45,6 +45,7 @@ from geomtrace.covariance import (
     merge_states,
     moments_of,
     prepare_rows,
+    symmetric_from_upper,
 )
 
 __all__ = [
@@ -287,6 +288,18 @@ class _CovarianceMetric(Metric):
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         # merge_state() and forward(): sums around possibly different shifts; see merge_states.
         merge_states(self, incoming_state, self.fold_every)
+
+    def state_dict(  # type: ignore[override]  # torchmetrics overrides nn.Module.state_dict so
+        self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        # The update may fill only the upper triangle of pending_m2 (covariance.add_gram): a
+        # saved state carries the full symmetric matrix, which any reader (older versions too)
+        # folds correctly.
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        key = prefix + "pending_m2"
+        if isinstance(destination.get(key), Tensor):
+            destination[key] = symmetric_from_upper(destination[key])
+        return destination
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
