@@ -1,7 +1,7 @@
 """Benchmark the core metrics; prints ratios measured side by side in one run.
 
 (i)   RankMe.update (and Geometry.update) throughput relative to a bare fp32 X^T X on the
-      same batches.
+      same batches (``acc += x.T @ x``, and one full ``addmm_`` into the buffer).
 (ii)  End-to-end RankMe + alpha-ReQ vs the paper scripts' route (stack all features,
       center, full SVD/PCA) at N = 50k, d = 1024, for each way a user may write it:
       ``RankMe()`` and ``AlphaReQ()`` as two separate metrics, the two in a
@@ -62,6 +62,11 @@ def update_throughput(n: int, d: int, batch: int, repeats: int) -> dict:
         for x in data:
             acc += x.T @ x
 
+    def bare_addmm() -> None:  # the full GEMM accumulated in place (issue 18.2's reference)
+        acc = torch.zeros(d, d)
+        for x in data:
+            acc.addmm_(x.T, x)
+
     def updater(cls):
         def run() -> None:
             m = cls()
@@ -71,10 +76,12 @@ def update_throughput(n: int, d: int, batch: int, repeats: int) -> dict:
         return run
 
     rankme, geometry = updater(RankMe), updater(Geometry)
-    bare(), rankme(), geometry()  # warm up threads, allocator and kernels
-    t_bare, t_rankme, t_geometry = interleaved_best(repeats, bare, rankme, geometry)
+    bare(), bare_addmm(), rankme(), geometry()  # warm up threads, allocator and kernels
+    t_bare, t_addmm, t_rankme, t_geometry = interleaved_best(repeats, bare, bare_addmm, rankme, geometry)
     return {
         "bare_matmul_s": t_bare,
+        "bare_addmm_s": t_addmm,
+        "geometry_vs_addmm_ratio": t_addmm / t_geometry,
         "rankme_update_s": t_rankme,
         "geometry_update_s": t_geometry,
         "throughput_ratio": t_bare / t_rankme,
@@ -227,6 +234,8 @@ def main() -> None:
     print(f"(i)   update: bare X^T X {up['bare_matmul_s']:.3f}s, RankMe.update {up['rankme_update_s']:.3f}s "
           f"-> throughput ratio {up['throughput_ratio']:.2f}; Geometry.update {up['geometry_update_s']:.3f}s "
           f"-> {up['geometry_throughput_ratio']:.2f} (aim >= 0.8)", flush=True)
+    print(f"      vs a bare full addmm_ {up['bare_addmm_s']:.3f}s: Geometry.update "
+          f"{up['geometry_vs_addmm_ratio']:.2f}x its throughput (issue 18.2 aims >= 1.2)", flush=True)
     n_e2e = 10000 if args.quick else 50000
     e2e = end_to_end(n_e2e, d, 1024, repeats=args.repeats)
     print(f"(ii)  end-to-end N={n_e2e} d={d}: naive (stack + full SVD) {e2e['naive_s']:.2f}s, "

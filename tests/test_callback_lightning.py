@@ -25,6 +25,7 @@ from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
 from lightning_helpers import TinyLM, read_scalars, token_loader
 from memorization_helpers import BruteForceSource, cloze_probe, repetitive_documents
+from timeouts import SUBPROCESS_TIMEOUT
 
 PROBES = 48
 
@@ -261,7 +262,7 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     monitor = GeometryMonitor(every_n_steps=2, num_sequences=PROBES, history_file=str(path))
     module = TinyLM(tokenizer)
     trainer(tmp_path, [monitor], max_steps=2).fit(module, token_loader(tokenizer))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = out.splitlines()
     summaries = [line for line in lines if line.startswith("[geomtrace] RankMe ")]
     assert len(summaries) == 1 and sum("cost: 2 measurement(s)" in line for line in lines) == 1  # once each
@@ -273,7 +274,7 @@ def test_second_trainer_starts_a_stage_and_records_provenance(tmp_path, tokenize
     trainer(tmp_path / "b", [monitor], max_steps=2).fit(module, token_loader(tokenizer))
     assert [r["step"] for r in monitor.stages[0]["history"]] == [0, 2]
     assert [r["step"] for r in monitor.history] == [0, 2]
-    assert monitor.tracker.from_pretrained is True and "stage 2" in capsys.readouterr().out
+    assert monitor.tracker.from_pretrained is True and "stage 2" in capsys.readouterr().err
     payload = json.loads(path.read_text())
     assert [r["step"] for r in payload["stages"][0]["history"]] == [0, 2]
     assert payload["provenance"]["precision"] == "fp32" and payload["provenance"]["n_probes"] == PROBES
@@ -303,7 +304,9 @@ def test_ddp_two_processes_match_single_process(tmp_path, tokenizer, free_port):
     worker = Path(__file__).parent / "workers" / "lightning_ddp.py"
     out = tmp_path / "ddp.json"
     env = {**os.environ, "MASTER_PORT": str(free_port), "MASTER_ADDR": "127.0.0.1"}
-    proc = subprocess.run([sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(out)], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = json.loads(out.read_text())
     module = TinyLM(tokenizer)
@@ -344,7 +347,7 @@ def test_memorization_is_logged_beside_geometry_and_the_infgram_side_computed_on
     assert all(-1.0 <= value <= 1.0 for _, value in scalars["memorization/spearman"])
     # One ∞-gram query per answer token for the whole run, not per measurement.
     assert probe.index.queries == 16 * 3
-    assert sum("computed once" in line for line in capsys.readouterr().out.splitlines()) == 1
+    assert sum("computed once" in line for line in capsys.readouterr().err.splitlines()) == 1
     # Step 0 is the initial model: the same values as a direct measurement of it.
     direct = cloze_probe(documents).measure(TinyLM(tokenizer).model)
     first = monitor.history[0]
@@ -480,12 +483,12 @@ def test_sigterm_and_ctrl_c_mid_measurement_keep_completed_measurements_and_resu
     )
     try:
         for n, sig in enumerate((signal.SIGTERM, signal.SIGINT), 1):
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + SUBPROCESS_TIMEOUT
             while not (tmp_path / f"inside-{n}").is_file():
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
                 time.sleep(0.02)
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]

@@ -29,6 +29,7 @@ from geomtrace.callbacks.transformers import GeometryCallback  # noqa: E402
 from geomtrace.measure import MeasureConfig, measure_geometry  # noqa: E402
 from geomtrace.probes import load_probes  # noqa: E402
 from geomtrace.tiny import build_tiny_model, embedded_corpus, tiny_pythia_config  # noqa: E402
+from timeouts import SUBPROCESS_TIMEOUT
 
 WORKER = Path(__file__).parent / "workers" / "hf_ddp.py"
 KEYS = ("geometry/rankme", "geometry/alpha", "geometry/n_samples")
@@ -119,7 +120,7 @@ def test_trainer_logs_to_tensorboard_at_exact_steps(tokenizer, tmp_path, tb_dir,
     trainer = hf_trainer(tokenizer, tmp_path, callback)
     trainer.train()
     # The cost of watching, printed once at the end: measurements, share, probe tokens.
-    cost = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[geomtrace] cost: ")]
+    cost = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[geomtrace] cost: ")]
     tokens = callback.tracker.probes.num_tokens()
     assert (
         len(cost) == 1 and "5 measurement(s)" in cost[0] and f"{tokens:,} probe tokens ({N_PROBES} probes)" in cost[0]
@@ -182,7 +183,7 @@ def test_sft_trainer(tokenizer, tmp_path, tb_dir, capsys):
     assert all(1 < r["geometry/pr"] < 64 and r["geometry/stats/rows"] == N_PROBES for r in callback.history)
     logged = [entry for entry in trainer.state.log_history if "geometry/pr" in entry]
     assert [entry["step"] for entry in logged] == [0, 2, 4]
-    assert "forward in bf16" in capsys.readouterr().out
+    assert "forward in bf16" in capsys.readouterr().err
     # TRL's own metrics keep their per-step logging (we call the base Trainer.log, not SFTTrainer.log).
     assert sorted(board["train/mean_token_accuracy"]) == [1, 2, 3, 4]
 
@@ -487,7 +488,7 @@ def test_torchrun_ddp_matches_single_process(tokenizer, tmp_path, free_port):
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=SUBPROCESS_TIMEOUT,
         env=env,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -516,8 +517,11 @@ def test_readme_trl_quick_start_runs_on_cpu(tokenizer, tmp_path, tb_dir, monkeyp
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     snippet = next(block for block in blocks if "SFTTrainer(" in block)
-    assert "GeometryCallback(every_n_steps=100" in snippet
-    snippet = snippet.replace("GeometryCallback(", f"GeometryCallback(num_sequences={N_PROBES}, ")  # fewer probes: fast
+    assert "GeometryCallback(Schedule(every_n_steps=100), probes=ProbeOptions(chat_template=True))" in snippet
+    # fewer probes: fast
+    snippet = snippet.replace(
+        "ProbeOptions(chat_template=True)", f"ProbeOptions(chat_template=True, num_sequences={N_PROBES})"
+    )
     dataset = Dataset.from_list(
         [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in arithmetic(8)]
     )
@@ -592,12 +596,12 @@ def test_sigterm_mid_measurement_keeps_completed_measurements_and_resume_continu
         [sys.executable, str(worker), "hf", str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT
         while not (tmp_path / "inside-1").is_file():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGTERM

@@ -14,6 +14,7 @@ from geomtrace.cli import build_parser, main, measure_config, parse_args, probe_
 from geomtrace.measure import MeasureConfig
 from geomtrace.replay.sources import PYTHIA_PAPER_SUBSET
 from geomtrace.replay.store import ResultsStore, import_seed_npy
+from timeouts import SUBPROCESS_TIMEOUT
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000, 32000, 64000]
@@ -300,7 +301,7 @@ def test_help_and_version_import_nothing_heavy():
         "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'numpy') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "geomtrace 0." in proc.stdout and "HEAVY []" in proc.stdout
 
@@ -819,3 +820,24 @@ def test_like_finds_a_relative_probe_file_beside_the_record_and_names_a_missing_
     assert main([*argv, "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "the probe file probes.txt, which is not there (recorded in" in err and "--probe-file" in err
+
+
+@pytest.mark.parametrize("flags", [["--no-progress", "-q"], ["-q"]])
+def test_piped_replay_output_carries_no_progress_bars(tmp_path, capsys, flags):
+    """``geomtrace replay ... --no-progress -q | cat``: no bars on stderr, transformers' "Loading
+    weights" included; without --no-progress too, since stderr is not a terminal here."""
+    from transformers.utils import logging as transformers_logging
+
+    from fakehub import build_tiny_model, tiny_tokenizer
+
+    for step in (0, 10):
+        build_tiny_model(seed=step).save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    tiny_tokenizer().save_pretrained(tmp_path / "run")
+    capsys.readouterr()  # save_pretrained's own "Writing model shards" bars
+    bars_before = transformers_logging.is_progress_bar_enabled()
+    argv = ["replay", "--checkpoints", str(tmp_path / "run"), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--num-sequences", "8", "--max-tokens", "16", "--no-tensorboard", *flags]) == 0
+    err = capsys.readouterr().err
+    assert "%|" not in err and "Loading weights" not in err, err
+    assert len(ResultsStore(tmp_path / "out").records()) == 2
+    assert transformers_logging.is_progress_bar_enabled() == bars_before  # as it was after the command

@@ -12,6 +12,7 @@ import torch
 from torchmetrics import MetricCollection
 
 from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
+from timeouts import SUBPROCESS_TIMEOUT
 
 WORKER = Path(__file__).parent / "workers" / "metrics_ddp.py"
 
@@ -36,7 +37,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
         [sys.executable, str(WORKER), str(out), str(free_port), str(split)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = single_process_reference()
@@ -54,6 +55,55 @@ def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
         assert got["extreme_rankme"] == pytest.approx(float(reference["extreme"]["rankme"]), rel=1e-8)
         assert got["extreme_alpha"] == pytest.approx(float(reference["extreme"]["alpha"]), rel=1e-8)
         assert got["accumulator_n"] == 900
+        torch.testing.assert_close(
+            torch.tensor(got["accumulator_diag"], dtype=torch.float64),
+            reference["covariance_diag"][:20],
+            rtol=1e-6,
+            atol=0,
+        )
+
+
+def test_ranks_agree_on_flags(tmp_path, free_port):
+    # geomtrace._distributed.any_rank / all_ranks / any_rank_each: the one way a bool is agreed
+    # on (measure_geometry, answer_logprobs, replay's load / bind / memorization set-up).
+    out = tmp_path / "agree.json"
+    worker = Path(__file__).parent / "workers" / "agree_ddp.py"
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(out), str(free_port)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)]
+    for rank, got in enumerate(results):
+        assert got["any_one"] is True and got["any_none"] is False
+        assert got["all_one"] is False and got["all_every"] is True
+        assert got["each"] == [False, True, True, False] and got["each_empty"] == []
+        assert got["local"] is (rank == 1)  # world_size=1: this rank's own flag, no collective
+        assert got["collectives"] == [1, 1, 1, 1, 4]
+
+
+def test_two_gloo_ranks_with_the_blocked_update_match_single_process(tmp_path, free_port):
+    """The update that fills only the upper block triangle (forced at d = 128, blocks of 48 rows,
+    not a divisor of d) syncs to the single-process result of the full GEMM (issue 18.2)."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out), str(free_port), "700", "48"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = single_process_reference()
+    for rank in (0, 1):
+        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        assert got["upper_only"]  # the blocked update did run
+        for key in ("rankme", "alpha", "r2"):
+            assert got[key] == pytest.approx(float(reference[key]), rel=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(got["top"], dtype=torch.float64), reference["spectrum"][:20], rtol=1e-6, atol=0
+        )
         torch.testing.assert_close(
             torch.tensor(got["accumulator_diag"], dtype=torch.float64),
             reference["covariance_diag"][:20],

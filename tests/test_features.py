@@ -22,6 +22,7 @@ from geomtrace.features import (
     unwrap_model,
 )
 from geomtrace.tiny import build_tiny_model
+from timeouts import SUBPROCESS_TIMEOUT
 
 transformers = pytest.importorskip("transformers")
 
@@ -275,7 +276,7 @@ def test_model_unpickled_in_a_fresh_process(tmp_path):
         torch.save(feats, {str(tmp_path / "feats.pt")!r})
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     got = torch.load(tmp_path / "feats.pt")
     assert sorted(got) == sorted(expected)

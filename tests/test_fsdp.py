@@ -12,6 +12,7 @@ import pytest
 from geomtrace.measure import MeasureConfig, measure_geometry
 from geomtrace.probes import load_probes
 from geomtrace.tiny import build_tiny_model
+from timeouts import SUBPROCESS_TIMEOUT
 
 pytest.importorskip("torch.distributed.fsdp", reason="needs torch FSDP")
 WORKER = Path(__file__).parent / "workers" / "fsdp_measure.py"
@@ -25,7 +26,10 @@ def test_fsdp2_sharded_model_matches_single_process(tmp_path, tokenizer, free_po
         pytest.skip("this torch has no FSDP2 fully_shard")
     out = tmp_path / "fsdp.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port)], capture_output=True, text=True, timeout=180
+        [sys.executable, str(WORKER), str(out), str(free_port)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=64)

@@ -10,7 +10,13 @@ import pytest
 
 pytest.importorskip("infini_gram", reason="the infini-gram package (Python >= 3.11 wheels only) is not installed")
 
-from geomtrace.memorization import IndexBuildError, IndexIntegrityError, IndexNotReadyError, NgramIndex  # noqa: E402
+from geomtrace.memorization import (  # noqa: E402
+    IndexBuildError,
+    IndexIntegrityError,
+    IndexNotReadyError,
+    IndexState,
+    NgramIndex,
+)
 from geomtrace.memorization import index as index_module  # noqa: E402
 from geomtrace.memorization.index import BUILD_MARKER, INDEX_MARKER  # noqa: E402
 from memorization_helpers import brute_count, brute_infgram, queries, random_docs  # noqa: E402
@@ -152,13 +158,16 @@ def test_half_built_folder_is_refused_by_open_and_rebuilt_by_build(tmp_path, mon
         table = d / "table.0"
         table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
 
+    assert IndexState.of(directory) is IndexState.EMPTY
     _interrupted_build(monkeypatch, docs, directory, truncate)
     assert (directory / BUILD_MARKER).exists() and not (directory / INDEX_MARKER).exists()
+    assert IndexState.of(directory) is IndexState.HALF_BUILT
     with pytest.raises(IndexNotReadyError, match="half-built"):
         NgramIndex.open(directory)
     with pytest.warns(UserWarning, match="half-built"):
         index = NgramIndex.build(docs, directory, progress=False)
     assert not (directory / BUILD_MARKER).exists()
+    assert IndexState.of(directory) is IndexState.COMPLETE
     for context, token in queries(docs, 60, seed=7):
         prob, suffix_len, _, _ = brute_infgram(docs, context, token)
         got = index.prob(context, token)
@@ -461,3 +470,22 @@ def test_an_index_without_a_recorded_tokenizer_warns_on_ids_the_tokenizer_cannot
     with pytest.warns(GeometryWarning, match=rf"holds token id {len(tokenizer) + 5}, which the tokenizer"):
         _pets_probe(index).prepare(tokenizer)
     assert NgramIndex.build([[1, 2, 3]], tmp_path / "small", progress=False).check_tokenizer(tokenizer) is None
+
+
+def test_index_folder_states_are_a_str_enum_read_from_the_markers(tmp_path):
+    assert [state.value for state in IndexState] == ["empty", "half-built", "foreign", "complete"]
+    assert IndexState.HALF_BUILT == "half-built" and f"{IndexState.COMPLETE}" == "complete"
+    directory = tmp_path / "index"
+    assert IndexState.of(directory) is IndexState.EMPTY  # no folder
+    directory.mkdir()
+    (directory / "notes.txt").write_text("not an index file")
+    assert IndexState.of(str(directory)) is IndexState.EMPTY
+    (directory / "table.0").write_bytes(b"")
+    assert IndexState.of(directory) is IndexState.FOREIGN
+    (directory / BUILD_MARKER).write_text("{}")
+    assert IndexState.of(directory) is IndexState.HALF_BUILT
+    (directory / INDEX_MARKER).write_text("{}")
+    assert IndexState.of(directory) is IndexState.COMPLETE
+    (directory / INDEX_MARKER).unlink()
+    with pytest.raises(IndexNotReadyError, match="half-built"):
+        NgramIndex.open(directory)

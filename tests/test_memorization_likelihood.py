@@ -14,6 +14,7 @@ import torch
 from geomtrace.memorization import QASet, answer_logprobs
 from geomtrace.memorization import likelihood as likelihood_module
 from geomtrace.tiny import build_tiny_model
+from timeouts import SUBPROCESS_TIMEOUT
 
 WORKER = Path(__file__).parent / "workers" / "memorization_ddp.py"
 VOCAB = 300
@@ -120,7 +121,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path, free_port):
         [sys.executable, str(WORKER), str(out), str(free_port), "7,1"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from memorization_ddp import worker_model, worker_pairs  # tests/workers/ is on sys.path (pyproject's pythonpath)

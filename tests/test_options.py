@@ -15,6 +15,7 @@ import warnings
 import pytest
 
 from geomtrace.options import DetectorOptions, LoadOptions, MeasureConfig, ProbeOptions, Schedule
+from timeouts import SUBPROCESS_TIMEOUT
 
 #: A value other than the default for every field (probes' source: a path JSON can hold).
 SAMPLES: dict[type, dict[str, object]] = {
@@ -218,7 +219,7 @@ def test_the_option_module_imports_neither_torch_nor_numpy():
     import sys
 
     code = "import sys, geomtrace.options; print([m for m in ('torch', 'numpy') if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
@@ -244,3 +245,45 @@ def test_the_deprecation_warning_points_at_the_users_line():
             make(every_n_steps=3)
         (warning,) = [w for w in caught if issubclass(w.category, DeprecationWarning)]
         assert warning.filename == __file__, (make.__name__, warning.filename)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (MeasureConfig, ProbeOptions, LoadOptions)], ids=_ids)
+def test_a_field_reaches_run_replay(case):
+    # run_replay resolves its options in the plan; what it holds is what it measures with.
+    from geomtrace.replay.plan import resolve_options
+
+    cls, name = case
+    group = {MeasureConfig: "measure", ProbeOptions: "probes", LoadOptions: "load"}[cls]
+    options, _ = _one(cls, name)
+    given = {"measure": None, "probes": None, "load": None, group: options}
+    if (cls, name) == (LoadOptions, "model_builder"):
+        given["load"] = LoadOptions(model_builder=print)  # a callable: checked without importing anything
+        options = given["load"]
+    resolved = resolve_options(given["measure"], given["probes"], given["load"], None, {})
+    held = {"measure": resolved.measure, "probes": resolved.probe_options, "load": resolved.load}[group]
+    assert getattr(held, name) == getattr(options, name)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (MeasureConfig, ProbeOptions)], ids=_ids)
+def test_a_field_survives_the_provenance_round_trip(case):
+    # What a run records is what `geomtrace replay --like RUN` measures with: the probe options and
+    # the value-changing measurement options (the speed options are the replay's own choice).
+    from geomtrace._provenance import probe_set_provenance
+    from geomtrace.probes import ProbeSet
+    from geomtrace.replay.provenance import like_settings
+
+    cls, name = case
+    options, _ = _one(cls, name)
+    measure = options if cls is MeasureConfig else MeasureConfig()
+    probe_options = options if cls is ProbeOptions else ProbeOptions()
+    probes = ProbeSet([[1, 2, 3], [4, 5, 6]], "two probes", 0, options=probe_options)
+    provenance = probe_set_provenance(probes, measure, "fp32", probe_options)
+    settings = like_settings(provenance)
+    if (cls, name) == (ProbeOptions, "source"):  # no such file here: named, for --probe-file
+        assert "probes.txt" in str(settings.missing_source)
+    elif cls is ProbeOptions:
+        assert ProbeOptions(**settings.probe_options) == options
+    elif name in MeasureConfig.identity_fields():
+        assert getattr(MeasureConfig(**settings.measure), name) == getattr(options, name)
+    else:  # speed and precision options are the replay's; precision follows the recorded forward
+        assert name not in settings.measure

@@ -14,7 +14,9 @@ import pytest
 from geomtrace._warnings import GeometryWarning
 from geomtrace.phases import (
     PHASE_CODES,
+    PHASES,
     GeometryShift,
+    Phase,
     PhaseSegment,
     current_phase,
     detect_phases,
@@ -678,3 +680,24 @@ def test_too_few_points_report_the_measured_change():
     segs = detect_phases(np.arange(8), np.linspace(40, 10, 8), min_points=10)
     assert "8 of min_points 10" in format_segments(segs, DetectorOptions(min_points=10))
     assert "too few" not in format_segments(detect_phases(np.arange(8), np.linspace(40, 10, 8)))
+
+
+def test_phase_names_are_a_str_enum_and_records_stay_plain_strings():
+    assert [Phase.STABLE, Phase.WARMUP, Phase.ENTROPY_SEEKING, Phase.COMPRESSION_SEEKING] == list(Phase)
+    assert Phase.WARMUP == "warmup" and Phase("compression-seeking") is Phase.COMPRESSION_SEEKING
+    assert f"{Phase.ENTROPY_SEEKING}" == str(Phase.ENTROPY_SEEKING) == "entropy-seeking"
+    assert PHASES == ("stable", "warmup", "entropy-seeking", "compression-seeking")
+    assert PHASE_CODES == {"stable": 0, "warmup": 1, "entropy-seeking": 2, "compression-seeking": 3}
+    assert all(type(name) is str for name in PHASE_CODES) and PHASE_CODES[Phase.WARMUP] == Phase.WARMUP.code == 1
+    assert json.dumps({Phase.WARMUP: Phase.STABLE}) == '{"warmup": "stable"}'
+    steps = pythia_steps()
+    x = np.log1p(steps)
+    rankme = np.exp(piecewise(x, [0, 5, 20, len(x) - 1], [4.0, 2.5, 4.5, 3.5]))
+    segments = detect_phases(steps, rankme)
+    assert {seg.phase for seg in segments} <= set(Phase)
+    # The segments hold the plain strings: records, pickles and checkpoint states carry no geomtrace class.
+    assert all(type(seg.name) is str for seg in segments)
+    assert json.loads(json.dumps([seg.to_dict() for seg in segments]))[0]["name"] == segments[0].name
+    assert type(PhaseSegment(Phase.WARMUP, 0, 1, 0, 1, 0.5, -0.1).name) is str
+    with pytest.raises(ValueError, match="plateau"):
+        PhaseSegment("plateau", 0, 1, 0, 1, 0.5, 0.0)

@@ -54,7 +54,7 @@ def test_pretrain_recipe_small_run(tmp_path, capsys):
     ]
     summary = run_recipe(argv)
     assert [r["step"] for r in summary["history"]] == [0, 2, 4]
-    printed = capsys.readouterr().out
+    printed = _printed(capsys)
     assert sum(line.startswith("[geomtrace] RankMe ") for line in printed.splitlines()) == 1  # the summary, once
     assert "cost: 3 measurement(s)" in printed
     payload = json.loads((out / "geometry.json").read_text())
@@ -143,3 +143,9 @@ def test_pretrain_recipe_help():
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(RECIPE), run_name="pretrain_recipe")["parse_args"](["--help"])
     assert exit_info.value.code == 0
+
+
+def _printed(capsys) -> str:
+    """What the run printed: the recipe's own lines (stdout) and geomtrace's (logging, stderr)."""
+    captured = capsys.readouterr()
+    return captured.out + captured.err

@@ -26,6 +26,7 @@ from geomtrace.replay import (
     run_replay,
 )
 from geomtrace.replay.runner import build_probes
+from timeouts import SUBPROCESS_TIMEOUT
 
 REPO = "EleutherAI/pythia-replay-fake"
 REVS = ("step0", "step1", "step2", "step4", "step8", "step16")
@@ -327,7 +328,7 @@ def test_olmo2_stages_and_filters(hub, tmp_path):
     assert [e.step for e in acc.Images("geometry/eigenspectrum")] == [0, 2000]
 
 
-def test_local_folders_and_a_corrupt_checkpoint(local_dir, tmp_path, capsys):
+def test_local_folders_and_a_corrupt_checkpoint(local_dir, tmp_path, capsys, caplog):
     (tmp_path / "run").mkdir()
     for name in ("checkpoint-0", "checkpoint-10", "checkpoint-20"):
         os.symlink(local_dir / name, tmp_path / "run" / name)
@@ -340,6 +341,8 @@ def test_local_folders_and_a_corrupt_checkpoint(local_dir, tmp_path, capsys):
     rc = main(["replay", "--checkpoints", str(tmp_path / "run"), "--output", str(out), *PROBES, "--no-progress"])
     assert rc == 1  # some checkpoints failed, the others ran
     assert "checkpoint-5: FAILED" in capsys.readouterr().out
+    # the lines are INFO records of the logger geomtrace.replay, printed on stdout as before
+    assert any(r.name == "geomtrace.replay" and "checkpoint-5: FAILED" in r.getMessage() for r in caplog.records)
     records = ResultsStore(out).records()
     assert [r["key"] for r in records] == ["checkpoint-0", "checkpoint-10", "checkpoint-20"]
     assert [r["step"] for r in records] == [0, 10, 20]
@@ -443,7 +446,7 @@ def test_torchrun_two_ranks_equal_single_process(hub, tmp_path):
         [*torchrun, *args, "--output", str(tmp_path / "ddp")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SUBPROCESS_TIMEOUT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

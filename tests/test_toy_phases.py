@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from timeouts import SUBPROCESS_TIMEOUT
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy_phases.py"
 THREE = ["warmup", "entropy-seeking", "compression-seeking"]
 
@@ -132,7 +134,7 @@ def test_cli_output_is_read_by_geomtrace_phases_and_plot(tmp_path):
 def test_script_runs_as_a_command(tmp_path):
     result = subprocess.run(
         [sys.executable, str(RECIPE), "--control", "uniform", "--steps", "200", "--no-plot"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "control uniform" in result.stdout and "phase" in result.stdout

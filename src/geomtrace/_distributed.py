@@ -1,12 +1,17 @@
-"""In-place SUM all-reduce of covariance moments over torch.distributed ranks.
+"""torch.distributed helpers: in-place SUM all-reduce of covariance moments, and flags every rank agrees on.
 
 torchmetrics' default sync all-gathers every state and stacks it, which needs
 ``world_size x d^2`` memory per rank; the moments are plain sums, so an in-place
 ``all_reduce(SUM)`` keeps the per-rank memory at about ``d^2`` whatever the world size.
+
+:func:`any_rank`, :func:`all_ranks` and :func:`any_rank_each` are the one way a bool is agreed
+on (a failure on one rank, a load that worked everywhere): one small ``all_reduce(MAX)``, so
+that every rank takes the same branch and none waits in a collective the others skipped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +28,35 @@ def rank_and_world_size() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def any_rank_each(flags: Sequence[bool], device: torch.device | str, *, world_size: int | None = None) -> list[bool]:
+    """For each of ``flags``: True when it is set on at least one rank.
+
+    One ``all_reduce(MAX)`` of ``len(flags)`` numbers under torch.distributed, none when
+    ``flags`` is empty or there is one rank. It is a collective: every rank must call it at
+    the same point with as many flags. ``device``: where the flag tensor lives (the backend's
+    device: CUDA for NCCL). ``world_size``: the caller's view (1 when it measures without
+    distribution although a process group exists); default: the process group's.
+    """
+    local = [bool(flag) for flag in flags]
+    if world_size is None:
+        world_size = rank_and_world_size()[1]
+    if world_size == 1 or not local:
+        return local
+    tensor = torch.tensor([1.0 if flag else 0.0 for flag in local], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return [value > 0 for value in tensor.tolist()]
+
+
+def any_rank(flag: bool, device: torch.device | str, *, world_size: int | None = None) -> bool:
+    """True when ``flag`` is set on at least one rank (e.g. "this rank failed"); see :func:`any_rank_each`."""
+    return any_rank_each([flag], device, world_size=world_size)[0]
+
+
+def all_ranks(flag: bool, device: torch.device | str, *, world_size: int | None = None) -> bool:
+    """True when ``flag`` holds on every rank (e.g. "this rank loaded the checkpoint"); see :func:`any_rank_each`."""
+    return not any_rank(not flag, device, world_size=world_size)
 
 
 def agree_on_dim(local_dim: int, device: torch.device, group: Any = None) -> int:

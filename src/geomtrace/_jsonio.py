@@ -8,6 +8,7 @@
   ``flock`` (where available), starting on a fresh line after a torn one, fsynced, and never cut
   in two by a handled signal (:func:`geomtrace._signals.critical`); several processes (shards)
   may append to one file.
+* :func:`write_json` writes one document (a history file) atomically (:mod:`geomtrace._atomic`).
 * :func:`read_jsonl` / :func:`parse_jsonl` read back the complete object lines; a truncated last
   line (a killed writer) and malformed lines are skipped.
 
@@ -26,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from geomtrace import _signals
+from geomtrace._atomic import atomic_write_text
 
 try:  # POSIX advisory locks; O_APPEND alone already keeps single writes whole.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["append_jsonl", "dumps_line", "parse_jsonl", "plain", "read_jsonl"]
+__all__ = ["append_jsonl", "dumps_line", "parse_jsonl", "plain", "read_jsonl", "write_json"]
 
 
 def plain(value: Any, *, strict: bool = False) -> Any:
@@ -79,6 +81,14 @@ def plain(value: Any, *, strict: bool = False) -> Any:
 def dumps_line(value: Any, *, strict: bool = True) -> str:
     """One JSON line (no newline) of ``value`` made :func:`plain`; ``strict`` writes strict JSON."""
     return json.dumps(plain(value, strict=strict), allow_nan=not strict, ensure_ascii=False)
+
+
+def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1) -> Path:
+    """Write ``value`` made :func:`plain` (NaN/Inf kept) as one JSON document, atomically.
+
+    What JSON cannot hold is written as its ``repr``, so that a history file is always written.
+    """
+    return atomic_write_text(path, json.dumps(plain(value), indent=indent, allow_nan=True, default=repr))
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[Any], *, strict: bool = True) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "coerce_fields",
     "numpy_module",
     "plain",
+    "is_bool",
 ]
 
 
@@ -61,13 +62,14 @@ def _given(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> bool:
+    """``value`` is a Python or numpy bool (which ``isinstance(value, int)`` would also accept)."""
     np = numpy_module()
     return isinstance(value, bool) or (np is not None and isinstance(value, np.bool_))
 
 
 def _to_int(name: str, value: Any, what: str) -> int:
-    if _is_bool(value):
+    if is_bool(value):
         raise OptionTypeError(f"{name} must be {what}, got {_given(value)}: pass a number, not True/False")
     if isinstance(value, numbers.Integral):
         return int(value)
@@ -81,7 +83,7 @@ def _to_int(name: str, value: Any, what: str) -> int:
 
 
 def _to_float(name: str, value: Any, what: str) -> float:
-    if _is_bool(value) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise OptionTypeError(f"{name} must be {what}, got {_given(value)}")
     np = numpy_module()
     if np is not None and isinstance(value, np.floating) and value.dtype.itemsize < 8:
@@ -148,7 +150,7 @@ class Rule:
         if kind == "float":
             return _to_float(name, value, what)
         if kind == "bool":
-            if not _is_bool(value):
+            if not is_bool(value):
                 why = (
                     "; a string is not a flag (any non-empty one would count as True)" if isinstance(value, str) else ""
                 )

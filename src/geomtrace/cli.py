@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, Union
 
 from geomtrace import _signals
+from geomtrace._log import get_logger
 from geomtrace.options import DetectorOptions, LoadOptions, MeasureConfig, ProbeOptions  # no torch, no numpy
 
 __all__ = [
@@ -42,6 +43,10 @@ __all__ = [
     "replay_checkpoints",
     "run",
 ]
+
+#: Notes on stderr go through logging (``geomtrace.cli``; stderr unless the application configured
+#: logging); what a command prints as its result (listings, summaries, tables, paths) is stdout.
+_LOG = get_logger("cli")
 
 _ENV_PREFIX = "GEOMTRACE"
 
@@ -128,7 +133,7 @@ def replay(
         tensorboard_spectra: also log an eigenspectrum figure per checkpoint
         no_prefetch: load each checkpoint only after the previous one was measured (default: the next one loads in
             the background)
-        no_progress: no progress bars
+        no_progress: no progress bars (the default when stdout or stderr is not a terminal)
         quiet: no per-checkpoint summary lines
         qa: memorization QA pairs: a .jsonl file of {"question", "answer"} objects or of token-id pairs
             {"question_ids", "answer_ids"} (recipes/pretrain.py writes its cloze sets so), or trivia_qa (the seed's
@@ -635,6 +640,14 @@ def load_options(args: argparse.Namespace, like: Any = None) -> LoadOptions:
     return options
 
 
+def _note(line: str, args: argparse.Namespace) -> None:
+    """A note on the checkpoints: a line of the ``--dry-run`` listing (stdout), else logged (stderr)."""
+    if getattr(args, "dry_run", False):
+        print(f"[geomtrace] {line}")
+    else:
+        _LOG.info("[geomtrace] %s", line)
+
+
 def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]:
     """Apply --stage / --step-range / --log-spaced (by the steps and stages the naming registry read)."""
     from geomtrace.replay.sources import filter_checkpoints
@@ -644,7 +657,7 @@ def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]
         ckpts, step_range=args.step_range, log_spaced=args.log_spaced, stage=args.stage, left_out=left_out
     )
     for line in left_out:  # a checkpoint without a step (last.ckpt, main): said, never dropped silently
-        print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
+        _note(line, args)
     return kept
 
 
@@ -674,7 +687,7 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
         ckpts = local_checkpoints(args.checkpoints, skipped=skipped)
         for line in skipped:  # a save still being written, or a folder of optimizer state only
             # --dry-run lists them with the checkpoints (stdout); a replay says so on stderr.
-            print(f"[geomtrace] {line}", file=sys.stdout if getattr(args, "dry_run", False) else sys.stderr)
+            _note(line, args)
     ckpts = _filter_checkpoints(ckpts, args)
     if not ckpts:
         raise UsageError("no checkpoints left after --stage/--step-range/--log-spaced")
@@ -684,7 +697,16 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
 # ----------------------------------------------------------------------------- commands
 
 
+def _on_a_terminal() -> bool:
+    """Whether both stdout and stderr are terminals (progress bars only make sense there)."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a stream replaced by an object without isatty, or closed
+        return False
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from geomtrace.replay.loading import loading_progress_bars
     from geomtrace.replay.runner import run_replay
     from geomtrace.replay.store import check_output_dir
 
@@ -706,24 +728,28 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not ckpts:
         print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
         return 0
-    memorization = memorization_probe(args, config, trust_remote_code=load.trust_remote_code)
+    # Bars only on a terminal: piped or redirected output carries none (transformers' "Loading
+    # weights" and the hub's download bars included), as with --no-progress.
+    progress = not args.no_progress and _on_a_terminal()
     tensorboard = None if args.no_tensorboard else (args.tensorboard or os.path.join(args.output, "tensorboard"))
-    summary = run_replay(
-        ckpts,
-        args.output,
-        measure=config,
-        probes=options,
-        load=load,
-        tokenizer=args.tokenizer,
-        tokens_per_step=args.tokens_per_step or (like.tokens_per_step if like else None),
-        tensorboard_dir=tensorboard,
-        tensorboard_spectra=bool(args.tensorboard_spectra),
-        progress=not args.no_progress,
-        verbose=not args.quiet,
-        reference=like.provenance if like else None,
-        prefetch=not args.no_prefetch,
-        memorization=memorization,
-    )
+    with loading_progress_bars(progress):
+        memorization = memorization_probe(args, config, trust_remote_code=load.trust_remote_code)
+        summary = run_replay(
+            ckpts,
+            args.output,
+            measure=config,
+            probes=options,
+            load=load,
+            tokenizer=args.tokenizer,
+            tokens_per_step=args.tokens_per_step or (like.tokens_per_step if like else None),
+            tensorboard_dir=tensorboard,
+            tensorboard_spectra=bool(args.tensorboard_spectra),
+            progress=progress,
+            verbose=not args.quiet,
+            reference=like.provenance if like else None,
+            prefetch=not args.no_prefetch,
+            memorization=memorization,
+        )
     if not args.quiet:
         print(summary)
     return 1 if summary.failed else 0
@@ -771,9 +797,9 @@ def memorization_probe(args: argparse.Namespace, config: Any = None, trust_remot
         raise UsageError(str(err)) from err
     index_tokenizer = None
     if args.index_tokenizer:
-        from geomtrace.replay.runner import _load_tokenizer
+        from geomtrace.replay.loading import load_tokenizer
 
-        index_tokenizer = _load_tokenizer(args.index_tokenizer, trust_remote_code=trust_remote_code)
+        index_tokenizer = load_tokenizer(args.index_tokenizer, trust_remote_code=trust_remote_code)
     return MemorizationProbe(
         qa,
         index,
@@ -819,7 +845,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if args.phases:
         options, notes = _detector_options(args, paths[0])
         for note in notes:
-            print(f"[geomtrace] phases of {labels[0]}: {note}", file=sys.stderr)
+            _LOG.info("[geomtrace] phases of %s: %s", labels[0], note)
         phases = _detect(next(iter(runs.values())), options)
     keys = _memorization_keys(args.memorization)
     lines = _memorization_lines(dict(zip(labels, paths)), keys)
@@ -988,7 +1014,7 @@ def _cmd_phases(args: argparse.Namespace) -> int:
         import json
 
         for note in notes:
-            print(f"[geomtrace] {note}", file=sys.stderr)
+            _LOG.info("[geomtrace] %s", note)
         print(json.dumps([s.to_dict() for s in segments], indent=2))
     else:
         layer = "" if trajectory.layer is None else f", layer {trajectory.layer}"

@@ -40,6 +40,9 @@ __all__ = [
     "resolve_layers",
     "select_tokens",
     "unwrap_model",
+    "is_fsdp",
+    "position_ids",
+    "unwrap_chain",
 ]
 
 
@@ -103,7 +106,7 @@ def _pretrained_model_class() -> type[PreTrainedModel]:
     return require("transformers", "feature extraction").PreTrainedModel
 
 
-def _unwrap_chain(model: nn.Module) -> list[nn.Module]:
+def unwrap_chain(model: nn.Module) -> list[nn.Module]:
     """``model`` followed by each module found by peeling one wrapper layer."""
     pretrained = _pretrained_model_class()
     chain = [model]
@@ -137,7 +140,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     ``PreTrainedModel``; anything else without a wrapper attribute is returned as is
     (use :func:`find_causal_lm` to search inside e.g. a LightningModule).
     """
-    return _unwrap_chain(model)[-1]
+    return unwrap_chain(model)[-1]
 
 
 def find_causal_lm(module: nn.Module) -> PreTrainedModel:
@@ -281,7 +284,8 @@ def _first_tensor(value: Any) -> Tensor:
     raise TypeError(f"cannot read a hidden state from a decoder layer output of type {type(value).__name__}")
 
 
-def _is_fsdp(module: nn.Module) -> bool:
+def is_fsdp(module: nn.Module) -> bool:
+    """``module`` is an FSDP wrapper (FSDP1 ``FullyShardedDataParallel`` or an FSDP2 class)."""
     name = type(module).__name__
     return name == "FullyShardedDataParallel" or name.startswith("FSDP")
 
@@ -293,13 +297,14 @@ def _runner(model: nn.Module, lm: PreTrainedModel) -> nn.Module:
     would see sharded weights, so then the outermost FSDP wrapper (FSDP1) or the FSDP2 causal
     LM is run whole, logits included. Pass the FSDP-wrapped HF model itself in that case.
     """
-    for module in _unwrap_chain(model):
-        if _is_fsdp(module):
+    for module in unwrap_chain(model):
+        if is_fsdp(module):
             return module
-    return lm if _is_fsdp(lm) else lm.base_model
+    return lm if is_fsdp(lm) else lm.base_model
 
 
-def _position_ids(attention_mask: Tensor) -> Tensor:
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids counted over the real tokens of ``attention_mask`` (0 on padding before them)."""
     # HF defaults to arange(T) whatever the padding; derive positions from the mask instead so
     # a left-padded sequence sees the same positions as a right-padded one.
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -375,7 +380,7 @@ def extract_features(
         _runner(model, lm)(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=_position_ids(attention_mask),
+            position_ids=position_ids(attention_mask),
             use_cache=False,
         )
     finally:

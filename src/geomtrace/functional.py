@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from geomtrace._validate import OptionTypeError, Rule, _is_bool, as_int_pair
+from geomtrace._validate import OptionTypeError, Rule, as_int_pair, is_bool
 from geomtrace._warnings import warn
 from geomtrace.options import DEFAULT_EPS, DEFAULT_FIT_RANGE
 
@@ -46,6 +46,7 @@ __all__ = [
     "singular_spectrum",
     "unit_roundoff",
     "validate_eps",
+    "validate_fit_range",
 ]
 
 
@@ -143,7 +144,7 @@ def validate_eps(eps: float) -> float:
     Numpy scalars are taken as plain floats; a bool (``eps=True`` would be 1) and anything
     that is not a real number (a string, ``None``) raise ``TypeError``.
     """
-    if _is_bool(eps):
+    if is_bool(eps):
         raise OptionTypeError(
             f"eps must be a number, not a bool (got {eps!r}, which would be {int(eps)}): pass e.g. {DEFAULT_EPS:g}, "
             "the paper's value, or 0 to disable it."
@@ -261,7 +262,7 @@ def alpha_req(
         >>> print(f"alpha {fit.alpha:.3f}, R^2 {fit.r2:.3f}, ranks {int(fit.ranks[0])}..{int(fit.ranks[-1])}")
         alpha 1.500, R^2 1.000, ranks 12..100
     """
-    first, last = _validate_fit_range(fit_range)
+    first, last = validate_fit_range(fit_range)
     values = _as_spectrum(eigenvalues)
     device = values.device
     stop = min(last, values.numel())
@@ -302,7 +303,7 @@ def alpha_req(
     return PowerLawFit(-slope, r2, intercept, ranks, torch.exp(prediction))
 
 
-def _validate_fit_range(fit_range: tuple[int, int]) -> tuple[int, int]:
+def validate_fit_range(fit_range: tuple[int, int]) -> tuple[int, int]:
     """Two 1-based ranks ``(first, last)``, ``1 <= first <= last``, as plain ints.
 
     Integral floats (``2.0``) and numpy ints are taken as ints; a float with a fractional part
@@ -310,6 +311,9 @@ def _validate_fit_range(fit_range: tuple[int, int]) -> tuple[int, int]:
     a ``ValueError``).
     """
     return as_int_pair("fit_range", fit_range, minimum=1, example="(12, 100), 1-based ranks")
+
+
+_validate_fit_range = validate_fit_range  # the old name, still imported by tests
 
 
 def covariance_from_features(features: Tensor) -> Tensor:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from geomtrace._distributed import rank_and_world_size
+from geomtrace._distributed import any_rank, any_rank_each, rank_and_world_size
+from geomtrace._provenance import measurement_provenance
 from geomtrace._warnings import warn
 from geomtrace.features import (
     extract_features,
@@ -50,6 +51,9 @@ __all__ = [
     "probe_autocast",
     "validate_extra_metrics",
     "value_fields",
+    "batch_count",
+    "device_of",
+    "progress_bar",
 ]
 
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
@@ -126,13 +130,9 @@ class GeometryResult:
         Live histories and replay outputs both record it, so that a comparison can tell
         whether two values were measured the same way.
         """
-        return {
-            "probe": self.probe_description,
-            "probe_fingerprint": self.probe_fingerprint,
-            "n_probes": self.n_probes,
-            "precision": self.precision,
-            "measure_config": self.config.to_dict(),
-        }
+        return measurement_provenance(
+            self.probe_description, self.probe_fingerprint, self.n_probes, self.precision, self.config
+        )
 
     def scalars(self, prefix: str = "geometry") -> dict[str, float]:
         """Flat ``{tag: value}`` for loggers (see :func:`metric_key`)."""
@@ -222,21 +222,15 @@ def check_probe_positions(model: nn.Module, probes: ProbeSet) -> None:
         )
 
 
-def _device_of(lm: nn.Module) -> torch.device:
+def device_of(lm: nn.Module) -> torch.device:
+    """The device of the first parameter of ``lm`` (CPU for a module without parameters)."""
     for parameter in lm.parameters():
         return parameter.device
     return torch.device("cpu")
 
 
-def _any_rank_failed(failed: bool, world_size: int, device: torch.device) -> bool:
-    if world_size == 1:
-        return failed
-    flag = torch.tensor([1.0 if failed else 0.0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item() > 0)
-
-
-def _batch_count(n_local: int, batch_size: int, world_size: int, device: torch.device) -> int:
+def batch_count(n_local: int, batch_size: int, world_size: int, device: torch.device) -> int:
+    """How many forwards every rank runs: the most any rank needs for its shard."""
     count = math.ceil(n_local / batch_size)
     if world_size == 1:
         return count
@@ -247,7 +241,8 @@ def _batch_count(n_local: int, batch_size: int, world_size: int, device: torch.d
     return int(tensor.item())
 
 
-def _progress(total: int, enabled: bool, description: str):
+def progress_bar(total: int, enabled: bool, description: str):
+    """A tqdm bar over ``total`` batches, or None when disabled or tqdm is missing."""
     if not enabled:
         return None
     try:
@@ -309,11 +304,11 @@ def measure_geometry(
     rank, world_size = rank_and_world_size()
     if distributed is False:
         rank, world_size = 0, 1
-    device = _device_of(lm)
+    device = device_of(lm)
     shard = probes.shard(rank, world_size) if world_size > 1 else probes
     collections = {layer: _layer_collection(layer, config, device, world_size > 1, extras) for layer in layers}
     failed: set[tuple[int, str]] = set()
-    n_batches = _batch_count(len(shard), config.batch_size, world_size, device)
+    n_batches = batch_count(len(shard), config.batch_size, world_size, device)
 
     error: BaseException | None = None
     precision = "fp32"
@@ -323,7 +318,7 @@ def measure_geometry(
         )
     except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
         error = err
-    if _any_rank_failed(error is not None, world_size, device):
+    if any_rank(error is not None, device, world_size=world_size):
         if error is not None:
             raise RuntimeError(f"geometry measurement failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("geometry measurement failed on another rank")
@@ -371,7 +366,7 @@ def _run_forwards(
                 chunks.clear()
         pending_rows = 0
 
-    bar = _progress(n_batches, progress, "geometry")
+    bar = progress_bar(n_batches, progress, "geometry")
     # Batch sequences of similar length together: the covariance does not depend on row
     # order, and padding every batch to its longest member wastes up to half the forward.
     by_length = sorted(shard.sequences, key=len)
@@ -483,12 +478,12 @@ def _update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed
 def _failed_on_any_rank(
     failed: set[tuple[int, str]], layers: list[int], names: list[str], world_size: int, device: torch.device
 ) -> set[tuple[int, str]]:
+    """The (layer, extra metric) pairs that failed on any rank (one collective, none without extra metrics)."""
     if world_size == 1 or not names:
         return failed
     keys = [(layer, name) for layer in layers for name in names]
-    flags = torch.tensor([1.0 if key in failed else 0.0 for key in keys], device=device)
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    return {key for key, flag in zip(keys, flags.tolist()) if flag > 0}
+    agreed = any_rank_each([key in failed for key in keys], device, world_size=world_size)
+    return {key for key, flag in zip(keys, agreed) if flag}
 
 
 def _add_extra(target: LayerGeometry, name: str, metric: Metric, failed: bool) -> None:

@@ -47,6 +47,7 @@ from geomtrace.covariance import (
     merge_states,
     moments_of,
     prepare_rows,
+    symmetric_from_upper,
 )
 
 __all__ = [
@@ -346,6 +347,18 @@ class _CovarianceMetric(Metric):
         merge_states(self, incoming_state, self.fold_every)
         U.merge_groups(self, own_shift, incoming_state)
 
+    def state_dict(  # type: ignore[override]  # torchmetrics overrides nn.Module.state_dict so
+        self, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        # The update may fill only the upper triangle of pending_m2 (covariance.add_gram): a
+        # saved state carries the full symmetric matrix, which any reader (older versions too)
+        # folds correctly.
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        key = prefix + "pending_m2"
+        if isinstance(destination.get(key), Tensor):
+            destination[key] = symmetric_from_upper(destination[key])
+        return destination
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # torchmetrics assigns the caller's tensors as the states, and accumulation is in
@@ -599,7 +612,7 @@ class Geometry(_CovarianceMetric):
             **kwargs,
         )
         self.eps = F.validate_eps(eps)
-        self.fit_range = F._validate_fit_range(fit_range)
+        self.fit_range = F.validate_fit_range(fit_range)
         self.return_eigenvalues = bool(eigenvalues)
 
     _measures = ("rankme", "alpha")
@@ -753,7 +766,7 @@ class AlphaReQ(_CovarianceMetric):
             max_group_memory=max_group_memory,
             **kwargs,
         )
-        self.fit_range = F._validate_fit_range(fit_range)
+        self.fit_range = F.validate_fit_range(fit_range)
 
     _measures = ("alpha",)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -56,6 +57,7 @@ __all__ = [
     "PHASE_CODES",
     "DetectorOptions",
     "GeometryShift",
+    "Phase",
     "PhaseSegment",
     "current_phase",
     "detect_phases",
@@ -66,9 +68,35 @@ __all__ = [
     "trajectory_shift",
 ]
 
-PHASES = ("stable", "warmup", "entropy-seeking", "compression-seeking")
-#: Numeric phase codes for logging a phase as a scalar.
-PHASE_CODES = {"stable": 0, "warmup": 1, "entropy-seeking": 2, "compression-seeking": 3}
+
+class Phase(str, Enum):
+    """The geometric phases, a closed set. A member *is* its name as a ``str``
+    (``Phase.WARMUP == "warmup"``), so records, JSON and tags hold the plain strings; the
+    definition order gives the numeric codes (:attr:`code`, :data:`PHASE_CODES`)."""
+
+    STABLE = "stable"
+    WARMUP = "warmup"
+    ENTROPY_SEEKING = "entropy-seeking"
+    COMPRESSION_SEEKING = "compression-seeking"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def code(self) -> int:
+        """The numeric code logged as the phase scalar: stable 0, warmup 1, entropy-seeking 2,
+        compression-seeking 3."""
+        return _ORDER.index(self)
+
+
+_ORDER = tuple(Phase)
+#: The phase names, in code order.
+PHASES = tuple(phase.value for phase in Phase)
+#: Numeric phase codes for logging a phase as a scalar (plain-string keys).
+PHASE_CODES = {phase.value: phase.code for phase in Phase}
 
 # Direction convention used internally: +1 = entropy-seeking (RankMe up / alpha down),
 # -1 = compression (RankMe down / alpha up), 0 = stable.
@@ -89,7 +117,7 @@ class PhaseSegment:
     to the last point. ``confidence`` is in [0, 1].
     """
 
-    name: str
+    name: str  #: a :class:`Phase` value, held as the plain string
     start_step: float
     end_step: float
     start_index: int
@@ -99,10 +127,20 @@ class PhaseSegment:
     alpha_change: float | None = None
     n_points: int = 0
 
+    def __post_init__(self) -> None:
+        # Phase(...) refuses a name outside the closed set; the plain value keeps pickles and
+        # checkpoint states free of geomtrace classes.
+        object.__setattr__(self, "name", Phase(self.name).value)
+
+    @property
+    def phase(self) -> Phase:
+        """The phase as a :class:`Phase` member."""
+        return Phase(self.name)
+
     @property
     def code(self) -> int:
         """The numeric code of this phase (:data:`PHASE_CODES`)."""
-        return PHASE_CODES[self.name]
+        return self.phase.code
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (JSON-serialisable)."""
@@ -478,7 +516,7 @@ def detect_phases(
         # with the change that was measured (first to last point).
         dy = float(np.log(r[-1] / r[0]))
         da = None if a is None else float(a[-1] - a[0])
-        return [_make("stable", s, idx, 0, n - 1, 0.0, dy, da)]
+        return [_make(Phase.STABLE, s, idx, 0, n - 1, 0.0, dy, da)]
 
     x = log_step(s)
     y = np.log(r)
@@ -547,7 +585,7 @@ def detect_phases(
         if lab != _FLAT and not ctx.large_enough(lab, i0, i1):
             lab = _FLAT
         if lab == _FLAT:
-            name = "stable"
+            name = Phase.STABLE
             conf = math.exp(-max(abs(t_y), abs(t_a)) / enter_threshold)
             if min_rankme_change > 0:
                 # Stable also when a significant move is below the effect size: as sure as it is small.
@@ -557,13 +595,13 @@ def detect_phases(
                 conf = max(conf, small)
         else:
             if lab == _UP:
-                name = "entropy-seeking"
+                name = Phase.ENTROPY_SEEKING
             else:
                 # The initial collapse: RankMe itself falls (alpha alone never makes a warmup),
                 # and nothing but stable segments (the first steps barely moving) precede it.
-                first_fall = all(seg.name == "stable" for seg in out)
+                first_fall = all(seg.name == Phase.STABLE for seg in out)
                 rankme_falls = dy <= -ctx.min_effect[0] and (t_y <= -enter_threshold or ctx.large(i0, i1) < 0)
-                name = "warmup" if (o.allow_warmup and first_fall and rankme_falls) else "compression-seeking"
+                name = Phase.WARMUP if (o.allow_warmup and first_fall and rankme_falls) else Phase.COMPRESSION_SEEKING
             # A large RankMe move counts as at least enter_threshold (the noise estimate may not).
             t_eff = lab * max(lab * t_y, enter_threshold) if ctx.large(i0, i1) == lab else t_y
             conf = _trend_confidence(lab, t_eff, t_a if a is not None else None, enter_threshold)
@@ -580,7 +618,7 @@ _NOISY_SIGMA = 0.1
 
 def _warn_if_noisy(segments: list[PhaseSegment], sigma: float) -> None:
     """Warn when the trajectory is mostly noise or keeps reversing: phases then mislead."""
-    trends = [seg for seg in segments if seg.name != "stable"]
+    trends = [seg for seg in segments if seg.name != Phase.STABLE]
     reversals = sum((a.rankme_change > 0) != (b.rankme_change > 0) for a, b in zip(trends, trends[1:]))
     if sigma > _NOISY_SIGMA:
         warn(
@@ -875,7 +913,7 @@ def _trend_confidence(direction: int, t_y: float, t_a: float | None, enter: floa
 
 
 def _make(
-    name: str,
+    name: Phase,
     s: np.ndarray,
     idx: np.ndarray,
     i0: int,
@@ -1059,9 +1097,9 @@ def shift(
     if dr == 0 and da == 0:
         direction = "none"
     elif (dr == 1 and da <= 0) or (dr == 0 and da == -1):
-        direction = "entropy-seeking"
+        direction = Phase.ENTROPY_SEEKING.value
     elif (dr == -1 and da >= 0) or (dr == 0 and da == 1):
-        direction = "compression-seeking"
+        direction = Phase.COMPRESSION_SEEKING.value
     else:
         direction = "mixed"
     return GeometryShift(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from geomtrace._optional import require
+from geomtrace.phases import Phase
 from geomtrace.trajectory import trajectory_from_rows
 
 __all__ = [
@@ -38,10 +39,10 @@ __all__ = [
 
 #: Shading colour of each phase (see :mod:`geomtrace.phases`).
 PHASE_COLORS = {
-    "warmup": "#bbbbbb",
-    "entropy-seeking": "#8ecae6",
-    "compression-seeking": "#ffb703",
-    "stable": "#ffffff",
+    Phase.WARMUP: "#bbbbbb",
+    Phase.ENTROPY_SEEKING: "#8ecae6",
+    Phase.COMPRESSION_SEEKING: "#ffb703",
+    Phase.STABLE: "#ffffff",
 }
 _X_LABELS = {"step": "training step", "tokens": "tokens seen", "flops": "training FLOPs (6 N D)"}
 _MEMORIZATION_LABELS = {
@@ -141,7 +142,7 @@ def _shade_phases(axes: Sequence[Any], phases: Sequence[Any], to_x: Any) -> None
     seen: set[str] = set()
     for seg in phases:
         color = PHASE_COLORS.get(seg.name, "#dddddd")
-        label = seg.name if seg.name not in seen and seg.name != "stable" else None
+        label = seg.name if seg.name not in seen and seg.name != Phase.STABLE else None
         seen.add(seg.name)
         for ax in axes:
             ax.axvspan(to_x(seg.start_step), to_x(seg.end_step), color=color, alpha=0.35, lw=0, label=label)

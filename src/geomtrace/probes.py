@@ -42,6 +42,7 @@ __all__ = [
     "ProbeSet",
     "check_probe_lengths",
     "load_probes",
+    "hub_offline",
 ]
 
 # Hub datasets are streamed; only this many texts (at least) are read to pick the probes from.
@@ -484,14 +485,15 @@ def _read_dataset(dataset: Any, *, text_column: str, split: str, limit: int) -> 
     return _clean(texts)
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE, HF_DATASETS_OFFLINE or TRANSFORMERS_OFFLINE is set."""
     flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     return any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in flags)
 
 
 def _read_hub(name: str, *, text_column: str, split: str, config_name: str | None, limit: int) -> tuple[list[str], str]:
     datasets = require("datasets", "probe sets from hub datasets")
-    offline = _offline()
+    offline = hub_offline()
     label = f"hub:{name}" + (f"/{config_name}" if config_name else "") + f":{split}"
     try:
         # Streaming reads only the texts we need; offline only a cached (non-streamed) copy can work.

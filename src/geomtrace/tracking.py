@@ -7,6 +7,11 @@ warnings. The Lightning callback (:class:`geomtrace.callbacks.GeometryMonitor`) 
 transformers callback (:class:`geomtrace.callbacks.GeometryCallback`) are thin adapters
 around it, so both log the same keys with the same values and write the same records.
 
+The tracker is the orchestrator; each of its other jobs is a small piece of its own: when to
+measure (:class:`geomtrace.options.Schedule`), the record and its resumption
+(:mod:`geomtrace._history`), provenance and its comparison (:mod:`geomtrace._provenance`, shared
+with replay) and the cost of watching (:mod:`geomtrace._cost`).
+
 The record (:meth:`GeometryTracker.record`, written by ``history_file=``) is one JSON
 object: ``history`` (one row per measurement), ``provenance`` (how the rows were measured:
 probe set, fingerprint, precision, the full measurement config, the probe options), and,
@@ -18,25 +23,27 @@ can measure checkpoints "the same way as this run" from it.
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
-import re
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from torch import nn
 from torchmetrics import Metric
 
-from geomtrace._atomic import atomic_write_text
+from geomtrace._cost import CostMeter, cost_line
+from geomtrace._history import STATE_VERSION as STATE_VERSION  # re-exported: the state_dict's version
+from geomtrace._history import RunRecord
+from geomtrace._jsonio import write_json
+from geomtrace._log import get_logger
 from geomtrace._options import legacy_options, option_set
-from geomtrace._validate import OptionTypeError, Rule, plain
+from geomtrace._provenance import precision_note, provenance_differences, record_provenance, trajectory_of
+from geomtrace._validate import OptionTypeError, Rule
 from geomtrace._warnings import warn
 from geomtrace.features import find_causal_lm, num_hidden_layers, resolve_layers
 from geomtrace.measure import GeometryResult, MeasureConfig, max_positions, measure_geometry, validate_extra_metrics
@@ -57,13 +64,7 @@ __all__ = [
     "upgrade_flat_options",
 ]
 
-#: Version of :meth:`GeometryTracker.state_dict` (older states load too).
-STATE_VERSION = 2
-
-# What makes two measurements comparable: a change in any of these (and in the measurement
-# options that change the values, MeasureConfig.identity_fields()) between the restored history
-# and a new measurement is warned about by name. The speed options may change freely.
-_COMPARED_PROVENANCE = ("probe_fingerprint", "n_probes", "precision")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ProbeLengthError(ValueError):
     """The model takes fewer positions than the probe options' ``min_tokens``."""
 
 
+_logger = get_logger("tracking")
+
+
 def loaded_model_hint(model: nn.Module | None) -> tuple[bool, str] | None:
     """``(True, reason)`` when the HF model inside ``model`` was loaded by name (``from_pretrained``).
 
@@ -102,9 +106,27 @@ def loaded_model_hint(model: nn.Module | None) -> tuple[bool, str] | None:
 
 
 def report(lines: Sequence[str]) -> None:
-    """Print geomtrace's own messages (callers call it on the main process only)."""
+    """geomtrace's own messages to the user, through the ``geomtrace.tracking`` logger (INFO, rank
+    zero; on stderr unless the application routes logging elsewhere)."""
     for line in lines:
-        print(f"[geomtrace] {line}", flush=True)
+        _logger.info("[geomtrace] %s", line)
+
+
+class _StageField(Generic[_T]):
+    """A tracker attribute that lives in its current stage (:class:`geomtrace._history.Stage`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _StageField[_T]: ...
+    @overload
+    def __get__(self, obj: GeometryTracker, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: GeometryTracker | None, owner: type | None = None) -> _T | _StageField[_T]:
+        return self if obj is None else getattr(obj.run.stage, self.name)
+
+    def __set__(self, obj: GeometryTracker, value: _T) -> None:
+        setattr(obj.run.stage, self.name, value)
 
 
 class GeometryTracker:
@@ -205,45 +227,69 @@ class GeometryTracker:
         self.strict: bool = strict
         self.prefix: str = prefix
         self.memorization = LiveMemorization(memorization, strict=strict) if memorization is not None else None
-        self._reset_stage()
-        self.stages: list[dict[str, Any]] = []
+        #: The record: the current stage (history, phase, provenance...) and the earlier ones.
+        self.run = RunRecord()
+        #: Time spent measuring in the current training.
+        self.meter = CostMeter()
         self._restored = False
         self._owner: weakref.ref | None = None
         self._last_attempt: int | None = None
         self._warned_save = False
         self._tokenizer: Any = None
         self._fitted_to: int | None = None
-        self._reset_cost()
         # The phase detector's options (recorded; the offline tools reuse them).
         if detector is not None and not isinstance(detector, (DetectorOptions, Mapping)):
             raise TypeError(f"detector must be a geomtrace.phases.DetectorOptions, got {type(detector).__name__}")
         self.detector = option_set(detector, DetectorOptions, owner=owner, name="detector")
         self.detector.validate()
 
+    # The current stage's record, as attributes (see geomtrace._history.Stage).
+    history = _StageField[list[dict[str, Any]]]()
+    phase = _StageField[str | None]()
+    num_measurements = _StageField[int]()
+    #: How the rows of :attr:`history` were measured (``GeometryResult.provenance()`` + more).
+    provenance = _StageField[dict[str, Any] | None]()
+    provenance_changes = _StageField[list[dict[str, Any]]]()
+    #: Rows from this step on were measured like the latest one (phases use only them).
+    comparable_from = _StageField[int | None]()
+    #: Whether this training starts from a trained model; resolved by :meth:`begin`.
+    from_pretrained = _StageField[bool | None]()
+    from_pretrained_reason = _StageField[str | None]()
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """Earlier trainings of a reused tracker (their :meth:`Stage.to_dict`)."""
+        return self.run.stages
+
     # The schedule's options, as attributes (read by the callbacks and older code).
-    every_n_steps = property(lambda self: self.schedule.every_n_steps)
-    extra_steps = property(lambda self: frozenset(self.schedule.extra_steps))
-    measure_on_start = property(lambda self: self.schedule.measure_on_start)
-    measure_on_end = property(lambda self: self.schedule.measure_on_end)
-    log_spectrum_every = property(lambda self: self.schedule.log_spectrum_every)
+    @property
+    def every_n_steps(self) -> int:
+        return self.schedule.every_n_steps
 
-    def _reset_stage(self) -> None:
-        self.history: list[dict[str, Any]] = []
-        self.phase: str | None = None
-        self.num_measurements = 0
-        #: How the rows of :attr:`history` were measured (``GeometryResult.provenance()`` + more).
-        self.provenance: dict[str, Any] | None = None
-        self.provenance_changes: list[dict[str, Any]] = []
-        #: Rows from this step on were measured like the latest one (phases use only them).
-        self.comparable_from: int | None = None
-        #: Whether this training starts from a trained model; resolved by :meth:`begin`.
-        self.from_pretrained: bool | None = None
-        self.from_pretrained_reason: str | None = None
+    @property
+    def extra_steps(self) -> frozenset[int]:
+        return frozenset(self.schedule.extra_steps)
 
-    def _reset_cost(self) -> None:
-        self.cost_seconds = 0.0
-        self.cost_measurements = 0
-        self._train_started: float | None = None
+    @property
+    def measure_on_start(self) -> bool:
+        return self.schedule.measure_on_start
+
+    @property
+    def measure_on_end(self) -> bool:
+        return self.schedule.measure_on_end
+
+    @property
+    def log_spectrum_every(self) -> int:
+        return self.schedule.log_spectrum_every
+
+    # The cost of the current training, as attributes.
+    @property
+    def cost_seconds(self) -> float:
+        return self.meter.seconds
+
+    @property
+    def cost_measurements(self) -> int:
+        return self.meter.measurements
 
     @classmethod
     def from_options(cls, **options: Any) -> GeometryTracker:
@@ -332,9 +378,7 @@ class GeometryTracker:
         same_owner = self._owner is not None and self._owner() is owner
         went_back = bool(self.history) and start_step < self.history[-1]["step"]
         if self.history and not self._restored and (not same_owner or went_back):
-            self.stages.append(self._stage_record())
-            n = len(self.stages[-1]["history"])
-            self._reset_stage()
+            n = self.run.new_stage()
             messages.append(
                 f"a new training with the same callback: stage {len(self.stages) + 1} starts; the "
                 f"{n} measurement(s) of the earlier stage are kept in `stages` (not in `history`)."
@@ -346,8 +390,7 @@ class GeometryTracker:
         except TypeError:
             self._owner = None
         self._last_attempt = None
-        self._reset_cost()
-        self._train_started = time.perf_counter()
+        self.meter.start()
         first = self.history[0]["step"] if self.history else start_step
         if self.from_pretrained_option is not None:
             value, reason = self.from_pretrained_option, "from_pretrained option"
@@ -379,7 +422,7 @@ class GeometryTracker:
     # ------------------------------------------------------------- scheduling
     @property
     def last_step(self) -> int | None:
-        return self.history[-1]["step"] if self.history else None
+        return self.run.stage.last_step
 
     def due(self, step: int, event: str) -> bool:
         """Whether to measure at ``step`` for ``event`` in ``{"start", "step", "end"}``.
@@ -393,14 +436,9 @@ class GeometryTracker:
         return self.schedule.due(step, event)
 
     # --------------------------------------------------------------- measuring
-    @contextmanager
-    def timing(self) -> Iterator[None]:
+    def timing(self) -> AbstractContextManager[None]:
         """Count the time of the block (a measurement and its logging) as measuring cost."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.cost_seconds += time.perf_counter() - start
+        return self.meter.timing()
 
     def measure(self, model: nn.Module, step: int, *, final: bool = False) -> Measurement | None:
         """Measure now. All ranks must call this together. None if the measurement failed."""
@@ -418,24 +456,16 @@ class GeometryTracker:
             return None
         if self.strict:
             _raise_on_bad_rows(result, step)
-        self.cost_measurements += 1
+        self.meter.count()
         # Until the measurement is complete (memorization included) an interrupt (Ctrl-C, a
         # signal) must leave no trace of it: what the history file and a checkpoint save
         # then holds only completed measurements.
-        saved = self._snapshot()
+        saved = self.run.snapshot()
         try:
             return self._record(model, step, final, result, start)
         except BaseException:
-            self._restore(saved)
+            self.run.restore(saved)
             raise
-
-    def _snapshot(self) -> dict[str, Any]:
-        names = ("history", "provenance", "provenance_changes", "comparable_from", "phase", "num_measurements")
-        return {name: copy.copy(getattr(self, name)) for name in names}
-
-    def _restore(self, saved: dict[str, Any]) -> None:
-        for name, value in saved.items():
-            setattr(self, name, value)
 
     def _record(self, model: nn.Module, step: int, final: bool, result: GeometryResult, start: float) -> Measurement:
         """Add a finished geometry measurement (and its memorization values) to the history.
@@ -481,29 +511,22 @@ class GeometryTracker:
 
     def _check_provenance(self, result: GeometryResult, step: int, notes: list[str]) -> None:
         """Adopt the provenance of ``result``; warn by name when it differs from the history's."""
-        provenance = result.provenance()
-        # The extra metrics ride along on the same forward: part of how this was measured.
-        provenance["measure_config"] = {**provenance["measure_config"], "extra_metrics": self.extra_metric_classes()}
-        current = {
-            **provenance,
-            "probe_options": self.recorded_probe_options(),
-            "trajectory": {
-                "layer": result.last.layer,
-                "num_layers": result.num_layers,
-                "rankme": result.trajectory_key("rankme", self.prefix),
-                "alpha": result.trajectory_key("alpha", self.prefix),
-                "phase": result.trajectory_key("phase", self.prefix),
-            },
-        }
+        current = record_provenance(
+            result.provenance(),
+            probe_options=self.recorded_probe_options(),
+            # The extra metrics ride along on the same forward: part of how this was measured.
+            extra_metrics=self.extra_metric_classes(),
+            trajectory=trajectory_of(result, self.prefix),
+        )
         previous = self.provenance
         self.provenance = current
         if previous is None or previous.get("precision") != current["precision"]:
-            notes.append(_precision_note(current, self.config.autocast))
+            notes.append(precision_note(current, self.config.autocast))
         if previous is None:
             if self.comparable_from is None:
                 self.comparable_from = self.history[0]["step"] if self.history else step
             return
-        changed = _provenance_differences(previous, current)
+        changed = provenance_differences(previous, current)
         if not changed:
             return
         self.provenance_changes.append({"step": step, "changed": changed})
@@ -561,8 +584,7 @@ class GeometryTracker:
         From the latest measurement's provenance (:meth:`GeometryResult.trajectory_key`);
         before any measurement, the last layer's ``geometry/<name>``.
         """
-        trajectory = (self.provenance or {}).get("trajectory") or {}
-        return {name: trajectory.get(name, f"{self.prefix}/{name}") for name in ("rankme", "alpha", "phase")}
+        return self.run.stage.trajectory_keys(self.prefix)
 
     # ------------------------------------------------------------------ ending
     def end(self) -> list[str]:
@@ -570,42 +592,16 @@ class GeometryTracker:
         lines = []
         if self.history:
             lines.append(self.summary())
-        cost = self.cost()
-        if cost is not None and cost["measurements"]:
-            lines.append(
-                f"cost: {cost['measurements']} measurement(s) took {cost['seconds_measuring']:.1f} s, "
-                f"{100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training; "
-                f"{cost['probe_tokens']:,} probe tokens ({cost['probes']} probes) per measurement"
-            )
+        line = cost_line(self.cost())
+        if line is not None:
+            lines.append(line)
         return lines
 
     def cost(self) -> dict[str, Any] | None:
         """Time spent measuring (and logging) in the current training, and its share of it."""
-        if self._train_started is None:
-            return None
-        training = time.perf_counter() - self._train_started
-        return {
-            "measurements": self.cost_measurements,
-            "seconds_measuring": round(self.cost_seconds, 3),
-            "seconds_training": round(training, 3),
-            "share": self.cost_seconds / training if training > 0 else math.nan,
-            "probes": len(self.probes) if self.probes is not None else 0,
-            "probe_tokens": self.probes.num_tokens() if self.probes is not None else 0,
-        }
+        return self.meter.cost(self.probes)
 
     # ------------------------------------------------------------------ record
-    def _stage_record(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "history": [dict(r) for r in self.history],
-            "phase": self.phase,
-            "num_measurements": self.num_measurements,
-            "provenance": self.provenance,
-            "provenance_changes": [dict(c) for c in self.provenance_changes],
-            "comparable_from": self.comparable_from,
-            "from_pretrained": self.from_pretrained,
-            "from_pretrained_reason": self.from_pretrained_reason,
-        }
-        return out
 
     def record(self, **extra: Any) -> dict[str, Any]:
         """The JSON-ready record of this run: ``history``, ``provenance`` and the rest.
@@ -643,9 +639,7 @@ class GeometryTracker:
         target = Path(path) if path is not None else self.history_file
         if target is None:
             return None
-        return atomic_write_text(
-            target, json.dumps(plain(self.record(**extra)), indent=1, allow_nan=True, default=repr)
-        )
+        return write_json(target, self.record(**extra))
 
     def autosave(self) -> None:
         """:meth:`save` to ``history_file`` when set; a failure warns once (raises if ``strict``)."""
@@ -661,8 +655,7 @@ class GeometryTracker:
     # ------------------------------------------------------------- resumption
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: the current stage, earlier stages (no options: they may change)."""
-        # Plain JSON data: transformers writes it into trainer_state.json (numpy scalars would not do).
-        return plain({"version": STATE_VERSION, **self._stage_record(), "stages": [dict(s) for s in self.stages]})
+        return self.run.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (or a version-1 one: history, phase, num_measurements).
@@ -670,45 +663,13 @@ class GeometryTracker:
         A state logged under another ``prefix`` continues under this tracker's: its keys are
         renamed (``geometry/rankme`` -> ``geo/rankme``), with one warning naming both prefixes.
         """
-        old_prefix = _state_prefix(state)
-        if old_prefix is not None and old_prefix != self.prefix:
-            state = _rename_prefix(state, old_prefix, self.prefix)
-            warn(
-                f"geomtrace: the restored history was logged under prefix {old_prefix!r}; it continues under "
-                f"prefix {self.prefix!r} ({len(state.get('history', []))} measurement(s) renamed). Values logged "
-                f"before stay under '{old_prefix}/...' in the loggers; pass prefix={old_prefix!r} to keep one name."
-            )
-        self.history = [dict(r) for r in state.get("history", [])]
-        self.phase = state.get("phase")
-        self.num_measurements = int(state.get("num_measurements", len(self.history)))
-        self.provenance = state.get("provenance")
-        self.provenance_changes = [dict(c) for c in state.get("provenance_changes", [])]
-        self.comparable_from = state.get("comparable_from")
-        self.from_pretrained = state.get("from_pretrained")
-        self.from_pretrained_reason = state.get("from_pretrained_reason")
-        self.stages = [dict(s) for s in state.get("stages", [])]
+        self.run.load_state_dict(state, self.prefix)
         self._restored = True
         self._last_attempt = None
 
     def summary(self) -> str:
         """A short text summary of the RankMe / alpha trajectory so far (the trajectory layer)."""
-        keys = self.trajectory_keys()
-        key_r, key_a = keys["rankme"], keys["alpha"]
-        rows = [r for r in self.history if key_r in r]
-        if not rows:
-            return "no geometry measurements yet"
-        low = min(rows, key=lambda r: r[key_r])
-        high = max(rows, key=lambda r: r[key_r])
-        first, last = rows[0], rows[-1]
-        layer = (self.provenance or {}).get("trajectory", {})
-        where = "" if key_r == f"{self.prefix}/rankme" else f"layer {layer.get('layer')} "
-        return (
-            f"{where}RankMe {first[key_r]:.1f} (step {first['step']}) -> min {low[key_r]:.1f} (step {low['step']}) "
-            f"-> max {high[key_r]:.1f} (step {high['step']}) -> {last[key_r]:.1f} (step {last['step']}); "
-            f"alpha {first.get(key_a, math.nan):.3f} -> {last.get(key_a, math.nan):.3f}"
-            + (f"; phase now: {self.phase}" if self.phase else "")
-            + (f" (since step {self.comparable_from}: measured differently before)" if self.provenance_changes else "")
-        )
+        return self.run.stage.summary(self.prefix)
 
 
 #: One rule per option of :class:`GeometryTracker` (the probe and measurement options have theirs).
@@ -730,63 +691,6 @@ def _validate_extra_metrics(extra_metrics: Mapping[str, Metric] | None) -> dict[
     if clash:
         raise ValueError(f"extra metric name(s) {clash} are logged by geomtrace itself; choose other names.")
     return extras
-
-
-def _precision_note(provenance: dict[str, Any], autocast: str) -> str:
-    """Say how the probes run: the user should know when they are not fp32 (e.g. TRL's bf16)."""
-    precision = provenance["precision"]
-    line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
-    if precision in ("bf16", "fp16") and autocast == "auto":
-        line += (
-            " (autocast='auto' follows the trainer's mixed precision; `geomtrace replay --like <history file>` "
-            "measures in the same precision, with identical values; a replay in fp32 differs by about 1e-4 to "
-            "2e-3 relative: pass autocast='off' for fp32 probes)"
-        )
-    return line
-
-
-def _provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{name: (old, new)}`` for every difference that makes values incomparable."""
-    changed: dict[str, tuple[Any, Any]] = {}
-    for name in _COMPARED_PROVENANCE:
-        if old.get(name) != new.get(name):
-            changed["probe set" if name == "probe_fingerprint" else name] = (old.get(name), new.get(name))
-    old_config, new_config = old.get("measure_config") or {}, new.get("measure_config") or {}
-    for name in MeasureConfig.identity_fields():
-        if _plain(old_config.get(name)) != _plain(new_config.get(name)):
-            changed[name] = (old_config.get(name), new_config.get(name))
-    return changed
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-_LAYER_TAG = re.compile(r"/layer\d+$")
-
-
-def _state_prefix(state: Mapping[str, Any]) -> str | None:
-    """The prefix a :meth:`GeometryTracker.state_dict` was logged under (None if it has no measurement)."""
-    trajectory = (state.get("provenance") or {}).get("trajectory") or {}
-    keys = [trajectory.get("rankme")] + [k for row in state.get("history", [])[:1] for k in row]
-    for key in keys:
-        if isinstance(key, str) and key.endswith("/rankme"):
-            return _LAYER_TAG.sub("", key.removesuffix("/rankme"))
-    return None
-
-
-def _rename_prefix(value: Any, old: str, new: str) -> Any:
-    """``value`` with every key and string ``old/...`` renamed ``new/...``."""
-    start = old + "/"
-
-    def rename(text: Any) -> Any:
-        return new + "/" + text[len(start) :] if isinstance(text, str) and text.startswith(start) else text
-
-    if isinstance(value, Mapping):
-        return {rename(k): _rename_prefix(v, old, new) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_rename_prefix(v, old, new) for v in value]
-    return rename(value)
 
 
 def _raise_on_bad_rows(result: GeometryResult, step: int) -> None:

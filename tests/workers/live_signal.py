@@ -4,7 +4,7 @@ measurement until the test's signal arrives.
 Usage: python live_signal.py lightning|hf OUT
 
 Each time it is inside a measurement where the test signals, it writes its pid to
-OUT/inside-<n> (n = 1, 2, ...) and waits (at most 60 s).
+OUT/inside-<n> (n = 1, 2, ...) and waits (at most timeouts.SUBPROCESS_TIMEOUT).
 
 * lightning: fit 8 steps, a measurement every step, checkpoints every 2 steps. Inside the
   measurement of step 3 the test sends SIGTERM: Lightning only notes it, so the measurement
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import geomtrace.tracking as tracking
+from timeouts import SUBPROCESS_TIMEOUT
 
 out = Path(sys.argv[2])
 calls = {"n": 0, "inside": 0}
@@ -39,7 +40,7 @@ def patched(measure):
             marker = out / f"inside-{calls['inside']}"
             marker.with_suffix(".tmp").write_text(str(os.getpid()))
             os.replace(marker.with_suffix(".tmp"), marker)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + SUBPROCESS_TIMEOUT
             while time.monotonic() < deadline and not released["flag"]():
                 time.sleep(0.02)  # SIGINT raises here; Lightning's SIGTERM handler sets a flag
         return measure(*args, **kwargs)

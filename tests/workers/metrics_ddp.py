@@ -1,6 +1,7 @@
 """Worker for tests/test_distributed.py: 2 gloo ranks, uneven shards, in-place all_reduce sync.
 
-Usage: python metrics_ddp.py OUT_JSON PORT SPLIT   (SPLIT: rows of rank 0; the rest go to rank 1)
+Usage: python metrics_ddp.py OUT_JSON PORT SPLIT [BLOCK]   (SPLIT: rows of rank 0; the rest go to
+rank 1; BLOCK: force the upper-block-triangle update with blocks of BLOCK rows at every d)
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def extreme_features() -> torch.Tensor:
     return x
 
 
-def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
+def run(rank: int, world_size: int, port: int, split: int, out: str, block: int = 0) -> None:
+    if block:
+        import geomtrace.covariance as cov
+
+        cov.SYMMETRIC_MIN_DIM, cov.SYMMETRIC_BLOCK = 1, block
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -48,6 +53,8 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
         metrics.update(batch)
     out_values = metrics.compute()
     local_n = float(metrics["rankme"].n_samples)  # local state is restored after compute
+    pending = metrics["rankme"].pending_m2  # unfolded window: only the upper blocks when blocked
+    upper_only = bool((pending[torch.ones_like(pending, dtype=torch.bool).tril(-1)] == 0).any())
     extreme = extreme_features()
     geometry = Geometry(fit_range=(2, 20))
     for batch in (extreme[:split] if rank == 0 else extreme[split:]).split(64):
@@ -65,6 +72,7 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
         "r2": float(out_values["r2"]),
         "top": out_values["spectrum"][:20].tolist(),
         "local_n": local_n,
+        "upper_only": upper_only,
         "extreme_rankme": float(summary.rankme),
         "extreme_alpha": float(summary.alpha),
         "extreme_n": summary.n_samples,
@@ -76,4 +84,5 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
 
 if __name__ == "__main__":
     out_path, port, split = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    mp.spawn(run, args=(2, port, split, out_path), nprocs=2, join=True)
+    block = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    mp.spawn(run, args=(2, port, split, out_path, block), nprocs=2, join=True)

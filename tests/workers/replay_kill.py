@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import geomtrace.cli as cli
+from timeouts import SUBPROCESS_TIMEOUT
 
 
 def mark() -> None:
@@ -38,7 +39,7 @@ def mark() -> None:
 
 
 def wait(until=lambda: False) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
     while time.monotonic() < deadline and not until():
         time.sleep(0.02)  # a handled signal raises here
 

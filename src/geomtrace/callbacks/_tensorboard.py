@@ -1,18 +1,12 @@
-"""What both callbacks write to a TensorBoard ``SummaryWriter`` besides scalars.
-
-* Phase text under the trajectory's phase tag (``geometry/phase``, or
-  ``geometry/layer{L}/phase`` when the deepest tracked layer is not the final one).
-  TensorBoard's Text tab shows it as ``<tag>/text_summary``: ``SummaryWriter.add_text``
-  appends that suffix to every text tag.
-* The eigenspectrum with its fitted power law, one figure per tracked layer, under
-  ``geometry/eigenspectrum`` (final layer) or ``geometry/layer{L}/eigenspectrum``.
-"""
+"""What both callbacks write to a TensorBoard ``SummaryWriter`` besides scalars: the phase text
+and (when due) the eigenspectrum figures, through the one writer, :mod:`geomtrace._tensorboard`
+(its tags are those of replay)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from geomtrace.measure import metric_key
+from geomtrace._tensorboard import write_eigenspectra, write_phase_text
 from geomtrace.tracking import Measurement
 
 __all__ = ["write_text_and_figures"]
@@ -23,26 +17,7 @@ def write_text_and_figures(writer: Any, measurement: Measurement, prefix: str) -
 
     Returns a reason when the figures were skipped (matplotlib missing), else None.
     """
-    for tag, text in measurement.text.items():
-        writer.add_text(tag, text, global_step=measurement.step)
+    write_phase_text(writer, measurement.text, measurement.step)
     if not measurement.log_spectrum:
         return None
-    from geomtrace.plots import eigenspectrum_figure
-
-    result = measurement.result
-    label = f"step {measurement.step}"
-    for index, layer in result.layers.items():
-        if layer.eigenvalues.size == 0:
-            continue
-        name = "last layer" if index == result.num_layers else f"layer {index}"
-        try:
-            figure = eigenspectrum_figure(
-                {label: layer.eigenvalues},
-                {label: (layer.fit_ranks, layer.fit_values)},
-                title=f"{name}: RankMe {layer.rankme:.1f}, alpha {layer.alpha:.3f} (step {measurement.step})",
-            )
-        except ImportError as err:  # figures need matplotlib; scalars and text do not
-            return f"eigenspectrum figures skipped ({err})"
-        tag = metric_key("eigenspectrum", index, result.num_layers, prefix)
-        writer.add_figure(tag, figure, global_step=measurement.step, close=True)
-    return None
+    return write_eigenspectra(writer, measurement.result, measurement.step, prefix)

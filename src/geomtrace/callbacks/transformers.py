@@ -34,6 +34,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from geomtrace._optional import require
+from geomtrace._tensorboard import summary_writer, write_scalars
 from geomtrace._validate import plain
 from geomtrace._warnings import warn
 from geomtrace.callbacks._tensorboard import write_text_and_figures
@@ -387,14 +388,11 @@ class GeometryCallback(TrainerCallback, ExportableState):
         writer, own = board.tb_writer, False
         if writer is None and getattr(board, "logging_dir", None):
             # After TensorBoardCallback.on_train_end closed its writer: a short-lived one, same dir.
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer, own = SummaryWriter(log_dir=board.logging_dir), True
+            writer, own = summary_writer(board.logging_dir), True
         if writer is None:
             return
         try:
-            for tag, value in measurement.scalars.items():
-                writer.add_scalar(tag, value, measurement.step)
+            write_scalars(writer, measurement.scalars, measurement.step)
             skipped = write_text_and_figures(writer, measurement, self.tracker.prefix)
             if skipped:
                 self._warn_once("figures", f"GeometryCallback: {skipped}")

@@ -27,6 +27,7 @@ from geomtrace.memorization.index import (
     IndexBuildError,
     IndexIntegrityError,
     IndexNotReadyError,
+    IndexState,
     InfgramProb,
     NgramIndex,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "IndexBuildError",
     "IndexIntegrityError",
     "IndexNotReadyError",
+    "IndexState",
     "InfgramProb",
     "InfgramScores",
     "InfiniGramAPI",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
 from geomtrace._atomic import atomic_write_bytes
+from geomtrace._log import get_logger
 
-#: ``True`` (lines on stderr), ``False`` (silent), or a callable receiving each line.
+#: ``True`` (lines through the ``geomtrace.memorization`` logger: stderr unless the application
+#: configured logging), ``False`` (silent), or a callable receiving each line.
 ProgressOption = bool | Callable[[str], None]
 
 
 atomic_write = atomic_write_bytes  # the one implementation, in geomtrace._atomic
+
+_LOG = get_logger("memorization")
 
 
 class Reporter:
@@ -20,9 +23,7 @@ class Reporter:
 
     def __init__(self, progress: ProgressOption, every_s: float = 5.0) -> None:
         if progress is True:
-            self._emit: Callable[[str], None] | None = lambda line: print(
-                f"geomtrace: {line}", file=sys.stderr, flush=True
-            )
+            self._emit: Callable[[str], None] | None = lambda line: _LOG.info("geomtrace: %s", line)
         elif progress is False or progress is None:
             self._emit = None
         elif callable(progress):

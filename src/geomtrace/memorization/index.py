@@ -53,6 +53,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +68,7 @@ __all__ = [
     "IndexBuildError",
     "IndexIntegrityError",
     "IndexNotReadyError",
+    "IndexState",
     "InfgramProb",
     "NgramIndex",
     "require_infini_gram",
@@ -179,14 +181,38 @@ def _fingerprint(documents: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _folder_state(directory: Path) -> str:
-    if (directory / INDEX_MARKER).is_file():
-        return "complete"
-    if (directory / BUILD_MARKER).is_file():
-        return "half-built"
-    if directory.is_dir() and any(_INFINI_GRAM_FILES.match(p.name) for p in directory.iterdir()):
-        return "foreign"
-    return "empty"
+class IndexState(str, Enum):
+    """What an index folder holds (:meth:`IndexState.of`), a closed set; a member is its value as a ``str``.
+
+    ``EMPTY``: no index files (or no folder). ``HALF_BUILT``: geomtrace's build marker without
+    its completion marker (an interrupted build: ``build`` starts over, ``open`` refuses it).
+    ``FOREIGN``: infini-gram files geomtrace did not build (``open`` checks their sizes;
+    ``build`` will not delete them). ``COMPLETE``: geomtrace's completion marker (``open``
+    checks the files against it; ``build`` reuses it for the same corpus).
+    """
+
+    EMPTY = "empty"
+    HALF_BUILT = "half-built"
+    FOREIGN = "foreign"
+    COMPLETE = "complete"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def of(cls, directory: str | os.PathLike) -> IndexState:
+        """The state of the folder ``directory`` (read from its marker files; nothing is opened)."""
+        directory = Path(directory)
+        if (directory / INDEX_MARKER).is_file():
+            return cls.COMPLETE
+        if (directory / BUILD_MARKER).is_file():
+            return cls.HALF_BUILT
+        if directory.is_dir() and any(_INFINI_GRAM_FILES.match(p.name) for p in directory.iterdir()):
+            return cls.FOREIGN
+        return cls.EMPTY
 
 
 def _clear(directory: Path) -> None:
@@ -419,8 +445,8 @@ class NgramIndex:
             tokenizer: the tokenizer that made the ids (optional): its identity
                 (:func:`tokenizer_identity`) is recorded, and a probe that uses the index with
                 another tokenizer warns. ``vocab_size`` defaults to ``len(tokenizer)``.
-            progress: ``True`` prints progress lines on stderr, ``False`` is silent, or a
-                callable receives each line.
+            progress: ``True`` logs progress lines (logger ``geomtrace.memorization``: stderr by
+                default), ``False`` is silent, or a callable receives each line.
 
         Raises:
             FileExistsError: the folder holds a different complete index (and not
@@ -444,8 +470,8 @@ class NgramIndex:
         fingerprint = _fingerprint(documents)
         width, vocabulary = _choose_encoding(documents, token_width)
 
-        state = _folder_state(directory)
-        if state == "complete":
+        state = IndexState.of(directory)
+        if state is IndexState.COMPLETE:
             existing = json.loads((directory / INDEX_MARKER).read_text(encoding="utf-8"))
             if existing.get("fingerprint") == fingerprint:
                 reused = cls._reuse(directory, existing, fingerprint, report)
@@ -456,16 +482,16 @@ class NgramIndex:
                     f"{directory} holds a complete index of a different corpus ({existing.get('n_tokens')} tokens). "
                     "Pass overwrite=True to replace it, or choose another folder."
                 )
-        elif state == "foreign":
+        elif state is IndexState.FOREIGN:
             raise FileExistsError(
                 f"{directory} holds infini-gram index files that geomtrace did not build; geomtrace will not delete "
                 "them. Open that index with NgramIndex.open, or build into another folder."
             )
         if width == 4:
             _check_u32_memory()  # before anything in the folder is touched
-        if state == "half-built":
+        if state is IndexState.HALF_BUILT:
             warn(f"{directory} holds a half-built index (an earlier build was interrupted); rebuilding it.")
-        if state in ("complete", "half-built"):
+        if state in (IndexState.COMPLETE, IndexState.HALF_BUILT):
             _clear(directory)
         directory.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -598,17 +624,17 @@ class NgramIndex:
         directory = Path(directory).resolve()
         if not directory.is_dir():
             raise IndexNotReadyError(f"{directory} is not a folder; build an index with NgramIndex.build first")
-        state = _folder_state(directory)
-        if state == "half-built":
+        state = IndexState.of(directory)
+        if state is IndexState.HALF_BUILT:
             raise IndexNotReadyError(
                 f"{directory} holds a half-built index (its build was interrupted). Rebuild it with "
                 "NgramIndex.build(..., directory), which detects this and starts over."
             )
-        if state == "empty":
+        if state is IndexState.EMPTY:
             raise IndexNotReadyError(f"{directory} holds no infini-gram index (no tokenized.0 / table.0)")
         vocabulary = None
         recorded = False
-        if state == "complete":
+        if state is IndexState.COMPLETE:
             info = json.loads((directory / INDEX_MARKER).read_text(encoding="utf-8"))
             recorded = bool(info.get("files"))
             if recorded:
@@ -618,7 +644,7 @@ class NgramIndex:
         else:
             info = {}
         width = _check_shards(directory, info.get("token_width", token_width))
-        if state == "complete" and not recorded:
+        if state is IndexState.COMPLETE and not recorded:
             if verify and info.get("fingerprint") and _shard_ids(directory) == [0]:
                 if _stream_fingerprint(directory, width, vocabulary) != info["fingerprint"]:
                     raise IndexIntegrityError(
@@ -633,7 +659,7 @@ class NgramIndex:
                 f"{directory} was built by an older geomtrace that recorded no file fingerprints: {why}. Build the "
                 "same corpus into the folder again (NgramIndex.build: it checks and reuses the index) to record them."
             )
-        elif state == "foreign" and verify:
+        elif state is IndexState.FOREIGN and verify:
             warn(
                 f"verify=True: {directory} was not built by geomtrace, so nothing is recorded to check its content "
                 "against; only the file sizes were checked."

@@ -29,16 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from geomtrace._distributed import rank_and_world_size
-from geomtrace.features import _is_fsdp, _position_ids, _unwrap_chain, find_causal_lm
+from geomtrace._distributed import any_rank, rank_and_world_size
+from geomtrace.features import find_causal_lm, is_fsdp, position_ids, unwrap_chain
 from geomtrace.measure import (
-    _any_rank_failed,
-    _batch_count,
-    _device_of,
-    _progress,
+    batch_count,
+    device_of,
     eval_mode,
     forward_precision,
     probe_autocast,
+    progress_bar,
 )
 from geomtrace.memorization.qa import TokenizedPair
 
@@ -72,8 +71,8 @@ def model_vocab_size(model: nn.Module) -> int | None:
 
 def _runner(model: nn.Module, lm: nn.Module) -> nn.Module:
     # FSDP gathers parameters in its wrapper's forward: call the outermost FSDP module then.
-    for module in _unwrap_chain(model):
-        if _is_fsdp(module):
+    for module in unwrap_chain(model):
+        if is_fsdp(module):
             return module
     return lm
 
@@ -135,7 +134,7 @@ def _score_batch(
     logits = runner(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=_position_ids(attention_mask),
+        position_ids=position_ids(attention_mask),
         use_cache=False,
         **kwargs,
     ).logits
@@ -194,7 +193,7 @@ def answer_logprobs(
     rank, world_size = rank_and_world_size()
     if distributed is False:
         rank, world_size = 0, 1
-    device = _device_of(lm)
+    device = device_of(lm)
     runner = _runner(model, lm)
     keep_argument = _keep_argument(lm)
 
@@ -205,11 +204,11 @@ def answer_logprobs(
     shard = list(range(rank * n // world_size, (rank + 1) * n // world_size))
     # Similar lengths together: less padding, and fewer kept logit positions per batch.
     shard.sort(key=lambda i: len(prepared[i][0]) + len(prepared[i][1]))
-    n_batches = _batch_count(len(shard), batch_size, world_size, device)
+    n_batches = batch_count(len(shard), batch_size, world_size, device)
 
     error: BaseException | None = None
     precision = "fp32"
-    bar = _progress(n_batches, progress and rank == 0, "memorization")
+    bar = progress_bar(n_batches, progress and rank == 0, "memorization")
     try:
         with eval_mode(model), probe_autocast(autocast, device):
             precision = forward_precision(model, device)
@@ -228,7 +227,7 @@ def answer_logprobs(
     finally:
         if bar is not None:
             bar.close()
-    if _any_rank_failed(error is not None, world_size, device):
+    if any_rank(error is not None, device, world_size=world_size):
         if error is not None:
             raise RuntimeError(f"answer log-likelihood failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("answer log-likelihood failed on another rank")

@@ -93,7 +93,8 @@ class MemorizationProbe:
         index_tokenizer: the index's tokenizer when it is not the model's (the seed queries a
             Llama-2 index for Pythia models); text QA sets only.
         batch_size, padding_side, autocast: model-side options (:func:`answer_logprobs`).
-        progress: progress of the ∞-gram queries (lines on stderr, or a callable).
+        progress: progress of the ∞-gram queries (lines logged to ``geomtrace.memorization``, on
+            stderr by default, or a callable).
     """
 
     def __init__(

@@ -217,11 +217,11 @@ class QASet:
         Raises:
             QALoadError: the dataset cannot be loaded (offline without a cached copy, ...).
         """
-        from geomtrace.probes import _offline
+        from geomtrace.probes import hub_offline
 
         name, config, split = TRIVIA_QA
         datasets = require("datasets", "loading TriviaQA")
-        offline = _offline()
+        offline = hub_offline()
         try:
             rows = datasets.load_dataset(name, config, split=split, streaming=not offline)
             pairs = []

@@ -4,9 +4,10 @@ huggingface_hub at module import time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind, CheckpointLo
 from geomtrace.replay.lightning_ckpt import find_pretrained, load_lightning
 from geomtrace.replay.naming import FOLDER_KINDS
 
-__all__ = ["fetch_checkpoint", "load_checkpoint_model", "load_checkpoint_tokenizer", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "fetch_checkpoint",
+    "load_checkpoint_model",
+    "load_checkpoint_tokenizer",
+    "load_tokenizer",
+    "loading_progress_bars",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 _DTYPES = {
     "float32": "float32",
@@ -29,6 +38,39 @@ _DTYPES = {
     "half": "float16",
     "16": "float16",
 }
+
+
+@contextlib.contextmanager
+def loading_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's own progress bars ("Loading weights", downloads) for
+    the block: unchanged when ``enabled``, else off, and as they were again after the block."""
+    if enabled:
+        yield
+        return
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        transformers_logging = None  # type: ignore[assignment]
+    try:
+        from huggingface_hub import utils as hub_utils
+    except ImportError:
+        hub_utils = None  # type: ignore[assignment]
+    transformers_on = transformers_logging is not None and transformers_logging.is_progress_bar_enabled()
+    hub_off = hub_utils is None or hub_utils.are_progress_bars_disabled()
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()  # also turns the hub's off
+    elif hub_utils is not None:
+        hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on and transformers_logging is not None:
+            transformers_logging.enable_progress_bar()  # also turns the hub's on
+        if hub_utils is not None:
+            if hub_off and not hub_utils.are_progress_bars_disabled():
+                hub_utils.disable_progress_bars()
+            elif not hub_off and hub_utils.are_progress_bars_disabled():
+                hub_utils.enable_progress_bars()
 
 
 def resolve_dtype(dtype: Any) -> Any:
@@ -76,7 +118,24 @@ def _hub_error(what: str, err: BaseException) -> CheckpointLoadError:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _load_tokenizer(source: str, **kwargs: Any) -> Any:
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The tokenizer named by ``--tokenizer`` (a hub id or a folder); raises
+    :class:`CheckpointLoadError` naming it when it cannot be loaded (a missing folder included)."""
+    transformers = require("transformers", "loading tokenizers")
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        raise CheckpointLoadError(f"the tokenizer folder {name_or_path} does not exist (--tokenizer)")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointLoadError(
+            f"could not load the tokenizer {name_or_path!r} (--tokenizer): {type(err).__name__}: {err}"
+        ) from err
+
+
+def _try_tokenizer(source: str, **kwargs: Any) -> Any:
     transformers = require("transformers", "loading tokenizers")
     try:
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
@@ -116,19 +175,19 @@ def load_checkpoint_tokenizer(
     if ckpt.kind == CheckpointKind.HUB:
         if ckpt.revision:
             kwargs["revision"] = ckpt.revision
-        return _load_tokenizer(ckpt.model, **kwargs)
+        return _try_tokenizer(ckpt.model, **kwargs)
     if ckpt.kind not in FOLDER_KINDS or not ckpt.path:
         return None
     folder = Path(ckpt.path)
     for candidate in (folder, folder.parent):
         if _has_tokenizer_files(candidate):
-            tokenizer = _load_tokenizer(str(candidate), **kwargs)
+            tokenizer = _try_tokenizer(str(candidate), **kwargs)
             if tokenizer is not None:
                 return tokenizer
     if ckpt.kind == CheckpointKind.PEFT_ADAPTER:
         base = _adapter_base(folder, base_model)
         if base and (not Path(base).is_dir() or _has_tokenizer_files(Path(base))):
-            return _load_tokenizer(base, **kwargs)
+            return _try_tokenizer(base, **kwargs)
     return None
 
 

@@ -43,8 +43,8 @@ from geomtrace.memorization.seed_format import (
 )
 from geomtrace.replay.store import (
     OutputConflictError,
-    _differences,
-    _exclusive_write_text,
+    differences,
+    exclusive_write_text,
     safe_key,
 )
 
@@ -85,12 +85,12 @@ class MemorizationStore:
         self.probes_dir.mkdir(parents=True, exist_ok=True)
         path = self.probe_path(info["identity"]["name"])
         text = json.dumps(plain(info, strict=True), allow_nan=False, ensure_ascii=False) + "\n"
-        if _exclusive_write_text(path, text):
+        if exclusive_write_text(path, text):
             return info
         stored = self.probe_info(path)
         old, new = stored.get("identity"), plain(info["identity"], strict=True)
         if old != new:
-            changes = _differences(old, new) if isinstance(old, dict) else [f"{path} has no identity"]
+            changes = differences(old, new) if isinstance(old, dict) else [f"{path} has no identity"]
             raise OutputConflictError(
                 f"{self.output_dir}: memorization probe {info['identity']['name']!r} was measured otherwise "
                 f"({'; '.join(changes)}). Give this probe another name, replay into another --output, or delete "

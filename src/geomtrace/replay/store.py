@@ -64,6 +64,8 @@ __all__ = [
     "export_seed_npy",
     "import_seed_npy",
     "export_csv",
+    "differences",
+    "exclusive_write_text",
 ]
 
 #: The standard fields of a result record, in CSV column order.
@@ -114,7 +116,7 @@ def _decode(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _exclusive_write_text(path: Path, text: str) -> bool:
+def exclusive_write_text(path: Path, text: str) -> bool:
     """Create ``path`` with ``text`` unless it exists (atomically: a complete file or none).
     Returns False when another writer was first."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -133,12 +135,15 @@ def _exclusive_write_text(path: Path, text: str) -> bool:
         os.unlink(tmp)
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+_exclusive_write_text = exclusive_write_text  # the old name, still imported by tests
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """``name: old -> new`` for each leaf where two JSON-like values differ."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=str):
-            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+            out += differences(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"]
 
@@ -214,14 +219,14 @@ class ResultsStore:
         in two ways never share an output. Returns the stored info.
         """
         text = json.dumps(plain(info, strict=True), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-        if _exclusive_write_text(self.info_path, text):
+        if exclusive_write_text(self.info_path, text):
             return info
         stored = self.info()
         if stored is None:  # removed between the two calls: try once more
             return self.bind(info)
         old, new = stored.get("identity"), plain(info.get("identity"), strict=True)
         if old != new:
-            changes = _differences(old, new) if isinstance(old, dict) else ["run.json has no 'identity'"]
+            changes = differences(old, new) if isinstance(old, dict) else ["run.json has no 'identity'"]
             empty = not self.done_keys()
             remedy = (
                 f"It holds no results yet: delete {self.info_path} (or the folder) to start over with these options."

@@ -1,17 +1,19 @@
-"""TensorBoard logging for replay, with the live callbacks' tags.
+"""TensorBoard logging for replay, through the one writer (:mod:`geomtrace._tensorboard`), so the
+tags are the live callbacks'.
 
-Scalars are ``result.scalars("geometry")`` (``geometry/rankme``, ``geometry/alpha``,
-``geometry/alpha_r2``, ``geometry/n_samples`` and ``geometry/layer{L}/...``) at
-``global_step = checkpoint step``, so a replayed run and a live run overlay in one
-TensorBoard. Checkpoints without a step (``main``) are not logged.
+Scalars are ``result.scalars(prefix)`` (``geometry/rankme``, ``geometry/alpha``,
+``geometry/alpha_r2``, ``geometry/n_samples`` and ``geometry/layer{L}/...``) and the optional
+eigenspectrum figures are one per layer (``geometry/eigenspectrum``,
+``geometry/layer{L}/eigenspectrum``), at ``global_step = checkpoint step``, so a replayed run
+and a live run overlay in one TensorBoard. Checkpoints without a step (``main``) are not logged.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
 
-from geomtrace._optional import require
+from geomtrace._tensorboard import summary_writer, write_eigenspectra, write_scalars
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult
 from geomtrace.replay.sources import Checkpoint
@@ -23,37 +25,33 @@ class TensorBoardLogger:
     """A thin wrapper around ``torch.utils.tensorboard.SummaryWriter`` for replay results."""
 
     def __init__(self, log_dir: str | os.PathLike, prefix: str = "geometry") -> None:
-        require("tensorboard", "TensorBoard logging (or pass --no-tensorboard)")
-        from torch.utils.tensorboard import SummaryWriter
-
         self.prefix = prefix
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-        self._warned_no_step = False
+        self.writer = summary_writer(log_dir, "TensorBoard logging (or pass --no-tensorboard)")
+        self._warned: set[str] = set()
 
     def log(self, ckpt: Checkpoint, result: GeometryResult, spectra: bool = False) -> None:
-        """Log one checkpoint's scalars (and optionally its eigenspectrum figure)."""
+        """Log one checkpoint's scalars (and optionally its eigenspectrum figures)."""
         if ckpt.step is None:
-            if not self._warned_no_step:
-                warn(f"checkpoint {ckpt.key!r} has no step: not logged to TensorBoard")
-                self._warned_no_step = True
+            self._warn_once("step", f"checkpoint {ckpt.key!r} has no step: not logged to TensorBoard")
             return
-        for tag, value in result.scalars(self.prefix).items():
-            self.writer.add_scalar(tag, value, global_step=ckpt.step)
+        write_scalars(self.writer, result.scalars(self.prefix), ckpt.step)
         if spectra:
-            self.writer.add_figure(
-                f"{self.prefix}/eigenspectrum", _spectrum_figure(ckpt, result), global_step=ckpt.step
+            skipped = write_eigenspectra(
+                self.writer, result, ckpt.step, self.prefix, label=f"{ckpt.key}, step {ckpt.step}"
             )
+            if skipped:
+                self._warn_once("figures", f"geomtrace replay: {skipped}")
+        self.writer.flush()
+
+    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        """Log other scalars (the memorization probes') at ``step``."""
+        write_scalars(self.writer, scalars, step)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
 
-
-def _spectrum_figure(ckpt: Checkpoint, result: GeometryResult) -> Any:
-    # geomtrace.plots is a leaf (numpy, matplotlib, geomtrace.trajectory) that the callbacks
-    # and replay both draw with: this import points down. Lazy: matplotlib only when drawing.
-    from geomtrace.plots import eigenspectrum_figure
-
-    spectra = {f"layer {i}": g.eigenvalues for i, g in result.layers.items()}
-    fits = {f"layer {i}": (g.fit_ranks, g.fit_values) for i, g in result.layers.items()}
-    return eigenspectrum_figure(spectra, fits, title=f"{ckpt.key} (step {ckpt.step})")
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warn(message)
