@@ -22,6 +22,7 @@ from torchmetrics import MetricCollection
 from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
 from geomtrace.covariance import PENDING_NAMES, STATE_NAMES
 from geomtrace.uncertainty import jackknife_se, t_quantile
+from timeouts import SUBPROCESS_TIMEOUT
 
 WORKER = Path(__file__).parent / "workers" / "uncertainty_ddp.py"
 
@@ -241,7 +242,10 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, free_port, split):
 
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), str(split)], capture_output=True, text=True, timeout=180
+        [sys.executable, str(WORKER), str(out), str(free_port), str(split)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     x = features()
