@@ -45,6 +45,7 @@ from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.options import Schedule
 from geomtrace.phases import DetectorOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.training_features import TrainingFeatures
 
 __all__ = [
     "OPTION_SETS",
@@ -219,6 +220,11 @@ class GeometryTracker:
             raise TypeError(f"detector must be a geomtrace.phases.DetectorOptions, got {type(detector).__name__}")
         self.detector = option_set(detector, DetectorOptions, owner=owner, name="detector")
         self.detector.validate()
+        # source="training": the training forwards' own rows, window by window (no probe forward).
+        self.training_features: TrainingFeatures | None = None
+        if self.config.source == "training":
+            self.training_features = TrainingFeatures(self.config, self.extra_metrics)
+        self._window_start = 0
 
     # The schedule's options, as attributes (read by the callbacks and older code).
     every_n_steps = property(lambda self: self.schedule.every_n_steps)
@@ -251,8 +257,18 @@ class GeometryTracker:
         return cls(**options)
 
     # ------------------------------------------------------------------ set-up
-    def prepare(self, tokenizer: Any | None) -> ProbeSet:
-        """Build the probe set once (tokenized once, deterministic). Raises on misconfiguration."""
+    def prepare(self, tokenizer: Any | None) -> ProbeSet | None:
+        """Build the probe set once (tokenized once, deterministic). Raises on misconfiguration.
+
+        With ``source="training"`` no probe set is built (None; no tokenizer needed unless a
+        memorization probe is measured)."""
+        if self.training_features is not None:
+            self._tokenizer = tokenizer
+            if self.memorization is not None:
+                if tokenizer is None:
+                    raise ValueError("geomtrace needs a tokenizer for its memorization probes: pass tokenizer=...")
+                self.memorization.start_run(tokenizer)
+            return None
         if self.probes is None:
             if tokenizer is None:
                 raise ValueError(
@@ -266,6 +282,21 @@ class GeometryTracker:
         if self.memorization is not None:
             self.memorization.start_run(tokenizer)
         return self.probes
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`measure` can run: the probe set is built, or the source is the training batches."""
+        return self.probes is not None or self.training_features is not None
+
+    def attach(self, model: nn.Module) -> None:
+        """``source="training"``: hook the training forwards of ``model`` (a no-op for probes)."""
+        if self.training_features is not None:
+            self.training_features.attach(model)
+
+    def detach(self) -> None:
+        """Remove the training-forward hooks (at the end of a training)."""
+        if self.training_features is not None:
+            self.training_features.detach()
 
     def check_model(self, model: nn.Module) -> nn.Module:
         """The HF causal LM inside ``model``, after checking the tracked layers exist in it.
@@ -348,6 +379,7 @@ class GeometryTracker:
         self._last_attempt = None
         self._reset_cost()
         self._train_started = time.perf_counter()
+        self._window_start = int(start_step)
         first = self.history[0]["step"] if self.history else start_step
         if self.from_pretrained_option is not None:
             value, reason = self.from_pretrained_option, "from_pretrained option"
@@ -390,6 +422,8 @@ class GeometryTracker:
         """
         if step == self.last_step or step == self._last_attempt:
             return False
+        if self.training_features is not None and event == "start":
+            return False  # no training forward yet: the first window ends at the first due step
         return self.schedule.due(step, event)
 
     # --------------------------------------------------------------- measuring
@@ -404,13 +438,18 @@ class GeometryTracker:
 
     def measure(self, model: nn.Module, step: int, *, final: bool = False) -> Measurement | None:
         """Measure now. All ranks must call this together. None if the measurement failed."""
-        if self.probes is None:
+        if not self.ready:
             raise RuntimeError("GeometryTracker.prepare(tokenizer) must run before measure().")
         self._last_attempt = int(step)
         start = time.perf_counter()
         try:
-            self.fit_probes(model)
-            result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
+            if self.training_features is not None:
+                result = self._measure_window(model, int(step))
+                if result is None:
+                    return None
+            else:
+                self.fit_probes(model)
+                result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
         except Exception as err:
             if self.strict:
                 raise
@@ -429,6 +468,36 @@ class GeometryTracker:
             self._restore(saved)
             raise
 
+    def _measure_window(self, model: nn.Module, step: int) -> GeometryResult | None:
+        """``source="training"``: the window since the previous measurement (None when empty)."""
+        features = self.training_features
+        assert features is not None
+        if not features.attached:
+            features.attach(model)
+        hook_seconds = features.seconds
+        result = features.measure_window((self._window_start + 1, step))
+        self._window_start = step
+        self.cost_seconds += hook_seconds  # the hooks' share of the training forwards
+        if result is None:
+            warn(
+                f"geomtrace: no training forward was seen in the window ending at step {step}, so it is not "
+                "measured (source='training' counts forwards of the HF model in training mode with gradients on)."
+            )
+        return result
+
+    @contextmanager
+    def _capture_paused(self) -> Iterator[None]:
+        """The tracker's own forwards (memorization probes) never enter a training window."""
+        features = self.training_features
+        if features is None:
+            yield
+            return
+        enabled, features.enabled = features.enabled, False
+        try:
+            yield
+        finally:
+            features.enabled = enabled
+
     def _snapshot(self) -> dict[str, Any]:
         names = ("history", "provenance", "provenance_changes", "comparable_from", "phase", "num_measurements")
         return {name: copy.copy(getattr(self, name)) for name in names}
@@ -446,7 +515,8 @@ class GeometryTracker:
         notes: list[str] = []
         if self.memorization is not None:
             # After geometry, on every rank alike (its collectives follow the same schedule).
-            values, notes = self.memorization.measure(model, int(step))
+            with self._capture_paused():
+                values, notes = self.memorization.measure(model, int(step))
         if self.history and step <= self.history[-1]["step"]:
             # The run went back (a manual call, or a resume without the checkpoint's state):
             # later records no longer describe this run, and phases need increasing steps.
@@ -571,7 +641,12 @@ class GeometryTracker:
         if self.history:
             lines.append(self.summary())
         cost = self.cost()
-        if cost is not None and cost["measurements"]:
+        if cost is not None and cost["measurements"] and self.training_features is not None:
+            lines.append(
+                f"cost: {cost['measurements']} window(s) of training-batch rows took {cost['seconds_measuring']:.1f} s "
+                f"(hooks and windows), {100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training"
+            )
+        elif cost is not None and cost["measurements"]:
             lines.append(
                 f"cost: {cost['measurements']} measurement(s) took {cost['seconds_measuring']:.1f} s, "
                 f"{100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training; "
@@ -589,6 +664,7 @@ class GeometryTracker:
             "seconds_measuring": round(self.cost_seconds, 3),
             "seconds_training": round(training, 3),
             "share": self.cost_seconds / training if training > 0 else math.nan,
+            "source": self.config.source,
             "probes": len(self.probes) if self.probes is not None else 0,
             "probe_tokens": self.probes.num_tokens() if self.probes is not None else 0,
         }
@@ -735,6 +811,12 @@ def _validate_extra_metrics(extra_metrics: Mapping[str, Metric] | None) -> dict[
 def _precision_note(provenance: dict[str, Any], autocast: str) -> str:
     """Say how the probes run: the user should know when they are not fp32 (e.g. TRL's bf16)."""
     precision = provenance["precision"]
+    if provenance.get("source") == "training":
+        window = provenance.get("window") or {}
+        return (
+            f"geometry from the training batches' own forward (in {precision}), no probe forward: "
+            f"{window.get('rows', 0):,} rows in the first window (steps {'..'.join(map(str, window.get('steps', [])))})"
+        )
     line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
     if precision in ("bf16", "fp16") and autocast == "auto":
         line += (
@@ -753,9 +835,15 @@ def _provenance_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[st
             changed["probe set" if name == "probe_fingerprint" else name] = (old.get(name), new.get(name))
     old_config, new_config = old.get("measure_config") or {}, new.get("measure_config") or {}
     for name in MeasureConfig.identity_fields():
-        if _plain(old_config.get(name)) != _plain(new_config.get(name)):
+        # A record written before a field existed measured at its default (source="probes").
+        default = _FIELD_DEFAULTS.get(name)
+        if _plain(old_config.get(name, default)) != _plain(new_config.get(name, default)):
             changed[name] = (old_config.get(name), new_config.get(name))
     return changed
+
+
+#: Fields added after records were first written, with the value those records measured at.
+_FIELD_DEFAULTS: dict[str, Any] = {"source": "probes"}
 
 
 def _plain(value: Any) -> Any:

@@ -243,7 +243,8 @@ class GeometryMonitor(Callback):
         self._model = self._find_model(pl_module)
         try:
             self.tracker.fit_probes(self._model)
-        except ProbeLengthError as err:
+            self.tracker.attach(self._model)  # source="training": hook the training forwards
+        except (ProbeLengthError, ValueError) as err:
             raise MisconfigurationException(f"GeometryMonitor: {err}") from err
 
     # ---------------------------------------------------------------- hooks
@@ -260,6 +261,7 @@ class GeometryMonitor(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._maybe_measure(trainer, "end")  # training stopped early (EarlyStopping, max_time, ...)
+        self.tracker.detach()
         if trainer.is_global_zero:
             report(self.tracker.end())
             self.tracker.autosave()
@@ -267,7 +269,8 @@ class GeometryMonitor(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Ctrl-C (KeyboardInterrupt), Lightning's SIGTERM exit (SIGTERMException) or an error:
         # the history file gets every completed measurement (one cut short left no trace).
-        if trainer.is_global_zero and self.tracker.probes is not None:
+        self.tracker.detach()
+        if trainer.is_global_zero and self.tracker.ready:
             self.tracker.autosave()
 
     def _maybe_measure(self, trainer: Any, event: str) -> None:

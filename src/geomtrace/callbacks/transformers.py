@@ -283,6 +283,11 @@ class GeometryCallback(TrainerCallback, ExportableState):
             )
             raise ValueError(f"GeometryCallback could not build its probe set: {err}{hint}") from err
         model = self._probed_model(kwargs.get("model"))
+        if model is not None:
+            try:
+                self.tracker.attach(model)  # source="training": hook the training forwards
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"GeometryCallback: {err}") from err
         owner = self._trainer if self._trainer is not None else state
         messages = self.tracker.begin(
             owner, int(state.global_step), pretrained_hint=_pretrained_hint(self._trainer, model)
@@ -300,6 +305,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._maybe_measure(args, state, self._probed_model(kwargs.get("model")), "end")
+        self.tracker.detach()
         if state.is_world_process_zero:
             report(self.tracker.end())
             self.tracker.autosave()
@@ -334,7 +340,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
         # Every rank reaches the same decision from the same global_step, so all ranks enter
         # the measurement's collectives together.
         step = int(state.global_step)
-        if model is None or self.tracker.probes is None or not self.tracker.due(step, event):
+        if model is None or not self.tracker.ready or not self.tracker.due(step, event):
             return
         autocast = self._trainer.accelerator.autocast() if self._trainer is not None else nullcontext()
         with self.tracker.timing():
