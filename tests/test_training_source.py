@@ -22,8 +22,8 @@ from geomtrace.features import FeatureSpec, extract_features
 from geomtrace.metrics import Geometry
 from geomtrace.options import MeasureConfig, Schedule
 from geomtrace.tiny import build_tiny_model
-from geomtrace.training_features import TrainingFeatures
 from geomtrace.tracking import GeometryTracker
+from geomtrace.training_features import TrainingFeatures
 
 HIDDEN = 128
 BATCH = 32
@@ -117,7 +117,7 @@ def test_eval_no_grad_and_paused_forwards_are_not_counted():
 
 @pytest.mark.parametrize("mode", ["hf-reentrant", "hf-non-reentrant", "checkpointed-base"])
 def test_gradient_checkpointing_recompute_is_not_counted_twice(mode):
-    from torch.utils.checkpoint import checkpoint
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
     model = tiny()
     if mode.startswith("hf"):
@@ -133,10 +133,11 @@ def test_gradient_checkpointing_recompute_is_not_counted_twice(mode):
     for ids in batches:
         if mode == "checkpointed-base":
             # The whole base model under a non-reentrant checkpoint: its forward (hooks included)
-            # runs again inside the backward pass.
+            # runs again, to the end, inside the backward pass.
             model.train()
-            hidden = checkpoint(model.gpt_neox, ids, use_reentrant=False).last_hidden_state
-            model.get_output_embeddings()(hidden).logsumexp(-1).mean().backward()
+            with set_checkpoint_early_stop(False):
+                hidden = checkpoint(model.gpt_neox, ids, use_reentrant=False).last_hidden_state
+                model.get_output_embeddings()(hidden).logsumexp(-1).mean().backward()
         else:
             train_forward(model, ids)
     assert features.forwards == 4 and features.rows == 4 * BATCH
@@ -259,9 +260,8 @@ def _fit(tmp_path, module, monitor, **trainer_kwargs):
 def test_lightning_logs_each_window_at_its_step_and_skips_validation(tmp_path):
     _lightning()
     from feature_metrics import ParticipationRatio
-    from lightning_helpers import read_scalars
-
     from geomtrace.callbacks import GeometryMonitor
+    from lightning_helpers import read_scalars
 
     ids = blocks(8 * BATCH, seed=3)
     module = _frozen_module(ids, BATCH, val=True)
@@ -343,9 +343,11 @@ def test_hf_trainer_logs_each_window_with_the_padded_batches_rows(tmp_path, toke
     callback = GeometryCallback(Schedule(every_n_steps=2), measure=MeasureConfig(source="training"))
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # the training forwards' inputs, as the model got them
     model.gpt_neox.register_forward_pre_hook(
-        lambda m, a, k: seen.append((k["input_ids"], k["attention_mask"]))
-        if m.training and torch.is_grad_enabled()
-        else None,
+        lambda m, a, k: (
+            seen.append((a[0] if a else k["input_ids"], k["attention_mask"]))
+            if m.training and torch.is_grad_enabled()
+            else None
+        ),
         with_kwargs=True,
     )
     args = TrainingArguments(

@@ -449,6 +449,7 @@ class GeometryTracker:
                     return None
             else:
                 self.fit_probes(model)
+                assert self.probes is not None  # ready, and fit_probes keeps a probe set
                 result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
         except Exception as err:
             if self.strict:

@@ -101,7 +101,16 @@ class TrainingFeatures:
         self._mask: Tensor | None = None
         self._rows: dict[int, Tensor] = {}
         self._warned: set[str] = set()
-        self._reset_window()
+        self._pending: dict[int, list[Tensor]] = {}
+        self._pending_rows = 0
+        self._failed: set[tuple[int, str]] = set()
+        self._precision: str | None = None
+        #: Rows, sequences and training forwards of the current window on this rank.
+        self.rows = 0
+        self.sequences = 0
+        self.forwards = 0
+        #: Time spent in the hooks during the current window (selection and accumulation).
+        self.seconds = 0.0
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -176,7 +185,9 @@ class TrainingFeatures:
     def _take(self, index: int, hidden: Tensor) -> None:
         start = time.perf_counter()
         hidden = hidden.detach()
-        self._rows[index] = select_tokens(hidden, self._mask_for(hidden), self._spec.tokens, self._spec.skip_first_token)
+        self._rows[index] = select_tokens(
+            hidden, self._mask_for(hidden), self._spec.tokens, self._spec.skip_first_token
+        )
         self.seconds += time.perf_counter() - start
 
     def _embeddings(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -217,15 +228,13 @@ class TrainingFeatures:
 
     # ----------------------------------------------------------------- window
     def _reset_window(self) -> None:
-        self._pending: dict[int, list[Tensor]] = {layer: [] for layer in self._layers}
+        self._pending = {layer: [] for layer in self._layers}
         self._pending_rows = 0
-        self._failed: set[tuple[int, str]] = set()
-        self._precision: str | None = None
-        #: Rows, sequences and training forwards of the current window on this rank.
+        self._failed = set()
+        self._precision = None
         self.rows = 0
         self.sequences = 0
         self.forwards = 0
-        #: Time spent in the hooks during the current window (selection and accumulation).
         self.seconds = 0.0
         for collection in self._collections.values():
             collection.reset()
