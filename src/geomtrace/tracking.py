@@ -380,6 +380,8 @@ class GeometryTracker:
         self._reset_cost()
         self._train_started = time.perf_counter()
         self._window_start = int(start_step)
+        if self.training_features is not None:
+            self.training_features.reset()  # rows left from an earlier training are not this window's
         first = self.history[0]["step"] if self.history else start_step
         if self.from_pretrained_option is not None:
             value, reason = self.from_pretrained_option, "from_pretrained option"

@@ -227,6 +227,10 @@ class TrainingFeatures:
         self.seconds += time.perf_counter() - start
 
     # ----------------------------------------------------------------- window
+    def reset(self) -> None:
+        """Drop the current window's rows (a new training starts a new window)."""
+        self._reset_window()
+
     def _reset_window(self) -> None:
         self._pending = {layer: [] for layer in self._layers}
         self._pending_rows = 0

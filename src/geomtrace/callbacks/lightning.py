@@ -56,9 +56,9 @@ class GeometryMonitor(Callback):
             extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
             ``every_n_steps`` (``GeometryMonitor(tok, 100)``).
         measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,
-            tokens, batch size, conventions, autocast); ``source="training"``
-            measures the training batches' own hidden states, window by window, instead of
-            probes: no probe forward, no tokenizer; see docs/concepts.md, "Which rows").
+            tokens, batch size, conventions, autocast, source: ``"training"`` measures the
+            training batches' own hidden states, window by window, instead of probes, with no
+            probe forward and no tokenizer; see docs/concepts.md, "Which rows").
         probes: the probe set: :class:`~geomtrace.probes.ProbeOptions` to build it with the
             tokenizer (source, num_sequences, text_column, split, config_name, chat_template...;
             default: 1024 paragraphs of the embedded corpus), or a ready
