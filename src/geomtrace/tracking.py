@@ -542,7 +542,10 @@ class GeometryTracker:
 
     def recorded_probe_options(self) -> dict[str, Any] | None:
         """The probe options the record keeps: this tracker's, or those a ready probe set was
-        built with (:attr:`ProbeSet.options`); None for a hand-made set."""
+        built with (:attr:`ProbeSet.options`); None for a hand-made set, or with ``source="training"``
+        (no probes measured)."""
+        if self.training_features is not None:
+            return None
         if self._probes_from_options:
             return self.probe_options.to_dict()
         options = self.probes.options if self.probes is not None else None
@@ -647,7 +650,7 @@ class GeometryTracker:
         if cost is not None and cost["measurements"] and self.training_features is not None:
             lines.append(
                 f"cost: {cost['measurements']} window(s) of training-batch rows took {cost['seconds_measuring']:.1f} s "
-                f"(hooks and windows), {100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training"
+                f"(hooks, windows, logging), {100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training"
             )
         elif cost is not None and cost["measurements"]:
             lines.append(
@@ -818,7 +821,7 @@ def _precision_note(provenance: dict[str, Any], autocast: str) -> str:
         window = provenance.get("window") or {}
         return (
             f"geometry from the training batches' own forward (in {precision}), no probe forward: "
-            f"{window.get('rows', 0):,} rows in the first window (steps {'..'.join(map(str, window.get('steps', [])))})"
+            f"{window.get('rows', 0):,} rows in the window of steps {'..'.join(map(str, window.get('steps', [])))}"
         )
     line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
     if precision in ("bf16", "fp16") and autocast == "auto":
