@@ -649,8 +649,9 @@ class GeometryTracker:
         cost = self.cost()
         if cost is not None and cost["measurements"] and self.training_features is not None:
             lines.append(
-                f"cost: {cost['measurements']} window(s) of training-batch rows took {cost['seconds_measuring']:.1f} s "
-                f"(hooks, windows, logging), {100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training"
+                f"cost: {cost['measurements']} window(s) of training-batch rows took "
+                f"{cost['seconds_measuring']:.1f} s (hooks, windows, logging), {100 * cost['share']:.2f}% of the "
+                f"{cost['seconds_training']:.1f} s of training"
             )
         elif cost is not None and cost["measurements"]:
             lines.append(
