@@ -115,6 +115,23 @@ def test_eval_no_grad_and_paused_forwards_are_not_counted():
     assert_same(features.measure_window((1, 4)).last, reference(model, batches))
 
 
+def test_a_failing_hook_never_stops_training(monkeypatch):
+    import geomtrace.training_features as module
+    from geomtrace._warnings import GeometryWarning
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    model = tiny()
+    features = TrainingFeatures(MeasureConfig())
+    features.attach(model)
+    monkeypatch.setattr(module, "select_tokens", boom)
+    with pytest.warns(GeometryWarning, match="boom"):
+        for ids in blocks(2 * BATCH).split(BATCH):
+            train_forward(model, ids)  # trains on
+    assert features.forwards == 0 and features.measure_window((1, 2)) is None
+
+
 @pytest.mark.parametrize("mode", ["hf-reentrant", "hf-non-reentrant", "checkpointed-base"])
 def test_gradient_checkpointing_recompute_is_not_counted_twice(mode):
     from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop

@@ -182,31 +182,55 @@ class TrainingFeatures:
         self._mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return self._mask
 
-    def _take(self, index: int, hidden: Tensor) -> None:
+    def _take(self, index: int, hidden: Any) -> None:
         start = time.perf_counter()
-        hidden = hidden.detach()
-        self._rows[index] = select_tokens(
-            hidden, self._mask_for(hidden), self._spec.tokens, self._spec.skip_first_token
-        )
+        try:
+            hidden = hidden.detach()
+            self._rows[index] = select_tokens(
+                hidden, self._mask_for(hidden), self._spec.tokens, self._spec.skip_first_token
+            )
+        except Exception as err:  # noqa: BLE001 - a hook must never stop the user's training
+            self._hook_failed(err)
         self.seconds += time.perf_counter() - start
+
+    def _hook_failed(self, err: BaseException) -> None:
+        """This forward is not counted; said once."""
+        self._active = False
+        self._rows = {}
+        if "failed" not in self._warned:
+            self._warned.add("failed")
+            warn(
+                f"geomtrace: reading a training forward's hidden states failed ({type(err).__name__}: {err}); "
+                "such forwards are not counted."
+            )
 
     def _embeddings(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._active:
-            self._take(0, _first_tensor(args) if args else kwargs["hidden_states"])
+            self._take(0, args[0] if args else kwargs.get("hidden_states"))
 
     def _layer_hook(self, index: int):
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if self._active:
-                self._take(index, _first_tensor(output))
+                try:
+                    hidden = _first_tensor(output)
+                except TypeError as err:
+                    self._hook_failed(err)
+                    return
+                self._take(index, hidden)
 
         return hook
 
     def _end(self, _module: nn.Module, _args: Any, output: Any) -> None:
         if not self._active:
             return
-        self._active = False
         if self._num_layers in self._layers:
-            self._take(self._num_layers, _last_hidden_state(output))
+            try:
+                self._take(self._num_layers, _last_hidden_state(output))
+            except TypeError as err:
+                self._hook_failed(err)
+        if not self._active:  # a hook of this forward failed
+            return
+        self._active = False
         start = time.perf_counter()
         rows, self._rows = self._rows, {}
         missing = [i for i in self._layers if i not in rows]
@@ -223,7 +247,10 @@ class TrainingFeatures:
         self.sequences += int(self._mask.shape[0]) if self._mask is not None else 0
         self.forwards += 1
         if self._pending_rows >= self.config.rows_per_update:
-            self._flush()
+            try:
+                self._flush()
+            except Exception as err:  # noqa: BLE001 - e.g. rows of another width: not this run's model
+                self._hook_failed(err)
         self.seconds += time.perf_counter() - start
 
     # ----------------------------------------------------------------- window
