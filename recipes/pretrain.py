@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     geometry.add_argument("--probe-autocast", default="auto", choices=("auto", "off", "bf16", "fp16"),
                           help="probe forward precision: auto (the trainer's), bf16/fp16 (autocast the probes only), off")
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
+    geometry.add_argument("--log-spectrum-every", type=int, default=5,
+                          help="eigenspectrum figure every N measurements and at the last (0: never)")
+    geometry.add_argument("--source", default="probes", choices=("probes", "training"),
+                          help="probes: an extra forward over the fixed probe set per measurement; training: "
+                          "the training batches' own hidden states, accumulated over each window (no extra forward)")
     geometry.add_argument("--no-geometry", action="store_true", help="train without GeometryMonitor (baseline)")
     memo = parser.add_argument_group("memorization")
     memo.add_argument("--memorization-pairs", type=int, default=256,
@@ -307,8 +312,10 @@ def run(args: argparse.Namespace) -> dict:
         # (the automatic rule would read that name as a pretrained start).
         monitor = GeometryMonitor(
             tokenizer=tokenizer,
-            schedule=Schedule(every_n_steps=args.every_n_steps, extra_steps=tuple(extra)),
-            measure=MeasureConfig(layers=layers, batch_size=args.probe_batch_size, autocast=args.probe_autocast),
+            schedule=Schedule(every_n_steps=args.every_n_steps, extra_steps=tuple(extra),
+                              log_spectrum_every=args.log_spectrum_every),
+            measure=MeasureConfig(layers=layers, batch_size=args.probe_batch_size, autocast=args.probe_autocast,
+                                  source=args.source),
             probes=ProbeOptions(num_sequences=args.num_probes),
             from_pretrained=False,
             history_file=str(history_path),

@@ -38,6 +38,7 @@ SAMPLES: dict[type, dict[str, object]] = {
         "rows_per_update": 100,
         "padding_side": "left",
         "autocast": "off",
+        "source": "training",
     },
     ProbeOptions: {
         "source": "probes.txt",
@@ -179,6 +180,13 @@ def test_the_callbacks_take_at_most_15_parameters():
         assert len(parameters) <= 15, (cls.__name__, parameters)
 
 
+def test_run_replay_refuses_the_training_source(tmp_path):
+    from geomtrace.replay import run_replay
+
+    with pytest.raises(ValueError, match="replay has no training forward"):
+        run_replay([], tmp_path / "out", measure=MeasureConfig(source="training"))
+
+
 def test_run_replay_takes_the_option_objects():
     from geomtrace.replay import run_replay
 
@@ -209,6 +217,11 @@ def test_a_field_reaches_geomtrace_replay_as_a_group_option(case):
     build = {"measure": cli.measure_config, "probes": cli.probe_options, "load": cli.load_options}[group]
     if group == "load" and name == "model_builder":
         with pytest.raises(cli.UsageError, match="my_module"):  # resolved before any load: not importable here
+            build(args)
+        return
+    if group == "measure" and name == "source":
+        # Replay has no training forward to hook: refused, saying what to do.
+        with pytest.raises(cli.UsageError, match="--measure.source training: .*replay has no training forward"):
             build(args)
         return
     assert getattr(build(args), name) == getattr(options, name)

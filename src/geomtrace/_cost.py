@@ -42,6 +42,10 @@ class CostMeter:
         finally:
             self.seconds += time.perf_counter() - start
 
+    def add(self, seconds: float) -> None:
+        """Time spent elsewhere on measuring (the training-batch hooks' share of the forwards)."""
+        self.seconds += seconds
+
     def count(self) -> None:
         """One more measurement."""
         self.measurements += 1
@@ -65,6 +69,12 @@ def cost_line(cost: dict[str, Any] | None) -> str | None:
     """The end-of-training line for :meth:`CostMeter.cost` (None when nothing was measured)."""
     if cost is None or not cost["measurements"]:
         return None
+    if cost.get("source") == "training":
+        return (
+            f"cost: {cost['measurements']} window(s) of training-batch rows took "
+            f"{cost['seconds_measuring']:.1f} s (hooks, windows, logging), {100 * cost['share']:.2f}% of the "
+            f"{cost['seconds_training']:.1f} s of training"
+        )
     return (
         f"cost: {cost['measurements']} measurement(s) took {cost['seconds_measuring']:.1f} s, "
         f"{100 * cost['share']:.2f}% of the {cost['seconds_training']:.1f} s of training; "

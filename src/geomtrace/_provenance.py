@@ -112,6 +112,12 @@ def trajectory_of(result: GeometryResult, prefix: str) -> dict[str, Any]:
 def precision_note(provenance: Mapping[str, Any], autocast: str) -> str:
     """Say how the probes run: the user should know when they are not fp32 (e.g. TRL's bf16)."""
     precision = provenance["precision"]
+    if provenance.get("source") == "training":
+        window = provenance.get("window") or {}
+        return (
+            f"geometry from the training batches' own forward (in {precision}), no probe forward: "
+            f"{window.get('rows', 0):,} rows in the window of steps {'..'.join(map(str, window.get('steps', [])))}"
+        )
     line = f"probes: {provenance['n_probes']} sequences ({provenance['probe']}), forward in {precision}"
     if precision in ("bf16", "fp16") and autocast == "auto":
         line += (
@@ -130,9 +136,15 @@ def provenance_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> di
             changed["probe set" if name == "probe_fingerprint" else name] = (old.get(name), new.get(name))
     old_config, new_config = old.get("measure_config") or {}, new.get("measure_config") or {}
     for name in MeasureConfig.identity_fields():
-        if _listed(old_config.get(name)) != _listed(new_config.get(name)):
+        # A record written before a field existed measured at its default (source="probes").
+        default = _FIELD_DEFAULTS.get(name)
+        if _listed(old_config.get(name, default)) != _listed(new_config.get(name, default)):
             changed[name] = (old_config.get(name), new_config.get(name))
     return changed
+
+
+#: Fields added after records were first written, with the value those records measured at.
+_FIELD_DEFAULTS: dict[str, Any] = {"source": "probes"}
 
 
 def _listed(value: Any) -> Any:

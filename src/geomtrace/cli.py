@@ -576,6 +576,13 @@ def measure_config(args: argparse.Namespace, like: Any = None) -> MeasureConfig:
         config.validate()
     except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from err
+    if config.source != "probes":
+        whence = " (the --like run's)" if "source" not in given else ""
+        raise UsageError(
+            f"--measure.source {config.source}{whence}: the training batches are measured during a live training "
+            "only; replay has no training forward and measures each checkpoint on probes: pass --measure.source "
+            "probes (the default)"
+        )
     return config
 
 

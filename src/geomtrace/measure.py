@@ -49,6 +49,7 @@ __all__ = [
     "measure_geometry",
     "metric_key",
     "probe_autocast",
+    "summarize_layers",
     "validate_extra_metrics",
     "value_fields",
     "batch_count",
@@ -123,6 +124,9 @@ class GeometryResult:
     #: The dtype the probe forward actually ran in (``"fp32"``, ``"bf16"``, ``"fp16"``,
     #: ``"fp64"``): the autocast dtype when autocast was on, else the weights' dtype.
     precision: str = "fp32"
+    #: With ``MeasureConfig(source="training")``: the window the rows came from (``steps``
+    #: covered, ``rows``, ``sequences``, ``forwards``); None for a probe measurement.
+    window: dict[str, Any] | None = None
 
     def provenance(self) -> dict[str, Any]:
         """How this was measured: probe set, fingerprint, precision and the full config.
@@ -130,9 +134,13 @@ class GeometryResult:
         Live histories and replay outputs both record it, so that a comparison can tell
         whether two values were measured the same way.
         """
-        return measurement_provenance(
+        out = measurement_provenance(
             self.probe_description, self.probe_fingerprint, self.n_probes, self.precision, self.config
         )
+        if self.window is not None:  # measured on the training batches (source="training")
+            out["source"] = "training"
+            out["window"] = dict(self.window)
+        return out
 
     def scalars(self, prefix: str = "geometry") -> dict[str, float]:
         """Flat ``{tag: value}`` for loggers (see :func:`metric_key`)."""
@@ -322,14 +330,7 @@ def measure_geometry(
         if error is not None:
             raise RuntimeError(f"geometry measurement failed: {type(error).__name__}: {error}") from error
         raise RuntimeError("geometry measurement failed on another rank")
-    # compute_summary() / compute() sum the states over ranks, metric by metric in the same
-    # order on every rank; a metric that failed on any rank is skipped on all of them.
-    failed = _failed_on_any_rank(failed, layers, list(extras), world_size, device)
-    geometries: dict[int, Any] = {layer: collections[layer][_GEOMETRY] for layer in layers}  # Geometry metrics
-    results = {layer: _layer_geometry(layer, geometries[layer].compute_summary()) for layer in layers}
-    for layer in layers:
-        for name in extras:
-            _add_extra(results[layer], name, collections[layer][name], (layer, name) in failed)
+    results = summarize_layers(collections, layers, list(extras), failed, world_size, device)
     return GeometryResult(
         layers=results,
         num_layers=n_layers,
@@ -397,6 +398,28 @@ def _run_forwards(
 
 
 _GEOMETRY = "geometry"
+
+
+def summarize_layers(
+    collections: Mapping[int, MetricCollection],
+    layers: list[int],
+    extras: list[str],
+    failed: set[tuple[int, str]],
+    world_size: int,
+    device: torch.device,
+) -> dict[int, LayerGeometry]:
+    """Each layer's geometry (and extra metrics) from its accumulated collection, summed over
+    ranks (every rank calls it at the same point). Shared by the probe forward and the
+    training-batch window (:mod:`geomtrace.training_features`)."""
+    # compute_summary() / compute() sum the states over ranks, metric by metric in the same
+    # order on every rank; a metric that failed on any rank is skipped on all of them.
+    failed = _failed_on_any_rank(failed, layers, extras, world_size, device)
+    geometries: dict[int, Any] = {layer: collections[layer][_GEOMETRY] for layer in layers}  # Geometry metrics
+    results = {layer: _layer_geometry(layer, geometries[layer].compute_summary()) for layer in layers}
+    for layer in layers:
+        for name in extras:
+            _add_extra(results[layer], name, collections[layer][name], (layer, name) in failed)
+    return results
 
 
 def validate_extra_metrics(extra_metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:

@@ -32,9 +32,11 @@ __all__ = [
     "AUTOCAST_CHOICES",
     "DEFAULT_EPS",
     "DEFAULT_FIT_RANGE",
+    "FEATURE_SOURCES",
     "PROBE_OPTION_RULES",
     "AutocastSetting",
     "DetectorOptions",
+    "FeatureSource",
     "LayerSelection",
     "LoadOptions",
     "MeasureConfig",
@@ -52,6 +54,9 @@ DEFAULT_EPS: float = 1e-7
 LayerSelection = str | int | Sequence[int]
 #: Which token states per probe.
 TokenSelection = Literal["last", "mean", "all"]
+#: Whose hidden states are measured (:attr:`MeasureConfig.source`).
+FeatureSource = Literal["probes", "training"]
+FEATURE_SOURCES: tuple[str, ...] = get_args(FeatureSource)
 #: Precision settings of the probe forward (:attr:`MeasureConfig.autocast`).
 AutocastSetting = Literal["auto", "off", "bf16", "fp16"]
 AUTOCAST_CHOICES: tuple[str, ...] = get_args(AutocastSetting)
@@ -166,6 +171,13 @@ class MeasureConfig(OptionSet):
             dtype whatever the trainer does (cheaper probes for an fp32 run); ``"off"``
             disables autocast (the model's own dtype, e.g. fp32 probes in a bf16-mixed run).
             The statistics are fp32/fp64 in every case.
+        source: whose hidden states: ``"probes"`` (default: an extra forward over the fixed
+            probe set at each measurement) or ``"training"`` (the training batches' own forwards,
+            captured by a hook and accumulated over the window since the previous measurement:
+            no extra forward, no tokenizer, but the rows differ from window to window; see
+            docs/concepts.md, "Which rows"). Live tracking only: replay has no training forward.
+            With ``"training"``, ``batch_size``, ``padding_side`` and ``autocast`` do not apply
+            (the training batches are as the trainer makes them).
     """
 
     group = "measure"
@@ -181,6 +193,7 @@ class MeasureConfig(OptionSet):
     rows_per_update: int = field(default=2048, metadata=_SPEED)
     padding_side: Literal["left", "right"] = field(default="right", metadata=_SPEED)
     autocast: AutocastSetting = field(default="auto", metadata=_PRECISION)
+    source: FeatureSource = field(default="probes", metadata=_VALUES)
 
     def __post_init__(self) -> None:
         # Types at construction (plain Python values: the record is JSON); ranges in validate().
@@ -225,6 +238,7 @@ _CONFIG_RULES: dict[str, Rule] = {
     "rows_per_update": Rule("int", minimum=1, example="2048"),
     "padding_side": Rule("str", choices=("left", "right")),
     "autocast": Rule("str", choices=AUTOCAST_CHOICES, example="'auto', which follows the trainer's precision"),
+    "source": Rule("str", choices=FEATURE_SOURCES, example="'probes' or 'training' (the training batches)"),
 }
 
 

@@ -27,8 +27,8 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -52,6 +52,7 @@ from geomtrace.memorization.probe import MemorizationProbe
 from geomtrace.options import Schedule
 from geomtrace.phases import DetectorOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.training_features import TrainingFeatures
 
 __all__ = [
     "OPTION_SETS",
@@ -242,6 +243,11 @@ class GeometryTracker:
             raise TypeError(f"detector must be a geomtrace.phases.DetectorOptions, got {type(detector).__name__}")
         self.detector = option_set(detector, DetectorOptions, owner=owner, name="detector")
         self.detector.validate()
+        # source="training": the training forwards' own rows, window by window (no probe forward).
+        self.training_features: TrainingFeatures | None = None
+        if self.config.source == "training":
+            self.training_features = TrainingFeatures(self.config, self.extra_metrics)
+        self._window_start = 0
 
     # The current stage's record, as attributes (see geomtrace._history.Stage).
     history = _StageField[list[dict[str, Any]]]()
@@ -297,8 +303,18 @@ class GeometryTracker:
         return cls(**options)
 
     # ------------------------------------------------------------------ set-up
-    def prepare(self, tokenizer: Any | None) -> ProbeSet:
-        """Build the probe set once (tokenized once, deterministic). Raises on misconfiguration."""
+    def prepare(self, tokenizer: Any | None) -> ProbeSet | None:
+        """Build the probe set once (tokenized once, deterministic). Raises on misconfiguration.
+
+        With ``source="training"`` no probe set is built (None; no tokenizer needed unless a
+        memorization probe is measured)."""
+        if self.training_features is not None:
+            self._tokenizer = tokenizer
+            if self.memorization is not None:
+                if tokenizer is None:
+                    raise ValueError("geomtrace needs a tokenizer for its memorization probes: pass tokenizer=...")
+                self.memorization.start_run(tokenizer)
+            return None
         if self.probes is None:
             if tokenizer is None:
                 raise ValueError(
@@ -312,6 +328,21 @@ class GeometryTracker:
         if self.memorization is not None:
             self.memorization.start_run(tokenizer)
         return self.probes
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`measure` can run: the probe set is built, or the source is the training batches."""
+        return self.probes is not None or self.training_features is not None
+
+    def attach(self, model: nn.Module) -> None:
+        """``source="training"``: hook the training forwards of ``model`` (a no-op for probes)."""
+        if self.training_features is not None:
+            self.training_features.attach(model)
+
+    def detach(self) -> None:
+        """Remove the training-forward hooks (at the end of a training)."""
+        if self.training_features is not None:
+            self.training_features.detach()
 
     def check_model(self, model: nn.Module) -> nn.Module:
         """The HF causal LM inside ``model``, after checking the tracked layers exist in it.
@@ -391,6 +422,9 @@ class GeometryTracker:
             self._owner = None
         self._last_attempt = None
         self.meter.start()
+        self._window_start = int(start_step)
+        if self.training_features is not None:
+            self.training_features.reset()  # rows left from an earlier training are not this window's
         first = self.history[0]["step"] if self.history else start_step
         if self.from_pretrained_option is not None:
             value, reason = self.from_pretrained_option, "from_pretrained option"
@@ -433,6 +467,8 @@ class GeometryTracker:
         """
         if step == self.last_step or step == self._last_attempt:
             return False
+        if self.training_features is not None and event == "start":
+            return False  # no training forward yet: the first window ends at the first due step
         return self.schedule.due(step, event)
 
     # --------------------------------------------------------------- measuring
@@ -442,13 +478,19 @@ class GeometryTracker:
 
     def measure(self, model: nn.Module, step: int, *, final: bool = False) -> Measurement | None:
         """Measure now. All ranks must call this together. None if the measurement failed."""
-        if self.probes is None:
+        if not self.ready:
             raise RuntimeError("GeometryTracker.prepare(tokenizer) must run before measure().")
         self._last_attempt = int(step)
         start = time.perf_counter()
         try:
-            self.fit_probes(model)
-            result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
+            if self.training_features is not None:
+                result = self._measure_window(model, int(step))
+                if result is None:
+                    return None
+            else:
+                self.fit_probes(model)
+                assert self.probes is not None  # ready, and fit_probes keeps a probe set
+                result = measure_geometry(model, self.probes, self.config, extra_metrics=self.extra_metrics)
         except Exception as err:
             if self.strict:
                 raise
@@ -467,6 +509,36 @@ class GeometryTracker:
             self.run.restore(saved)
             raise
 
+    def _measure_window(self, model: nn.Module, step: int) -> GeometryResult | None:
+        """``source="training"``: the window since the previous measurement (None when empty)."""
+        features = self.training_features
+        assert features is not None
+        if not features.attached:
+            features.attach(model)
+        hook_seconds = features.seconds
+        result = features.measure_window((self._window_start + 1, step))
+        self._window_start = step
+        self.meter.add(hook_seconds)  # the hooks' share of the training forwards
+        if result is None:
+            warn(
+                f"geomtrace: no training forward was seen in the window ending at step {step}, so it is not "
+                "measured (source='training' counts forwards of the HF model in training mode with gradients on)."
+            )
+        return result
+
+    @contextmanager
+    def _capture_paused(self) -> Iterator[None]:
+        """The tracker's own forwards (memorization probes) never enter a training window."""
+        features = self.training_features
+        if features is None:
+            yield
+            return
+        enabled, features.enabled = features.enabled, False
+        try:
+            yield
+        finally:
+            features.enabled = enabled
+
     def _record(self, model: nn.Module, step: int, final: bool, result: GeometryResult, start: float) -> Measurement:
         """Add a finished geometry measurement (and its memorization values) to the history.
         Everything slow (the memorization probe's forwards) runs before the history changes,
@@ -476,7 +548,8 @@ class GeometryTracker:
         notes: list[str] = []
         if self.memorization is not None:
             # After geometry, on every rank alike (its collectives follow the same schedule).
-            values, notes = self.memorization.measure(model, int(step))
+            with self._capture_paused():
+                values, notes = self.memorization.measure(model, int(step))
         if self.history and step <= self.history[-1]["step"]:
             # The run went back (a manual call, or a resume without the checkpoint's state):
             # later records no longer describe this run, and phases need increasing steps.
@@ -499,7 +572,10 @@ class GeometryTracker:
 
     def recorded_probe_options(self) -> dict[str, Any] | None:
         """The probe options the record keeps: this tracker's, or those a ready probe set was
-        built with (:attr:`ProbeSet.options`); None for a hand-made set."""
+        built with (:attr:`ProbeSet.options`); None for a hand-made set, or with ``source="training"``
+        (no probes measured)."""
+        if self.training_features is not None:
+            return None
         if self._probes_from_options:
             return self.probe_options.to_dict()
         options = self.probes.options if self.probes is not None else None
@@ -599,7 +675,8 @@ class GeometryTracker:
 
     def cost(self) -> dict[str, Any] | None:
         """Time spent measuring (and logging) in the current training, and its share of it."""
-        return self.meter.cost(self.probes)
+        cost = self.meter.cost(self.probes)
+        return None if cost is None else {**cost, "source": self.config.source}
 
     # ------------------------------------------------------------------ record
 

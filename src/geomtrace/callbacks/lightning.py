@@ -56,7 +56,9 @@ class GeometryMonitor(Callback):
             extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
             ``every_n_steps`` (``GeometryMonitor(tok, 100)``).
         measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,
-            tokens, batch size, conventions, autocast).
+            tokens, batch size, conventions, autocast, source: ``"training"`` measures the
+            training batches' own hidden states, window by window, instead of probes, with no
+            probe forward and no tokenizer; see docs/concepts.md, "Which rows").
         probes: the probe set: :class:`~geomtrace.probes.ProbeOptions` to build it with the
             tokenizer (source, num_sequences, text_column, split, config_name, chat_template...;
             default: 1024 paragraphs of the embedded corpus), or a ready
@@ -243,7 +245,8 @@ class GeometryMonitor(Callback):
         self._model = self._find_model(pl_module)
         try:
             self.tracker.fit_probes(self._model)
-        except ProbeLengthError as err:
+            self.tracker.attach(self._model)  # source="training": hook the training forwards
+        except (ProbeLengthError, ValueError) as err:
             raise MisconfigurationException(f"GeometryMonitor: {err}") from err
 
     # ---------------------------------------------------------------- hooks
@@ -260,6 +263,7 @@ class GeometryMonitor(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._maybe_measure(trainer, "end")  # training stopped early (EarlyStopping, max_time, ...)
+        self.tracker.detach()
         if trainer.is_global_zero:
             report(self.tracker.end())
             self.tracker.autosave()
@@ -267,7 +271,8 @@ class GeometryMonitor(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Ctrl-C (KeyboardInterrupt), Lightning's SIGTERM exit (SIGTERMException) or an error:
         # the history file gets every completed measurement (one cut short left no trace).
-        if trainer.is_global_zero and self.tracker.probes is not None:
+        self.tracker.detach()
+        if trainer.is_global_zero and self.tracker.ready:
             self.tracker.autosave()
 
     def _maybe_measure(self, trainer: Any, event: str) -> None:

@@ -83,7 +83,9 @@ class GeometryCallback(TrainerCallback, ExportableState):
             extra_steps, measure_on_start, measure_on_end, log_spectrum_every); an int is
             ``every_n_steps`` (``GeometryCallback(100)``).
         measure: what and how to measure, a :class:`~geomtrace.measure.MeasureConfig` (layers,
-            tokens, batch size, conventions, autocast).
+            tokens, batch size, conventions, autocast, source: ``"training"`` measures the
+            training batches' own hidden states, window by window, instead of probes, with no
+            probe forward and no tokenizer; see docs/concepts.md, "Which rows").
         probes: the probe set: :class:`~geomtrace.probes.ProbeOptions` to build it with the
             tokenizer (source, num_sequences, text_column, split, config_name, chat_template,
             system_prompt...; default: 1024 paragraphs of the embedded corpus;
@@ -284,6 +286,11 @@ class GeometryCallback(TrainerCallback, ExportableState):
             )
             raise ValueError(f"GeometryCallback could not build its probe set: {err}{hint}") from err
         model = self._probed_model(kwargs.get("model"))
+        if model is not None:
+            try:
+                self.tracker.attach(model)  # source="training": hook the training forwards
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"GeometryCallback: {err}") from err
         owner = self._trainer if self._trainer is not None else state
         messages = self.tracker.begin(
             owner, int(state.global_step), pretrained_hint=_pretrained_hint(self._trainer, model)
@@ -301,6 +308,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._maybe_measure(args, state, self._probed_model(kwargs.get("model")), "end")
+        self.tracker.detach()
         if state.is_world_process_zero:
             report(self.tracker.end())
             self.tracker.autosave()
@@ -335,7 +343,7 @@ class GeometryCallback(TrainerCallback, ExportableState):
         # Every rank reaches the same decision from the same global_step, so all ranks enter
         # the measurement's collectives together.
         step = int(state.global_step)
-        if model is None or self.tracker.probes is None or not self.tracker.due(step, event):
+        if model is None or not self.tracker.ready or not self.tracker.due(step, event):
             return
         autocast = self._trainer.accelerator.autocast() if self._trainer is not None else nullcontext()
         with self.tracker.timing():

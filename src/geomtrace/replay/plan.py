@@ -102,6 +102,7 @@ def resolve_options(
         measure, probes, load = upgraded["measure"], upgraded["probes"], upgraded["load"]
     config = option_set(measure, MeasureConfig, owner="run_replay")
     config.validate()
+    check_replay_source(config)
     load_options = option_set(load, LoadOptions, owner="run_replay")
     load_options.validate()
     extras = check_extra_metrics(extra_metrics)
@@ -282,13 +283,24 @@ def _check_reference(reference: Mapping[str, Any] | None, probes: ProbeSet) -> N
 # ----------------------------------------------------------------------------- identity
 
 
+def check_replay_source(config: MeasureConfig) -> None:
+    """Replay measures probes: ``source="training"`` (the training batches' own forward) has no
+    forward to hook here, so it is refused with a ValueError saying what to do."""
+    if config.source != "probes":
+        raise ValueError(
+            f"source={config.source!r} measures the training batches during a live training; replay has no "
+            "training forward: measure the checkpoints on probes (source='probes', the default)"
+        )
+
+
 def measurement_identity(config: MeasureConfig, probes: ProbeSet, dtype: Any) -> dict[str, Any]:
     """What makes two measurements of one checkpoint comparable: the probe set
     (fingerprint), every option of ``config`` that changes the values or the precision (not
     :meth:`~geomtrace.measure.MeasureConfig.speed_fields`) and the weights' dtype. An output
     holds records of one identity only."""
     speed = MeasureConfig.speed_fields()
-    measure = {k: v for k, v in config.to_dict().items() if k not in speed}
+    # Replay always measures probes (check_replay_source): outputs written before the field existed match.
+    measure = {k: v for k, v in config.to_dict().items() if k not in speed and k != "source"}
     return {
         "probe_fingerprint": probes.fingerprint(),
         "n_probes": len(probes),
