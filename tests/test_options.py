@@ -272,6 +272,10 @@ def test_a_field_reaches_run_replay(case):
     if (cls, name) == (LoadOptions, "model_builder"):
         given["load"] = LoadOptions(model_builder=print)  # a callable: checked without importing anything
         options = given["load"]
+    if (cls, name) == (MeasureConfig, "source"):  # replay has no training forward: refused, with the fix
+        with pytest.raises(ValueError, match="replay has no training forward"):
+            resolve_options(given["measure"], given["probes"], given["load"], None, {})
+        return
     resolved = resolve_options(given["measure"], given["probes"], given["load"], None, {})
     held = {"measure": resolved.measure, "probes": resolved.probe_options, "load": resolved.load}[group]
     assert getattr(held, name) == getattr(options, name)

@@ -30,19 +30,22 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import PreTrainedModel
 
 __all__ = [
-    "FeatureSpec",
-    "LayerSelection",
-    "TokenSelection",
+    "decoder_layers",
     "extract_features",
+    "FeatureSpec",
     "find_causal_lm",
+    "first_tensor",
+    "is_fsdp",
+    "last_hidden_state",
     "last_token_index",
+    "LayerSelection",
     "num_hidden_layers",
+    "position_ids",
     "resolve_layers",
     "select_tokens",
-    "unwrap_model",
-    "is_fsdp",
-    "position_ids",
+    "TokenSelection",
     "unwrap_chain",
+    "unwrap_model",
 ]
 
 
@@ -258,7 +261,7 @@ def select_tokens(
     return means[keep].to(hidden.dtype)
 
 
-def _decoder_layers(base: nn.Module, num_layers: int) -> nn.ModuleList:
+def decoder_layers(base: nn.Module, num_layers: int) -> nn.ModuleList:
     """The ModuleList holding the decoder layers of an HF base model."""
     for name in _LAYER_LIST_NAMES:
         candidate = getattr(base, name, None)
@@ -273,7 +276,7 @@ def _decoder_layers(base: nn.Module, num_layers: int) -> nn.ModuleList:
     )
 
 
-def _first_tensor(value: Any) -> Tensor:
+def first_tensor(value: Any) -> Tensor:
     # Decoder layers return a tensor in transformers 5 and a tuple (hidden, ...) in older code.
     if isinstance(value, Tensor):
         return value
@@ -310,7 +313,7 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def _last_hidden_state(output: Any) -> Tensor:
+def last_hidden_state(output: Any) -> Tensor:
     state = getattr(output, "last_hidden_state", None)
     if state is None:
         state = output[0] if isinstance(output, (tuple, list)) else None
@@ -352,20 +355,20 @@ def extract_features(
 
     def keep(index: int):
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            captured[index] = _first_tensor(output)
+            captured[index] = first_tensor(output)
 
         return hook
 
     try:
         inner = [i for i in layers if i < n_layers]
         if inner:
-            blocks = _decoder_layers(base, n_layers)
+            blocks = decoder_layers(base, n_layers)
             if 0 in inner:
                 # hidden_states[0] is the input of the first decoder layer (embeddings after dropout).
                 handles.append(
                     blocks[0].register_forward_pre_hook(
                         lambda _m, args, kwargs: captured.__setitem__(
-                            0, _first_tensor(args) if args else kwargs["hidden_states"]
+                            0, first_tensor(args) if args else kwargs["hidden_states"]
                         ),
                         with_kwargs=True,
                     )
@@ -375,7 +378,7 @@ def extract_features(
                     handles.append(blocks[i - 1].register_forward_hook(keep(i)))
         if n_layers in layers:
             handles.append(
-                base.register_forward_hook(lambda _m, _a, out: captured.__setitem__(n_layers, _last_hidden_state(out)))
+                base.register_forward_hook(lambda _m, _a, out: captured.__setitem__(n_layers, last_hidden_state(out)))
             )
         _runner(model, lm)(
             input_ids=input_ids,

@@ -39,22 +39,24 @@ __all__ = [
     "AUTOCAST_CHOICES",
     "RESERVED_NAMES",
     "AutocastSetting",
-    "GeometryResult",
+    "batch_count",
     "check_probe_positions",
-    "LayerGeometry",
-    "MeasureConfig",
+    "device_of",
     "eval_mode",
     "forward_precision",
+    "GeometryResult",
+    "layer_collection",
+    "LayerGeometry",
     "max_positions",
     "measure_geometry",
+    "MeasureConfig",
     "metric_key",
     "probe_autocast",
+    "progress_bar",
     "summarize_layers",
+    "update_layer",
     "validate_extra_metrics",
     "value_fields",
-    "batch_count",
-    "device_of",
-    "progress_bar",
 ]
 
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
@@ -314,7 +316,7 @@ def measure_geometry(
         rank, world_size = 0, 1
     device = device_of(lm)
     shard = probes.shard(rank, world_size) if world_size > 1 else probes
-    collections = {layer: _layer_collection(layer, config, device, world_size > 1, extras) for layer in layers}
+    collections = {layer: layer_collection(layer, config, device, world_size > 1, extras) for layer in layers}
     failed: set[tuple[int, str]] = set()
     n_batches = batch_count(len(shard), config.batch_size, world_size, device)
 
@@ -363,7 +365,7 @@ def _run_forwards(
         nonlocal pending_rows
         for layer, chunks in pending.items():
             if chunks:
-                _update_layer(layer, collections[layer], torch.cat(chunks), failed)
+                update_layer(layer, collections[layer], torch.cat(chunks), failed)
                 chunks.clear()
         pending_rows = 0
 
@@ -456,7 +458,7 @@ def validate_extra_metrics(extra_metrics: Mapping[str, Metric] | None) -> dict[s
     return out
 
 
-def _layer_collection(
+def layer_collection(
     layer: int, config: MeasureConfig, device: torch.device, sync: bool, extras: Mapping[str, Metric]
 ) -> MetricCollection:
     """The layer's metrics: the geometry plus a fresh, reset copy of each extra metric."""
@@ -477,12 +479,12 @@ def _layer_collection(
         metric.sync_on_compute = sync
         metric._to_sync = sync
         members[name] = metric
-    # Each member is updated by _update_layer (a failing extra must not stop the others);
+    # Each member is updated by update_layer (a failing extra must not stop the others);
     # the collection holds them, moves them and resets them as one.
     return MetricCollection(members, compute_groups=False).to(device)
 
 
-def _update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed: set[tuple[int, str]]) -> None:
+def update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed: set[tuple[int, str]]) -> None:
     # Extra metrics get fp32 (fp64 stays fp64), as the contract says; the geometry upcasts itself.
     extra_rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
     for name, metric in collection.items(keep_base=True, copy_state=False):

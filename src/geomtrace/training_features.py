@@ -39,21 +39,21 @@ from torchmetrics import Metric, MetricCollection
 from geomtrace._distributed import rank_and_world_size
 from geomtrace._warnings import warn
 from geomtrace.features import (
-    _decoder_layers,
-    _first_tensor,
-    _last_hidden_state,
+    decoder_layers,
     find_causal_lm,
+    first_tensor,
+    last_hidden_state,
     num_hidden_layers,
     resolve_layers,
     select_tokens,
 )
 from geomtrace.measure import (
     GeometryResult,
-    _layer_collection,
-    _update_layer,
     device_of,
     forward_precision,
+    layer_collection,
     summarize_layers,
+    update_layer,
     validate_extra_metrics,
 )
 from geomtrace.options import MeasureConfig
@@ -132,7 +132,7 @@ class TrainingFeatures:
         handles = [base.register_forward_pre_hook(self._begin, with_kwargs=True)]
         inner = [i for i in layers if i < n_layers]
         if inner:
-            blocks = _decoder_layers(base, n_layers)
+            blocks = decoder_layers(base, n_layers)
             if 0 in inner:
                 handles.append(blocks[0].register_forward_pre_hook(self._embeddings, with_kwargs=True))
             handles.extend(blocks[i - 1].register_forward_hook(self._layer_hook(i)) for i in inner if i > 0)
@@ -143,7 +143,7 @@ class TrainingFeatures:
         self._world_size = rank_and_world_size()[1]
         sync = self._world_size > 1
         self._collections = {
-            layer: _layer_collection(layer, self.config, self._device, sync, self.extras) for layer in layers
+            layer: layer_collection(layer, self.config, self._device, sync, self.extras) for layer in layers
         }
         self._reset_window()
 
@@ -212,7 +212,7 @@ class TrainingFeatures:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if self._active:
                 try:
-                    hidden = _first_tensor(output)
+                    hidden = first_tensor(output)
                 except TypeError as err:
                     self._hook_failed(err)
                     return
@@ -225,7 +225,7 @@ class TrainingFeatures:
             return
         if self._num_layers in self._layers:
             try:
-                self._take(self._num_layers, _last_hidden_state(output))
+                self._take(self._num_layers, last_hidden_state(output))
             except TypeError as err:
                 self._hook_failed(err)
         if not self._active:  # a hook of this forward failed
@@ -273,7 +273,7 @@ class TrainingFeatures:
     def _flush(self) -> None:
         for layer, chunks in self._pending.items():
             if chunks:
-                _update_layer(layer, self._collections[layer], torch.cat(chunks), self._failed)
+                update_layer(layer, self._collections[layer], torch.cat(chunks), self._failed)
                 chunks.clear()
         self._pending_rows = 0
 
