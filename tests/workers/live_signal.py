@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -133,5 +134,10 @@ def hf() -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C as in a terminal: a shell starts background jobs (`cmd &`, nohup, some CI runners)
+    # with SIGINT ignored, and Python then keeps it ignored, so the test's SIGINT would never
+    # interrupt the measurement (the run waited out its safety timeout: a flake that depended on
+    # how the suite was started).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tracking.measure_geometry = patched(tracking.measure_geometry)
     {"lightning": lightning, "hf": hf}[sys.argv[1]]()
