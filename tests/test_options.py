@@ -64,6 +64,11 @@ SAMPLES: dict[type, dict[str, object]] = {
         "flat_rankme_change": 0.2,
         "min_rankme_change": 0.1,
         "min_alpha_change": 0.1,
+        "noise_factor": 3.0,
+        "warmup_steps": 200,
+        "warmup_fraction": 0.1,
+        "transient_points": 4,
+        "require_signature": False,
     },
     LoadOptions: {
         "dtype": "bf16",

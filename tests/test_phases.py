@@ -13,6 +13,7 @@ import pytest
 
 from geomtrace._warnings import GeometryWarning
 from geomtrace.phases import (
+    NO_ERROR_BARS,
     PHASE_CODES,
     PHASES,
     GeometryShift,
@@ -163,19 +164,31 @@ def test_alpha_alone_moves_and_alpha_disagreement_lowers_confidence():
     steps = np.arange(40) * 50
     flat_rankme = 40.0 * np.exp(rng.normal(0, 0.01, 40))
     rising_alpha = np.linspace(0.8, 1.0, 40) + rng.normal(0, 0.01, 40)
+    # Alpha rising alone is not the paper's compression signature (RankMe down *with* alpha up)...
     segs = detect_phases(steps, flat_rankme, rising_alpha, allow_warmup=False)
+    assert [s.name for s in segs] == ["stable"]
+    assert "RankMe does not fall" in segs[0].note and "signature" in segs[0].note
+    # ...unless the signature is not required: then alpha alone names it.
+    segs = detect_phases(steps, flat_rankme, rising_alpha, allow_warmup=False, require_signature=False)
     assert [s.name for s in segs] == ["compression-seeking"]
     assert segs[0].confidence <= 0.5  # secondary metric only
 
     steps = pythia_steps(3000)
     knots = [0, 9, 16, len(steps) - 1]
     rankme, alpha = three_phase(steps, knots, 0.02, 1)
-    agree = detect_phases(steps, rankme, alpha)
-    against = detect_phases(steps, rankme, 2.0 - alpha)  # alpha moving the "wrong" way
+    loose = {"require_signature": False}
+    agree = detect_phases(steps, rankme, alpha, **loose)
+    against = detect_phases(steps, rankme, 2.0 - alpha, **loose)  # alpha moving the "wrong" way
     alone = detect_phases(steps, rankme)
     assert [s.name for s in against] == THREE == [s.name for s in alone]
     for a, b, c in zip(agree, against, alone):
         assert a.confidence > c.confidence > b.confidence
+    # Without alpha the name stays, and says the signature is unconfirmed.
+    assert "alpha not measured" in alone[2].note
+    # By default the fall against alpha is not named compression, and says which part is missing.
+    strict = detect_phases(steps, rankme, 2.0 - alpha)
+    assert [s.name for s in strict] == ["warmup", "entropy-seeking", "stable"], strict
+    assert "RankMe falls" in strict[2].note and "alpha does not rise" in strict[2].note
 
 
 def test_invariant_to_rankme_scale_and_step_units():
@@ -278,10 +291,17 @@ def test_format_segments_table():
     lines = text.splitlines()
     for col in ("phase", "start step", "end step", "confidence", "RankMe change", "alpha change"):
         assert col in lines[0]
-    assert len(lines) == 2 + len(segs)
-    assert lines[2].startswith("warmup") and "142000" in lines[-1] and "%" in lines[2]
-    assert "-" in format_segments(detect_phases(np.arange(10), np.full(10, 3.0))).splitlines()[-1]
+    assert len(lines) == 3 + len(segs)
+    assert lines[2].startswith("warmup") and "142000" in lines[-2] and "%" in lines[2]
+    # The last line says how the values were measured and that they carried no error bars.
+    assert lines[-1] == "measured centring unknown (no spectrum recorded); " + NO_ERROR_BARS
+    assert "-" in format_segments(detect_phases(np.arange(10), np.full(10, 3.0))).splitlines()[-2]
     assert "no phases" in format_segments([])
+    # With a spectrum and standard errors: centred or not, and the changes with their errors.
+    se = np.full(len(steps), 0.01) * rankme
+    text = format_segments(detect_phases(steps, rankme, alpha, rankme_se=se, spectrum="singular"))
+    assert text.splitlines()[-1].startswith("measured uncentred (spectrum='singular'); ± = combined standard error")
+    assert "% ± 1.4" in text  # sqrt(2) x 1% at the two ends
 
 
 # ----------------------------------------------------------------------------- shift
@@ -312,7 +332,11 @@ def test_shift_fields_summary_and_objects():
     assert res.rankme_change == pytest.approx(7.2)
     assert res.rankme_rel_change == pytest.approx(7.2 / 44.1)
     assert res.alpha_change == pytest.approx(-0.07)
-    assert res.summary() == "entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07)"
+    assert res.summary() == (
+        "entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07) "
+        "[no error bars available: the direction is by tolerance alone]"
+    )
+    assert res.rankme_change_se is None and res.noise_factor is None
     json.dumps(res.to_dict())
     no_alpha = shift({"rankme": 44.0, "alpha": float("nan")}, {"rankme": 40.0, "alpha": 0.9})
     assert no_alpha.alpha_change is None and "alpha" not in no_alpha.summary()
@@ -439,7 +463,7 @@ def test_alpha_never_names_a_segment_against_rankme(seed):
                 assert seg.name != "entropy-seeking", segs
     # With a small RankMe change alpha still decides (test_alpha_alone_moves_... above);
     # a wider flat_rankme_change lets it decide here too.
-    segs = detect_phases(steps, np.exp(y), alpha, allow_warmup=False, flat_rankme_change=1.0)
+    segs = detect_phases(steps, np.exp(y), alpha, allow_warmup=False, flat_rankme_change=1.0, require_signature=False)
     assert "compression-seeking" in [s.name for s in segs]
 
 
@@ -507,9 +531,12 @@ def test_language_model_run_prefixes():
     # What the live tracker would have said during run3: warmup, then entropy-seeking, then
     # at most a weak compression (the slow -5% drift of RankMe, alpha not confirming, named
     # around step 3000 and stable again later), never a large or confident one.
+    # The run's lr warmup was 100 steps: live, the tracker cannot know the run's length, so the
+    # fall from step 16 is warmup by that hint (without it, at step 325 of a run so far, it
+    # starts after warmup_fraction of the run: test_warmup_is_positional).
     rec = LM_RUNS["run3"]
     for n in range(20, len(rec["step"]) + 1, 15):
-        segs = detect_phases(rec["step"][:n], rec["rankme"][:n], rec["alpha"][:n])
+        segs = detect_phases(rec["step"][:n], rec["rankme"][:n], rec["alpha"][:n], warmup_steps=100)
         trends = [s for s in segs if s.name != "stable"]
         assert [s.name for s in trends[:2]] == ["warmup", "entropy-seeking"], (n, segs)
         for seg in trends[2:]:
@@ -557,7 +584,7 @@ def test_alpha_alone_is_never_warmup():
     steps = np.arange(40) * 50
     flat_rankme = 40.0 * np.exp(rng.normal(0, 0.01, 40))
     rising_alpha = np.linspace(0.8, 1.0, 40) + rng.normal(0, 0.01, 40)
-    segs = detect_phases(steps, flat_rankme, rising_alpha)  # allow_warmup=True
+    segs = detect_phases(steps, flat_rankme, rising_alpha, require_signature=False)  # allow_warmup=True
     assert [s.name for s in segs] == ["compression-seeking"]
 
 
@@ -599,6 +626,11 @@ def test_detector_options_are_the_keywords_of_detect_phases():
         "flat_rankme_change",
         "min_rankme_change",
         "min_alpha_change",
+        "noise_factor",
+        "warmup_steps",
+        "warmup_fraction",
+        "transient_points",
+        "require_signature",
     ]
     assert DetectorOptions().to_dict() == {
         "smoothing": 7,
@@ -612,9 +644,14 @@ def test_detector_options_are_the_keywords_of_detect_phases():
         "flat_rankme_change": 0.1,
         "min_rankme_change": 0.05,
         "min_alpha_change": 0.05,
+        "noise_factor": 2.0,
+        "warmup_steps": None,
+        "warmup_fraction": 0.05,
+        "transient_points": 7,
+        "require_signature": True,
     }
     params = inspect.signature(detect_phases).parameters
-    assert list(params) == ["steps", "rankme", "alpha", "options", "overrides"]
+    assert list(params) == ["steps", "rankme", "alpha", "options", "rankme_se", "alpha_se", "spectrum", "overrides"]
     # Every field is documented once, on the class.
     doc = inspect.getdoc(DetectorOptions)
     assert all(f"    {name}: " in doc for name in names)

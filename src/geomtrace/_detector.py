@@ -67,6 +67,30 @@ class DetectorOptions(OptionSet):
         min_alpha_change: the absolute alpha move that is enough for a trend (>= 0). Noiseless
             trajectories (full-batch toys, replays of deterministic checkpoints) make tiny drifts
             significant; this and min_rankme_change keep them from being named phases.
+        noise_factor: where the measurements carry standard errors (``rankme_se``,
+            ``alpha_se``), a segment is a trend (and its boundaries are named) only if RankMe or
+            alpha moves over it by more than this many combined standard errors,
+            ``sqrt(se_start^2 + se_end^2)``; else it is "within noise" (stable, with the
+            numbers). :func:`~geomtrace.phases.shift` uses the same factor. 2.0: a two-sided
+            ~95 % test for one comparison with normal errors, the coverage the standard errors
+            are calibrated to; conservative besides, since the probe set is the same at every
+            checkpoint and the errors of two checkpoints are positively correlated, which makes
+            the combined standard error an overestimate of the difference's (> 0).
+        warmup_steps: the learning-rate warmup's length in steps, where known: a fall is
+            "warmup" only if it starts at or before this step. None: within the first
+            ``warmup_fraction`` of the run (>= 0 or None; on the command line: none).
+        warmup_fraction: without ``warmup_steps``, a fall is "warmup" only if it starts at or
+            before this fraction of the last step (0.05: warmups are the first few percent of
+            a run; a first fall at steps 418-971 of a short run is not one); in [0, 1].
+        transient_points: a trend of fewer measurements than this between two trends of the
+            opposite direction, each of which moves RankMe more than it does, is a transient
+            excursion (a short bump inside the initial collapse) and is merged into them. 7 =
+            the default smoothing window: a turn and its return within one local fit cannot be
+            told from a wiggle. An integer >= 0 (0 or 1: never merge).
+        require_signature: name "compression-seeking" only with the paper's signature, RankMe
+            down *and* alpha up (by min_alpha_change, and beyond noise_factor standard errors
+            where known); a fall without it is "stable" with a note saying which part is
+            missing. Without alpha the name stays, with a note that the signature is unconfirmed.
     """
 
     group = "detector"
@@ -82,6 +106,11 @@ class DetectorOptions(OptionSet):
     flat_rankme_change: float = 0.1
     min_rankme_change: float = 0.05
     min_alpha_change: float = 0.05
+    noise_factor: float = 2.0
+    warmup_steps: float | None = None
+    warmup_fraction: float = 0.05
+    transient_points: int = 7
+    require_signature: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range or of the wrong type."""
@@ -111,6 +140,16 @@ class DetectorOptions(OptionSet):
         for name in _NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not _is_real(self.noise_factor) or not self.noise_factor > 0:
+            raise ValueError(f"noise_factor must be a number > 0, got {self.noise_factor!r}")
+        if self.warmup_steps is not None and not (_is_real(self.warmup_steps) and self.warmup_steps >= 0):
+            raise ValueError(f"warmup_steps must be a number >= 0 or None, got {self.warmup_steps!r}")
+        if not _is_real(self.warmup_fraction) or not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction!r}")
+        if not _is_int(self.transient_points) or self.transient_points < 0:
+            raise ValueError(f"transient_points must be an integer >= 0, got {self.transient_points!r}")
+        if not isinstance(self.require_signature, bool):
+            raise ValueError(f"require_signature must be True or False, got {self.require_signature!r}")
 
 
 #: Options that must be numbers >= 0.

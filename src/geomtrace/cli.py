@@ -1002,10 +1002,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _detect(trajectory: Any, options: DetectorOptions) -> list[Any]:
-    from geomtrace.phases import detect_phases
+    from geomtrace.phases import trajectory_phases  # standard errors and centring too
 
-    alpha = trajectory.alpha if trajectory.alpha.size and (trajectory.alpha == trajectory.alpha).any() else None
-    return detect_phases(trajectory.step, trajectory.rankme, alpha, options)
+    return trajectory_phases(trajectory, options)
 
 
 def _cmd_phases(args: argparse.Namespace) -> int:

@@ -53,18 +53,22 @@ from geomtrace._detector import DetectorOptions
 from geomtrace._warnings import warn
 
 __all__ = [
+    "NO_ERROR_BARS",
     "PHASES",
     "PHASE_CODES",
     "DetectorOptions",
     "GeometryShift",
     "Phase",
     "PhaseSegment",
+    "centred",
+    "centring_text",
     "current_phase",
     "detect_phases",
     "format_segments",
     "log_step",
     "resolve_options",
     "shift",
+    "trajectory_phases",
     "trajectory_shift",
 ]
 
@@ -115,6 +119,14 @@ class PhaseSegment:
     ``alpha_change`` the fitted absolute change of alpha (None without alpha); for the one
     segment of too few points (``min_points``) both are the measured change from the first
     to the last point. ``confidence`` is in [0, 1].
+
+    ``rankme_change_se``/``alpha_change_se``: the combined standard error of those changes,
+    ``sqrt(se_start^2 + se_end^2)`` from the measurements' own standard errors (for RankMe in
+    log units, like ``rankme_change``); None where the measurements carry none. ``note``
+    qualifies the name: "within noise" with the numbers, a compression signature that is
+    missing or unconfirmed, or that no error bars were available. ``spectrum`` is how the
+    values were measured, where known: ``"covariance"`` (centred: the paper's code, which
+    centres via PCA) or ``"singular"`` (uncentred: the paper's theory); :attr:`centred` says it.
     """
 
     name: str  #: a :class:`Phase` value, held as the plain string
@@ -126,6 +138,10 @@ class PhaseSegment:
     rankme_change: float
     alpha_change: float | None = None
     n_points: int = 0
+    rankme_change_se: float | None = None
+    alpha_change_se: float | None = None
+    note: str = ""
+    spectrum: str | None = None
 
     def __post_init__(self) -> None:
         # Phase(...) refuses a name outside the closed set; the plain value keeps pickles and
@@ -142,11 +158,41 @@ class PhaseSegment:
         """The numeric code of this phase (:data:`PHASE_CODES`)."""
         return self.phase.code
 
+    @property
+    def centred(self) -> bool | None:
+        """True for a centred spectrum (``"covariance"``), False for uncentred (``"singular"``),
+        None where unknown."""
+        return centred(self.spectrum)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (JSON-serialisable)."""
         d = asdict(self)
         d["code"] = self.code
+        d["centred"] = self.centred
         return d
+
+
+def centred(spectrum: str | None) -> bool | None:
+    """Whether a measure config's ``spectrum`` is centred: ``"covariance"`` True (the paper's
+    code centres via PCA), ``"singular"`` False (its theory: singular values of the raw
+    features), None for None (unknown). Raises ValueError for anything else."""
+    if spectrum is None:
+        return None
+    if spectrum not in _SPECTRA:
+        raise ValueError(f"spectrum must be 'covariance' (centred) or 'singular' (uncentred), got {spectrum!r}")
+    return spectrum == "covariance"
+
+
+_SPECTRA = ("covariance", "singular")
+
+
+def centring_text(spectrum: str | None) -> str:
+    """``"centred (spectrum='covariance')"``, ``"uncentred (spectrum='singular')"`` or a note
+    that it is unknown: what the phase report says about how the values were measured."""
+    c = centred(spectrum)
+    if c is None:
+        return "centring unknown (no spectrum recorded)"
+    return f"{'centred' if c else 'uncentred'} (spectrum={spectrum!r})"
 
 
 # ----------------------------------------------------------------------------- input
@@ -189,6 +235,27 @@ def _prepare(steps: Any, rankme: Any, alpha: Any) -> tuple[np.ndarray, np.ndarra
     if np.any(r <= 0):
         raise ValueError("rankme must be positive")
     return s, r, a, idx
+
+
+def _prepare_se(name: str, values: Any, n: int, idx: np.ndarray) -> np.ndarray | None:
+    """Standard errors at the kept points (NaN/None = unknown), or None when none is known."""
+    if values is None:
+        return None
+    arr = np.array([_to_se(v) for v in values], dtype=np.float64) if not isinstance(values, np.ndarray) else values
+    arr = _as_1d(name, arr).astype(np.float64)
+    if len(arr) != n:
+        raise ValueError(f"steps and {name} lengths differ: {n} != {len(arr)}")
+    arr = np.where(np.isfinite(arr) & (arr >= 0), arr, np.nan)[idx]
+    return arr if np.isfinite(arr).any() else None
+
+
+def _to_se(value: Any) -> float:
+    """A standard error as a float: NaN for None, for what is not a number and for negatives."""
+    try:
+        v = math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if v >= 0 else math.nan
 
 
 def resolve_options(
@@ -478,6 +545,10 @@ def detect_phases(
     rankme: Sequence[float] | np.ndarray,
     alpha: Sequence[float] | np.ndarray | None = None,
     options: DetectorOptions | None = None,
+    *,
+    rankme_se: Sequence[float | None] | np.ndarray | None = None,
+    alpha_se: Sequence[float | None] | np.ndarray | None = None,
+    spectrum: str | None = None,
     **overrides: Any,
 ) -> list[PhaseSegment]:
     """Segment a RankMe (and optionally alpha-ReQ) trajectory into geometric phases.
@@ -489,6 +560,14 @@ def detect_phases(
             direction and decides where RankMe is flat.
         options: the detector's options, a :class:`DetectorOptions` (its fields are
             documented there); None: the defaults.
+        rankme_se, alpha_se: standard errors of each measurement (the probe sample's, e.g. a
+            jackknife's), optional; None/NaN entries are unknown. With them a segment is a
+            trend only if it moves beyond ``noise_factor`` combined standard errors (else
+            stable, "within noise", with the numbers in its ``note``); without them the noise
+            is judged from the trajectory's own scatter, and the segments say no error bars
+            were available.
+        spectrum: the measure config's ``spectrum`` ("covariance" = centred, "singular" =
+            uncentred), recorded on every segment; None: unknown.
         **overrides: any :class:`DetectorOptions` field by name (``min_points=4``,
             ``allow_warmup=False``), applied over ``options``.
 
@@ -504,10 +583,14 @@ def detect_phases(
         TypeError: an unknown option name.
     """
     o = resolve_options(options, overrides)
+    centred(spectrum)  # refuses an unknown spectrum
     smoothing, enter_threshold, exit_threshold = o.smoothing, o.enter_threshold, o.exit_threshold
     min_rankme_change, min_alpha_change = o.min_rankme_change, o.min_alpha_change
     noise_floor, outlier_threshold = o.noise_floor, o.outlier_threshold
+    n_in = len(_as_1d("steps", steps))
     s, r, a, idx = _prepare(steps, rankme, alpha)
+    se_r = _prepare_se("rankme_se", rankme_se, n_in, idx)
+    se_a = None if a is None else _prepare_se("alpha_se", alpha_se, n_in, idx)
     n = len(s)
     if n == 0:
         return []
@@ -516,7 +599,8 @@ def detect_phases(
         # with the change that was measured (first to last point).
         dy = float(np.log(r[-1] / r[0]))
         da = None if a is None else float(a[-1] - a[0])
-        return [_make(Phase.STABLE, s, idx, 0, n - 1, 0.0, dy, da)]
+        seg = _make(Phase.STABLE, s, idx, 0, n - 1, 0.0, dy, da)
+        return [replace(seg, spectrum=spectrum, note=f"too few measurements ({n} of min_points {o.min_points})")]
 
     x = log_step(s)
     y = np.log(r)
@@ -531,6 +615,8 @@ def detect_phases(
             keep = ~bad
             s, x, y, idx = s[keep], x[keep], y[keep], idx[keep]
             a = a[keep] if a is not None else None
+            se_r = se_r[keep] if se_r is not None else None
+            se_a = se_a[keep] if se_a is not None else None
             n = len(s)
             w = min(int(smoothing), n)
 
@@ -569,6 +655,12 @@ def detect_phases(
         if (new_labs, new_knots) == (labs, knots):
             break
         labs, knots = new_labs, new_knots
+    # Standard errors in the detector's units: log RankMe (se / RankMe) and alpha.
+    errors = _Errors(None if se_r is None else se_r / np.exp(y), se_a, o.noise_factor)
+    warmup_limit = o.warmup_steps if o.warmup_steps is not None else o.warmup_fraction * float(s[-1])
+    lead_end = int(np.searchsorted(s, warmup_limit, side="right")) - 1 if o.allow_warmup else -1
+    labs, knots, transients = _merge_transients(ctx, labs, knots, o.transient_points, lead_end)
+    labs, knots = _gate_noise(ctx, errors, labs, knots)
     bounds = [0, *knots, n - 1]
     merged = [[labs[k], bounds[k], bounds[k + 1]] for k in range(len(labs))]
 
@@ -584,6 +676,31 @@ def detect_phases(
         lab = lab if ruled is None else ruled  # settled already unless the rounds ran out
         if lab != _FLAT and not ctx.large_enough(lab, i0, i1):
             lab = _FLAT
+        se_dy, se_da = errors.change_se(i0, i1)
+        notes: list[str] = []
+        warmup = False
+        if lab != _FLAT and errors.known and not errors.beyond(lab, dy, da, i0, i1):
+            lab = _FLAT  # a trend the rounds re-made from a segment within noise
+        if lab == _DOWN:
+            first_fall = all(seg.name == Phase.STABLE for seg in out)
+            rankme_falls = dy <= -ctx.min_effect[0] and (t_y <= -enter_threshold or ctx.large(i0, i1) < 0)
+            at_start = float(s[i0]) <= warmup_limit
+            warmup = o.allow_warmup and first_fall and rankme_falls and at_start
+            if o.allow_warmup and first_fall and rankme_falls and not at_start:
+                where = (
+                    f"the lr warmup ends at step {o.warmup_steps:g}"
+                    if o.warmup_steps is not None
+                    else f"warmup_fraction {o.warmup_fraction:g} of the run: step {warmup_limit:g}"
+                )
+                start = _step_value(s[i0])
+                notes.append(f"first fall starts at step {start:g}, after the start of training ({where}): not warmup")
+            if not warmup:
+                missing = _missing_signature(dy, da, se_da, ctx.min_effect, errors.factor)
+                if missing and o.require_signature and da is not None:
+                    lab = _FLAT
+                    notes.append(f"{missing}: not the paper's compression signature (RankMe down with alpha up)")
+                elif missing:
+                    notes.append(missing)
         if lab == _FLAT:
             name = Phase.STABLE
             conf = math.exp(-max(abs(t_y), abs(t_a)) / enter_threshold)
@@ -593,21 +710,146 @@ def detect_phases(
                 if da is not None and min_alpha_change > 0:
                     small = min(small, 1.0 - abs(da) / min_alpha_change)
                 conf = max(conf, small)
+            if errors.known and not errors.beyond(_UP if dy > 0 else _DOWN, dy, da, i0, i1):
+                notes.insert(0, errors.within_text(dy, da, se_dy, se_da))
+            if i0 in transients:
+                notes.append(
+                    f"a transient excursion (RankMe {math.expm1(dy) * 100:+.1f}% over {i1 - i0 + 1} points, short or "
+                    "within the warmup range) before a larger opposite move: not a phase"
+                )
         else:
             if lab == _UP:
                 name = Phase.ENTROPY_SEEKING
             else:
                 # The initial collapse: RankMe itself falls (alpha alone never makes a warmup),
-                # and nothing but stable segments (the first steps barely moving) precede it.
-                first_fall = all(seg.name == Phase.STABLE for seg in out)
-                rankme_falls = dy <= -ctx.min_effect[0] and (t_y <= -enter_threshold or ctx.large(i0, i1) < 0)
-                name = Phase.WARMUP if (o.allow_warmup and first_fall and rankme_falls) else Phase.COMPRESSION_SEEKING
+                # nothing but stable segments (the first steps barely moving) precede it, and it
+                # starts at the start of training (warmup_steps / warmup_fraction).
+                name = Phase.WARMUP if warmup else Phase.COMPRESSION_SEEKING
             # A large RankMe move counts as at least enter_threshold (the noise estimate may not).
             t_eff = lab * max(lab * t_y, enter_threshold) if ctx.large(i0, i1) == lab else t_y
             conf = _trend_confidence(lab, t_eff, t_a if a is not None else None, enter_threshold)
-        out.append(_make(name, s, idx, i0, i1, conf, dy, da))
+        seg = _make(name, s, idx, i0, i1, conf, dy, da)
+        out.append(
+            replace(seg, rankme_change_se=se_dy, alpha_change_se=se_da, note="; ".join(notes), spectrum=spectrum)
+        )
     _warn_if_noisy(out, ctx.sig_point if _alternates(x, y) else 0.0)
     return out
+
+
+#: The note on segments measured without standard errors.
+NO_ERROR_BARS = "no error bars available: noise judged from the trajectory's own scatter"
+
+
+class _Errors:
+    """The measurements' standard errors (log RankMe, alpha) and the noise rule on them."""
+
+    def __init__(self, se_y: np.ndarray | None, se_a: np.ndarray | None, factor: float) -> None:
+        self.se_y, self.se_a, self.factor = se_y, se_a, factor
+        self.known = se_y is not None or se_a is not None
+
+    @staticmethod
+    def _combined(se: np.ndarray | None, i0: int, i1: int) -> float | None:
+        if se is None or not (math.isfinite(se[i0]) and math.isfinite(se[i1])):
+            return None
+        return float(math.hypot(se[i0], se[i1]))
+
+    def change_se(self, i0: int, i1: int) -> tuple[float | None, float | None]:
+        """Combined standard errors ``sqrt(se_start^2 + se_end^2)`` of the change over a segment."""
+        return self._combined(self.se_y, i0, i1), self._combined(self.se_a, i0, i1)
+
+    def beyond(self, lab: int, dy: float, da: float | None, i0: int, i1: int) -> bool:
+        """Does RankMe or alpha move in direction ``lab`` by more than ``factor`` combined
+        standard errors? (Only metrics with a known error count.)"""
+        se_dy, se_da = self.change_se(i0, i1)
+        if se_dy is not None and lab * dy > self.factor * se_dy:
+            return True
+        return se_da is not None and da is not None and -lab * da > self.factor * se_da
+
+    def within_text(self, dy: float, da: float | None, se_dy: float | None, se_da: float | None) -> str:
+        parts = []
+        if se_dy is not None:
+            parts.append(f"RankMe {math.expm1(dy) * 100:+.1f}% (se {se_dy * 100:.1f}%)")
+        if se_da is not None and da is not None:
+            parts.append(f"alpha {da:+.3f} (se {se_da:.3f})")
+        return f"within noise: {', '.join(parts)}, below {self.factor:g} x se"
+
+
+def _missing_signature(
+    dy: float, da: float | None, se_da: float | None, min_effect: tuple[float, float], factor: float
+) -> str:
+    """Which part of the paper's compression signature (RankMe down *with* alpha up) a fall
+    lacks; "" when it has both. Without alpha: that the signature is unconfirmed."""
+    if da is None:
+        return "alpha not measured: the compression signature (alpha up) is unconfirmed"
+    rises = da >= min_effect[1] and (se_da is None or da > factor * se_da)
+    falls = dy <= -min_effect[0]
+    if falls and rises:
+        return ""
+    if falls:
+        return f"RankMe falls ({math.expm1(dy) * 100:+.1f}%) but alpha does not rise ({da:+.3f})"
+    if rises:
+        return f"alpha rises ({da:+.3f}) but RankMe does not fall ({math.expm1(dy) * 100:+.1f}%)"
+    return f"neither RankMe falls ({math.expm1(dy) * 100:+.1f}%) nor alpha rises ({da:+.3f})"
+
+
+def _merge_transients(
+    ctx: _Ctx, labs: list[int], knots: list[int], min_points: int, lead_end: int = -1
+) -> tuple[list[int], list[int], set[int]]:
+    """Merge transient excursions: a trend of fewer than ``min_points`` measurements that moves
+    RankMe less than the opposite trends around it is not a phase.
+
+    Between two such trends (a short bump inside the initial collapse) it takes their direction
+    and the three become one segment. As the first segment, before an opposite trend (an early
+    bump the collapse then undoes), it becomes stable, so that the collapse is still the first
+    fall; so does a longer one that ends by index ``lead_end`` (the warmup range; -1: none).
+    Returns ``(labels, knots, start indices of the segments made stable)``.
+    """
+    labs, bounds = list(labs), [0, *knots, ctx.n - 1]
+    flattened: set[int] = set()
+
+    def short_and_small(k: int, *neighbours: int) -> bool:
+        if bounds[k + 1] - bounds[k] + 1 >= min_points and not (k == 0 and bounds[1] <= lead_end):
+            return False
+        move = abs(ctx.fit(bounds[k], bounds[k + 1])[0])
+        return all(move < abs(ctx.fit(bounds[j], bounds[j + 1])[0]) for j in neighbours)
+
+    changed = True
+    while changed:
+        changed = False
+        for k in range(1, len(labs) - 1):
+            if labs[k] != _FLAT and labs[k - 1] == labs[k + 1] == -labs[k] and short_and_small(k, k - 1, k + 1):
+                labs = labs[: k - 1] + [labs[k - 1]] + labs[k + 2 :]
+                bounds = bounds[:k] + bounds[k + 2 :]
+                changed = True
+                break
+    if len(labs) > 1 and labs[0] != _FLAT and labs[1] == -labs[0] and short_and_small(0, 1):
+        labs[0] = _FLAT
+        flattened.add(bounds[0])
+    return labs, bounds[1:-1], flattened
+
+
+def _gate_noise(ctx: _Ctx, errors: _Errors, labs: list[int], knots: list[int]) -> tuple[list[int], list[int]]:
+    """With standard errors: a trend that moves neither RankMe nor alpha beyond ``noise_factor``
+    combined standard errors becomes stable; equal neighbours then merge (their boundary was
+    within noise)."""
+    if not errors.known:
+        return labs, knots
+    bounds = [0, *knots, ctx.n - 1]
+    labs = list(labs)
+    for k, lab in enumerate(labs):
+        if lab == _FLAT:
+            continue
+        i0, i1 = bounds[k], bounds[k + 1]
+        dy = ctx.fit(i0, i1)[0]
+        da = None if ctx.a is None else _seg_fit(ctx.x[i0 : i1 + 1], ctx.a[i0 : i1 + 1], 1.0)[0]
+        if not errors.beyond(lab, dy, da, i0, i1):
+            labs[k] = _FLAT
+    new_labs, new_bounds = [labs[0]], [0]
+    for k in range(1, len(labs)):
+        if labs[k] != new_labs[-1]:
+            new_labs.append(labs[k])
+            new_bounds.append(bounds[k])
+    return new_labs, new_bounds[1:]
 
 
 #: Noise sigma of log RankMe (about the relative scatter between neighbouring
@@ -939,6 +1181,23 @@ def _step_value(v: float) -> float:
     return int(v) if float(v).is_integer() else float(v)
 
 
+def trajectory_phases(trajectory: Any, options: DetectorOptions | None = None, **overrides: Any) -> list[PhaseSegment]:
+    """:func:`detect_phases` on a :class:`geomtrace.trajectory.Trajectory`: its steps, RankMe,
+    alpha (when it has any), standard errors and spectrum (centred or not)."""
+    alpha = trajectory.alpha
+    has_alpha = alpha is not None and len(alpha) and bool(np.isfinite(alpha).any())
+    return detect_phases(
+        trajectory.step,
+        trajectory.rankme,
+        alpha if has_alpha else None,
+        options,
+        rankme_se=getattr(trajectory, "rankme_se", None),
+        alpha_se=getattr(trajectory, "alpha_se", None) if has_alpha else None,
+        spectrum=getattr(trajectory, "spectrum", None),
+        **overrides,
+    )
+
+
 def current_phase(
     steps: Sequence[float] | np.ndarray,
     rankme: Sequence[float] | np.ndarray,
@@ -983,29 +1242,39 @@ def format_segments(segments: Sequence[PhaseSegment], options: DetectorOptions |
             f"overall change, step {seg.start_step:g} to {seg.end_step:g}: {change}"
         )
     header = ("phase", "start step", "end step", "confidence", "RankMe change", "alpha change")
-    rows = [header]
+    with_notes = any(seg.note for seg in segments)
+    rows: list[tuple[str, ...]] = [(*header, "note")] if with_notes else [header]
     for seg in segments:
         alpha = "-" if seg.alpha_change is None else f"{seg.alpha_change:+.3f}"
-        rows.append(
-            (
-                seg.name,
-                f"{seg.start_step:g}",
-                f"{seg.end_step:g}",
-                f"{seg.confidence:.2f}",
-                f"{math.expm1(seg.rankme_change) * 100:+.1f}%",
-                alpha,
-            )
-        )
+        change = f"{math.expm1(seg.rankme_change) * 100:+.1f}%"
+        if seg.rankme_change_se is not None:
+            change += f" ± {seg.rankme_change_se * 100:.1f}"
+        if seg.alpha_change_se is not None and seg.alpha_change is not None:
+            alpha += f" ± {seg.alpha_change_se:.3f}"
+        cols = (seg.name, f"{seg.start_step:g}", f"{seg.end_step:g}", f"{seg.confidence:.2f}", change, alpha)
+        rows.append((*cols, seg.note) if with_notes else cols)
     if len(rows) == 1:
         return "no phases (no valid measurements)"
-    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = []
-    for i, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(row[1:], widths[1:])]
+    for i, line in enumerate(rows):
+        cells = [line[0].ljust(widths[0])] + [cell.rjust(wd) for cell, wd in zip(line[1:6], widths[1:6])]
+        cells += [cell.ljust(wd) for cell, wd in zip(line[6:], widths[6:])]
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * wd for wd in widths))
+    lines.append(f"measured {centring_text(segments[0].spectrum)}; " + _errors_text(segments, options))
     return "\n".join(lines)
+
+
+def _errors_text(segments: Sequence[PhaseSegment], options: DetectorOptions) -> str:
+    """What the table says about error bars: the rule with them, or that there were none."""
+    if any(seg.rankme_change_se is not None or seg.alpha_change_se is not None for seg in segments):
+        return (
+            f"± = combined standard error of the change; a trend needs a change beyond "
+            f"{options.noise_factor:g} x its standard error"
+        )
+    return NO_ERROR_BARS
 
 
 # ----------------------------------------------------------------------------- shifts
@@ -1017,6 +1286,11 @@ class GeometryShift:
 
     ``rankme_change`` is absolute, ``rankme_rel_change`` relative (0.163 = +16.3%),
     ``alpha_change`` absolute. Alpha fields are None when either side has no alpha.
+    ``rankme_change_se``/``alpha_change_se``: the combined standard errors of the changes
+    (``sqrt(se_before^2 + se_after^2)``, absolute), None without error bars;
+    ``noise_factor`` the factor a change had to exceed them by; ``note`` says what was
+    within noise, or that no error bars were available. ``direction`` is
+    ``"within-noise"`` when error bars were given and every change was within them.
     """
 
     direction: str
@@ -1027,16 +1301,23 @@ class GeometryShift:
     alpha_before: float | None = None
     alpha_after: float | None = None
     alpha_change: float | None = None
+    rankme_change_se: float | None = None
+    alpha_change_se: float | None = None
+    noise_factor: float | None = None
+    note: str = ""
 
     def summary(self) -> str:
-        """One line, e.g. ``entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07)``."""
+        """One line, e.g. ``entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07)``,
+        with the standard errors (``± se``) and the note where there are any."""
+        rank_se = "" if self.rankme_change_se is None else f" ± {self.rankme_change_se:.2f}"
         text = (
             f"{self.direction}: RankMe {self.rankme_before:.1f} -> {self.rankme_after:.1f} "
-            f"({self.rankme_rel_change * 100:+.1f}%)"
+            f"({self.rankme_rel_change * 100:+.1f}%{rank_se})"
         )
         if self.alpha_change is not None:
-            text += f", alpha {self.alpha_before:.2f} -> {self.alpha_after:.2f} ({self.alpha_change:+.2f})"
-        return text
+            alpha_se = "" if self.alpha_change_se is None else f" ± {self.alpha_change_se:.3f}"
+            text += f", alpha {self.alpha_before:.2f} -> {self.alpha_after:.2f} ({self.alpha_change:+.2f}{alpha_se})"
+        return f"{text} [{self.note}]" if self.note else text
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (JSON-serialisable)."""
@@ -1062,11 +1343,14 @@ def shift(
     *,
     tolerance: float = 0.01,
     alpha_tolerance: float | None = None,
+    noise_factor: float | None = None,
 ) -> GeometryShift:
     """Classify the geometry change from ``before`` to ``after``.
 
     ``before``/``after`` are mappings or objects with ``rankme`` and (optionally) ``alpha``,
-    e.g. ``{"rankme": 44.0, "alpha": 0.8}``. For a trajectory use :func:`trajectory_shift`.
+    e.g. ``{"rankme": 44.0, "alpha": 0.8}``, and optionally their standard errors
+    ``rankme_se``/``alpha_se`` (as a measurement with ``uncertainty=`` records them; None or
+    absent: unknown). For a trajectory use :func:`trajectory_shift`.
 
     Rules (RankMe relative change vs ``tolerance``, default 1%; alpha absolute change vs
     ``alpha_tolerance``, default = ``tolerance``):
@@ -1075,12 +1359,21 @@ def shift(
     - RankMe down and alpha not down -> ``"compression-seeking"``; RankMe flat and alpha up too.
     - both within tolerance (or alpha missing and RankMe flat) -> ``"none"``.
     - RankMe and alpha both up, or both down -> ``"mixed"``.
+
+    With standard errors on both sides a change also has to exceed ``noise_factor`` (default:
+    :attr:`DetectorOptions.noise_factor`, 2.0) times its combined standard error
+    ``sqrt(se_before^2 + se_after^2)`` to count; where it does not it counts as flat, and if
+    nothing is left the direction is ``"within-noise"``, the note giving the numbers. Without
+    them the rules above apply as they are, and the note says no error bars were available.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
     a_tol = tolerance if alpha_tolerance is None else alpha_tolerance
     if a_tol < 0:
         raise ValueError(f"alpha_tolerance must be >= 0, got {alpha_tolerance!r}")
+    factor = DetectorOptions().noise_factor if noise_factor is None else noise_factor
+    if not factor > 0:
+        raise ValueError(f"noise_factor must be > 0, got {noise_factor!r}")
     r0, r1 = _finite_or_none(_get(before, "rankme")), _finite_or_none(_get(after, "rankme"))
     if r0 is None or r1 is None:
         raise ValueError("before and after need a finite 'rankme'")
@@ -1089,19 +1382,34 @@ def shift(
     a0, a1 = _finite_or_none(_get(before, "alpha")), _finite_or_none(_get(after, "alpha"))
     if a0 is None or a1 is None:
         a0 = a1 = None
+    se_r = _combined_se(before, after, "rankme_se")
+    se_a = None if a0 is None else _combined_se(before, after, "alpha_se")
 
     rel = (r1 - r0) / r0
-    dr = 0 if abs(rel) <= tolerance else (1 if rel > 0 else -1)
     da_val = None if a0 is None or a1 is None else a1 - a0
+    dr = 0 if abs(rel) <= tolerance else (1 if rel > 0 else -1)
     da = 0 if da_val is None or abs(da_val) <= a_tol else (1 if da_val > 0 else -1)
+    within = []
+    if se_r is not None and dr != 0 and abs(r1 - r0) <= factor * se_r:
+        dr = 0
+        within.append(f"RankMe {r1 - r0:+.3g} (se {se_r:.3g})")
+    if se_a is not None and da_val is not None and da != 0 and abs(da_val) <= factor * se_a:
+        da = 0
+        within.append(f"alpha {da_val:+.3g} (se {se_a:.3g})")
     if dr == 0 and da == 0:
-        direction = "none"
+        direction = "within-noise" if within else "none"
     elif (dr == 1 and da <= 0) or (dr == 0 and da == -1):
         direction = Phase.ENTROPY_SEEKING.value
     elif (dr == -1 and da >= 0) or (dr == 0 and da == 1):
         direction = Phase.COMPRESSION_SEEKING.value
     else:
         direction = "mixed"
+    if se_r is None and se_a is None:
+        note = NO_ERROR_BARS.split(":")[0] + ": the direction is by tolerance alone"
+    elif within:
+        note = f"within noise: {', '.join(within)}, below {factor:g} x se"
+    else:
+        note = ""
     return GeometryShift(
         direction=direction,
         rankme_before=r0,
@@ -1111,7 +1419,19 @@ def shift(
         alpha_before=a0,
         alpha_after=a1,
         alpha_change=da_val,
+        rankme_change_se=se_r,
+        alpha_change_se=se_a,
+        noise_factor=factor if (se_r is not None or se_a is not None) else None,
+        note=note,
     )
+
+
+def _combined_se(before: Any, after: Any, key: str) -> float | None:
+    """``sqrt(se_before^2 + se_after^2)`` of ``key``, None unless both are known."""
+    s0, s1 = _to_se(_get(before, key)), _to_se(_get(after, key))
+    if not (math.isfinite(s0) and math.isfinite(s1)):
+        return None
+    return float(math.hypot(s0, s1))
 
 
 def trajectory_shift(

@@ -48,6 +48,10 @@ class Trajectory:
     ``layer`` is the measured layer (None: the model's final layer of a live history).
     ``fingerprints`` and ``precisions`` say how the values were measured (empty when the
     run does not record it), so that comparisons can tell runs measured differently apart.
+    ``rankme_se``/``alpha_se`` are the measurements' standard errors (``rankme_se`` beside
+    ``rankme`` in a record, ``geometry/rankme_se`` in a live row; NaN where a value has none),
+    None when no value has one. ``spectrum`` is the measure config's ``spectrum``
+    (``"covariance"``: centred, ``"singular"``: uncentred) where the records say it, else None.
     """
 
     label: str
@@ -61,6 +65,9 @@ class Trajectory:
     records: list[dict[str, Any]] = field(default_factory=list)
     fingerprints: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
+    rankme_se: np.ndarray | None = None
+    alpha_se: np.ndarray | None = None
+    spectrum: str | None = None
 
     @property
     def flops(self) -> np.ndarray:
@@ -168,6 +175,14 @@ def trajectory_from_rows(
     def column(name: str) -> np.ndarray:
         return np.array([to_float(value(r, name)) for r in rows], dtype=np.float64)
 
+    def errors(name: str) -> np.ndarray | None:
+        se = column(name)
+        return se if np.isfinite(se).any() else None
+
+    spectra = _distinct(r.get("spectrum") for r in rows)
+    if len(spectra) > 1:
+        warn(f"{label}: values measured with different spectra ({', '.join(spectra)}): centred and uncentred mixed")
+
     return Trajectory(
         label=label,
         layer=layer,
@@ -180,6 +195,9 @@ def trajectory_from_rows(
         records=rows,
         fingerprints=_distinct(r.get("probe_fingerprint") for r in rows),
         precisions=_distinct(r.get("precision") for r in rows),
+        rankme_se=errors("rankme_se"),
+        alpha_se=errors("alpha_se"),
+        spectrum=spectra[0] if len(spectra) == 1 else None,
     )
 
 
