@@ -235,8 +235,11 @@ def test_phases_prints_a_table(run_dir, tmp_path, capsys):
     assert f"{len(STEPS)} measurements, layer 2" in text
     table = text.splitlines()[1:]
     assert table[0].split()[:3] == ["phase", "start", "step"] and set(table[1]) == {"-", " "}
-    names = [row.split()[0] for row in table[2:]]
+    names = [row.split()[0] for row in table[2:-1]]
     assert names and set(names) <= {"warmup", "entropy-seeking", "compression-seeking", "stable"}
+    # The last line says how the values were measured (here the records say no spectrum) and
+    # that there were no error bars.
+    assert table[-1].startswith("measured centring unknown") and "no error bars" in table[-1]
 
     # a live history JSON (GeometryTracker.state_dict()) gives the same segments
     assert main(["phases", str(run_dir), "--json"]) == 0

@@ -738,3 +738,180 @@ def test_phase_names_are_a_str_enum_and_records_stay_plain_strings():
     assert type(PhaseSegment(Phase.WARMUP, 0, 1, 0, 1, 0.5, -0.1).name) is str
     with pytest.raises(ValueError, match="plateau"):
         PhaseSegment("plateau", 0, 1, 0, 1, 0.5, 0.0)
+
+
+# ----------------------------------------------------------------- issue 19: error bars, position, signature
+
+
+def _small_rise(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """RankMe rising 8% over a noiseless-ish run: a trend by the trajectory's own scatter."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n) * 100
+    return steps, 30.0 * np.exp(np.linspace(0.0, np.log(1.08), n) + rng.normal(0, 1e-3, n))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_trend_within_its_standard_errors_is_within_noise(seed):
+    steps, rankme = _small_rise(seed)
+    plain = detect_phases(steps, rankme, allow_warmup=False)
+    assert [s.name for s in plain] == ["entropy-seeking"]
+    assert plain[0].rankme_change_se is None and "within noise" not in plain[0].note
+    # Each value +-5%: the change (+8%) is within 2 x sqrt(2) x 5% = 14%: not a phase.
+    noisy = detect_phases(steps, rankme, allow_warmup=False, rankme_se=0.05 * rankme)
+    assert [s.name for s in noisy] == ["stable"], noisy
+    assert noisy[0].note.startswith("within noise: RankMe +8.") and "below 2 x se" in noisy[0].note
+    assert noisy[0].rankme_change_se == pytest.approx(math.hypot(0.05, 0.05))
+    # +-1%: the change is beyond 2 x 1.4%: named, with its standard error.
+    clear = detect_phases(steps, rankme, allow_warmup=False, rankme_se=list(0.01 * rankme))
+    assert [s.name for s in clear] == ["entropy-seeking"] and clear[0].rankme_change_se == pytest.approx(0.01414, 1e-3)
+    # The factor is the option: 6 x 1.4% = 8.5% > 8%.
+    assert [
+        s.name for s in detect_phases(steps, rankme, allow_warmup=False, rankme_se=0.01 * rankme, noise_factor=6.0)
+    ] == ["stable"]
+    # Unknown errors (None / NaN) are no error bars at all.
+    unknown = detect_phases(steps, rankme, allow_warmup=False, rankme_se=[None] * len(steps))
+    assert [s.name for s in unknown] == ["entropy-seeking"] and unknown[0].rankme_change_se is None
+
+
+def test_a_boundary_within_noise_is_not_named():
+    # Collapse, then a 12% rise and a 12% fall (alpha flat): with 5% standard errors both are
+    # within noise (2 x 7.1%), so only the collapse is a phase and the rest is one stable segment.
+    steps = pythia_steps(3000)
+    knots = [0, 9, 20, len(steps) - 1]
+    rankme = np.exp(piecewise(log_step(steps), knots, [np.log(200), np.log(40), np.log(44.8), np.log(40)]))
+    alpha = piecewise(log_step(steps), knots, [0.6, 1.1, 1.1, 1.1])
+    loose = detect_phases(steps, rankme, alpha, require_signature=False)
+    assert [s.name for s in loose] == THREE, loose
+    gated = detect_phases(
+        steps, rankme, alpha, rankme_se=0.05 * rankme, alpha_se=np.full(len(steps), 0.01), require_signature=False
+    )
+    assert [s.name for s in gated] == ["warmup", "stable"], gated
+    assert "within noise" in gated[1].note and gated[1].alpha_change_se == pytest.approx(math.hypot(0.01, 0.01))
+
+
+def test_warmup_is_positional():
+    # Flat to step 400, then a fall to step 1000 of a 2000-step run: the first fall, but not at
+    # the start of training (issue 19: a first fall at steps 418-971 was named warmup).
+    steps = np.arange(0, 2001, 50)
+    rankme = np.interp(steps, [0, 400, 1000, 2000], [20.0, 20.0, 8.0, 8.0])
+    segs = detect_phases(steps, rankme)
+    names = [s.name for s in segs]
+    assert "warmup" not in names and "compression-seeking" in names, segs
+    fall = segs[names.index("compression-seeking")]
+    assert "after the start of training" in fall.note and "warmup_fraction 0.05" in fall.note
+    # The lr warmup's length, where known, decides: a fall starting inside it is warmup.
+    assert "warmup" in [s.name for s in detect_phases(steps, rankme, warmup_steps=500)]
+    hinted = detect_phases(steps, rankme, warmup_steps=300)
+    assert "warmup" not in [s.name for s in hinted] and any("lr warmup ends at step 300" in s.note for s in hinted)
+    # So does a wider fraction of the run.
+    assert "warmup" in [s.name for s in detect_phases(steps, rankme, warmup_fraction=0.25)]
+    # A collapse from the first measurements is warmup as before.
+    early = np.interp(steps, [0, 300, 2000], [20.0, 8.0, 8.0])
+    assert detect_phases(steps, early)[0].name == "warmup"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("rise_end", "amp"), [(6, 1.17), (6, 1.2), (7, 1.14)])
+def test_an_early_bump_does_not_turn_the_collapse_into_compression(seed, rise_end, amp):
+    # Issue 19: a +14-20% bump at the start of the initial collapse (run3 rose 13.2 -> 14.6
+    # before collapsing) was named entropy-seeking, so the collapse was compression-seeking.
+    steps = np.array([0, 1, 2, 4, 8, 16, 25, 32, 50, 64, 75, 100, 125, 150, 175, 200, 250, 300, 400, 500, 600, 800])
+    x = log_step(steps)
+    knots = [0, 4, rise_end, rise_end + 4, len(x) - 1]
+    values = [np.log(13), np.log(13), np.log(13 * amp), np.log(4), np.log(12)]
+    rng = np.random.default_rng(seed)
+    rankme = np.exp(np.interp(x, x[knots], values) + rng.normal(0, 0.005, len(x)))
+    segs = detect_phases(steps, rankme)
+    trends = [s.name for s in segs if s.name != "stable"]
+    assert trends == ["warmup", "entropy-seeking"], segs
+    if (rise_end, amp) == (6, 1.17):  # named entropy-seeking before the fix, for every seed
+        assert segs[0].name == "stable" and "transient excursion" in segs[0].note, segs
+    # Post-training (no warmup) the same rise is a phase of its own.
+    assert detect_phases(steps, rankme, allow_warmup=False, transient_points=0)[0].name != "warmup"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_short_bump_inside_a_fall_does_not_split_it(seed):
+    # A fall with a short 30% rise in the middle, on an evenly spaced run: without merging the
+    # bump splits the fall into fall / rise / fall (the second fall then "compression").
+    rng = np.random.default_rng(seed)
+    steps = np.arange(60) * 10
+    t = np.arange(60, dtype=float)
+    knots, values = (
+        [0, 28, 31, 59],
+        [np.log(100), np.log(100 * 0.85**28 / 0.85**28 * 0.35), np.log(0.35 * 100 * 1.3), np.log(3)],
+    )
+    y = np.interp(t, knots, values) + rng.normal(0, 0.003, 60)
+    split = detect_phases(steps, np.exp(y), transient_points=0)
+    assert [s.name for s in split if s.name != "stable"] == ["warmup", "entropy-seeking", "compression-seeking"], split
+    merged = detect_phases(steps, np.exp(y))
+    assert [s.name for s in merged if s.name != "stable"] == ["warmup"], merged
+
+
+def test_spectrum_is_recorded_on_every_segment():
+    steps = pythia_steps(3000)
+    rankme, alpha = three_phase(steps, [0, 9, 16, len(steps) - 1], 0.02, 0)
+    for spectrum, centred in (("covariance", True), ("singular", False), (None, None)):
+        segs = detect_phases(steps, rankme, alpha, spectrum=spectrum)
+        assert all(s.spectrum == spectrum and s.centred is centred for s in segs)
+        assert all(s.to_dict()["centred"] is centred for s in segs)
+    assert detect_phases(steps[:3], rankme[:3], spectrum="singular")[0].spectrum == "singular"
+    with pytest.raises(ValueError, match="covariance"):
+        detect_phases(steps, rankme, spectrum="centred")
+
+
+def test_shift_with_standard_errors():
+    before = {"rankme": 25.0, "alpha": 2.59, "rankme_se": 0.4, "alpha_se": 0.02}
+    # DPO in docs/phases.md: 25.0 -> 24.1 (-3.8%), alpha +0.04: within 2 x se on both.
+    small = shift(before, {"rankme": 24.1, "alpha": 2.63, "rankme_se": 0.4, "alpha_se": 0.02})
+    assert small.direction == "within-noise"
+    assert small.rankme_change_se == pytest.approx(math.hypot(0.4, 0.4)) and small.noise_factor == 2.0
+    assert small.note.startswith("within noise: RankMe -0.9 (se 0.566), alpha +0.04 (se 0.0283)")
+    assert "± 0.57" in small.summary() and "within noise" in small.summary()
+    # Without error bars the same pair is named, and says so.
+    bare = shift({"rankme": 25.0, "alpha": 2.59}, {"rankme": 24.1, "alpha": 2.63})
+    assert bare.direction == "compression-seeking" and "no error bars" in bare.note
+    # SFT: -31% is far beyond its noise.
+    big = shift(before, {"rankme": 17.2, "alpha": 2.68, "rankme_se": 0.3, "alpha_se": 0.02})
+    assert big.direction == "compression-seeking" and big.note == ""
+    # Alpha within noise, RankMe beyond: RankMe alone decides.
+    rank_only = shift(before, {"rankme": 28.0, "alpha": 2.62, "rankme_se": 0.4, "alpha_se": 0.02})
+    assert rank_only.direction == "entropy-seeking" and "alpha +0.03" in rank_only.note
+    # One side without an error: unknown, as without error bars.
+    assert shift(before, {"rankme": 24.1, "alpha": 2.63}).rankme_change_se is None
+    assert shift(before, {"rankme": 24.1, "alpha": 2.63}, noise_factor=1.0).direction == "compression-seeking"
+    assert shift(before, {**before, "rankme": 24.1, "alpha": 2.63}, noise_factor=0.5).direction == "compression-seeking"
+    with pytest.raises(ValueError, match="noise_factor"):
+        shift(before, before, noise_factor=0)
+
+
+def test_trajectory_carries_standard_errors_and_spectrum():
+    from geomtrace.phases import trajectory_phases
+    from geomtrace.trajectory import trajectory_from_rows
+
+    steps, rankme = _small_rise(0)
+    records = [
+        {
+            "step": int(s),
+            "layer": 3,
+            "rankme": float(r),
+            "alpha": None,
+            "rankme_se": 0.05 * float(r),
+            "spectrum": "singular",
+        }
+        for s, r in zip(steps, rankme)
+    ]
+    trajectory = trajectory_from_rows(records)
+    assert trajectory.spectrum == "singular" and trajectory.rankme_se is not None and trajectory.alpha_se is None
+    segs = trajectory_phases(trajectory, allow_warmup=False)
+    assert [s.name for s in segs] == ["stable"] and "within noise" in segs[0].note and segs[0].centred is False
+    # Live rows: geometry/rankme_se beside geometry/rankme; no spectrum recorded there.
+    rows = [
+        {"step": int(s), "geometry/rankme": float(r), "geometry/rankme_se": 0.01 * float(r)}
+        for s, r in zip(steps, rankme)
+    ]
+    live = trajectory_from_rows(rows)
+    assert live.spectrum is None and np.allclose(live.rankme_se, 0.01 * rankme)
+    assert [s.name for s in trajectory_phases(live, allow_warmup=False)] == ["entropy-seeking"]
+    bare = trajectory_from_rows([{"step": int(s), "geometry/rankme": float(r)} for s, r in zip(steps, rankme)])
+    assert bare.rankme_se is None
