@@ -768,6 +768,8 @@ def test_a_trend_within_its_standard_errors_is_within_noise(seed):
     assert [
         s.name for s in detect_phases(steps, rankme, allow_warmup=False, rankme_se=0.01 * rankme, noise_factor=6.0)
     ] == ["stable"]
+    # Live: the latest phase with the same errors.
+    assert current_phase(steps, rankme, rankme_se=0.05 * rankme, allow_warmup=False).name == "stable"
     # Unknown errors (None / NaN) are no error bars at all.
     unknown = detect_phases(steps, rankme, allow_warmup=False, rankme_se=[None] * len(steps))
     assert [s.name for s in unknown] == ["entropy-seeking"] and unknown[0].rankme_change_se is None

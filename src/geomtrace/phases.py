@@ -799,8 +799,8 @@ def _merge_transients(
     RankMe less than the opposite trends around it is not a phase.
 
     Between two such trends (a short bump inside the initial collapse) it takes their direction
-    and the three become one segment. As the first segment, before an opposite trend (an early
-    bump the collapse then undoes), it becomes stable, so that the collapse is still the first
+    and the three become one segment. A rise as the first segment, before a larger fall (an
+    early bump the collapse then undoes), becomes stable, so that the collapse is still the first
     fall; so does a longer one that ends by index ``lead_end`` (the warmup range; -1: none).
     Returns ``(labels, knots, start indices of the segments made stable)``.
     """
@@ -822,7 +822,8 @@ def _merge_transients(
                 bounds = bounds[:k] + bounds[k + 2 :]
                 changed = True
                 break
-    if len(labs) > 1 and labs[0] != _FLAT and labs[1] == -labs[0] and short_and_small(0, 1):
+    # Only a rise: a fall first is the collapse itself, whatever follows it.
+    if len(labs) > 1 and labs[0] == _UP and labs[1] == _DOWN and short_and_small(0, 1):
         labs[0] = _FLAT
         flattened.add(bounds[0])
     return labs, bounds[1:-1], flattened
@@ -1203,16 +1204,21 @@ def current_phase(
     rankme: Sequence[float] | np.ndarray,
     alpha: Sequence[float] | np.ndarray | None = None,
     options: DetectorOptions | None = None,
+    *,
+    rankme_se: Sequence[float | None] | np.ndarray | None = None,
+    alpha_se: Sequence[float | None] | np.ndarray | None = None,
+    spectrum: str | None = None,
     **overrides: Any,
 ) -> PhaseSegment | None:
     """The latest phase (last segment of :func:`detect_phases`), for live logging.
 
-    Takes the options as :func:`detect_phases` does. Returns None while fewer than
-    ``min_points`` (default 5) valid measurements exist. Note the last boundary is only as
-    recent as the evidence: a new trend shows up after about ``smoothing / 2`` measurements.
+    Takes the options, standard errors and spectrum as :func:`detect_phases` does. Returns
+    None while fewer than ``min_points`` (default 5) valid measurements exist. Note the last
+    boundary is only as recent as the evidence: a new trend shows up after about
+    ``smoothing / 2`` measurements.
     """
     o = resolve_options(options, overrides)
-    segs = detect_phases(steps, rankme, alpha, o)
+    segs = detect_phases(steps, rankme, alpha, o, rankme_se=rankme_se, alpha_se=alpha_se, spectrum=spectrum)
     return None if not segs or _too_few(segs, o) else segs[-1]
 
 
