@@ -1,35 +1,48 @@
 #!/usr/bin/env python
-"""The three geometric phases from the paper's mechanism, in a toy that runs in about a second on CPU.
+"""The paper's proposed mechanism for the geometric phases, in a toy that runs in about half a second on CPU.
 
 Li et al. (2025) explain the warmup / entropy-seeking / compression-seeking sequence of RankMe
 by gradient descent on cross-entropy under two conditions: skewed token frequencies and a
 representational bottleneck (feature dimension d smaller than the number of classes). This
-recipe is that mechanism with nothing else around it: a bigram language model reduced to its
-bones.
+recipe puts that mechanism to the test, with nothing else around it. Measured (docs/phases.md,
+issue 19): warmup and entropy-seeking, but **no compression** in its honest variants; the
+compression an earlier version showed was an artefact of its missing output bias.
 
-* Tokens: a vocabulary of ``--vocab`` tokens with Zipfian frequencies q_k ~ k^-zipf.
-* Data: each token i (the context) is followed by a next-token distribution P(.|i) drawn
-  around the unigram frequencies (Dirichlet with mean q; ``ToyConfig.concentration`` sets
-  how much the contexts differ). The training objective is the exact expected loss over this data
-  (full-batch gradient descent): sum_i q_i CE(P(.|i), softmax(W e_i)).
-* Model: free features per context (a linear feature extractor on one-hot inputs, E: one
-  d-dimensional feature per token, whitened at initialisation so RankMe starts at d) and a
-  linear classifier (unembedding) W.
-* Measurement: geomtrace's own metrics (RankMe, the eigenspectrum; alpha-ReQ where d allows
-  a fit) on the features of a fixed probe set of contexts drawn in proportion to their
-  frequency, as an LM's probe text would be.
+Two set-ups (``--mode``):
 
-    python recipes/toy_phases.py                              # the three phases: table, ~1 s
+* ``bigram`` (default): a bigram language model reduced to its bones. A vocabulary of
+  ``--vocab`` tokens with Zipfian frequencies q_k ~ k^-zipf; each token i (the context) is
+  followed by a next-token distribution P(.|i) drawn around the unigram frequencies (Dirichlet
+  with mean q; ``ToyConfig.concentration`` sets how much the contexts differ). Objective: the
+  exact expected loss, sum_i q_i CE(P(.|i), softmax(W e_i + b)), by full-batch gradient
+  descent. Free features per context (E: one d-vector per token, whitened at initialisation so
+  RankMe starts at d), a linear unembedding W and an **output bias** b (``--no-bias``: none,
+  the artefact: the features must then carry the shared unigram offset, move onto an affine
+  line, and centred RankMe falls towards 1 under any loss).
+* ``paper``: the paper's own toy: free per-sample features, hard one-hot labels, 4 classes
+  with skewed counts (``--counts``), d = 2, cross-entropy, full-batch gradient descent, no
+  bias. The paper leaves counts, lr, init and steps unstated; ours are in :func:`paper_config`.
+
+Measurement: geomtrace's own metrics on the features of a fixed probe set (contexts drawn in
+proportion to their frequency; in paper mode every sample), **centred and uncentred** in every
+row (``rankme_centred``: covariance eigenvalues, as the paper's code; ``rankme_uncentred``:
+singular values of the raw features, as its theory), alpha-ReQ where d allows a fit.
+
+    python recipes/toy_phases.py                              # table, ~0.5 s
+    python recipes/toy_phases.py --no-bias                    # the old toy: the centring artefact
+    python recipes/toy_phases.py --mode paper                 # the paper's own set-up
+    python recipes/toy_phases.py --spectrum singular          # detect on the uncentred RankMe
     python recipes/toy_phases.py --control uniform            # equal token frequencies
-    python recipes/toy_phases.py --control no-bottleneck      # d = vocabulary size
+    python recipes/toy_phases.py --control no-bottleneck      # d = number of classes
     python recipes/toy_phases.py --control mse                # squared error (step / 8: no oscillation)
+    nice -n 10 python recipes/toy_phases.py --seeds 8         # every variant x control x 8 seeds (~1 min)
     python recipes/toy_phases.py --output outputs/toy && geomtrace phases outputs/toy/geometry.json
 
 ``--output DIR`` writes DIR/geometry.json (the history JSON that ``geomtrace phases`` and
 ``geomtrace plot`` read, like the pretrain recipe's), DIR/toy_phases.png (RankMe with the
 detected phases shaded, and the top eigenvalues over time) and TensorBoard logs in
-DIR/tensorboard. What the default and the controls show, measured: docs/phases.md.
-"""
+DIR/tensorboard; with ``--seeds``, DIR/sweep.json. What each variant shows, measured:
+docs/phases.md."""
 
 from __future__ import annotations
 
@@ -53,7 +66,8 @@ SPECTRA = ("covariance", "singular")
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """One toy run. The defaults show warmup, entropy-seeking and compression-seeking."""
+    """One toy run. The defaults (bigram, with output bias) show warmup and entropy-seeking,
+    and no compression (docs/phases.md)."""
 
     vocab: int = 32
     dim: int = 2

@@ -186,3 +186,22 @@ def test_script_runs_as_a_command(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "control uniform" in result.stdout and "phase" in result.stdout
+
+
+def test_command_line_modes(tmp_path, capsys):
+    paper = toy.run(toy.parse_args(["--mode", "paper", "--steps", "100", "--counts", "6,3,2,1"]))
+    assert paper["config"]["mode"] == "paper" and paper["config"]["bias"] is False
+    assert paper["config"]["counts"] == (6, 3, 2, 1)
+    out = capsys.readouterr().out
+    assert "output bias off" in out and "uncentred: RankMe" in out and "measured centred" in out
+    bare = toy.run(toy.parse_args(["--no-bias", "--spectrum", "singular", "--steps", "100", "--quiet"]))
+    assert bare["config"]["bias"] is False and all(p["spectrum"] == "singular" for p in bare["phases"])
+    assert bare["history"][-1]["geometry/rankme"] == bare["history"][-1]["rankme_uncentred"]
+    swept = toy.run(toy.parse_args(["--seeds", "1", "--steps", "40", "--quiet", "--output", str(tmp_path)]))
+    assert len(swept["results"]) == 12 and json.loads((tmp_path / "sweep.json").read_text())["table"] == swept["table"]
+    # geomtrace phases reads the toy's history and says it was measured centred.
+    from geomtrace.cli import main
+
+    toy.run(toy.parse_args(["--steps", "100", "--quiet", "--no-plot", "--no-tensorboard", "--output", str(tmp_path)]))
+    assert main(["phases", str(tmp_path / "geometry.json")]) == 0
+    assert "measured centred (spectrum='covariance')" in capsys.readouterr().out

@@ -35,8 +35,20 @@ The algorithm (rules, defaults and limits: ``docs/concepts.md``, "Phase detectio
    is split; a factor >= 1.5 names a segment by RankMe's direction; alpha may not name a
    segment against a RankMe change >= ``flat_rankme_change`` (10%). Steps 4-6 repeat
    until nothing changes.
-7. Naming: a falling first segment is ``"warmup"`` (unless ``allow_warmup=False``); any
-   later fall is ``"compression-seeking"``.
+7. Transient excursions: a trend of fewer than ``transient_points`` measurements between
+   two larger opposite trends merges into them; a rise before a larger initial collapse
+   (short, or within the warmup range) is stable.
+8. Standard errors (``rankme_se``/``alpha_se``, where given): a trend that moves neither
+   RankMe nor alpha beyond ``noise_factor`` combined standard errors
+   ``sqrt(se_start^2 + se_end^2)`` is stable, "within noise" (its note gives the numbers);
+   without them the segments say no error bars were available.
+9. Naming: a first fall (nothing but stable before it) that starts at the start of training
+   (at or before ``warmup_steps``, else ``warmup_fraction`` of the last step) is
+   ``"warmup"`` (unless ``allow_warmup=False``); any other fall is ``"compression-seeking"``
+   if it has the paper's signature, RankMe down *with* alpha up (``require_signature``),
+   else stable with a note saying which part is missing (without alpha: named, and the note
+   says the signature is unconfirmed). Every segment records the ``spectrum`` it was measured
+   on (centred or uncentred).
 """
 
 from __future__ import annotations
