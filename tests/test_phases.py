@@ -917,3 +917,18 @@ def test_trajectory_carries_standard_errors_and_spectrum():
     assert [s.name for s in trajectory_phases(live, allow_warmup=False)] == ["entropy-seeking"]
     bare = trajectory_from_rows([{"step": int(s), "geometry/rankme": float(r)} for s, r in zip(steps, rankme)])
     assert bare.rankme_se is None
+
+
+def test_a_metric_without_errors_is_judged_as_before():
+    # Alpha's errors known, RankMe's not: a large RankMe rise is not "within noise" because
+    # alpha is flat within its errors; RankMe counts by the detector's own rules.
+    steps, rankme = _small_rise(1)
+    alpha = np.full(len(steps), 1.0)
+    segs = detect_phases(steps, rankme, alpha, allow_warmup=False, alpha_se=np.full(len(steps), 0.05))
+    assert [s.name for s in segs] == ["entropy-seeking"] and segs[0].rankme_change_se is None
+    assert segs[0].alpha_change_se == pytest.approx(math.hypot(0.05, 0.05))
+    # With RankMe's errors known and large, the same rise is within noise.
+    both = detect_phases(
+        steps, rankme, alpha, allow_warmup=False, rankme_se=0.05 * rankme, alpha_se=np.full(len(steps), 0.05)
+    )
+    assert [s.name for s in both] == ["stable"] and "alpha +0.000 (se 0.071)" in both[0].note

@@ -668,7 +668,7 @@ def detect_phases(
             break
         labs, knots = new_labs, new_knots
     # Standard errors in the detector's units: log RankMe (se / RankMe) and alpha.
-    errors = _Errors(None if se_r is None else se_r / np.exp(y), se_a, o.noise_factor)
+    errors = _Errors(None if se_r is None else se_r / np.exp(y), se_a, o.noise_factor, ctx.min_effect)
     warmup_limit = o.warmup_steps if o.warmup_steps is not None else o.warmup_fraction * float(s[-1])
     lead_end = int(np.searchsorted(s, warmup_limit, side="right")) - 1 if o.allow_warmup else -1
     labs, knots, transients = _merge_transients(ctx, labs, knots, o.transient_points, lead_end)
@@ -755,8 +755,11 @@ NO_ERROR_BARS = "no error bars available: noise judged from the trajectory's own
 class _Errors:
     """The measurements' standard errors (log RankMe, alpha) and the noise rule on them."""
 
-    def __init__(self, se_y: np.ndarray | None, se_a: np.ndarray | None, factor: float) -> None:
+    def __init__(
+        self, se_y: np.ndarray | None, se_a: np.ndarray | None, factor: float, min_effect: tuple[float, float]
+    ) -> None:
         self.se_y, self.se_a, self.factor = se_y, se_a, factor
+        self.min_effect = min_effect
         self.known = se_y is not None or se_a is not None
 
     @staticmethod
@@ -771,11 +774,15 @@ class _Errors:
 
     def beyond(self, lab: int, dy: float, da: float | None, i0: int, i1: int) -> bool:
         """Does RankMe or alpha move in direction ``lab`` by more than ``factor`` combined
-        standard errors? (Only metrics with a known error count.)"""
+        standard errors? A metric without a known error counts as today, by its effect size
+        (the detector's own rules judged its significance)."""
         se_dy, se_da = self.change_se(i0, i1)
-        if se_dy is not None and lab * dy > self.factor * se_dy:
+        rank = lab * dy
+        if rank > (self.factor * se_dy if se_dy is not None else max(self.min_effect[0], 1e-12)):
             return True
-        return se_da is not None and da is not None and -lab * da > self.factor * se_da
+        if da is None:
+            return False
+        return -lab * da > (self.factor * se_da if se_da is not None else max(self.min_effect[1], 1e-12))
 
     def within_text(self, dy: float, da: float | None, se_dy: float | None, se_da: float | None) -> str:
         parts = []
