@@ -253,8 +253,10 @@ def _prepare_se(name: str, values: Any, n: int, idx: np.ndarray) -> np.ndarray |
     """Standard errors at the kept points (NaN/None = unknown), or None when none is known."""
     if values is None:
         return None
-    arr = np.array([_to_se(v) for v in values], dtype=np.float64) if not isinstance(values, np.ndarray) else values
-    arr = _as_1d(name, arr).astype(np.float64)
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        arr = _as_1d(name, values).astype(np.float64)
+    else:  # a list (or object array) that may hold None
+        arr = np.array([_to_se(v) for v in values], dtype=np.float64)
     if len(arr) != n:
         raise ValueError(f"steps and {name} lengths differ: {n} != {len(arr)}")
     arr = np.where(np.isfinite(arr) & (arr >= 0), arr, np.nan)[idx]
