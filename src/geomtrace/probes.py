@@ -275,7 +275,8 @@ def load_probes(
             f"than min_tokens={min_tokens} tokens. Use longer texts or lower min_tokens"
             + (f", or raise pool_size={pool_size} (--pool-size)." if full else ".")
         )
-    if len(sequences) < num_sequences:
+    # A written file holds the whole set: fewer texts than num_sequences is no shortage.
+    if len(sequences) < num_sequences and (pool.chosen is None or too_short):
         more = f"; raise pool_size={pool_size} (--pool-size) to draw from more texts" if full else ""
         warn(
             f"only {len(sequences)} of the requested {num_sequences} probe sequences are available from {label} "
@@ -299,8 +300,9 @@ def load_probes(
 def _check_written_fingerprint(probes: ProbeSet, header: dict[str, Any], label: str) -> None:
     """Warn when a written probe file's texts give other probes here than when it was written."""
     theirs = header.get("fingerprint")
-    if not theirs or theirs == probes.fingerprint():
-        return
+    written_n = header.get("n_probes")
+    if not theirs or theirs == probes.fingerprint() or (isinstance(written_n, int) and len(probes) < written_n):
+        return  # the same probes, or a deliberate prefix (num_sequences below the file's)
     written = header.get("options") if isinstance(header.get("options"), dict) else {}
     keys = ("max_tokens", "chat_template", "system_prompt")
     then = ", ".join(f"{k}={written.get(k)!r}" for k in keys if k in written)
