@@ -74,7 +74,7 @@ def exit_code(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("command", ["replay", "plot", "export", "phases"])
+@pytest.mark.parametrize("command", ["replay", "plot", "export", "phases", "probes"])
 def test_help_documents_every_option(command, capsys):
     with pytest.raises(SystemExit) as err:
         main([command, "--help"])

@@ -1,7 +1,7 @@
-"""``geomtrace`` command line: ``replay``, ``plot``, ``export``, ``phases`` (on jsonargparse).
+"""``geomtrace`` command line: ``replay``, ``plot``, ``export``, ``phases``, ``probes`` (on jsonargparse).
 
 The options of each subcommand are the typed parameters of the function of the same name
-below (:func:`replay`, :func:`plot`, :func:`export`, :func:`phases`), documented by their
+below (:func:`replay`, :func:`plot`, :func:`export`, :func:`phases`, :func:`probes`), documented by their
 docstrings. jsonargparse gives every subcommand ``--config FILE.yaml`` (keys: the option
 names), ``--print_config`` and environment variables (``GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE``).
 Options are spelled with dashes (``--batch-size``) as before; the underscore spelling
@@ -39,6 +39,7 @@ __all__ = [
     "phases",
     "plot",
     "probe_options",
+    "probes",
     "replay",
     "replay_checkpoints",
     "run",
@@ -239,10 +240,48 @@ def phases(
     return _cmd_phases(argparse.Namespace(**_arguments(locals())))
 
 
-COMMANDS: dict[str, Callable[..., int]] = {"replay": replay, "plot": plot, "export": export, "phases": phases}
+def probes(
+    action: str | None = None,
+    like: str | None = None,
+    probes: Union[ProbeOptions, dict[str, Any], None] = None,
+    probe_file: str | None = None,
+    probe_dataset: str | None = None,
+    tokenizer: str | None = None,
+    trust_remote_code: bool = False,
+    output: str | None = None,
+) -> int:
+    """Write a probe set's chosen texts to a file (geomtrace probes export).
+
+    Build the probe set that replay would build from these options (or from --like RUN's
+    recorded ones) and write its texts, in probe order, to a .jsonl file with its fingerprint
+    and options. --probe-file FILE then rebuilds exactly these probes (same fingerprint), e.g.
+    offline: geomtrace probes export --probe-dataset wikitext --probe-config wikitext-103-raw-v1
+    --tokenizer EleutherAI/pythia-160m -o probes.jsonl
+
+    Args:
+        action: export (the only action)
+        like: the probe options recorded by RUN (a live history .json or a replay output); explicit options win
+        probes: the probe set (ProbeOptions: --probes.num_sequences, --probes.pool_size, ...; each also as
+            --num-sequences, --pool-size, --probe-column, --probe-split, --probe-config, ...)
+        probe_file: .txt (one text per line), .jsonl or .json file of probe texts (UTF-8)
+        probe_dataset: hub dataset name, e.g. wikitext
+        tokenizer: tokenizer name or path (required: the token ids, and so the fingerprint, depend on it)
+        trust_remote_code: let the tokenizer run its repo's code (original OLMo-1 repos)
+        output: the .jsonl file to write (required)
+    """
+    return _cmd_probes(argparse.Namespace(**_arguments(locals())))
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "replay": replay,
+    "plot": plot,
+    "export": export,
+    "phases": phases,
+    "probes": probes,
+}
 #: jsonargparse names a subcommand's keys "replay.measure.batch_size": the command is no part of the option.
 COMMANDS_PREFIXES = tuple(f"{name}." for name in COMMANDS)
-_POSITIONAL = {"runs": "*", "run": "?"}
+_POSITIONAL = {"runs": "*", "run": "?", "action": "?"}
 _SHORT = {"output": "-o", "quiet": "-q"}
 #: Help sections of the replay options (the others list theirs in signature order).
 _GROUPS = {
@@ -411,7 +450,7 @@ def _add_options_group(parser: Any, name: str, cls: type, help_text: str) -> Non
 
 def build_parser() -> Any:
     """The ``geomtrace`` parser (a ``jsonargparse.ArgumentParser``; subcommands replay, plot,
-    export, phases), each subcommand built from its function's signature."""
+    export, phases, probes), each subcommand built from its function's signature."""
     from geomtrace._optional import require
 
     jsonargparse = require("jsonargparse", "the geomtrace command line")
@@ -998,6 +1037,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
     # The memorization probes' ∞-gram and model sides in the seed's two formats, beside it.
     for written in export_seed_memorization(run, Path(path).parent):
         print(written)
+    return 0
+
+
+#: The actions of ``geomtrace probes``.
+PROBES_ACTIONS = ("export",)
+
+
+def _cmd_probes(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from geomtrace.probes import write_probe_file
+    from geomtrace.replay.loading import load_tokenizer
+
+    if args.action not in PROBES_ACTIONS:
+        raise UsageError(
+            f"geomtrace probes needs an action ({', '.join(PROBES_ACTIONS)}), got {args.action!r}: e.g. geomtrace "
+            "probes export --probe-dataset wikitext --tokenizer EleutherAI/pythia-160m -o probes.jsonl"
+        )
+    if not args.tokenizer:
+        raise UsageError("--tokenizer NAME_OR_PATH is required: the probes' token ids (their fingerprint) depend on it")
+    if not args.output or Path(args.output).suffix.lower() != ".jsonl":
+        raise UsageError(f"--output FILE.jsonl is required (the probe file to write), got {args.output!r}")
+    options = probe_options(args, like_settings(args))
+    tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    built = options.build(tokenizer)
+    path = write_probe_file(built, args.output, tokenizer=args.tokenizer)
+    # What a later run relies on: reading the file back gives exactly these probes.
+    again = dc.replace(options, source=str(path)).build(tokenizer)
+    if again.fingerprint() != built.fingerprint():
+        raise ValueError(
+            f"{path}: the written texts rebuild other probes ({again.fingerprint()}, not {built.fingerprint()}) with "
+            f"this tokenizer: it does not round-trip its own texts; replay from the original source instead"
+        )
+    print(f"{path}\t{len(built)} probes\tfingerprint {built.fingerprint()}\t{built.description}")
     return 0
 
 
