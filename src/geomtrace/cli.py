@@ -106,8 +106,7 @@ def replay(
     Args:
         model: hub model id, e.g. EleutherAI/pythia-160m (with --revisions)
         checkpoints: local folder of checkpoint-N/ or stepN/ model or PEFT adapter folders, or Lightning *.ckpt files
-        revisions: comma list (step0,step1000) or a preset: pythia (154), pythia-paper (30, log-spaced), all (every
-            branch of the repo; needs network)
+        revisions: comma list (step0,step1000) or a preset
         revisions_file: revision names, one per line (# comments)
         step_range: START:STOP[:EVERY], keep steps START <= s <= STOP with (s - START) % EVERY == 0
         log_spaced: keep N checkpoints evenly spread in log(1 + step)
@@ -354,6 +353,8 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
         title = groups.get(name)
         target = parser if title is None else sections.setdefault(title, parser.add_argument_group(title))
         kind, default, help_text = hints[name], param.default, helps.get(name, "")
+        if (fn.__name__, name) in _DERIVED_HELP:
+            help_text = _DERIVED_HELP[fn.__name__, name](help_text)
         options_class = _options_class(kind)
         if options_class is not None:
             _add_options_group(parser, name, options_class, help_text)
@@ -376,6 +377,16 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
             target.add_argument(*flags, dest=name, action="store_true", default=default, help=help_text)
         else:
             target.add_argument(*flags, dest=name, type=kind, default=default, help=help_text)
+
+
+def _revisions_help(text: str) -> str:
+    from geomtrace.revision_presets import presets_help  # imports nothing: --help stays light
+
+    return f"{text}: {presets_help()}"
+
+
+#: Help texts completed from their one declaration (the revision presets' own descriptions).
+_DERIVED_HELP: dict[tuple[str, str], Callable[[str], str]] = {("replay", "revisions"): _revisions_help}
 
 
 def _options_class(kind: Any) -> type | None:
@@ -707,6 +718,36 @@ def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]
     return kept
 
 
+def named_preset(revisions: Any) -> Any:
+    """The :class:`~geomtrace.revision_presets.RevisionPreset` that ``--revisions`` names, or None."""
+    from geomtrace.revision_presets import REVISION_PRESETS
+
+    return REVISION_PRESETS.get(revisions.strip()) if isinstance(revisions, str) else None
+
+
+def _note_preset(revisions: Any, args: argparse.Namespace) -> None:
+    """Say which grid a preset is, and when its name once meant another one."""
+    preset = named_preset(revisions)
+    if preset is None:
+        return
+    _note(f"--revisions {preset.name} ({preset.size}): {preset.summary}", args)
+    if preset.changed:
+        _LOG.warning("[geomtrace] --revisions %s: %s", preset.name, preset.changed)
+
+
+def record_preset(output: str | os.PathLike, preset: Any, revisions: Sequence[str]) -> None:
+    """Append which grid a preset meant to ``OUT/revision_presets.jsonl`` (one line per replay
+    that named one), so an output says what its ``--revisions NAME`` was, also after a name's
+    meaning changes. Rank 0 only."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from geomtrace._jsonio import append_jsonl
+
+    os.makedirs(output, exist_ok=True)
+    line = {"preset": preset.name, "geomtrace": _version(), "summary": preset.summary, "revisions": list(revisions)}
+    append_jsonl(Path(output) / "revision_presets.jsonl", [line])
+
+
 def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
     """``(this shard's checkpoints, number before sharding)`` for parsed replay options."""
     from geomtrace.replay.sources import hub_checkpoints, local_checkpoints, read_revisions_file, shard_checkpoints
@@ -720,6 +761,7 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
             revisions: Any = read_revisions_file(args.revisions_file)
         elif args.revisions:
             revisions = args.revisions if isinstance(args.revisions, str) else _items(args.revisions)
+            _note_preset(revisions, args)
         else:
             raise UsageError("--model needs --revisions (e.g. step0,step1000 or pythia-paper) or --revisions-file")
         try:
@@ -774,6 +816,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not ckpts:
         print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
         return 0
+
     # Bars only on a terminal: piped or redirected output carries none (transformers' "Loading
     # weights" and the hub's download bars included), as with --no-progress.
     progress = not args.no_progress and _on_a_terminal()
@@ -796,6 +839,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             prefetch=not args.no_prefetch,
             memorization=memorization,
         )
+    preset = named_preset(args.revisions) if args.model else None
+    if preset is not None:  # after run_replay: an output it refused gets no line
+        record_preset(args.output, preset, list(preset.revisions) or [c.revision for c in ckpts])
     if not args.quiet:
         print(summary)
     return 1 if summary.failed else 0

@@ -303,7 +303,8 @@ def _check_written_fingerprint(probes: ProbeSet, header: dict[str, Any], label: 
     written_n = header.get("n_probes")
     if not theirs or theirs == probes.fingerprint() or (isinstance(written_n, int) and len(probes) < written_n):
         return  # the same probes, or a deliberate prefix (num_sequences below the file's)
-    written = header.get("options") if isinstance(header.get("options"), dict) else {}
+    recorded = header.get("options")
+    written: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     keys = ("max_tokens", "chat_template", "system_prompt")
     then = ", ".join(f"{k}={written.get(k)!r}" for k in keys if k in written)
     warn(
