@@ -64,7 +64,8 @@ class RevisionPreset:
         differs: what differs from the paper's released script and why ("" when nothing does).
         revisions: the fixed revision names, or ``()`` for a preset listed from the hub repo
             (needs network).
-        keep: for a listed preset, which steps to keep (a branch whose name gives no step never is).
+        keep: for a listed preset, which steps to keep (a branch whose name gives no step is
+            passed None); without it, every branch that names a step (all, when none does).
         changed: for a name whose meaning changed, what it meant before (said when it is used).
     """
 
@@ -122,7 +123,6 @@ _PRESETS = (
         "all",
         "every branch of the repo that names a step (lists the repo's branches: needs network)",
         "not a paper grid: whatever the repo holds",
-        keep=lambda step: step is not None,
     ),
 )
 

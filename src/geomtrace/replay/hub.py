@@ -76,15 +76,16 @@ def read_revisions_file(path: str | os.PathLike) -> list[str]:
 
 def expand_preset(model_id: str, preset: RevisionPreset) -> list[str]:
     """The revisions of ``preset`` for ``model_id``: its fixed list, or the repo's branches
-    (:func:`list_hub_revisions`, needs network) whose step ``preset.keep`` keeps."""
+    (:func:`list_hub_revisions`, needs network) whose step ``preset.keep`` keeps (without
+    ``keep``: every branch that names a step, or all of them when none does)."""
     if not preset.listed:
         return list(preset.revisions)
     names = list_hub_revisions(model_id)
-    keep = preset.keep or (lambda step: True)
-    kept = [n for n in names if keep(parse_revision(n)[0])]
-    if preset.name == "all":
-        return kept or names  # a repo without step branches: all of them, as named
-    return kept
+    if preset.keep is None:
+        with_step = [n for n in names if parse_revision(n)[0] is not None]
+        return with_step or names
+    keep = preset.keep
+    return [n for n in names if keep(parse_revision(n)[0])]
 
 
 def _expand_revisions(model_id: str, revisions: Sequence[str] | str) -> list[str]:
