@@ -12,7 +12,7 @@ import pytest
 
 from geomtrace.cli import build_parser, main, measure_config, parse_args, probe_options, replay_checkpoints
 from geomtrace.measure import MeasureConfig
-from geomtrace.replay.sources import PYTHIA_PAPER_SUBSET
+from geomtrace.replay.hub import PYTHIA_PAPER_REVISIONS
 from geomtrace.replay.store import ResultsStore, import_seed_npy
 from timeouts import SUBPROCESS_TIMEOUT
 
@@ -74,7 +74,7 @@ def exit_code(argv: list[str]) -> int:
 # ----------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("command", ["replay", "plot", "export", "phases"])
+@pytest.mark.parametrize("command", ["replay", "plot", "export", "phases", "probes"])
 def test_help_documents_every_option(command, capsys):
     with pytest.raises(SystemExit) as err:
         main([command, "--help"])
@@ -115,7 +115,8 @@ def test_pythia_preset_resolves():
     args = parse_args(["replay", "--config", str(RECIPES / "replay_pythia.yaml")])
     assert args.model == "EleutherAI/pythia-160m" and args.tokens_per_step == 2097152
     ckpts, _ = replay_checkpoints(args)
-    assert [c.revision for c in ckpts] == PYTHIA_PAPER_SUBSET
+    assert [c.revision for c in ckpts] == PYTHIA_PAPER_REVISIONS
+    assert probe_options(args).pool_size == 10_000
     assert measure_config(args) == MeasureConfig(layers="last", tokens="last", batch_size=32, max_components=2048)
     probes = probe_options(args)
     assert (probes.source, probes.config_name, probes.split) == ("wikitext", "wikitext-103-raw-v1", "train")
@@ -171,7 +172,7 @@ def test_dry_run_filters_and_shards(capsys):
         "--model",
         "EleutherAI/pythia-160m",
         "--revisions",
-        "pythia-paper",
+        "pythia-coarse",
         "--step-range",
         "0:1000",
         "-o",
@@ -179,12 +180,14 @@ def test_dry_run_filters_and_shards(capsys):
         "--dry-run",
     ]
     assert main(base) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().out
+    assert out.startswith("[geomtrace] --revisions pythia-coarse (30): ")  # the listing says which grid
+    lines = [line for line in out.strip().splitlines() if not line.startswith("[geomtrace]")]
     assert [line.split("\t")[0] for line in lines[:-1]] == [
         f"step{s}" for s in (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
     ]
     assert main([*base, "--shard", "1/2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in capsys.readouterr().out.strip().splitlines() if not line.startswith("[geomtrace]")]
     assert [line.split("\t")[0] for line in lines[:-1]] == ["step1", "step4", "step16", "step64", "step256", "step1000"]
 
 

@@ -46,6 +46,7 @@ SAMPLES: dict[type, dict[str, object]] = {
         "min_tokens": 5,
         "max_tokens": 40,
         "seed": 3,
+        "pool_size": 500,
         "chat_template": True,
         "text_column": "content",
         "split": "validation",

@@ -1,7 +1,7 @@
-"""``geomtrace`` command line: ``replay``, ``plot``, ``export``, ``phases`` (on jsonargparse).
+"""``geomtrace`` command line: ``replay``, ``plot``, ``export``, ``phases``, ``probes`` (on jsonargparse).
 
 The options of each subcommand are the typed parameters of the function of the same name
-below (:func:`replay`, :func:`plot`, :func:`export`, :func:`phases`), documented by their
+below (:func:`replay`, :func:`plot`, :func:`export`, :func:`phases`, :func:`probes`), documented by their
 docstrings. jsonargparse gives every subcommand ``--config FILE.yaml`` (keys: the option
 names), ``--print_config`` and environment variables (``GEOMTRACE_REPLAY__MEASURE__BATCH_SIZE``).
 Options are spelled with dashes (``--batch-size``) as before; the underscore spelling
@@ -39,6 +39,7 @@ __all__ = [
     "phases",
     "plot",
     "probe_options",
+    "probes",
     "replay",
     "replay_checkpoints",
     "run",
@@ -105,8 +106,7 @@ def replay(
     Args:
         model: hub model id, e.g. EleutherAI/pythia-160m (with --revisions)
         checkpoints: local folder of checkpoint-N/ or stepN/ model or PEFT adapter folders, or Lightning *.ckpt files
-        revisions: comma list (step0,step1000) or a preset: pythia (154), pythia-paper (30, log-spaced), all (every
-            branch of the repo; needs network)
+        revisions: comma list (step0,step1000) or a preset
         revisions_file: revision names, one per line (# comments)
         step_range: START:STOP[:EVERY], keep steps START <= s <= STOP with (s - START) % EVERY == 0
         log_spaced: keep N checkpoints evenly spread in log(1 + step)
@@ -239,10 +239,48 @@ def phases(
     return _cmd_phases(argparse.Namespace(**_arguments(locals())))
 
 
-COMMANDS: dict[str, Callable[..., int]] = {"replay": replay, "plot": plot, "export": export, "phases": phases}
+def probes(
+    action: str | None = None,
+    like: str | None = None,
+    probes: Union[ProbeOptions, dict[str, Any], None] = None,
+    probe_file: str | None = None,
+    probe_dataset: str | None = None,
+    tokenizer: str | None = None,
+    trust_remote_code: bool = False,
+    output: str | None = None,
+) -> int:
+    """Write a probe set's chosen texts to a file (geomtrace probes export).
+
+    Build the probe set that replay would build from these options (or from --like RUN's
+    recorded ones) and write its texts, in probe order, to a .jsonl file with its fingerprint
+    and options. --probe-file FILE then rebuilds exactly these probes (same fingerprint), e.g.
+    offline: geomtrace probes export --probe-dataset wikitext --probe-config wikitext-103-raw-v1
+    --tokenizer EleutherAI/pythia-160m -o probes.jsonl
+
+    Args:
+        action: export (the only action)
+        like: the probe options recorded by RUN (a live history .json or a replay output); explicit options win
+        probes: the probe set (ProbeOptions: --probes.num_sequences, --probes.pool_size, ...; each also as
+            --num-sequences, --pool-size, --probe-column, --probe-split, --probe-config, ...)
+        probe_file: .txt (one text per line), .jsonl or .json file of probe texts (UTF-8)
+        probe_dataset: hub dataset name, e.g. wikitext
+        tokenizer: tokenizer name or path (required: the token ids, and so the fingerprint, depend on it)
+        trust_remote_code: let the tokenizer run its repo's code (original OLMo-1 repos)
+        output: the .jsonl file to write (required)
+    """
+    return _cmd_probes(argparse.Namespace(**_arguments(locals())))
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "replay": replay,
+    "plot": plot,
+    "export": export,
+    "phases": phases,
+    "probes": probes,
+}
 #: jsonargparse names a subcommand's keys "replay.measure.batch_size": the command is no part of the option.
 COMMANDS_PREFIXES = tuple(f"{name}." for name in COMMANDS)
-_POSITIONAL = {"runs": "*", "run": "?"}
+_POSITIONAL = {"runs": "*", "run": "?", "action": "?"}
 _SHORT = {"output": "-o", "quiet": "-q"}
 #: Help sections of the replay options (the others list theirs in signature order).
 _GROUPS = {
@@ -315,6 +353,8 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
         title = groups.get(name)
         target = parser if title is None else sections.setdefault(title, parser.add_argument_group(title))
         kind, default, help_text = hints[name], param.default, helps.get(name, "")
+        if (fn.__name__, name) in _DERIVED_HELP:
+            help_text = _DERIVED_HELP[fn.__name__, name](help_text)
         options_class = _options_class(kind)
         if options_class is not None:
             _add_options_group(parser, name, options_class, help_text)
@@ -337,6 +377,16 @@ def _add_signature(parser: Any, fn: Callable[..., Any]) -> None:
             target.add_argument(*flags, dest=name, action="store_true", default=default, help=help_text)
         else:
             target.add_argument(*flags, dest=name, type=kind, default=default, help=help_text)
+
+
+def _revisions_help(text: str) -> str:
+    from geomtrace.revision_presets import presets_help  # imports nothing: --help stays light
+
+    return f"{text}: {presets_help()}"
+
+
+#: Help texts completed from their one declaration (the revision presets' own descriptions).
+_DERIVED_HELP: dict[tuple[str, str], Callable[[str], str]] = {("replay", "revisions"): _revisions_help}
 
 
 def _options_class(kind: Any) -> type | None:
@@ -411,7 +461,7 @@ def _add_options_group(parser: Any, name: str, cls: type, help_text: str) -> Non
 
 def build_parser() -> Any:
     """The ``geomtrace`` parser (a ``jsonargparse.ArgumentParser``; subcommands replay, plot,
-    export, phases), each subcommand built from its function's signature."""
+    export, phases, probes), each subcommand built from its function's signature."""
     from geomtrace._optional import require
 
     jsonargparse = require("jsonargparse", "the geomtrace command line")
@@ -668,6 +718,36 @@ def _filter_checkpoints(ckpts: list[Any], args: argparse.Namespace) -> list[Any]
     return kept
 
 
+def named_preset(revisions: Any) -> Any:
+    """The :class:`~geomtrace.revision_presets.RevisionPreset` that ``--revisions`` names, or None."""
+    from geomtrace.revision_presets import REVISION_PRESETS
+
+    return REVISION_PRESETS.get(revisions.strip()) if isinstance(revisions, str) else None
+
+
+def _note_preset(revisions: Any, args: argparse.Namespace) -> None:
+    """Say which grid a preset is, and when its name once meant another one."""
+    preset = named_preset(revisions)
+    if preset is None:
+        return
+    _note(f"--revisions {preset.name} ({preset.size}): {preset.summary}", args)
+    if preset.changed:
+        _LOG.warning("[geomtrace] --revisions %s: %s", preset.name, preset.changed)
+
+
+def record_preset(output: str | os.PathLike, preset: Any, revisions: Sequence[str]) -> None:
+    """Append which grid a preset meant to ``OUT/revision_presets.jsonl`` (one line per replay
+    that named one), so an output says what its ``--revisions NAME`` was, also after a name's
+    meaning changes. Rank 0 only."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from geomtrace._jsonio import append_jsonl
+
+    os.makedirs(output, exist_ok=True)
+    line = {"preset": preset.name, "geomtrace": _version(), "summary": preset.summary, "revisions": list(revisions)}
+    append_jsonl(Path(output) / "revision_presets.jsonl", [line])
+
+
 def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
     """``(this shard's checkpoints, number before sharding)`` for parsed replay options."""
     from geomtrace.replay.sources import hub_checkpoints, local_checkpoints, read_revisions_file, shard_checkpoints
@@ -681,6 +761,7 @@ def replay_checkpoints(args: argparse.Namespace) -> tuple[list[Any], int]:
             revisions: Any = read_revisions_file(args.revisions_file)
         elif args.revisions:
             revisions = args.revisions if isinstance(args.revisions, str) else _items(args.revisions)
+            _note_preset(revisions, args)
         else:
             raise UsageError("--model needs --revisions (e.g. step0,step1000 or pythia-paper) or --revisions-file")
         try:
@@ -735,6 +816,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not ckpts:
         print(f"shard {args.shard}: no checkpoints ({total} in all, fewer than shards): nothing to do")
         return 0
+
     # Bars only on a terminal: piped or redirected output carries none (transformers' "Loading
     # weights" and the hub's download bars included), as with --no-progress.
     progress = not args.no_progress and _on_a_terminal()
@@ -757,6 +839,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             prefetch=not args.no_prefetch,
             memorization=memorization,
         )
+    preset = named_preset(args.revisions) if args.model else None
+    if preset is not None:  # after run_replay: an output it refused gets no line
+        record_preset(args.output, preset, list(preset.revisions) or [c.revision for c in ckpts])
     if not args.quiet:
         print(summary)
     return 1 if summary.failed else 0
@@ -998,6 +1083,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
     # The memorization probes' ∞-gram and model sides in the seed's two formats, beside it.
     for written in export_seed_memorization(run, Path(path).parent):
         print(written)
+    return 0
+
+
+#: The actions of ``geomtrace probes``.
+PROBES_ACTIONS = ("export",)
+
+
+def _cmd_probes(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from geomtrace.probes import write_probe_file
+    from geomtrace.replay.loading import load_tokenizer
+
+    if args.action not in PROBES_ACTIONS:
+        raise UsageError(
+            f"geomtrace probes needs an action ({', '.join(PROBES_ACTIONS)}), got {args.action!r}: e.g. geomtrace "
+            "probes export --probe-dataset wikitext --tokenizer EleutherAI/pythia-160m -o probes.jsonl"
+        )
+    if not args.tokenizer:
+        raise UsageError("--tokenizer NAME_OR_PATH is required: the probes' token ids (their fingerprint) depend on it")
+    if not args.output or Path(args.output).suffix.lower() != ".jsonl":
+        raise UsageError(f"--output FILE.jsonl is required (the probe file to write), got {args.output!r}")
+    options = probe_options(args, like_settings(args))
+    tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    built = options.build(tokenizer)
+    path = write_probe_file(built, args.output, tokenizer=args.tokenizer)
+    # What a later run relies on: reading the file back gives exactly these probes.
+    again = dc.replace(options, source=str(path)).build(tokenizer)
+    if again.fingerprint() != built.fingerprint():
+        raise ValueError(
+            f"{path}: the written texts rebuild other probes ({again.fingerprint()}, not {built.fingerprint()}) with "
+            f"this tokenizer: it does not round-trip its own texts; replay from the original source instead"
+        )
+    print(f"{path}\t{len(built)} probes\tfingerprint {built.fingerprint()}\t{built.description}")
     return 0
 
 

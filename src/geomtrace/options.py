@@ -262,6 +262,7 @@ PROBE_OPTION_RULES: dict[str, Rule] = {
     "min_tokens": Rule("int", minimum=1, example="11"),
     "max_tokens": Rule("int", minimum=1, example="128"),
     "seed": Rule("int", minimum=0, example="0"),
+    "pool_size": Rule("int", minimum=1, example="10000"),
     "chat_template": Rule("bool"),
     "text_column": Rule("str", example="'text'"),
     "split": Rule("str", example="'train'"),
@@ -282,6 +283,9 @@ class ProbeOptions(OptionSet):
         min_tokens: keep texts with at least this many tokens (11: "more than 10").
         max_tokens: truncate longer sequences to this many tokens.
         seed: seed of the shuffle that picks the sequences.
+        pool_size: the probes are drawn from the first ``pool_size`` non-empty texts of the
+            source, in its order (the same texts whether a dataset is streamed, cached or in
+            memory; see :func:`~geomtrace.probes.load_probes`).
         chat_template: wrap each text as a user turn of the tokenizer's chat template, measured
             at the generation prompt (probes for post-trained models).
         text_column: the text field of a dataset or ``.jsonl`` file.
@@ -297,6 +301,7 @@ class ProbeOptions(OptionSet):
     min_tokens: int = 11
     max_tokens: int = 128
     seed: int = 0
+    pool_size: int = 10_000
     chat_template: bool = False
     text_column: str = "text"
     split: str = "train"

@@ -6,10 +6,19 @@ what makes values comparable across steps (RankMe and alpha-ReQ depend on N).
 
 Selection follows the paper's Pythia scripts: tokenize, keep sequences with at least
 ``min_tokens`` tokens (11 = "more than 10"), truncate to ``max_tokens`` (128), and pick
-``num_sequences`` with a seeded shuffle. Texts are shuffled with
-``numpy.random.default_rng(seed)`` and the first ``num_sequences`` that pass the length
-filter are kept, in shuffled order; this tokenizes only as many texts as needed, so a
-million-line dataset costs little more than a small one.
+``num_sequences`` with a seeded shuffle. One rule for every way a source is read:
+
+1. the **pool** is the first ``pool_size`` (10,000) non-empty texts of the source, in its
+   order (blank texts are skipped, surrounding whitespace stripped): a hub dataset streamed
+   online, the same dataset read from the local cache offline, a ``datasets.Dataset`` in
+   memory, its ``to_iterable_dataset()``, a file or a list all give the same pool, and a
+   stream is read no further than the pool;
+2. the pool is shuffled with ``numpy.random.default_rng(seed)`` and the first
+   ``num_sequences`` texts that pass the length filter are kept, in shuffled order (only as
+   many texts are tokenized as needed).
+
+A file written by :func:`write_probe_file` (``geomtrace probes export``) holds chosen probes:
+it is read in its order, without pool or shuffle, so a later (offline) run reuses exactly them.
 
 Tokenization uses the tokenizer's default special tokens (``add_special_tokens=True``):
 nothing for Pythia/GPT-NeoX/OLMo-2 tokenizers, a BOS for Llama-family ones, i.e. what the
@@ -30,6 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geomtrace._atomic import atomic_write_text
+from geomtrace._jsonio import dumps_line
 from geomtrace._optional import require
 from geomtrace._warnings import warn
 from geomtrace.options import PROBE_OPTION_RULES, ProbeOptions, check_probe_lengths
@@ -43,12 +54,16 @@ __all__ = [
     "check_probe_lengths",
     "load_probes",
     "hub_offline",
+    "PROBE_FILE_KEY",
+    "read_probe_file_header",
+    "write_probe_file",
 ]
 
-# Hub datasets are streamed; only this many texts (at least) are read to pick the probes from.
-_STREAM_TEXTS_PER_PROBE = 8
-_MIN_STREAM_TEXTS = 10_000
 _TOKENIZE_CHUNK = 512
+#: Rows of an in-memory ``datasets.Dataset`` read at a time while filling the pool.
+_DATASET_SLICE = 1024
+#: The key of the first line of a probe file written by :func:`write_probe_file`.
+PROBE_FILE_KEY = "geomtrace_probe_set"
 
 
 class ProbeLoadError(RuntimeError):
@@ -71,12 +86,15 @@ class ProbeSet:
         options: the :class:`ProbeOptions` that rebuild this set (:func:`load_probes` records
             them), or None (a hand-made set); the callbacks record them, so that ``geomtrace
             replay --like`` can rebuild a ready set passed to a callback.
+        texts: the text of each probe (the user text of chat probes), as :func:`load_probes`
+            chose them, or None (a hand-made set); :func:`write_probe_file` writes them.
     """
 
     sequences: list[list[int]]
     description: str
     pad_token_id: int
     options: ProbeOptions | None = field(default=None, compare=False, repr=False)
+    texts: list[str] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -95,6 +113,7 @@ class ProbeSet:
             sequences=self.sequences[start:stop],
             description=f"{self.description} shard={rank}/{world_size}",
             pad_token_id=self.pad_token_id,
+            texts=None if self.texts is None else self.texts[start:stop],
         )
 
     def batches(
@@ -141,6 +160,7 @@ class ProbeSet:
             description=f"{self.description} cut={max_tokens}",
             pad_token_id=self.pad_token_id,
             options=rebuilt,
+            texts=self.texts if rebuilt is not None else None,  # chat probes: the texts no longer rebuild them
         )
 
     def num_tokens(self) -> int:
@@ -164,6 +184,7 @@ def load_probes(
     min_tokens: int = 11,
     max_tokens: int = 128,
     seed: int = 0,
+    pool_size: int = 10_000,
     text_column: str = "text",
     split: str = "train",
     config_name: str | None = None,
@@ -171,6 +192,13 @@ def load_probes(
     system_prompt: str | None = None,
 ) -> ProbeSet:
     """Build a deterministic probe set.
+
+    The probes are drawn from the first ``pool_size`` non-empty texts of ``source`` in its
+    order, shuffled with ``seed``; the first ``num_sequences`` with at least ``min_tokens``
+    tokens are kept. The rule is the same for every way a source is read, so a hub dataset
+    streamed online, read from the cache offline, or passed as a ``Dataset`` or its
+    ``to_iterable_dataset()`` gives the same probe set (and fingerprint). A file written by
+    :func:`write_probe_file` is read in its order (its texts are already chosen).
 
     Args:
         tokenizer: an HF tokenizer (the model's own).
@@ -183,6 +211,8 @@ def load_probes(
         min_tokens: keep sequences with at least this many tokens (11: "more than 10").
         max_tokens: truncate longer sequences to this many tokens.
         seed: seed of the shuffle that picks the sequences.
+        pool_size: draw from the first this many non-empty texts of the source (a stream is
+            read no further).
         text_column: the text field of a dataset or jsonl file.
         split: dataset split for hub names and ``DatasetDict``.
         config_name: dataset config for hub names, e.g. ``"wikitext-103-raw-v1"``.
@@ -200,29 +230,26 @@ def load_probes(
         ValueError: bad arguments, or no text passes the filters.
     """
     given: dict[str, Any] = {"num_sequences": num_sequences, "min_tokens": min_tokens, "max_tokens": max_tokens}
-    given.update(seed=seed, text_column=text_column, split=split, config_name=config_name)
+    given.update(seed=seed, pool_size=pool_size, text_column=text_column, split=split, config_name=config_name)
     given.update(chat_template=chat_template, system_prompt=system_prompt)
     options: dict[str, Any] = {name: PROBE_OPTION_RULES[name](name, value) for name, value in given.items()}
     check_probe_lengths(options["min_tokens"], options["max_tokens"])
     num_sequences, min_tokens, max_tokens = options["num_sequences"], options["min_tokens"], options["max_tokens"]
-    seed, chat_template = options["seed"], options["chat_template"]
+    seed, chat_template, pool_size = options["seed"], options["chat_template"], options["pool_size"]
     recorded = ProbeOptions(source=source, **options)
     if chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template=True but the tokenizer has no chat template; set tokenizer.chat_template")
     if system_prompt is not None and not chat_template:
         raise ValueError("system_prompt is only used with chat_template=True")
 
-    texts, label = _read_texts(
-        source,
-        text_column=text_column,
-        split=split,
-        config_name=config_name,
-        stream_limit=max(_MIN_STREAM_TEXTS, _STREAM_TEXTS_PER_PROBE * num_sequences),
-    )
-    order = np.random.default_rng(seed).permutation(len(texts))
+    pool = _read_texts(source, text_column=text_column, split=split, config_name=config_name, pool_size=pool_size)
+    texts, label = pool.texts, pool.label
+    # A written probe file holds chosen probes: its order is the selection.
+    order = np.arange(len(texts)) if pool.chosen is not None else np.random.default_rng(seed).permutation(len(texts))
     encode = _encoder(tokenizer, max_tokens, chat_template, system_prompt)
 
     sequences: list[list[int]] = []
+    chosen: list[str] = []
     seen = too_short = 0
     pos = 0
     while pos < len(order) and len(sequences) < num_sequences:
@@ -231,32 +258,59 @@ def load_probes(
         step = min(_TOKENIZE_CHUNK, max(16, 2 * (num_sequences - len(sequences))))
         chunk = [texts[i] for i in order[pos : pos + step]]
         pos += step
-        for ids, text_tokens in encode(chunk):
+        for text, (ids, text_tokens) in zip(chunk, encode(chunk)):
             seen += 1
             if text_tokens < min_tokens:
                 too_short += 1
                 continue
             sequences.append(ids)
+            chosen.append(text)
             if len(sequences) == num_sequences:
                 break
 
+    full = pool.chosen is None and len(texts) >= pool_size  # the source may hold more than the pool
     if not sequences:
         raise ValueError(
             f"no probe sequence left from {label}: {len(texts)} texts read, {seen} tokenized, {too_short} had fewer "
-            f"than min_tokens={min_tokens} tokens. Use longer texts or lower min_tokens."
+            f"than min_tokens={min_tokens} tokens. Use longer texts or lower min_tokens"
+            + (f", or raise pool_size={pool_size} (--pool-size)." if full else ".")
         )
-    if len(sequences) < num_sequences:
+    # A written file holds the whole set: fewer texts than num_sequences is no shortage.
+    if len(sequences) < num_sequences and (pool.chosen is None or too_short):
+        more = f"; raise pool_size={pool_size} (--pool-size) to draw from more texts" if full else ""
         warn(
             f"only {len(sequences)} of the requested {num_sequences} probe sequences are available from {label} "
-            f"(texts with >= {min_tokens} tokens); using all of them"
+            f"(texts with >= {min_tokens} tokens among the {len(texts)} read); using all of them{more}"
         )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     chat = " chat" if chat_template else ""
-    return ProbeSet(
+    drawn = f" pool={pool_size}" if full else ""  # said only where the pool left texts out
+    probes = ProbeSet(
         sequences=sequences,
-        description=f"{label} n={len(sequences)} len={min_tokens}..{max_tokens} seed={seed}{chat}",
+        description=f"{label} n={len(sequences)} len={min_tokens}..{max_tokens} seed={seed}{drawn}{chat}",
         pad_token_id=int(pad) if pad is not None else 0,
         options=recorded,
+        texts=chosen,
+    )
+    if pool.chosen is not None:
+        _check_written_fingerprint(probes, pool.chosen, label)
+    return probes
+
+
+def _check_written_fingerprint(probes: ProbeSet, header: dict[str, Any], label: str) -> None:
+    """Warn when a written probe file's texts give other probes here than when it was written."""
+    theirs = header.get("fingerprint")
+    written_n = header.get("n_probes")
+    if not theirs or theirs == probes.fingerprint() or (isinstance(written_n, int) and len(probes) < written_n):
+        return  # the same probes, or a deliberate prefix (num_sequences below the file's)
+    recorded = header.get("options")
+    written: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    keys = ("max_tokens", "chat_template", "system_prompt")
+    then = ", ".join(f"{k}={written.get(k)!r}" for k in keys if k in written)
+    warn(
+        f"{label}: these probe texts give fingerprint {probes.fingerprint()} here, but were written with "
+        f"fingerprint {theirs} (tokenizer {header.get('tokenizer')!r}{', ' + then if then else ''}): use the same "
+        "tokenizer and options, or the values will not compare with the runs measured on the written probes"
     )
 
 
@@ -316,14 +370,19 @@ def _encoder(tokenizer: Any, max_tokens: int, chat_template: bool, system_prompt
     return chat
 
 
-def _read_texts(
-    source: Any, *, text_column: str, split: str, config_name: str | None, stream_limit: int
-) -> tuple[list[str], str]:
-    """The candidate texts of a probe source and a short label describing it."""
+@dataclass(frozen=True)
+class _Pool:
+    texts: list[str]
+    label: str
+    chosen: dict[str, Any] | None = None  # the header of a written probe file: its texts are the probes
+
+
+def _read_texts(source: Any, *, text_column: str, split: str, config_name: str | None, pool_size: int) -> _Pool:
+    """The pool of a probe source (its first ``pool_size`` non-empty texts) and a short label."""
     if source is None:
         from geomtrace.tiny import embedded_corpus
 
-        return embedded_corpus(), "embedded:pydoc_data.topics"
+        return _Pool(_first(embedded_corpus(), pool_size), "embedded:pydoc_data.topics")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_dir():
@@ -332,18 +391,35 @@ def _read_texts(
                 ".jsonl, one JSON object per line; or .json, a list of texts)"
             )
         if path.is_file():
-            return _read_file(path, text_column), f"file:{path.name}"
+            header = read_probe_file_header(path)
+            if header is not None:
+                return _Pool(_read_file(path, "text", skip_header=True), f"file:{path.name}", header)
+            return _Pool(_first(_read_file(path, text_column), pool_size), f"file:{path.name}")
         if not isinstance(source, str) or _looks_like_path(source):
             raise FileNotFoundError(_missing_file_message(path))
-        return _read_hub(source, text_column=text_column, split=split, config_name=config_name, limit=stream_limit)
+        texts, label = _read_hub(source, text_column=text_column, split=split, config_name=config_name, limit=pool_size)
+        return _Pool(texts, label)
     if isinstance(source, Sequence) and all(isinstance(t, str) for t in source):
-        return _clean(source), "texts"
+        return _Pool(_first(source, pool_size), "texts")
     if _is_hf_dataset(source):
-        return _read_dataset(source, text_column=text_column, split=split, limit=stream_limit), "dataset"
+        return _Pool(_read_dataset(source, text_column=text_column, split=split, limit=pool_size), "dataset")
     raise TypeError(
         f"unsupported probe source of type {type(source).__name__}: pass None, a list of strings, a .txt/.jsonl "
         "path, a datasets.Dataset or a hub dataset name"
     )
+
+
+def _first(texts: Iterable[Any], limit: int) -> list[str]:
+    """The first ``limit`` non-empty texts, stripped (non-strings skipped); reads no further."""
+    out: list[str] = []
+    if limit < 1:
+        return out
+    for t in texts:
+        if isinstance(t, str) and t.strip():
+            out.append(t.strip())
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _clean(texts: Iterable[Any]) -> list[str]:
@@ -417,7 +493,7 @@ def _text_field(record: Any, where: str, text_column: str) -> str | None:
     return value
 
 
-def _read_file(path: Path, text_column: str) -> list[str]:
+def _read_file(path: Path, text_column: str, *, skip_header: bool = False) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(_missing_file_message(path))
     suffix = path.suffix.lower()
@@ -430,7 +506,7 @@ def _read_file(path: Path, text_column: str) -> list[str]:
     if suffix == ".jsonl":
         texts = []
         for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+            if not line.strip() or (skip_header and number == 1):
                 continue
             try:
                 record = json.loads(line)
@@ -463,6 +539,8 @@ def _is_hf_dataset(source: Any) -> bool:
 
 
 def _read_dataset(dataset: Any, *, text_column: str, split: str, limit: int) -> list[str]:
+    """The first ``limit`` non-empty texts of a dataset in its order: read in slices from a
+    ``Dataset``, record by record from an ``IterableDataset`` (a stream is read no further)."""
     datasets = require("datasets", "probe sets from datasets")
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in dataset:
@@ -472,17 +550,23 @@ def _read_dataset(dataset: Any, *, text_column: str, split: str, limit: int) -> 
     if columns is not None and text_column not in columns:
         raise _ColumnError(f"the dataset has no column {text_column!r} (columns: {columns}); pass text_column=")
     if isinstance(dataset, datasets.Dataset):
-        return _clean(dataset[text_column])
-    texts = []  # IterableDataset: read a bounded prefix of the stream
-    for record in dataset:
-        if text_column not in record:
-            raise _ColumnError(
-                f"the dataset has no field {text_column!r} (fields: {sorted(record)}); pass text_column="
-            )
-        texts.append(record[text_column])
-        if len(texts) >= limit:
-            break
-    return _clean(texts)
+        return _first(_dataset_column(dataset, text_column), limit)
+
+    def records() -> Iterator[Any]:
+        for record in dataset:
+            if text_column not in record:
+                raise _ColumnError(
+                    f"the dataset has no field {text_column!r} (fields: {sorted(record)}); pass text_column="
+                )
+            yield record[text_column]
+
+    return _first(records(), limit)
+
+
+def _dataset_column(dataset: Any, text_column: str) -> Iterator[Any]:
+    """The values of one column of a map-style dataset, in row order, a slice of rows at a time."""
+    for start in range(0, len(dataset), _DATASET_SLICE):
+        yield from dataset[start : start + _DATASET_SLICE][text_column]
 
 
 def hub_offline() -> bool:
@@ -504,6 +588,54 @@ def _read_hub(name: str, *, text_column: str, split: str, config_name: str | Non
     except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
         raise _hub_error(name, offline, err) from err
     return texts, label
+
+
+def read_probe_file_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The header of a probe file written by :func:`write_probe_file` (its first line:
+    fingerprint, options, tokenizer), or None for any other file."""
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        first = fh.readline()
+    try:
+        record = json.loads(first.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get(PROBE_FILE_KEY), int):
+        return record
+    return None
+
+
+def write_probe_file(probes: ProbeSet, path: str | os.PathLike, *, tokenizer: str | None = None) -> Path:
+    """Write the chosen texts of ``probes`` to a ``.jsonl`` file, atomically: a header line
+    (fingerprint, description, the options that built them, ``tokenizer``) then one
+    ``{"text": ...}`` per probe, in probe order. :func:`load_probes` reads such a file in its
+    order, so loading it with the same tokenizer and ``max_tokens`` / chat options gives the
+    same fingerprint, offline, without the original source. Returns the path.
+
+    Raises:
+        ValueError: ``probes`` holds no texts (a hand-made set), or ``path`` is not ``.jsonl``.
+    """
+    target = Path(path)
+    if target.suffix.lower() != ".jsonl":
+        raise ValueError(f"a probe file is written as .jsonl (one JSON object per line), got {target}")
+    if probes.texts is None or len(probes.texts) != len(probes.sequences):
+        raise ValueError(
+            "this probe set holds no texts to write (a hand-made ProbeSet): build it with load_probes "
+            "(ProbeOptions(...).build(tokenizer))"
+        )
+    options = probes.options.to_dict() if probes.options is not None else None
+    header = {
+        PROBE_FILE_KEY: 1,
+        "fingerprint": probes.fingerprint(),
+        "n_probes": len(probes),
+        "description": probes.description,
+        "tokenizer": tokenizer,
+        "options": options,
+    }
+    lines = [dumps_line(header)] + [dumps_line({"text": text}) for text in probes.texts]
+    return atomic_write_text(target, "\n".join(lines) + "\n")
 
 
 def _hub_error(name: str, offline: bool, err: Exception) -> ProbeLoadError:

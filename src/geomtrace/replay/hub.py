@@ -1,4 +1,5 @@
-"""Hub revisions: the Pythia presets, listing a repo's branches, revision files, hub checkpoints."""
+"""Hub revisions: the revision presets (declared in :mod:`geomtrace.revision_presets`), listing a
+repo's branches, revision files, hub checkpoints."""
 
 from __future__ import annotations
 
@@ -9,29 +10,30 @@ from pathlib import Path
 from geomtrace._optional import require
 from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind
 from geomtrace.replay.naming import parse_revision, revision_sort_key
+from geomtrace.revision_presets import (
+    PYTHIA_COARSE_REVISIONS,
+    PYTHIA_PAPER_REVISIONS,
+    PYTHIA_REVISIONS,
+    REVISION_PRESETS,
+    RevisionPreset,
+)
 
 __all__ = [
+    "PYTHIA_COARSE_REVISIONS",
+    "PYTHIA_PAPER_REVISIONS",
     "PYTHIA_PAPER_SUBSET",
     "PYTHIA_REVISIONS",
     "REVISION_PRESETS",
+    "RevisionPreset",
+    "expand_preset",
     "hub_checkpoints",
     "list_hub_revisions",
     "read_revisions_file",
 ]
 
-#: All 154 Pythia checkpoints: step0, step1, 2, 4, …, 512 (log-spaced), then every 1000 steps
-#: from step1000 to step143000 (the final one, also on ``main``).
-PYTHIA_REVISIONS: list[str] = (
-    ["step0"] + [f"step{2**i}" for i in range(10)] + [f"step{s}" for s in range(1000, 143001, 1000)]
-)
-
-#: A roughly log-spaced subset of 30 Pythia checkpoints covering warmup, entropy-seeking and
-#: compression-seeking phases. Our choice: the coarse grid found (commented out) in the
-#: paper's released script, ``[0, 1, 2, 4, …, 512] + range(1000, 143001, 10000)``, plus
-#: step2000, step4000, step8000 for the early phases and the final step143000.
-PYTHIA_PAPER_SUBSET: list[str] = [
-    f"step{s}" for s in sorted({0, *(2**i for i in range(10)), *range(1000, 143001, 10000), 2000, 4000, 8000, 143000})
-]
+#: The paper's exact Pythia grid under the name the 30-step grid had before (that one is now
+#: :data:`PYTHIA_COARSE_REVISIONS`, ``--revisions pythia-coarse``).
+PYTHIA_PAPER_SUBSET: list[str] = PYTHIA_PAPER_REVISIONS
 
 
 def list_hub_revisions(model_id: str) -> list[str]:
@@ -46,7 +48,8 @@ def list_hub_revisions(model_id: str) -> list[str]:
         raise RuntimeError(
             f"Could not list the revisions of {model_id!r} on the Hugging Face hub ({why}). "
             "Pass the revisions explicitly instead: a comma list (--revisions step0,step1000), "
-            "a preset (--revisions pythia | pythia-paper) or a file with one revision per line "
+            f"a fixed preset (--revisions {' | '.join(p.name for p in REVISION_PRESETS.values() if not p.listed)}) "
+            "or a file with one revision per line "
             "(--revisions-file revisions.txt)."
         ) from err
     names = [b.name for b in refs.branches]
@@ -71,21 +74,25 @@ def read_revisions_file(path: str | os.PathLike) -> list[str]:
     return out
 
 
-#: Names accepted by :func:`hub_checkpoints` instead of an explicit list.
-REVISION_PRESETS = ("pythia", "pythia-paper", "all")
+def expand_preset(model_id: str, preset: RevisionPreset) -> list[str]:
+    """The revisions of ``preset`` for ``model_id``: its fixed list, or the repo's branches
+    (:func:`list_hub_revisions`, needs network) whose step ``preset.keep`` keeps (without
+    ``keep``: every branch that names a step, or all of them when none does)."""
+    if not preset.listed:
+        return list(preset.revisions)
+    names = list_hub_revisions(model_id)
+    if preset.keep is None:
+        with_step = [n for n in names if parse_revision(n)[0] is not None]
+        return with_step or names
+    keep = preset.keep
+    return [n for n in names if keep(parse_revision(n)[0])]
 
 
 def _expand_revisions(model_id: str, revisions: Sequence[str] | str) -> list[str]:
     if isinstance(revisions, str):
         spec = revisions.strip()
-        if spec == "pythia":
-            return list(PYTHIA_REVISIONS)
-        if spec == "pythia-paper":
-            return list(PYTHIA_PAPER_SUBSET)
-        if spec == "all":
-            names = list_hub_revisions(model_id)
-            with_step = [n for n in names if parse_revision(n)[0] is not None]
-            return with_step or names
+        if spec in REVISION_PRESETS:
+            return expand_preset(model_id, REVISION_PRESETS[spec])
         items = [s.strip() for s in spec.split(",")]
     else:
         items = [str(s).strip() for s in revisions]
@@ -104,10 +111,11 @@ def _expand_revisions(model_id: str, revisions: Sequence[str] | str) -> list[str
 def hub_checkpoints(model_id: str, revisions: Sequence[str] | str) -> list[Checkpoint]:
     """Checkpoints for ``model_id`` on the hub.
 
-    ``revisions`` is an explicit list, a comma string (``"step0,step1000"``) or a preset:
-    ``"pythia"`` (all 154), ``"pythia-paper"`` (:data:`PYTHIA_PAPER_SUBSET`), ``"all"``
-    (every branch of the repo that names a step, via :func:`list_hub_revisions`; needs
-    network). Explicit lists keep their order (duplicates dropped).
+    ``revisions`` is an explicit list, a comma string (``"step0,step1000"``) or the name of a
+    preset of :data:`~geomtrace.revision_presets.REVISION_PRESETS` (``"pythia-paper"``: the
+    paper's 151 Pythia steps; ``"pythia-coarse"``: 30; ``"pythia"``: all 154; ``"olmo-paper"``
+    and ``"all"`` list the repo's branches, via :func:`list_hub_revisions`: need network).
+    Explicit lists keep their order (duplicates dropped).
     """
     out = []
     for rev in _expand_revisions(model_id, revisions):
