@@ -59,7 +59,7 @@ class HubStub:
         self.repos: dict[str, dict[str, tuple[str, dict[str, bytes]]]] = {}
         #: ``(method, path)`` of every request answered.
         self.requests: list[tuple[str, str]] = []
-        self._script: list[tuple[str, list[int]]] = []
+        self._script: list[tuple[str, str | None, list[int]]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         #: The hub cache the ``hub_stub`` fixture gave huggingface_hub (None outside it).
@@ -86,11 +86,18 @@ class HubStub:
         }
         return self.add_revision(repo, revision, files)
 
-    def fail(self, path_contains: str, *statuses: int) -> None:
-        """The next ``len(statuses)`` requests whose path contains ``path_contains`` answer these
-        status codes (in order), then the real answer comes again."""
+    def fail(self, path_contains: str, *statuses: int, method: str | None = None) -> None:
+        """The next ``len(statuses)`` requests (of ``method``, default any) whose path contains
+        ``path_contains`` answer these status codes (in order), then the real answer comes again.
+        huggingface_hub itself retries a HEAD's 429/5xx (5 times, sleeping 1-8 s) and a
+        download's 429: script a ``GET`` of a file with 5xx to reach the caller's retries."""
         with self._lock:
-            self._script.append((path_contains, list(statuses)))
+            self._script.append((path_contains, method, list(statuses)))
+
+    def pending(self) -> int:
+        """How many scripted answers are still to be served."""
+        with self._lock:
+            return sum(len(statuses) for _, _, statuses in self._script)
 
     def downloads(self, suffix: str = "") -> list[str]:
         """Paths of the ``GET`` resolve requests (file downloads) whose file ends with ``suffix``."""
@@ -126,10 +133,10 @@ class HubStub:
 
     # ------------------------------------------------------------------ answers
 
-    def _scripted(self, path: str) -> int | None:
+    def _scripted(self, method: str, path: str) -> int | None:
         with self._lock:
-            for i, (text, statuses) in enumerate(self._script):
-                if text in path and statuses:
+            for i, (text, only, statuses) in enumerate(self._script):
+                if text in path and only in (None, method) and statuses:
                     status = statuses.pop(0)
                     if not statuses:
                         del self._script[i]
@@ -152,7 +159,7 @@ class HubStub:
     def answer(self, method: str, path: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
         """``(status, headers, body)`` for one request (the handler's work, testable alone)."""
         self.requests.append((method, path))
-        status = self._scripted(path)
+        status = self._scripted(method, path)
         if status is not None:
             return status, {"Retry-After": "0"}, b'{"error": "scripted"}'
         if m := _REFS.match(path):
@@ -239,10 +246,11 @@ def point_hub_at(url: str, monkeypatch: Any) -> None:
     """Point this process's ``huggingface_hub`` (and transformers through it) at ``url``, online.
 
     ``huggingface_hub.constants`` reads ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` once, at import
-    (and the module-level ``HfApi`` behind ``list_repo_refs`` keeps the endpoint it was built
-    with), so setting the environment is not enough in a running process: the constants and
-    that ``HfApi`` are patched too. ``tests/conftest.py``'s tmp ``HF_HOME`` stays the cache.
+    (and the module-level ``HfApi`` behind ``list_repo_refs``, like transformers' shared one,
+    keeps the endpoint it was built with), so setting the environment is not enough in a running
+    process: the constants and those ``HfApi`` objects are patched too.
     """
+    import transformers.utils.hub
     from huggingface_hub import constants, hf_api
 
     monkeypatch.setenv("HF_ENDPOINT", url)
@@ -252,3 +260,4 @@ def point_hub_at(url: str, monkeypatch: Any) -> None:
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_api.api, "endpoint", url)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # rebuilt on first use, with the stub's url
