@@ -130,11 +130,12 @@ def test_retry_waits_longer_each_time_and_stops_at_permanent_errors():
 # ----------------------------------------------------------------------------- through the stub
 
 
-def test_list_hub_revisions_reads_the_branches(hub_stub, tmp_path):
+def test_list_hub_revisions_reads_the_branches(hub_stub, tmp_path, no_backoff):
     from geomtrace.replay.hub import list_hub_revisions
 
     for rev in ("step1000", "step0", "step2"):
         hub_stub.add_revision(REPO, rev, {"config.json": b"{}"})
+    hub_stub.fail("/refs", 503, method="GET")  # retried
     assert list_hub_revisions(REPO) == ["step0", "step2", "step1000", "main"]  # sorted by step
     assert ("GET", f"/api/models/{REPO}/refs") in hub_stub.requests
 
