@@ -237,3 +237,23 @@ def test_a_first_revision_without_a_tokenizer_does_not_stop_the_run(hub_stub, tm
     summary = _replay(hub_checkpoints(REPO, "step0,step1000"), out)
     assert summary.measured == ["step0", "step1000"] and not summary.failed
     assert summary.n_probes == PROBES.num_sequences  # built with step1000's tokenizer
+
+
+def test_a_tokenizer_fetch_is_retried(hub_stub, tmp_path, no_backoff):
+    from geomtrace.replay.loading import load_checkpoint_tokenizer
+
+    for i, (rev, vocab) in enumerate((("step0", 512), ("step1000", 384))):  # two tokenizers: two blobs
+        save_revision(build_tiny_model(seed=i), tmp_path / rev, "bin", tiny_tokenizer(vocab))
+        hub_stub.add_folder(REPO, rev, tmp_path / rev)
+    first, second = hub_checkpoints(REPO, "step0,step1000")
+    hub_stub.fail("/tokenizer.json", 500, 502, method="GET")
+    assert load_checkpoint_tokenizer(first, retries=2) is not None
+    hub_stub.fail("/tokenizer.json", 500, method="GET")
+    assert load_checkpoint_tokenizer(second, retries=0) is None  # the caller decides (next revision)
+    assert hub_stub.pending() == 0
+
+
+def test_no_tokenizer_in_any_revision_asks_for_one(hub_stub, tmp_path):
+    _serve(hub_stub, tmp_path, revisions=("step0", "step1000"), tokenizer=False)
+    with pytest.raises(ValueError, match="step0, step1000 hold none.*--tokenizer"):
+        _replay(hub_checkpoints(REPO, "step0,step1000"), tmp_path / "out")
