@@ -8,7 +8,10 @@ It answers, on ``127.0.0.1``, what ``huggingface_hub`` asks the real hub:
 * ``GET /api/models/{repo}/tree/{rev}[/{path}]`` - the file tree (``list_repo_tree``,
   ``snapshot_download``);
 * ``HEAD`` / ``GET /{repo}/resolve/{rev}/{file}`` - a file, with the headers ``hf_hub_download``
-  needs (``X-Repo-Commit``, ``ETag``, ``Content-Length``; ``Range`` honoured), no redirect;
+  needs (``X-Repo-Commit``, ``ETag``, ``Content-Length``; ``Range`` honoured); weight files
+  (``.bin``, ``.safetensors``: LFS on the hub) answer, as the hub does, ``302`` to a "CDN" URL
+  ``http://localhost:PORT/cdn/{commit}/{file}`` (another origin, so huggingface_hub stops there and
+  reads ``X-Linked-Etag`` / ``X-Linked-Size``; the download then GETs it);
 * 404s shaped like the hub's (``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound``),
   and scripted answers: :meth:`HubStub.fail` makes the next requests whose path contains a text
   answer the given status codes (429, 500, 503...) before the real answer.
@@ -44,6 +47,8 @@ _REFS = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/refs$")
 _INFO = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
 _TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+_CDN = re.compile(r"^/cdn/(?P<sha>[0-9a-f]{40})/(?P<file>.+)$")
+_LFS_SUFFIXES = (".bin", ".safetensors")
 
 
 def _sha(text: str) -> str:
@@ -100,8 +105,9 @@ class HubStub:
             return sum(len(statuses) for _, _, statuses in self._script)
 
     def downloads(self, suffix: str = "") -> list[str]:
-        """Paths of the ``GET`` resolve requests (file downloads) whose file ends with ``suffix``."""
-        return [p for m, p in self.requests if m == "GET" and "/resolve/" in p and p.endswith(suffix)]
+        """Paths of the file downloads (``GET`` of a resolve or "CDN" URL) ending with ``suffix``."""
+        files = [p for m, p in self.requests if m == "GET" and ("/resolve/" in p or p.startswith("/cdn/"))]
+        return [p for p in files if p.endswith(suffix)]
 
     # ------------------------------------------------------------------ server
 
@@ -186,21 +192,39 @@ class HubStub:
             sha, files = found
             siblings = [{"rfilename": p} for p in sorted(files)]
             return _json({"id": m["repo"], "modelId": m["repo"], "sha": sha, "private": False, "siblings": siblings})
+        if m := _CDN.match(path):
+            for revisions in self.repos.values():
+                for sha, files in revisions.values():
+                    if sha == m["sha"] and unquote(m["file"]) in files:
+                        return _file(files[unquote(m["file"])], {}, headers)
+            return 404, {}, b"no such blob"
         if m := _RESOLVE.match(path):
             found = self._revision(m["repo"], m["rev"])
             if isinstance(found, str):
                 return _not_found(found)
             sha, files = found
-            body = files.get(unquote(m["file"]))
+            name = unquote(m["file"])
+            body = files.get(name)
             if body is None:
                 return _not_found("EntryNotFound")
-            out = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(body).hexdigest()}"', "Accept-Ranges": "bytes"}
-            start = _range_start(headers.get("Range"))
-            if start:
-                out["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
-                return 206, out, body[start:]
-            return 200, out, body
+            out = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}
+            if name.endswith(_LFS_SUFFIXES):  # LFS: metadata here, the bytes from the "CDN"
+                out["X-Linked-Etag"], out["X-Linked-Size"] = out.pop("ETag"), str(len(body))
+                port = str(headers.get("Host", "")).rsplit(":", 1)[-1]  # another origin, as a CDN is
+                out["Location"] = f"http://localhost:{port}/cdn/{sha}/{m['file']}"
+                return 302, out, b""
+            return _file(body, out, headers)
         return _not_found("EntryNotFound")
+
+
+def _file(body: bytes, out: dict[str, str], headers: Any) -> tuple[int, dict[str, str], bytes]:
+    """The bytes of a file (from ``Range``'s start, when asked)."""
+    out = {**out, "Accept-Ranges": "bytes"}
+    start = _range_start(headers.get("Range"))
+    if start:
+        out["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+        return 206, out, body[start:]
+    return 200, out, body
 
 
 def _json(value: Any) -> tuple[int, dict[str, str], bytes]:

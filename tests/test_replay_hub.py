@@ -225,6 +225,7 @@ def test_a_404_is_that_checkpoints_failure_and_the_run_goes_on(hub_stub, tmp_pat
     assert set(summary.failed) == {"step1000", "step404"}
     assert "pytorch_model.bin" in summary.failed["step1000"] or "model" in summary.failed["step1000"]
     assert {f["key"] for f in ResultsStore(out).failures()} == {"step1000", "step404"}
+    assert hub_stub.pending() == 0  # the outage was met (and outlived)
 
 
 def test_a_first_revision_without_a_tokenizer_does_not_stop_the_run(hub_stub, tmp_path):
