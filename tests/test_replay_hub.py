@@ -68,7 +68,10 @@ def test_a_bin_revision_measures_like_its_safetensors_twin(tmp_path):
 
 def test_the_fetch_patterns_take_one_weight_format():
     both = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"]
-    assert "*.safetensors" in hub_fetch_patterns(both) and not any(".bin" in p for p in hub_fetch_patterns(both))
+    assert "model*.safetensors" in hub_fetch_patterns(both) and not any(".bin" in p for p in hub_fetch_patterns(both))
+    # other copies of the weights (Mistral's consolidated.*, a subfolder) are not what from_pretrained reads
+    others = ["config.json", "pytorch_model.bin", "consolidated.safetensors", "original/model.safetensors"]
+    assert hub_fetch_patterns(others)[-1] == "pytorch_model*.bin"
     shards = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json"]
     assert "pytorch_model*.bin" in hub_fetch_patterns(shards)
     assert not any("safetensors" in p or ".bin" in p for p in hub_fetch_patterns(["config.json"]))
@@ -238,6 +241,7 @@ def test_a_first_revision_without_a_tokenizer_does_not_stop_the_run(hub_stub, tm
     summary = _replay(hub_checkpoints(REPO, "step0,step1000"), out)
     assert summary.measured == ["step0", "step1000"] and not summary.failed
     assert summary.n_probes == PROBES.num_sequences  # built with step1000's tokenizer
+    assert len(hub_stub.downloads("/pytorch_model.bin")) == 2  # each revision's weights once (prefetch, load)
 
 
 def test_a_tokenizer_fetch_is_retried(hub_stub, tmp_path, no_backoff):

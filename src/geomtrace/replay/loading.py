@@ -386,8 +386,10 @@ def load_checkpoint_model(
 #: The small files a model load reads (config, tokenizer, index, code): fetched ahead by
 #: :func:`fetch_checkpoint`, with the weights of one format (:func:`hub_fetch_patterns`).
 _FETCH_PATTERNS = ["*.json", "*.model", "*.txt", "*.py"]
-#: Weight files by format, in transformers' order of preference (safetensors first).
-_WEIGHT_PATTERNS = (["*.safetensors"], ["pytorch_model*.bin"])
+#: Weight files by format, in transformers' order of preference (safetensors first), named as
+#: ``from_pretrained`` reads them (``model.safetensors``, ``model-00001-of-00004.safetensors``):
+#: not a repo's other copies (Mistral's ``consolidated.safetensors``, ``original/``).
+_WEIGHT_PATTERNS = (["model*.safetensors"], ["pytorch_model*.bin"])
 _READ_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 
 
@@ -402,7 +404,7 @@ def hub_fetch_patterns(files: Iterable[str]) -> list[str]:
     """``snapshot_download``'s ``allow_patterns`` for a revision holding ``files``: the small
     files, and the weights ``from_pretrained`` will read: safetensors when the revision has
     them, else ``pytorch_model*.bin`` (Pythia's ``stepN`` branches), never both."""
-    names = [f.rsplit("/", 1)[-1] for f in files]
+    names = [f for f in files if "/" not in f]  # from_pretrained reads the repo's root
     for patterns in _WEIGHT_PATTERNS:
         if any(fnmatch.fnmatch(name, p) for name in names for p in patterns):
             return [*_FETCH_PATTERNS, *patterns]
