@@ -78,6 +78,7 @@ SAMPLES: dict[type, dict[str, object]] = {
         "trust_remote_code": True,
         "model_builder": "my_module:build",
         "base_model": "org/base",
+        "retries": 0,
     },
 }
 #: Fields that only apply together with another one.

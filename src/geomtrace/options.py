@@ -370,6 +370,9 @@ class LoadOptions(OptionSet):
             LightningModule class or a function(hyper_parameters) -> module (or (module, tokenizer)).
         base_model: base model of PEFT adapter checkpoints (default: the adapter's own
             ``base_model_name_or_path``).
+        retries: how many more times a hub download or listing that failed for a passing reason
+            (timeout, connection error, HTTP 429/5xx) is tried, waiting 1 s, 2 s, 4 s... between
+            tries; 404s, missing revisions and gated repos fail at once. 0: no retry.
     """
 
     group = "load"
@@ -380,6 +383,7 @@ class LoadOptions(OptionSet):
     trust_remote_code: bool = False
     model_builder: Callable[..., Any] | str | None = None
     base_model: str | None = None
+    retries: int = 3
 
     def __post_init__(self) -> None:
         coerce_fields(self, _LOAD_RULES)
@@ -415,4 +419,5 @@ _LOAD_RULES: dict[str, Rule] = {
     "device": Rule("str", example="'auto', 'cpu', 'cuda:0'"),
     "trust_remote_code": Rule("bool"),
     "base_model": Rule("str", optional=True, example="'EleutherAI/pythia-160m'"),
+    "retries": Rule("int", minimum=0, example="3; 0 never retries"),
 }

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geomtrace._optional import require
+from geomtrace.options import LoadOptions
 from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind
 from geomtrace.replay.naming import parse_revision, revision_sort_key
+from geomtrace.replay.retry import retry_transient
 from geomtrace.revision_presets import (
     PYTHIA_COARSE_REVISIONS,
     PYTHIA_PAPER_REVISIONS,
@@ -41,7 +43,9 @@ def list_hub_revisions(model_id: str) -> list[str]:
     sorted by (stage, step). Needs network access."""
     hub = require("huggingface_hub", "listing hub revisions")
     try:
-        refs = hub.list_repo_refs(model_id)
+        refs = retry_transient(  # a passing hub error (timeout, 429, 5xx) is tried again
+            lambda: hub.list_repo_refs(model_id), retries=LoadOptions.retries, what=f"listing {model_id!r}"
+        )
     except Exception as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         why = "HF_HUB_OFFLINE is set" if offline else f"{type(err).__name__}: {err}"

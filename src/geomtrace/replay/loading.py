@@ -5,23 +5,29 @@ huggingface_hub at module import time."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from geomtrace._optional import require
+from geomtrace.options import LoadOptions
 from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind, CheckpointLoadError
 from geomtrace.replay.lightning_ckpt import find_pretrained, load_lightning
 from geomtrace.replay.naming import FOLDER_KINDS
+from geomtrace.replay.retry import is_transient, retry_transient
 
 __all__ = [
     "fetch_checkpoint",
+    "hub_fetch_patterns",
     "load_checkpoint_model",
     "load_checkpoint_tokenizer",
     "load_tokenizer",
     "loading_progress_bars",
+    "no_safetensors_conversion",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -100,7 +106,13 @@ def resolve_device(device: Any) -> Any:
     return device
 
 
-def _hub_error(what: str, err: BaseException) -> CheckpointLoadError:
+def _hub_error(what: str, err: BaseException, retries: int) -> CheckpointLoadError:
+    if is_transient(err):
+        return CheckpointLoadError(
+            f"could not load {what}: {type(err).__name__}: {err}. The hub or the network failed for a passing "
+            f"reason, {retries + 1} time(s): try again later (a rerun resumes and retries the failed checkpoints) "
+            "or allow more retries (--load.retries N)."
+        )
     offline = any(
         os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -115,12 +127,18 @@ def _hub_error(what: str, err: BaseException) -> CheckpointLoadError:
     return CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}. {hint}")
 
 
+#: Tries again after a transient hub error (LoadOptions.retries' default).
+_RETRIES: int = LoadOptions.retries
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, retries: int = _RETRIES
+) -> Any:
     """The tokenizer named by ``--tokenizer`` (a hub id or a folder); raises
-    :class:`CheckpointLoadError` naming it when it cannot be loaded (a missing folder included)."""
+    :class:`CheckpointLoadError` naming it when it cannot be loaded (a missing folder included).
+    A transient hub error is tried again ``retries`` times (:mod:`geomtrace.replay.retry`)."""
     transformers = require("transformers", "loading tokenizers")
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision:
@@ -128,19 +146,46 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
     if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
         raise CheckpointLoadError(f"the tokenizer folder {name_or_path} does not exist (--tokenizer)")
     try:
-        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        return retry_transient(
+            lambda: transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs),
+            retries=retries,
+            what=f"the tokenizer {name_or_path!r}",
+        )
     except (OSError, ValueError) as err:
         raise CheckpointLoadError(
             f"could not load the tokenizer {name_or_path!r} (--tokenizer): {type(err).__name__}: {err}"
         ) from err
 
 
-def _try_tokenizer(source: str, **kwargs: Any) -> Any:
+def _try_tokenizer(source: str, retries: int, **kwargs: Any) -> Any:
+    """The tokenizer at ``source``, or None: transient hub errors are tried again first."""
     transformers = require("transformers", "loading tokenizers")
     try:
-        return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+        return retry_transient(
+            lambda: transformers.AutoTokenizer.from_pretrained(source, **kwargs),
+            retries=retries,
+            what=f"the tokenizer of {source!r}",
+        )
     except Exception:  # noqa: BLE001 - "no tokenizer here" has many forms; the caller says what to pass
         return None
+
+
+def _hub_has_tokenizer(repo: str, revision: str | None, retries: int) -> bool:
+    """Whether the hub revision (or, offline, its cached snapshot) holds a tokenizer file."""
+    hub = require("huggingface_hub", "loading tokenizers")
+    for name in _TOKENIZER_FILES:
+        try:
+            retry_transient(
+                functools.partial(hub.hf_hub_download, repo, name, revision=revision),
+                retries=retries,
+                what=f"the tokenizer of {repo!r} at revision {revision or 'main'!r}",
+            )
+            return True
+        except hub.errors.EntryNotFoundError:  # not there (or, offline, not cached): the next name
+            continue
+        except Exception:  # noqa: BLE001 - no revision, no access, no network: no tokenizer from here
+            return False
+    return False
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
@@ -161,7 +206,7 @@ def _adapter_base(folder: Path, base_model: str | None) -> str | None:
 
 
 def load_checkpoint_tokenizer(
-    ckpt: Checkpoint, *, trust_remote_code: bool = False, base_model: str | None = None
+    ckpt: Checkpoint, *, trust_remote_code: bool = False, base_model: str | None = None, retries: int = _RETRIES
 ) -> Any:
     """The tokenizer of ``ckpt`` without loading its weights, or None.
 
@@ -170,38 +215,59 @@ def load_checkpoint_tokenizer(
     adapter falls back to its base model's tokenizer. A folder without tokenizer files is never
     passed to ``AutoTokenizer`` (transformers 5 would build an *empty* tokenizer from its
     config.json). Lightning checkpoints: None (the module or the model builder may hold one).
+    A hub revision holding none of the tokenizer files gives None too (transformers 5 would
+    build a two-token tokenizer from its ``config.json``). A transient hub error is tried again
+    ``retries`` times before giving None.
     """
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if ckpt.kind == CheckpointKind.HUB:
+        if not _hub_has_tokenizer(ckpt.model, ckpt.revision, retries):
+            return None
         if ckpt.revision:
             kwargs["revision"] = ckpt.revision
-        return _try_tokenizer(ckpt.model, **kwargs)
+        return _try_tokenizer(ckpt.model, retries, **kwargs)
     if ckpt.kind not in FOLDER_KINDS or not ckpt.path:
         return None
     folder = Path(ckpt.path)
     for candidate in (folder, folder.parent):
         if _has_tokenizer_files(candidate):
-            tokenizer = _try_tokenizer(str(candidate), **kwargs)
+            tokenizer = _try_tokenizer(str(candidate), retries, **kwargs)
             if tokenizer is not None:
                 return tokenizer
     if ckpt.kind == CheckpointKind.PEFT_ADAPTER:
         base = _adapter_base(folder, base_model)
         if base and (not Path(base).is_dir() or _has_tokenizer_files(Path(base))):
-            return _try_tokenizer(base, **kwargs)
+            return _try_tokenizer(base, retries, **kwargs)
     return None
 
 
-def _from_pretrained(source: str, what: str, hub: bool, kwargs: dict[str, Any]) -> Any:
+def no_safetensors_conversion() -> None:
+    """Stop transformers' safetensors auto-conversion for ``.bin`` hub checkpoints.
+
+    Loading a hub revision that holds only ``pytorch_model.bin`` (Pythia's ``stepN`` branches)
+    makes ``from_pretrained`` start a thread (``Thread-auto_conversion``) that asks the hub for
+    a conversion pull request of the repo, or opens one: more hub calls per checkpoint, on a
+    repo replay only reads. transformers' own switch is the ``DISABLE_SAFETENSORS_CONVERSION``
+    environment variable (read at each ``from_pretrained``); it is set here unless you set it.
+    """
+    os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
+
+
+def _from_pretrained(source: str, what: str, hub: bool, kwargs: dict[str, Any], retries: int = _RETRIES) -> Any:
     transformers = require("transformers", "loading checkpoints")
+    if hub:
+        no_safetensors_conversion()
     try:
-        return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        return retry_transient(
+            lambda: transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs), retries=retries, what=what
+        )
     except (OSError, ValueError) as err:
         if hub:
-            raise _hub_error(what, err) from err
+            raise _hub_error(what, err, retries) from err
         raise CheckpointLoadError(f"could not load {what}: {type(err).__name__}: {err}") from err
 
 
-def _load_adapter(ckpt: Checkpoint, base_model: str | None, kwargs: dict[str, Any]) -> Any:
+def _load_adapter(ckpt: Checkpoint, base_model: str | None, kwargs: dict[str, Any], retries: int) -> Any:
     """A PEFT adapter folder on its base model (adapters kept unmerged, as in training)."""
     peft = require("peft", "replaying PEFT adapter checkpoints")
     folder = Path(ckpt.path or "")
@@ -213,7 +279,11 @@ def _load_adapter(ckpt: Checkpoint, base_model: str | None, kwargs: dict[str, An
         )
     try:
         model = _from_pretrained(
-            base, f"the base model {base!r} of the adapter {folder}", hub=not Path(base).exists(), kwargs=kwargs
+            base,
+            f"the base model {base!r} of the adapter {folder}",
+            hub=not Path(base).exists(),
+            kwargs=kwargs,
+            retries=retries,
         )
     except CheckpointLoadError as err:
         raise CheckpointLoadError(
@@ -234,6 +304,7 @@ def load_checkpoint_model(
     trust_remote_code: bool = False,
     model_builder: Callable[[dict[str, Any]], Any] | str | None = None,
     base_model: str | None = None,
+    retries: int = _RETRIES,
 ) -> tuple[Any, Any]:
     """Load ``ckpt`` and return ``(model, tokenizer_or_None)``, the model in eval mode.
 
@@ -263,6 +334,11 @@ def load_checkpoint_model(
             when ``device_map`` is given.
         device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` to spread a big model over
             GPUs; needs accelerate).
+        retries: how many more times a transient hub error (timeout, connection error, HTTP
+            429/5xx) is tried, with exponential backoff (:mod:`geomtrace.replay.retry`).
+
+    A ``.bin``-only hub revision loads like a safetensors one, without transformers'
+    safetensors-conversion thread (:func:`no_safetensors_conversion`).
 
     Raises:
         CheckpointLoadError: a hub revision or local checkpoint could not be loaded.
@@ -278,17 +354,19 @@ def load_checkpoint_model(
         if ckpt.kind == CheckpointKind.HUB:
             revision_kwargs = {"revision": ckpt.revision} if ckpt.revision else {}
             what = f"{ckpt.model!r} at revision {ckpt.revision or 'main'!r}"
-            model = _from_pretrained(ckpt.model, what, hub=True, kwargs={**kwargs, **revision_kwargs})
+            model = _from_pretrained(ckpt.model, what, hub=True, kwargs={**kwargs, **revision_kwargs}, retries=retries)
         elif not ckpt.path or not Path(ckpt.path).is_dir():
             raise CheckpointLoadError(f"checkpoint folder not found: {ckpt.path}")
         elif ckpt.kind == CheckpointKind.PEFT_ADAPTER:
-            model = _load_adapter(ckpt, base_model, kwargs)
+            model = _load_adapter(ckpt, base_model, kwargs, retries)
         else:
-            model = _from_pretrained(ckpt.path, f"the model folder {ckpt.path}", hub=False, kwargs=kwargs)
+            model = _from_pretrained(ckpt.path, f"the model folder {ckpt.path}", hub=False, kwargs=kwargs, retries=0)
         if device_map is None:
             model.to(dev)
         model.eval()
-        tokenizer = load_checkpoint_tokenizer(ckpt, trust_remote_code=trust_remote_code, base_model=base_model)
+        tokenizer = load_checkpoint_tokenizer(
+            ckpt, trust_remote_code=trust_remote_code, base_model=base_model, retries=retries
+        )
         return model, tokenizer
 
     if ckpt.kind == CheckpointKind.LIGHTNING_CKPT:
@@ -305,8 +383,13 @@ def load_checkpoint_model(
     )
 
 
-#: Files a model load reads: fetched ahead by :func:`fetch_checkpoint`.
-_FETCH_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
+#: The small files a model load reads (config, tokenizer, index, code): fetched ahead by
+#: :func:`fetch_checkpoint`, with the weights of one format (:func:`hub_fetch_patterns`).
+_FETCH_PATTERNS = ["*.json", "*.model", "*.txt", "*.py"]
+#: Weight files by format, in transformers' order of preference (safetensors first), named as
+#: ``from_pretrained`` reads them (``model.safetensors``, ``model-00001-of-00004.safetensors``):
+#: not a repo's other copies (Mistral's ``consolidated.safetensors``, ``original/``).
+_WEIGHT_PATTERNS = (["model*.safetensors"], ["pytorch_model*.bin"])
 _READ_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 
 
@@ -317,17 +400,41 @@ def _read_through(path: Path, chunk: int = 1 << 24) -> None:
             pass
 
 
-def fetch_checkpoint(ckpt: Checkpoint, *, base_model: str | None = None) -> None:
+def hub_fetch_patterns(files: Iterable[str]) -> list[str]:
+    """``snapshot_download``'s ``allow_patterns`` for a revision holding ``files``: the small
+    files, and the weights ``from_pretrained`` will read: safetensors when the revision has
+    them, else ``pytorch_model*.bin`` (Pythia's ``stepN`` branches), never both."""
+    names = [f for f in files if "/" not in f]  # from_pretrained reads the repo's root
+    for patterns in _WEIGHT_PATTERNS:
+        if any(fnmatch.fnmatch(name, p) for name in names for p in patterns):
+            return [*_FETCH_PATTERNS, *patterns]
+    return list(_FETCH_PATTERNS)
+
+
+def _fetch_hub(ckpt: Checkpoint, retries: int) -> None:
+    hub = require("huggingface_hub", "downloading checkpoints")
+    what = f"fetching {ckpt.model!r} at revision {ckpt.revision or 'main'!r}"
+    info = retry_transient(lambda: hub.model_info(ckpt.model, revision=ckpt.revision), retries=retries, what=what)
+    patterns = hub_fetch_patterns(s.rfilename for s in info.siblings or ())
+    retry_transient(
+        lambda: hub.snapshot_download(ckpt.model, revision=ckpt.revision, allow_patterns=patterns),
+        retries=retries,
+        what=what,
+    )
+
+
+def fetch_checkpoint(ckpt: Checkpoint, *, base_model: str | None = None, retries: int = _RETRIES) -> None:
     """Bring ``ckpt``'s files close without building anything: download a hub revision into
-    the local cache, or read a local checkpoint's weight files into the page cache.
+    the local cache (what the revision holds: its safetensors, or its ``.bin`` weights when it
+    has only those, see :func:`hub_fetch_patterns`; transient errors tried again ``retries``
+    times), or read a local checkpoint's weight files into the page cache.
 
     Touches no process-wide torch state, so it may run beside a measurement. Never raises:
     the load that follows reports any problem properly.
     """
     try:
         if ckpt.kind == CheckpointKind.HUB:
-            hub = require("huggingface_hub", "downloading checkpoints")
-            hub.snapshot_download(ckpt.model, revision=ckpt.revision, allow_patterns=_FETCH_PATTERNS)
+            _fetch_hub(ckpt, retries)
             return
         if not ckpt.path:
             return

@@ -42,6 +42,7 @@ from geomtrace.replay.loading import load_tokenizer
 from geomtrace.replay.records import check_extra_metrics
 from geomtrace.replay.sources import (
     Checkpoint,
+    CheckpointKind,
     CheckpointLoadError,
     load_checkpoint_model,
     load_checkpoint_tokenizer,
@@ -200,13 +201,18 @@ def _probe_tokenizer(
     is measured without a second load; ``failures`` maps the keys of checkpoints that failed
     to load on the way to their error (recorded as failed checkpoints, not loaded again).
     Raises CheckpointLoadError when none of the first few loads (e.g. a misspelt model id),
-    ValueError when one loads but has no tokenizer.
+    ValueError when one loads but has no tokenizer (for hub revisions: when none of the first
+    few that load has one; one revision without a tokenizer is measured all the same, and the
+    first model loaded is kept for its measurement).
     """
     failures: dict[str, str] = {}
+    kept: tuple[Checkpoint, Any, float] | None = None
     for ckpt in checkpoints[:_TOKENIZER_TRIES]:
-        tok = load_checkpoint_tokenizer(ckpt, trust_remote_code=load.trust_remote_code, base_model=load.base_model)
+        tok = load_checkpoint_tokenizer(
+            ckpt, trust_remote_code=load.trust_remote_code, base_model=load.base_model, retries=load.retries
+        )
         if tok is not None:
-            return tok, None, failures
+            return tok, kept, failures
         t0 = time.perf_counter()
         try:
             model, tok = load_checkpoint_model(ckpt, **load.kwargs())
@@ -214,13 +220,30 @@ def _probe_tokenizer(
             failures[ckpt.key] = load_error_message(err)
             continue
         if tok is not None:
+            if kept is not None:  # one preloaded model at most
+                kept = None
+                release_memory(load.device)
             return tok, (ckpt, model, t0), failures
-        model = None
+        if ckpt.kind == CheckpointKind.HUB:  # a revision without a tokenizer: try the next one
+            if kept is None:
+                kept = (ckpt, model, t0)
+            model = None
+            release_memory(load.device)
+            continue
+        model = kept = None
         release_memory(load.device)
         raise ValueError(
             f"no tokenizer to build the probe set from: checkpoint {ckpt.key!r} holds none. Pass "
             "--tokenizer NAME_OR_PATH (tokenizer= in Python), give the LightningModule a `tokenizer` "
             "attribute, or let --model-builder return (module, tokenizer)."
+        )
+    without = [c.key for c in checkpoints[:_TOKENIZER_TRIES] if c.key not in failures]
+    kept = model = None
+    release_memory(load.device)
+    if without:  # hub revisions that load but hold no tokenizer
+        raise ValueError(
+            f"no tokenizer to build the probe set from: the hub revisions {', '.join(without)} hold none. "
+            "Pass --tokenizer NAME_OR_PATH (tokenizer= in Python)."
         )
     tried = "; ".join(f"{key}: {error}" for key, error in failures.items())
     raise CheckpointLoadError(
@@ -248,7 +271,7 @@ def _bootstrap_probes(
     tok = tokenizer
     if options.probe_set is None:
         if isinstance(tok, (str, os.PathLike)):
-            tok = load_tokenizer(str(tok), trust_remote_code=load.trust_remote_code)
+            tok = load_tokenizer(str(tok), trust_remote_code=load.trust_remote_code, retries=load.retries)
         if tok is None:
             tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load)
         probe_options = options.probe_options or ProbeOptions()
@@ -258,7 +281,7 @@ def _bootstrap_probes(
         probes = options.probe_set
         built = probes.options  # a set built by load_probes knows its options (for --like)
         if isinstance(tok, (str, os.PathLike)) and memorization:
-            tok = load_tokenizer(str(tok), trust_remote_code=load.trust_remote_code)
+            tok = load_tokenizer(str(tok), trust_remote_code=load.trust_remote_code, retries=load.retries)
     if len(probes) < 2:
         raise ValueError(
             f"the probe set has {len(probes)} sequence(s): a spectrum needs at least 2 (use --num-sequences >= 2; "
