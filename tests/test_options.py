@@ -72,6 +72,7 @@ SAMPLES: dict[type, dict[str, object]] = {
         "trust_remote_code": True,
         "model_builder": "my_module:build",
         "base_model": "org/base",
+        "keep_downloads": True,
     },
 }
 #: Fields that only apply together with another one.

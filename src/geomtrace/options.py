@@ -365,6 +365,9 @@ class LoadOptions(OptionSet):
             LightningModule class or a function(hyper_parameters) -> module (or (module, tokenizer)).
         base_model: base model of PEFT adapter checkpoints (default: the adapter's own
             ``base_model_name_or_path``).
+        keep_downloads: keep the hub revisions this run downloads in the hub cache (default: each
+            is deleted once its records are written; revisions cached before the run, local
+            folders and Lightning files are never deleted). See :mod:`geomtrace.replay.disk`.
     """
 
     group = "load"
@@ -375,6 +378,7 @@ class LoadOptions(OptionSet):
     trust_remote_code: bool = False
     model_builder: Callable[..., Any] | str | None = None
     base_model: str | None = None
+    keep_downloads: bool = False
 
     def __post_init__(self) -> None:
         coerce_fields(self, _LOAD_RULES)
@@ -391,8 +395,10 @@ class LoadOptions(OptionSet):
             raise ValueError(f"model_builder must be 'module:attribute' or a callable, got {self.model_builder!r}")
 
     def kwargs(self, **changes: Any) -> dict[str, Any]:
-        """Keyword arguments of :func:`~geomtrace.replay.sources.load_checkpoint_model`."""
-        return {**{name: getattr(self, name) for name in self.field_names()}, **changes}
+        """Keyword arguments of :func:`~geomtrace.replay.sources.load_checkpoint_model` (every
+        field but what the replay loop itself uses: ``keep_downloads``)."""
+        names = [name for name in self.field_names() if name not in _LOOP_FIELDS]
+        return {**{name: getattr(self, name) for name in names}, **changes}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the dtype by name, a builder callable by ``module:qualname``."""
@@ -410,4 +416,7 @@ _LOAD_RULES: dict[str, Rule] = {
     "device": Rule("str", example="'auto', 'cpu', 'cuda:0'"),
     "trust_remote_code": Rule("bool"),
     "base_model": Rule("str", optional=True, example="'EleutherAI/pythia-160m'"),
+    "keep_downloads": Rule("bool"),
 }
+#: :class:`LoadOptions` fields that the replay loop uses, not a single load.
+_LOOP_FIELDS = frozenset({"keep_downloads"})
