@@ -2,8 +2,9 @@
 
 Settings: never touch the network, keep hub caches in a tmp dir, and let worker scripts that run
 as subprocesses (tests/workers/) import the helper modules of tests/ by name (PYTHONPATH).
-Fixtures: the tiny tokenizer, trained once per session (``tokenizer``, ``make_tokenizer``), and a
-``free_port`` for distributed subprocesses.
+Fixtures: the tiny tokenizer, trained once per session (``tokenizer``, ``make_tokenizer``), a
+``free_port`` for distributed subprocesses, and ``hub_stub``: a local stub of the hub
+(``tests/hubstub.py``) that this process's huggingface_hub talks to, with a fresh cache.
 """
 
 from __future__ import annotations
@@ -62,3 +63,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def hub_stub(monkeypatch, free_port, tmp_path):
+    """A :class:`hubstub.HubStub` on ``127.0.0.1:free_port``, empty: add revisions with
+    ``add_folder`` / ``add_revision``. huggingface_hub and transformers are online and pointed
+    at it for the test (:func:`hubstub.point_hub_at`), with the hub cache ``stub.cache``
+    (``tmp_path/"hub"``, read by huggingface_hub at each call)."""
+    from huggingface_hub import constants
+
+    from hubstub import HubStub, point_hub_at
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    stub = HubStub().start(free_port)
+    stub.cache = cache
+    point_hub_at(stub.url, monkeypatch)
+    try:
+        yield stub
+    finally:
+        stub.stop()

@@ -5,7 +5,7 @@ The layout written is the one ``huggingface_hub`` itself uses for its cache::
     $HF_HOME/hub/models--ORG--NAME/
         refs/<revision>                 # a text file holding the commit sha
         snapshots/<sha>/config.json     # plain files (the real cache uses symlinks to blobs/)
-        snapshots/<sha>/model.safetensors
+        snapshots/<sha>/model.safetensors   # or pytorch_model.bin (weights="bin"), as Pythia's stepN
         snapshots/<sha>/tokenizer.json, tokenizer_config.json, special_tokens_map.json
 
 With ``HF_HUB_OFFLINE=1`` (set by ``tests/conftest.py``),
@@ -28,7 +28,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["make_fake_hub_model", "tiny_tokenizer", "tiny_config", "build_tiny_model", "hub_repo_dir"]
+__all__ = [
+    "make_fake_hub_model",
+    "revision_seed",
+    "save_revision",
+    "tiny_tokenizer",
+    "tiny_config",
+    "build_tiny_model",
+    "hub_repo_dir",
+]
 
 
 def hub_repo_dir(hf_home: str | os.PathLike, repo_id: str) -> Path:
@@ -122,6 +130,31 @@ def _fake_sha(repo_id: str, revision: str) -> str:
     return hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
 
 
+def revision_seed(revision: str, index: int) -> int:
+    """The weight seed of the ``index``-th revision ``revision`` (the same for twin repos)."""
+    return int(hashlib.sha1(revision.encode()).hexdigest()[:8], 16) % (2**31) + index
+
+
+def save_revision(model: Any, folder: str | os.PathLike, weights: str = "safetensors", tokenizer: Any = None) -> None:
+    """Write ``model`` into ``folder`` as a hub revision holds it: ``config.json`` plus
+    ``model.safetensors`` (``weights="safetensors"``) or only ``pytorch_model.bin``
+    (``weights="bin"``: ``torch.save`` of the state dict, like Pythia's ``stepN`` branches), and
+    the tokenizer files when ``tokenizer`` is given."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if weights == "safetensors":
+        model.save_pretrained(folder, safe_serialization=True)
+    elif weights == "bin":
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        raise ValueError(f"weights must be 'safetensors' or 'bin', got {weights!r}")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
 def make_fake_hub_model(
     hf_home: str | os.PathLike,
     repo_id: str = "EleutherAI/pythia-tiny",
@@ -129,12 +162,15 @@ def make_fake_hub_model(
     arch: str = "gpt_neox",
     hidden_size: int = 64,
     with_tokenizer: bool = True,
+    weights: str = "safetensors",
 ) -> dict[str, str]:
     """Write tiny models for ``revisions`` of ``repo_id`` into the hub cache under ``hf_home``.
 
     Each revision gets its own snapshot (a fake 40-hex commit sha) and weights drawn with a
     different seed, so the revisions really differ. ``refs/main`` points at the last revision.
     Returns ``{revision: sha}``. Calling it again for the same repo adds/overwrites revisions.
+    ``weights="bin"`` writes only ``pytorch_model.bin`` (see :func:`save_revision`); two repos
+    made with the same ``revisions`` hold the same weights, whatever their format.
     """
     repo_dir = hub_repo_dir(hf_home, repo_id)
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
@@ -145,11 +181,8 @@ def make_fake_hub_model(
         sha = _fake_sha(repo_id, revision)
         snap = repo_dir / "snapshots" / sha
         snap.mkdir(parents=True, exist_ok=True)
-        seed = int(hashlib.sha1(revision.encode()).hexdigest()[:8], 16) % (2**31) + i
-        model = build_tiny_model(arch, hidden_size, seed=seed)
-        model.save_pretrained(snap, safe_serialization=True)
-        if tok is not None:
-            tok.save_pretrained(snap)
+        model = build_tiny_model(arch, hidden_size, seed=revision_seed(revision, i))
+        save_revision(model, snap, weights, tok)
         (repo_dir / "refs" / revision).write_text(sha)
         shas[revision] = sha
     if revisions:
