@@ -296,3 +296,44 @@ def test_replay_refuses_a_run_that_cannot_fit_before_measuring(tmp_path, monkeyp
     assert ResultsStore(out).records() == []
     # What building the probe set fetched before the estimate is this run's: not left behind.
     assert not _snapshots(repo)
+
+
+# ----------------------------------------------------------------------------- through huggingface_hub
+
+
+@pytest.mark.parametrize("prefetch_on", [False, True], ids=["sequential", "prefetch"])
+def test_replay_downloads_through_the_hub_and_deletes_what_it_downloaded(hub_stub, tmp_path, prefetch_on):
+    # Real downloads (huggingface_hub against the local stub, .bin-only branches as Pythia's):
+    # the cache holds blobs + symlinks, and the tokenizer blobs are shared by every revision.
+    import huggingface_hub
+
+    from fakehub import build_tiny_model, revision_seed, save_revision, tiny_tokenizer
+
+    repo, revs = "stub-org/pythia-disk", ("step0", "step1", "step2")
+    tok = tiny_tokenizer()
+    for i, rev in enumerate(revs):
+        save_revision(build_tiny_model(seed=revision_seed(rev, i)), tmp_path / "src" / rev, "bin", tok)
+        hub_stub.add_folder(repo, rev, tmp_path / "src" / rev)
+    kept = Path(huggingface_hub.snapshot_download(repo, revision="step0"))  # cached before the run
+    summary = run_replay(
+        hub_checkpoints(repo, list(revs)),
+        tmp_path / "out",
+        measure=MEASURE,
+        probes=PROBES,
+        prefetch=prefetch_on,
+        progress=False,
+        verbose=False,
+    )
+    assert summary.measured == list(revs) and not summary.failed
+    assert summary.deleted == ["step1", "step2"]
+    snapshots = hub_stub.cache / "models--stub-org--pythia-disk" / "snapshots"
+    assert [p.name for p in snapshots.iterdir()] == [kept.name]
+    # The revision cached before is whole: its blobs, shared ones included, are still there.
+    files = sorted(p.name for p in kept.iterdir())
+    assert "pytorch_model.bin" in files and "tokenizer.json" in files
+    assert all((kept / name).resolve().is_file() for name in files)
+    assert len(hub_stub.downloads("pytorch_model.bin")) == 3  # each revision's weights once
+    report = huggingface_hub.scan_cache_dir(hub_stub.cache)
+    assert not report.warnings  # the cache is consistent after the deletions
+    (repo_info,) = report.repos
+    assert [r.commit_hash for r in repo_info.revisions] == [kept.name]
