@@ -135,8 +135,8 @@ def test_this_runs_downloads_are_deleted_once_measured(tmp_path, monkeypatch, mo
     assert max(len(s) for s in fake.on_disk) == (1 if mode == "sequential" else 2)
     assert fake.busy_deletions == 0  # never while a fetch or a load ran
     deleted = [json.loads(line) for line in (out / DELETED_FILE).read_text().splitlines()]
-    assert [d["key"] for d in deleted if "key" in d] == summary.deleted
-    assert all(d["freed_bytes"] > 0 for d in deleted if "freed_bytes" in d)
+    assert [key for d in deleted for key in d["keys"]] == summary.deleted
+    assert all(d["freed_bytes"] > 0 and d["models"] == [repo] and len(d["commits"]) == 1 for d in deleted)
 
 
 def test_keep_downloads_keeps_them_and_measures_the_same(tmp_path, monkeypatch):

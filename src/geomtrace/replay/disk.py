@@ -14,7 +14,8 @@ fills any disk, after which every later checkpoint fails. So by default (``LoadO
   measure resolves to. Deletion goes through huggingface_hub's cache API
   (``scan_cache_dir().delete_revisions``), which keeps blobs that another cached revision
   still links;
-* records each deletion in ``OUT/deleted_downloads.jsonl`` (so an empty cache has an answer).
+* records each deletion in ``OUT/deleted_downloads.jsonl`` (``keys``, ``models``, ``commits``,
+  ``freed_bytes``, ``time``), so that an empty cache has an answer.
 
 Local folders and Lightning files are never deleted. Deleting never raises: a revision that
 cannot be deleted is a warning naming it.
@@ -234,17 +235,15 @@ class HubDownloads:
             )
             return None
         freed = int(strategy.expected_freed_size)
-        if self.output is not None:
-            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            append_jsonl(
-                self.output / DELETED_FILE,
-                [
-                    {"key": c.key, "model": model, "revision": c.revision, "commit": commit, "time": now}
-                    for (model, commit), ckpts in chosen.items()
-                    for c in ckpts
-                ]
-                + [{"freed_bytes": freed, "time": now}],
-            )
+        if self.output is not None:  # one line per deletion: what went, and what it freed
+            record = {
+                "keys": [c.key for ckpts in chosen.values() for c in ckpts],
+                "models": sorted({model for model, _ in chosen}),
+                "commits": sorted({commit for _, commit in chosen}),
+                "freed_bytes": freed,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            append_jsonl(self.output / DELETED_FILE, [record])
         if self.verbose:
             logger.info(
                 f"[geomtrace] {keys}: deleted this run's download from the hub cache ({format_bytes(freed)} freed; "
