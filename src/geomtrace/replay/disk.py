@@ -243,7 +243,10 @@ class HubDownloads:
                 "freed_bytes": freed,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            append_jsonl(self.output / DELETED_FILE, [record])
+            try:
+                append_jsonl(self.output / DELETED_FILE, [record])
+            except OSError as err:  # the deletion is done; its note must not take the run down
+                warn(f"deleted {keys} from the hub cache but could not note it in {self.output / DELETED_FILE}: {err}")
         if self.verbose:
             logger.info(
                 f"[geomtrace] {keys}: deleted this run's download from the hub cache ({format_bytes(freed)} freed; "
