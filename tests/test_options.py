@@ -79,6 +79,7 @@ SAMPLES: dict[type, dict[str, object]] = {
         "model_builder": "my_module:build",
         "base_model": "org/base",
         "retries": 0,
+        "keep_downloads": True,
     },
 }
 #: Fields that only apply together with another one.

@@ -373,6 +373,9 @@ class LoadOptions(OptionSet):
         retries: how many more times a hub download or listing that failed for a passing reason
             (timeout, connection error, HTTP 429/5xx) is tried, waiting 1 s, 2 s, 4 s... between
             tries; 404s, missing revisions and gated repos fail at once. 0: no retry.
+        keep_downloads: keep the hub revisions this run downloads in the hub cache (default: each
+            is deleted once its records are written; revisions cached before the run, local
+            folders and Lightning files are never deleted). See :mod:`geomtrace.replay.disk`.
     """
 
     group = "load"
@@ -384,6 +387,7 @@ class LoadOptions(OptionSet):
     model_builder: Callable[..., Any] | str | None = None
     base_model: str | None = None
     retries: int = 3
+    keep_downloads: bool = False
 
     def __post_init__(self) -> None:
         coerce_fields(self, _LOAD_RULES)
@@ -400,8 +404,10 @@ class LoadOptions(OptionSet):
             raise ValueError(f"model_builder must be 'module:attribute' or a callable, got {self.model_builder!r}")
 
     def kwargs(self, **changes: Any) -> dict[str, Any]:
-        """Keyword arguments of :func:`~geomtrace.replay.sources.load_checkpoint_model`."""
-        return {**{name: getattr(self, name) for name in self.field_names()}, **changes}
+        """Keyword arguments of :func:`~geomtrace.replay.sources.load_checkpoint_model` (every
+        field but what the replay loop itself uses: ``keep_downloads``)."""
+        names = [name for name in self.field_names() if name not in _LOOP_FIELDS]
+        return {**{name: getattr(self, name) for name in names}, **changes}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the dtype by name, a builder callable by ``module:qualname``."""
@@ -420,4 +426,7 @@ _LOAD_RULES: dict[str, Rule] = {
     "trust_remote_code": Rule("bool"),
     "base_model": Rule("str", optional=True, example="'EleutherAI/pythia-160m'"),
     "retries": Rule("int", minimum=0, example="3; 0 never retries"),
+    "keep_downloads": Rule("bool"),
 }
+#: :class:`LoadOptions` fields that the replay loop uses, not a single load.
+_LOOP_FIELDS = frozenset({"keep_downloads"})

@@ -22,6 +22,10 @@ Bounds and rules:
   fp16, ``auto``, ``device_map``) the background thread only *fetches* (downloads the hub
   revision into the cache, reads the files into the page cache), which waits on the network
   or the disk rather than the CPU, and the model is built in the loop's thread.
+* ``idle`` (the replay's deletion of its downloads, :mod:`geomtrace.replay.disk`) is called
+  in :meth:`CheckpointLoader.take` at the one point where no background fetch runs: after
+  checkpoint ``k``'s background load finished, before ``k + 1``'s starts (without prefetch:
+  before ``k`` loads). So nothing is deleted while the background thread downloads or reads.
 * A failed background load is that checkpoint's failure, with the same message as a load
   in the loop's thread. Under torch.distributed every rank keeps the same schedule: the
   background thread does local I/O only, every collective stays in the loop's thread.
@@ -37,6 +41,7 @@ from typing import Any
 
 import torch
 
+from geomtrace.options import LoadOptions
 from geomtrace.replay.sources import Checkpoint, fetch_checkpoint, load_checkpoint_model, resolve_dtype
 
 __all__ = ["CheckpointLoader", "Loaded"]
@@ -73,6 +78,8 @@ class CheckpointLoader:
         describe_error: turns a load exception into the recorded error message.
         known_failures: ``{key: error}`` of checkpoints already known not to load.
         preloaded: ``(checkpoint, model, start time)`` of a model already loaded.
+        idle: ``idle(index)`` is called by :meth:`take` while nothing loads in the background
+            (then checkpoints ``index`` and later are still to be handed out).
     """
 
     def __init__(
@@ -84,12 +91,14 @@ class CheckpointLoader:
         describe_error: Callable[[BaseException], str],
         known_failures: dict[str, str] | None = None,
         preloaded: tuple[Checkpoint, Any, float] | None = None,
+        idle: Callable[[int], None] | None = None,
     ) -> None:
         self.checkpoints = list(checkpoints)
         self.load = dict(load)
         self.describe_error = describe_error
         self.known_failures = dict(known_failures or {})
         self.preloaded = preloaded
+        self.idle = idle
         self.build_in_background = background_build_is_safe(self.load)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomtrace-prefetch") if prefetch else None
         self._pending: dict[int, Future] = {}
@@ -102,13 +111,21 @@ class CheckpointLoader:
         t0 = time.perf_counter()
         ckpt = self.checkpoints[index]
         future = self._pending.pop(index, None)
-        if future is not None:
-            loaded = self._finish(ckpt, future.result())
+        done = future.result() if future is not None else None
+        if self.idle is not None:  # the background thread is idle now (only one load runs ahead)
+            self.idle(index)
+        if done is not None:
+            loaded = self._finish(ckpt, done)
         else:
             loaded = self._load_here(ckpt, t0)
         loaded.wait = time.perf_counter() - t0
         self._start(index + 1)
         return loaded
+
+    @property
+    def busy(self) -> bool:
+        """Whether a background load is still running (or queued)."""
+        return any(not future.done() for future in self._pending.values())
 
     def close(self) -> None:
         """Drop what is still loading or loaded ahead (a loop that stops early)."""
@@ -167,7 +184,9 @@ class CheckpointLoader:
         ``("error", message, seconds)``; never raises."""
         t0 = time.perf_counter()
         if not self.build_in_background:
-            fetch_checkpoint(ckpt, base_model=self.load.get("base_model"))
+            fetch_checkpoint(
+                ckpt, base_model=self.load.get("base_model"), retries=self.load.get("retries", LoadOptions.retries)
+            )
             return "fetched", None, time.perf_counter() - t0
         try:
             model, _ = load_checkpoint_model(ckpt, **{**self.load, "device": "cpu"})

@@ -10,6 +10,10 @@ numbers are identical), and appends one record per layer plus the eigenspectra t
 :class:`~geomtrace.replay.store.ResultsStore`. Checkpoints already in the store for the same
 probe set are skipped, so a killed run resumes where it stopped.
 
+Hub revisions that this run downloads are deleted from the hub cache once their records are
+written (``LoadOptions.keep_downloads`` keeps them; what was cached before is never touched),
+and the disk they need is estimated before the first load: :mod:`geomtrace.replay.disk`.
+
 Under ``torchrun`` (``WORLD_SIZE > 1``) every rank loads every checkpoint, the probes are
 sharded over ranks inside ``measure_geometry``, and only rank 0 writes.
 
@@ -34,11 +38,12 @@ from typing import Any
 
 import torch
 
-from geomtrace._distributed import all_ranks
+from geomtrace._distributed import all_ranks, rank_and_world_size
 from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
+from geomtrace.replay.disk import HubDownloads, check_disk, estimate_disk
 from geomtrace.replay.loading import loading_progress_bars
 from geomtrace.replay.plan import (
     ReplayPlan,
@@ -89,6 +94,8 @@ class ReplaySummary:
         config_id: id of the whole measurement configuration (``run.json``'s ``config_id``).
         precisions: the dtypes the probe forwards ran in (``"fp32"``, ``"bf16"``...).
         seconds: wall time of the call.
+        deleted: keys of the hub revisions this call downloaded and then deleted from the hub
+            cache (``--keep-downloads`` keeps them; recorded in ``OUT/deleted_downloads.jsonl``).
     """
 
     output: Path
@@ -100,15 +107,21 @@ class ReplaySummary:
     config_id: str = ""
     precisions: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    deleted: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         if not (self.measured or self.skipped or self.failed):
             return f"replay -> {self.output}: no checkpoints to measure"
         precision = f", {'/'.join(self.precisions)}" if self.precisions else ""
+        deleted = (
+            f"; {len(self.deleted)} download(s) deleted from the hub cache once measured (--keep-downloads keeps them)"
+            if self.deleted
+            else ""
+        )
         return (
             f"replay -> {self.output}: {len(self.measured)} measured, {len(self.skipped)} already done, "
             f"{len(self.failed)} failed ({self.n_probes} probes, fingerprint {self.probe_fingerprint}{precision}, "
-            f"{self.seconds:.1f} s)"
+            f"{self.seconds:.1f} s){deleted}"
         )
 
 
@@ -268,6 +281,31 @@ def _measure_memorization(
     return None
 
 
+def _collect_downloads(downloads: HubDownloads, pending: Sequence[Checkpoint], *, sweep: bool = False) -> None:
+    """Delete the released downloads (:meth:`HubDownloads.collect`) at a point where no rank
+    fetches anything: under torch.distributed every rank calls it at the same point, and the
+    deleting rank waits for the others to finish their loads first."""
+    if not downloads.deleting:
+        return
+    distributed = rank_and_world_size()[1] > 1
+    if distributed:
+        torch.distributed.barrier()  # every rank's background fetch is done
+    downloads.collect(pending, sweep=sweep)
+    if distributed:
+        torch.distributed.barrier()  # nobody starts the next fetch while a rank deletes
+
+
+def _check_disk(plan: ReplayPlan, downloads: HubDownloads, prefetch: bool) -> None:
+    """Log the disk estimate; refuse (on every rank) a run that certainly does not fit."""
+    error: Exception | None = None
+    try:
+        check_disk(estimate_disk(plan.todo, downloads, prefetch=prefetch))
+    except OSError as err:
+        error = err
+    if not all_ranks(error is None, plan.device):
+        raise error if error is not None else OSError("the disk estimate refused the run on another rank")
+
+
 def replay_loop(
     plan: ReplayPlan,
     summary: ReplaySummary,
@@ -277,16 +315,23 @@ def replay_loop(
     progress: bool = True,
     verbose: bool = True,
     prefetch: bool = True,
+    downloads: HubDownloads | None = None,
 ) -> None:
     """Load, measure and record each checkpoint of ``plan.todo`` in order, into ``summary``.
 
     Every rank runs it (loads are agreed on, the measurement runs collectives); rank 0
     writes the store, TensorBoard and the console lines. A checkpoint that fails to load or
     measure on any rank is a failure on every rank (``failures.jsonl``), and the loop goes on.
+    ``downloads``: the hub revisions this run downloads (:meth:`HubDownloads.before`): the disk
+    they need is checked first, and each is deleted once its outcome is written (unless kept).
     """
     rank, device, memo, memo_todo = plan.rank, plan.device, plan.memorization, plan.memorization_todo
     store = ResultsStore(plan.output) if rank == 0 else None
     writer = loader = None
+    prefetch = prefetch and plan.load.device_map is None
+    finished = False
+    if downloads is not None:
+        downloads.verbose = verbose and rank == 0
     try:
         if store is not None and tensorboard_dir is not None and plan.todo:
             from geomtrace.replay.tensorboard import TensorBoardLogger
@@ -298,6 +343,8 @@ def replay_loop(
                 logger.info(
                     f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {summary.output}; skipping them"
                 )
+            if downloads is not None:
+                _check_disk(plan, downloads, prefetch)
             outputs = _CheckpointOutputs(
                 summary,
                 store,
@@ -311,10 +358,12 @@ def replay_loop(
             loader = CheckpointLoader(
                 plan.todo,
                 plan.load.kwargs(),
-                prefetch=prefetch and plan.load.device_map is None,
+                prefetch=prefetch,
                 describe_error=load_error_message,
                 known_failures=dict(plan.known_failures),
                 preloaded=plan.preloaded.take(),  # the loader holds it now
+                # Deleting the downloads measured so far while nothing is fetched.
+                idle=None if downloads is None else lambda index: _collect_downloads(downloads, plan.todo[index:]),
             )
             for index, ckpt in enumerate(plan.todo):
                 loaded = loader.take(index)  # starts loading the next checkpoint in the background
@@ -350,15 +399,39 @@ def replay_loop(
                     summary.measured.append(ckpt.key)
                 model = result = None
                 release_memory(device)
+                if downloads is not None:  # its outcome is written: its download may go
+                    downloads.release(ckpt)
                 if bar is not None:
                     bar.update(1)
+            if downloads is not None:  # the last one, and what building the probe set fetched
+                _collect_downloads(downloads, (), sweep=True)
+            finished = True
         if bar is not None:
             bar.close()
     finally:
+        busy = loader is not None and loader.busy
         if loader is not None:
             loader.close()
         if writer is not None:
             writer.close()
+        if downloads is not None:
+            _leave_downloads(downloads, finished, busy)
+        summary.deleted = list(downloads.deleted) if downloads is not None else []
+
+
+def _leave_downloads(downloads: HubDownloads, finished: bool, busy: bool) -> None:
+    """A loop that stopped early (an error, Ctrl-C) still deletes what it measured, when it
+    safely can: one process, no background download running."""
+    if finished or not downloads.deleting:
+        return
+    if busy or rank_and_world_size()[1] > 1:
+        logger.info(
+            "[geomtrace] stopped while a download was running: this run's downloads stay in the hub cache "
+            "(delete them with `hf cache delete`)"
+        )
+        return
+    with contextlib.suppress(Exception):  # housekeeping on the way out: never hide the error
+        downloads.collect((), sweep=True)
 
 
 def run_replay(
@@ -439,6 +512,14 @@ def run_replay(
     device = str(resolve_device(options.load.device))
     created_group = init_distributed(device)
     try:
+        # Before anything is fetched (building the probe set may fetch a tokenizer): what is in
+        # the hub cache now is never deleted. Under torchrun the first process of each machine deletes.
+        downloads = HubDownloads.before(
+            checkpoints,
+            keep=options.load.keep_downloads,
+            deleter=int(os.environ.get("LOCAL_RANK", "0")) == 0,
+            output=output if rank_and_world_size()[0] == 0 else None,
+        )
         plan = plan_replay(
             checkpoints,
             output,
@@ -460,6 +541,7 @@ def run_replay(
                 progress=progress,
                 verbose=verbose,
                 prefetch=prefetch,
+                downloads=downloads,
             )
     finally:
         if created_group:
