@@ -129,6 +129,7 @@ def test_the_tracker_history_and_the_plot_show_them(model, tmp_path):
         tracker.measure(model, step)
     rows = tracker.history
     assert all(math.isfinite(r["geometry/rankme_se"]) and r["geometry/alpha_se"] > 0 for r in rows)
+    assert f"{rows[-1]['geometry/rankme']:.1f} +- {rows[-1]['geometry/rankme_se']:.2f} (step 2)" in tracker.summary()
     fig = trajectory_figure({"run": rows})
     ax_r, ax_a = fig.axes[:2]
     assert len(ax_r.collections) == 1 and len(ax_a.collections) == 1  # one band per panel
