@@ -160,7 +160,8 @@ def check_group_memory(groups: int, dim: int, cap: int | None, who: str) -> None
         return
     fits = max(cap // max(group_memory_bytes(1, dim), 1), 0)
     advice = (
-        f"use groups={fits} (the most that fit; >= 10 keeps the error bars usable)"
+        f"use groups={fits} (MeasureConfig: uncertainty_groups={fits}; the most that fit; >= 10 keeps the error "
+        "bars usable)"
         if fits >= 2
         else "even 2 groups do not fit"
     )
