@@ -140,18 +140,20 @@ def test_the_tracker_history_and_the_plot_show_them(model, tmp_path):
     assert not plain.axes[0].collections
 
 
-def test_replay_records_them_and_continues_an_output_without(tmp_path):
+def test_replay_records_them_and_continues_an_output_without(tmp_path, capsys):
     from fakehub import make_fake_hub_model
     from geomtrace.cli import main
     from geomtrace.replay import ResultsStore
 
     repo = "EleutherAI/pythia-uncertainty-fake"
     make_fake_hub_model(os.environ["HF_HOME"], repo, ("step1", "step2"))
-    common = ["replay", "--model", repo, "--num-sequences", "24", "--max-tokens", "32", "--no-progress", "--quiet"]
+    common = ["replay", "--model", repo, "--num-sequences", "24", "--max-tokens", "32", "--no-progress"]
     common += ["--fit-range", "2:16", "--no-tensorboard", "--output", str(tmp_path)]
-    assert main([*common, "--revisions", "step1"]) == 0
+    assert main([*common, "--revisions", "step1", "--quiet"]) == 0
     argv = [*common, "--revisions", "step1,step2", "--measure.uncertainty", "jackknife"]
     assert main([*argv, "--measure.uncertainty-groups", "4"]) == 0
+    records = {r["key"]: r for r in ResultsStore(tmp_path).records()}
+    assert f"RankMe {records['step2']['rankme']:.2f} +- {records['step2']['rankme_se']:.2f}" in capsys.readouterr().out
     records = {r["key"]: r for r in ResultsStore(tmp_path).records()}
     assert set(records) == {"step1", "step2"}  # one output: error bars change no value
     assert "rankme_se" not in records["step1"]
