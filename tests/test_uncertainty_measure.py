@@ -208,3 +208,24 @@ def test_two_gloo_ranks_equal_one_process_through_the_tracker(model, tmp_path, f
         got = json.loads(Path(f"{out}.rank{rank}").read_text())
         for key in ("geometry/rankme", "geometry/alpha", "geometry/rankme_se", "geometry/alpha_se"):
             assert got[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("tokens", "skip_first_token"), [("last", False), ("mean", False), ("mean", True), ("all", False), ("all", True)]
+)
+def test_row_sequences_names_the_sequence_of_every_selected_row(tokens, skip_first_token):
+    from geomtrace.features import select_tokens
+
+    # Each sequence's states are its own index: a row's value says which sequence it came from.
+    lengths = [3, 1, 0, 5]  # a one-token sequence keeps no row when its first token is skipped; 0: none
+    mask = torch.zeros(4, 6, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        if n:
+            mask[b, 6 - n :] = 1  # left padding
+    hidden = torch.arange(4, dtype=torch.float32).view(4, 1, 1).expand(4, 6, 2).clone()
+    rows = select_tokens(hidden, mask, tokens, skip_first_token)
+    owners = row_sequences(mask, tokens, skip_first_token)
+    assert owners.dtype == torch.int64 and owners.shape == (rows.shape[0],)
+    assert torch.equal(rows[:, 0].long(), owners)
+    kept = {b for b, n in enumerate(lengths) if n > (1 if skip_first_token else 0)}
+    assert set(owners.tolist()) == kept
