@@ -217,15 +217,19 @@ def end_to_end(args: argparse.Namespace) -> None:
     warm = ProbeSet(probes.sequences[:64], probes.description, probes.pad_token_id)
     measure_geometry(model, warm, MeasureConfig(uncertainty="jackknife"))  # warm-up: one-time costs out of the timings
     times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     runs = (("plain", {}), ("G=10", {"uncertainty_groups": 10}), ("G=20", {}), ("plain 2", {}))
     for label, options in runs:
         config = MeasureConfig(**({"uncertainty": "jackknife", **options} if label.startswith("G") else {}))
-        start = time.perf_counter()
+        # CPU time of this process as well as wall time: on a shared machine the wall time follows
+        # the other jobs' load, the process's own CPU time much less.
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = measure_geometry(model, probes, config)
-        times[label] = time.perf_counter() - start
+        times[label], cpu[label] = time.perf_counter() - start, time.process_time() - cpu_start
         se = result.last.rankme_se
         print(
-            f"{label:>6}: {times[label]:7.2f} s ({times[label] / times['plain']:.2f}x)  RankMe {result.last.rankme:.3f}"
+            f"{label:>7}: wall {times[label]:7.2f} s ({times[label] / times['plain']:.2f}x), "
+            f"CPU {cpu[label]:7.2f} s ({cpu[label] / cpu['plain']:.3f}x)  RankMe {result.last.rankme:.3f}"
             + ("" if se is None else f" +- {se:.3f}"),
             flush=True,
         )
