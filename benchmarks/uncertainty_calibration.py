@@ -18,7 +18,13 @@
       matrix when N < d (its non-zero eigenvalues are the covariance's) or the d x d covariance
       otherwise; SE = sd of the B replicate values. Same columns.
 (iii) Cost: update + compute of ``Geometry()`` vs ``Geometry(uncertainty="jackknife")`` on the
-      same batches, side by side, best of ``--repeats``.
+      same batches, side by side, best of ``--repeats`` (``--cost-cases d:N ...``; default the
+      realistic probe sets, N = 1024 last-token rows, d = 128..2048, and two N = 8192 cases),
+      with one float64 ``eigvalsh`` of the d x d covariance and the floor ``1 + G eigh / plain``
+      (the G extra eigendecompositions alone).
+(iv)  ``--end-to-end``: ``measure_geometry`` (probe forward + statistics) of a random-weights
+      model shaped like Pythia-70m (d = 512, 6 layers) on 1024 probes of the embedded corpus,
+      plain vs ``MeasureConfig(uncertainty="jackknife")`` with G = 10 and 20.
 
 Usage: python benchmarks/uncertainty_calibration.py [--draws 200] [--quick]
 (``--quick``: 20 draws, d = 64 and 512, no bootstrap; a smoke run, not a calibration).
@@ -172,7 +178,10 @@ def best_of(repeats: int, fn) -> float:
 
 def cost(args: argparse.Namespace) -> None:
     print("\n(iii) cost: update (batches of 2048 rows) + compute, best of", args.repeats)
-    print(f"{'d':>5} {'N':>5} {'plain s':>8} {'G=10 s':>8} {'ratio':>6} {'G=20 s':>8} {'ratio':>6} {'eigh s':>7}")
+    print(
+        f"{'d':>5} {'N':>5} {'plain s':>8} {'G=10 s':>8} {'ratio':>6} {'G=20 s':>8} {'ratio':>6} {'eigh s':>7} "
+        f"{'floor10':>7} {'floor20':>7}"
+    )
     for d, n in args.cost_cases:
         x = draw(n, d, args.decay, 7)
 
@@ -187,7 +196,43 @@ def cost(args: argparse.Namespace) -> None:
         g20 = best_of(args.repeats, lambda: run(uncertainty="jackknife", groups=20))
         cov = torch.cov(x.double().T)
         eigh = best_of(args.repeats, lambda: torch.linalg.eigvalsh(cov))  # noqa: B023 - used at once
-        print(f"{d:>5} {n:>5} {plain:8.3f} {g10:8.3f} {g10 / plain:6.1f} {g20:8.3f} {g20 / plain:6.1f} {eigh:7.3f}")
+        print(
+            f"{d:>5} {n:>5} {plain:8.3f} {g10:8.3f} {g10 / plain:6.1f} {g20:8.3f} {g20 / plain:6.1f} {eigh:7.3f} "
+            f"{1 + 10 * eigh / plain:7.1f} {1 + 20 * eigh / plain:7.1f}",
+            flush=True,
+        )
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """measure_geometry of a Pythia-70m-shaped model (random weights) on 1024 embedded probes."""
+    from geomtrace.measure import MeasureConfig, measure_geometry
+    from geomtrace.probes import ProbeSet, load_probes
+    from geomtrace.tiny import build_tiny_model, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer()
+    model = build_tiny_model("gpt_neox", tokenizer=tokenizer, hidden_size=512, num_layers=6, num_heads=8)
+    probes = load_probes(tokenizer, num_sequences=1024, max_tokens=128)
+    tokens = sum(len(seq) for seq in probes.sequences)
+    print(f"\n(iv) end to end: measure_geometry, d = 512, 6 layers, {len(probes)} probes ({tokens} tokens), best of 1")
+    warm = ProbeSet(probes.sequences[:64], probes.description, probes.pad_token_id)
+    measure_geometry(model, warm, MeasureConfig(uncertainty="jackknife"))  # warm-up: one-time costs out of the timings
+    times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    runs = (("plain", {}), ("G=10", {"uncertainty_groups": 10}), ("G=20", {}), ("plain 2", {}))
+    for label, options in runs:
+        config = MeasureConfig(**({"uncertainty": "jackknife", **options} if label.startswith("G") else {}))
+        # CPU time of this process as well as wall time: on a shared machine the wall time follows
+        # the other jobs' load, the process's own CPU time much less.
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = measure_geometry(model, probes, config)
+        times[label], cpu[label] = time.perf_counter() - start, time.process_time() - cpu_start
+        se = result.last.rankme_se
+        print(
+            f"{label:>7}: wall {times[label]:7.2f} s ({times[label] / times['plain']:.2f}x), "
+            f"CPU {cpu[label]:7.2f} s ({cpu[label] / cpu['plain']:.3f}x)  RankMe {result.last.rankme:.3f}"
+            + ("" if se is None else f" +- {se:.3f}"),
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -204,8 +249,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-calibration", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--end-to-end", action="store_true", help="also (iv): measure_geometry of a 70m-shaped model")
+    parser.add_argument(
+        "--cost-cases",
+        nargs="+",
+        default=["128:1024", "256:1024", "512:1024", "1024:1024", "2048:1024", "512:8192", "1024:8192"],
+        help="d:N pairs for (iii)",
+    )
     args = parser.parse_args()
-    args.cost_cases = [(64, 8192), (512, 1024), (512, 8192), (1024, 8192)]
+    args.cost_cases = [tuple(int(v) for v in case.split(":")) for case in args.cost_cases]
     if args.quick:
         args.draws, args.bootstrap_draws, args.repeats = 20, 0, 1
         args.cost_cases = [(64, 8192), (512, 1024)]
@@ -216,7 +269,10 @@ def main() -> None:
     )
     if not args.skip_calibration:
         calibration(args)
-    cost(args)
+    if not args.skip_cost:
+        cost(args)
+    if args.end_to_end:
+        end_to_end(args)
 
 
 if __name__ == "__main__":

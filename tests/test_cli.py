@@ -721,10 +721,11 @@ def test_every_measure_field_says_what_it_changes():
     from geomtrace.measure import value_fields
 
     changes = {f.name: f.metadata.get("changes") for f in fields(MeasureConfig)}
-    assert set(changes.values()) == {"values", "speed", "precision"}, changes
+    assert set(changes.values()) == {"values", "speed", "precision", "outputs"}, changes
     assert value_fields() == MeasureConfig.identity_fields()
     assert {"layers", "tokens", "fit_range", "eps"} <= set(MeasureConfig.identity_fields())
     assert set(MeasureConfig.speed_fields()) == {"batch_size", "rows_per_update", "padding_side"}
+    assert set(MeasureConfig.output_fields()) == {"uncertainty", "uncertainty_groups"}
 
 
 # ----------------------------------------------------------------------------- issue 15: messages

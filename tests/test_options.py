@@ -39,6 +39,8 @@ SAMPLES: dict[type, dict[str, object]] = {
         "padding_side": "left",
         "autocast": "off",
         "source": "training",
+        "uncertainty": "jackknife",
+        "uncertainty_groups": 10,
     },
     ProbeOptions: {
         "source": "probes.txt",
@@ -86,6 +88,7 @@ SAMPLES: dict[type, dict[str, object]] = {
 REQUIRES: dict[tuple[type, str], dict[str, object]] = {
     (ProbeOptions, "system_prompt"): {"chat_template": True},
     (MeasureConfig, "skip_first_token"): {"tokens": "mean"},
+    (MeasureConfig, "uncertainty_groups"): {"uncertainty": "jackknife"},
 }
 LIVE = {"schedule": Schedule, "measure": MeasureConfig, "probes": ProbeOptions, "detector": DetectorOptions}
 CASES = [(cls, name) for cls in SAMPLES for name in cls.field_names()]

@@ -94,10 +94,13 @@ class Stage:
         first, last = rows[0], rows[-1]
         layer = (self.provenance or {}).get("trajectory", {})
         where = "" if key_r == f"{prefix}/rankme" else f"layer {layer.get('layer')} "
+        # The standard errors (MeasureConfig.uncertainty) under the value's tag + "_se", when measured.
+        se_r = f" +- {last[key_r + '_se']:.2f}" if key_r + "_se" in last else ""
+        se_a = f" +- {last[key_a + '_se']:.3f}" if key_a + "_se" in last else ""
         return (
             f"{where}RankMe {first[key_r]:.1f} (step {first['step']}) -> min {low[key_r]:.1f} (step {low['step']}) "
-            f"-> max {high[key_r]:.1f} (step {high['step']}) -> {last[key_r]:.1f} (step {last['step']}); "
-            f"alpha {first.get(key_a, math.nan):.3f} -> {last.get(key_a, math.nan):.3f}"
+            f"-> max {high[key_r]:.1f} (step {high['step']}) -> {last[key_r]:.1f}{se_r} (step {last['step']}); "
+            f"alpha {first.get(key_a, math.nan):.3f} -> {last.get(key_a, math.nan):.3f}{se_a}"
             + (f"; phase now: {self.phase}" if self.phase else "")
             + (f" (since step {self.comparable_from}: measured differently before)" if self.provenance_changes else "")
         )

@@ -6,8 +6,9 @@ One function per thing written to a ``SummaryWriter`` (``torch.utils.tensorboard
 the same tags and overlay in one TensorBoard:
 
 * :func:`write_scalars`: ``{tag: value}`` at a step, e.g. ``GeometryResult.scalars(prefix)``
-  (``geometry/rankme``, ``geometry/alpha``, ``geometry/alpha_r2``, ``geometry/n_samples`` for
-  the final layer, ``geometry/layer{L}/...`` for the others, then the extra metrics').
+  (``geometry/rankme``, ``geometry/alpha``, ``geometry/alpha_r2``, ``geometry/n_samples``, with
+  error bars ``geometry/rankme_se``, ``geometry/alpha_se``, for the final layer,
+  ``geometry/layer{L}/...`` for the others, then the extra metrics').
 * :func:`write_eigenspectra`: the eigenspectrum with its fitted power law, one figure per
   layer, under :func:`eigenspectrum_tag` (``geometry/eigenspectrum`` for the final layer,
   ``geometry/layer{L}/eigenspectrum`` else: :func:`~geomtrace.measure.metric_key`, the rule of

@@ -42,6 +42,7 @@ __all__ = [
     "num_hidden_layers",
     "position_ids",
     "resolve_layers",
+    "row_sequences",
     "select_tokens",
     "TokenSelection",
     "unwrap_chain",
@@ -224,6 +225,34 @@ def _first_token_index(mask: Tensor) -> Tensor:
     return mask.to(torch.int8).argmax(dim=1)
 
 
+def _kept_tokens(mask: Tensor, skip_first_token: bool) -> Tensor:
+    """The boolean mask of the tokens ``"all"``/``"mean"`` keep (the first real one left out if asked)."""
+    if not skip_first_token:
+        return mask
+    first = _first_token_index(mask)
+    mask = mask.clone()
+    mask[torch.arange(mask.shape[0], device=mask.device), first] = False
+    return mask
+
+
+def row_sequences(attention_mask: Tensor, tokens: TokenSelection = "last", skip_first_token: bool = False) -> Tensor:
+    """The batch position (0..B-1) of the sequence each row of :func:`select_tokens` comes from.
+
+    Same rows, same order: ``select_tokens(h, mask, ...)[j]`` belongs to sequence
+    ``row_sequences(mask, ...)[j]`` (int64, on the mask's device). The measuring path maps it
+    to the probe's position in the probe set, the jackknife's sampling unit.
+    """
+    FeatureSpec(tokens=tokens, skip_first_token=skip_first_token).validate()
+    mask = attention_mask.bool()
+    positions = torch.arange(mask.shape[0], device=mask.device)
+    if tokens == "last":
+        return positions[mask.any(dim=1)]
+    counts = _kept_tokens(mask, skip_first_token).sum(dim=1)
+    if tokens == "all":
+        return torch.repeat_interleave(positions, counts)
+    return positions[counts > 0]
+
+
 def select_tokens(
     hidden: Tensor,
     attention_mask: Tensor,
@@ -247,10 +276,7 @@ def select_tokens(
     if tokens == "last":
         rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]
         return rows[has_token]
-    if skip_first_token:
-        first = _first_token_index(mask)
-        mask = mask.clone()
-        mask[torch.arange(mask.shape[0], device=mask.device), first] = False
+    mask = _kept_tokens(mask, skip_first_token)
     if tokens == "all":
         return hidden[mask]
     counts = mask.sum(dim=1)

@@ -30,6 +30,7 @@ from geomtrace.features import (
     find_causal_lm,
     num_hidden_layers,
     resolve_layers,
+    row_sequences,
 )
 from geomtrace.metrics import Geometry, GeometrySummary
 from geomtrace.options import AUTOCAST_CHOICES, AutocastSetting, MeasureConfig
@@ -62,7 +63,20 @@ __all__ = [
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
 #: callbacks log beside them).
 RESERVED_NAMES: frozenset[str] = frozenset(
-    {"geometry", "rankme", "alpha", "alpha_r2", "r2", "n_samples", "eigenspectrum", "eigenvalues", "seconds", "phase"}
+    {
+        "geometry",
+        "rankme",
+        "alpha",
+        "alpha_r2",
+        "r2",
+        "n_samples",
+        "eigenspectrum",
+        "eigenvalues",
+        "seconds",
+        "phase",
+        "rankme_se",
+        "alpha_se",
+    }
 )
 _NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
@@ -94,10 +108,19 @@ class LayerGeometry:
     extras: dict[str, float] = field(default_factory=dict)
     #: Non-scalar values of the ``extra_metrics`` (tensors of more than one element), by name.
     extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Jackknife standard errors of :attr:`rankme` and :attr:`alpha`
+    #: (``MeasureConfig(uncertainty="jackknife")``); None without uncertainty, NaN when undefined.
+    rankme_se: float | None = None
+    alpha_se: float | None = None
 
     def scalars(self) -> dict[str, float]:
-        """The logged numbers: rankme, alpha, alpha_r2, n_samples, then the extra metrics' scalars."""
+        """The logged numbers: rankme, alpha, alpha_r2, n_samples, rankme_se and alpha_se (when
+        measured), then the extra metrics' scalars."""
         out = {"rankme": self.rankme, "alpha": self.alpha, "alpha_r2": self.r2, "n_samples": float(self.n_samples)}
+        if self.rankme_se is not None:
+            out["rankme_se"] = self.rankme_se
+        if self.alpha_se is not None:
+            out["alpha_se"] = self.alpha_se
         out.update(self.extras)
         return out
 
@@ -316,6 +339,7 @@ def measure_geometry(
         rank, world_size = 0, 1
     device = device_of(lm)
     shard = probes.shard(rank, world_size) if world_size > 1 else probes
+    shard_start = probes.shard_range(rank, world_size).start if world_size > 1 else 0
     collections = {layer: layer_collection(layer, config, device, world_size > 1, extras) for layer in layers}
     failed: set[tuple[int, str]] = set()
     n_batches = batch_count(len(shard), config.batch_size, world_size, device)
@@ -324,7 +348,7 @@ def measure_geometry(
     precision = "fp32"
     try:
         precision = _run_forwards(
-            model, probes, shard, config, collections, failed, n_batches, device, progress and rank == 0
+            model, probes, shard, config, collections, failed, n_batches, device, progress and rank == 0, shard_start
         )
     except Exception as err:  # noqa: BLE001 - re-raised below after the ranks agree
         error = err
@@ -355,26 +379,35 @@ def _run_forwards(
     n_batches: int,
     device: torch.device,
     progress: bool,
+    shard_start: int = 0,
 ) -> str:
-    """Run the probe forwards into each layer's metrics; returns the forward's precision."""
+    """Run the probe forwards into each layer's metrics; returns the forward's precision.
+    ``shard_start``: the position of ``shard``'s first sequence in ``probes``."""
     spec = config.feature_spec
     pending: dict[int, list[torch.Tensor]] = {layer: [] for layer in collections}
+    # With uncertainty: each row's probe position in the whole set (the jackknife's sampling
+    # unit), so the groups do not depend on the shard, the sort below or the batch size.
+    pending_index: list[torch.Tensor] = []
     pending_rows = 0
 
     def flush() -> None:
         nonlocal pending_rows
+        index = torch.cat(pending_index) if pending_index else None
         for layer, chunks in pending.items():
             if chunks:
-                update_layer(layer, collections[layer], torch.cat(chunks), failed)
+                update_layer(layer, collections[layer], torch.cat(chunks), failed, sample_index=index)
                 chunks.clear()
+        pending_index.clear()
         pending_rows = 0
 
     bar = progress_bar(n_batches, progress, "geometry")
     # Batch sequences of similar length together: the covariance does not depend on row
     # order, and padding every batch to its longest member wastes up to half the forward.
-    by_length = sorted(shard.sequences, key=len)
-    ordered = ProbeSet(by_length, shard.description, shard.pad_token_id)
+    order = sorted(range(len(shard)), key=lambda i: len(shard.sequences[i]))
+    ordered = ProbeSet([shard.sequences[i] for i in order], shard.description, shard.pad_token_id)
     batches = ordered.batches(config.batch_size, padding_side=config.padding_side)
+    positions = torch.tensor([shard_start + i for i in order], dtype=torch.int64)
+    done = 0  # sequences of ``ordered`` forwarded so far
     # A rank whose shard ran out repeats a one-sequence forward and discards it.
     filler = ProbeSet([probes.sequences[0]], probes.description, probes.pad_token_id)
     with eval_mode(model), probe_autocast(config.autocast, device):
@@ -388,6 +421,11 @@ def _run_forwards(
             if real:
                 for layer, rows in features.items():
                     pending[layer].append(rows.detach())
+                if config.uncertainty is not None:
+                    mask = batch["attention_mask"]
+                    rows_of = row_sequences(mask, spec.tokens, spec.skip_first_token).cpu()
+                    pending_index.append(positions[done + rows_of])
+                    done += mask.shape[0]
                 pending_rows += next(iter(features.values())).shape[0]
                 if pending_rows >= config.rows_per_update:
                     flush()
@@ -468,6 +506,8 @@ def layer_collection(
         fit_range=config.fit_range,
         max_components=config.max_components,
         sync_on_compute=sync,
+        uncertainty=config.uncertainty,
+        groups=None if config.uncertainty is None else config.uncertainty_groups,
     )
     geometry.label = f"layer {layer}"
     members: dict[str, Metric | MetricCollection] = {_GEOMETRY: geometry}
@@ -484,12 +524,24 @@ def layer_collection(
     return MetricCollection(members, compute_groups=False).to(device)
 
 
-def update_layer(layer: int, collection: MetricCollection, rows: Tensor, failed: set[tuple[int, str]]) -> None:
+def update_layer(
+    layer: int,
+    collection: MetricCollection,
+    rows: Tensor,
+    failed: set[tuple[int, str]],
+    sample_index: Tensor | None = None,
+) -> None:
+    """Feed ``rows`` to the layer's metrics (a failing extra metric is NaN, with a warning).
+    ``sample_index`` (one per row, with ``MeasureConfig.uncertainty``): the jackknife's sampling
+    unit of each row (:meth:`geomtrace.Geometry.update`); the extra metrics get the rows only."""
     # Extra metrics get fp32 (fp64 stays fp64), as the contract says; the geometry upcasts itself.
     extra_rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
     for name, metric in collection.items(keep_base=True, copy_state=False):
         if name == _GEOMETRY:
-            metric.update(rows)
+            if sample_index is None:
+                metric.update(rows)
+            else:
+                metric.update(rows, sample_index=sample_index)
             continue
         if (layer, name) in failed:
             continue
@@ -561,4 +613,6 @@ def _layer_geometry(layer: int, summary: GeometrySummary) -> LayerGeometry:
         eigenvalues=eigenvalues,
         fit_ranks=summary.fit.ranks.cpu().numpy(),
         fit_values=summary.fit.fitted.cpu().numpy(),
+        rankme_se=None if summary.rankme_se is None else float(summary.rankme_se),
+        alpha_se=None if summary.alpha_se is None else float(summary.alpha_se),
     )

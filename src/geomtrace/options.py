@@ -32,6 +32,7 @@ __all__ = [
     "AUTOCAST_CHOICES",
     "DEFAULT_EPS",
     "DEFAULT_FIT_RANGE",
+    "DEFAULT_UNCERTAINTY_GROUPS",
     "FEATURE_SOURCES",
     "PROBE_OPTION_RULES",
     "AutocastSetting",
@@ -48,6 +49,8 @@ __all__ = [
 
 #: The paper's alpha-ReQ fit range: eigenvalue ranks 12..100 (1-based, inclusive).
 DEFAULT_FIT_RANGE: tuple[int, int] = (12, 100)
+#: Jackknife groups of :attr:`MeasureConfig.uncertainty_groups` (``geomtrace.uncertainty.DEFAULT_GROUPS``).
+DEFAULT_UNCERTAINTY_GROUPS: int = 20
 #: RankMe's epsilon (added to the normalised spectrum before the entropy).
 DEFAULT_EPS: float = 1e-7
 #: Which hidden states: ``"last"``, ``"all"``, an index or indices into ``hidden_states``.
@@ -140,6 +143,7 @@ _SCHEDULE_RULES: dict[str, Rule] = {
 _VALUES = {"changes": "values"}
 _SPEED = {"changes": "speed"}
 _PRECISION = {"changes": "precision"}
+_OUTPUTS = {"changes": "outputs"}
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,11 @@ class MeasureConfig(OptionSet):
 
     Each field says in its ``metadata["changes"]`` what it changes: ``"values"`` (layers, tokens,
     conventions: :meth:`identity_fields`), ``"speed"`` (batch size, buffering, padding:
-    :meth:`speed_fields`) or ``"precision"`` (``autocast``). Everything that compares runs (the
+    :meth:`speed_fields`), ``"precision"`` (``autocast``) or ``"outputs"`` (error bars beside the
+    values, which stay as they are: :meth:`output_fields`). Everything that compares runs (the
     tracker's provenance check, replay's output identity, ``--like``, ``plot``'s warning) derives
-    its field list from this.
+    its field list from this: neither speed nor output fields make runs incomparable, so records
+    with and without standard errors may share a replay output (each record says what it has).
 
     Attributes:
         layers: ``"last"`` (post final norm, default), ``"all"``, an index or a list of
@@ -178,6 +184,13 @@ class MeasureConfig(OptionSet):
             docs/concepts.md, "Which rows"). Live tracking only: replay has no training forward.
             With ``"training"``, ``batch_size``, ``padding_side`` and ``autocast`` do not apply
             (the training batches are as the trainer makes them).
+        uncertainty: ``"jackknife"`` adds standard errors ``rankme_se``, ``alpha_se`` beside the
+            values (logged as ``geometry/rankme_se``...), from a delete-a-group jackknife over the
+            probe set (:mod:`geomtrace.uncertainty`; docs/concepts.md, "Error bars"): the spread
+            of *this* probe set's value under resampling the probes, not its distance from the
+            population value (the plug-in estimate is biased at small N / d). None (default): none.
+        uncertainty_groups: the jackknife's groups ``G`` (probe ``i`` is in group ``i mod G``):
+            ``G`` more ``d x d`` eigendecompositions per layer and ``G d^2`` float64 of memory.
     """
 
     group = "measure"
@@ -194,6 +207,8 @@ class MeasureConfig(OptionSet):
     padding_side: Literal["left", "right"] = field(default="right", metadata=_SPEED)
     autocast: AutocastSetting = field(default="auto", metadata=_PRECISION)
     source: FeatureSource = field(default="probes", metadata=_VALUES)
+    uncertainty: Literal["jackknife"] | None = field(default=None, metadata=_OUTPUTS)
+    uncertainty_groups: int = field(default=DEFAULT_UNCERTAINTY_GROUPS, metadata=_OUTPUTS)
 
     def __post_init__(self) -> None:
         # Types at construction (plain Python values: the record is JSON); ranges in validate().
@@ -213,6 +228,11 @@ class MeasureConfig(OptionSet):
 
         check_fields(self, _CONFIG_RULES)
         validate_eps(self.eps)
+        if self.uncertainty is None and self.uncertainty_groups != DEFAULT_UNCERTAINTY_GROUPS:
+            raise ValueError(
+                f"uncertainty_groups={self.uncertainty_groups} only applies with uncertainty='jackknife': "
+                "set both (--measure.uncertainty jackknife), or neither for plain values"
+            )
 
     @classmethod
     def identity_fields(cls) -> tuple[str, ...]:
@@ -224,6 +244,13 @@ class MeasureConfig(OptionSet):
         """The fields that change only the speed (round-off at most): a replay with other values
         of these continues an output instead of conflicting with it."""
         return tuple(f.name for f in fields(cls) if f.metadata.get("changes") == "speed")
+
+    @classmethod
+    def output_fields(cls) -> tuple[str, ...]:
+        """The fields that add outputs (standard errors) and leave the values as they are: a
+        replay with other values of these continues an output, whose records then differ in
+        whether they hold ``rankme_se``/``alpha_se``."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("changes") == "outputs")
 
 
 #: One rule per option of :class:`MeasureConfig` (``layers`` and ``eps`` have their own checks).
@@ -239,6 +266,8 @@ _CONFIG_RULES: dict[str, Rule] = {
     "padding_side": Rule("str", choices=("left", "right")),
     "autocast": Rule("str", choices=AUTOCAST_CHOICES, example="'auto', which follows the trainer's precision"),
     "source": Rule("str", choices=FEATURE_SOURCES, example="'probes' or 'training' (the training batches)"),
+    "uncertainty": Rule("str", choices=("jackknife",), optional=True, example="'jackknife', or None"),
+    "uncertainty_groups": Rule("int", minimum=2, example="20 (10 halves the cost)"),
 }
 
 

@@ -26,9 +26,10 @@ import numpy as np
 
 from geomtrace._optional import require
 from geomtrace.phases import Phase
-from geomtrace.trajectory import trajectory_from_rows
+from geomtrace.trajectory import to_float, trajectory_from_rows
 
 __all__ = [
+    "BAND_Z",
     "PHASE_COLORS",
     "eigenspectrum_figure",
     "memorization_series",
@@ -66,21 +67,53 @@ def _pyplot() -> Any:
 
 
 _COLUMNS = ("step", "tokens", "n_params", "rankme", "alpha")
+#: Optional columns: the jackknife standard errors (``MeasureConfig.uncertainty``), drawn as bands.
+_SE_COLUMNS = ("rankme_se", "alpha_se")
+#: Half-width of the drawn bands in standard errors (a normal 95 % interval).
+BAND_Z = 1.96
 
 
 def _columns(run: Any, layer: int | None) -> dict[str, np.ndarray]:
     """Normalise one run to columns: a Trajectory, a ``{"step": [...], "rankme": [...]}``
-    mapping, or a sequence of replay records / live history rows."""
+    mapping, or a sequence of replay records / live history rows. The standard-error columns
+    are NaN where a run has none."""
     if isinstance(run, Mapping):
         if "rankme" not in run or "step" not in run:
             raise ValueError(f"a run mapping needs 'step' and 'rankme' lists, got keys {sorted(run)}")
         n = len(run["rankme"])
-        return {c: np.asarray(run[c], dtype=np.float64) if c in run else np.full(n, np.nan) for c in _COLUMNS}
+        names = (*_COLUMNS, *_SE_COLUMNS)
+        return {c: np.asarray(run[c], dtype=np.float64) if c in run else np.full(n, np.nan) for c in names}
     if isinstance(run, Sequence) and not isinstance(run, str):
         run = trajectory_from_rows(list(run), layer=layer)
     if all(hasattr(run, c) for c in _COLUMNS):
-        return {c: np.asarray(getattr(run, c), dtype=np.float64) for c in _COLUMNS}
+        cols = {c: np.asarray(getattr(run, c), dtype=np.float64) for c in _COLUMNS}
+        cols.update({c: _se_column(run, c) for c in _SE_COLUMNS})
+        return cols
     raise TypeError(f"unsupported run of type {type(run).__name__}: pass records, a column mapping or a Trajectory")
+
+
+def _se_column(run: Any, name: str) -> np.ndarray:
+    """A trajectory's standard errors ``name``: its own attribute when it has one, else from its
+    rows (a replay record's field ``rankme_se``; a live row's ``geometry[/layer<L>]/rankme_se``)."""
+    n = len(run.step)
+    own = getattr(run, name, None)
+    if own is not None:
+        return np.asarray(own, dtype=np.float64)
+    records = list(getattr(run, "records", None) or [])
+    if len(records) != n:
+        return np.full(n, np.nan)
+    layer = getattr(run, "layer", None)
+    replay = any(r.get("layer") is not None for r in records)
+    key = name if replay else (f"geometry/{name}" if layer is None else f"geometry/layer{layer}/{name}")
+    return np.array([to_float(r.get(key)) for r in records], dtype=np.float64)
+
+
+def _band(ax: Any, x: np.ndarray, value: np.ndarray, se: np.ndarray, color: Any) -> None:
+    """Shade ``value +- BAND_Z * se`` where the standard error is known."""
+    known = np.isfinite(se) & np.isfinite(value)
+    if known.any():
+        half = BAND_Z * np.where(known, se, 0.0)
+        ax.fill_between(x, value - half, value + half, where=known, color=color, alpha=0.2, lw=0)
 
 
 def _x_values(cols: Mapping[str, np.ndarray], x: str, label: str) -> np.ndarray:
@@ -165,7 +198,10 @@ def trajectory_figure(
         runs: ``{label: run}``; a run is a list of replay records (``geomtrace.replay``'s
             store) or live history rows (``geometry/rankme`` ...), a column mapping
             ``{"step": [...], "rankme": [...], "alpha": [...]}`` (optional ``tokens``,
-            ``n_params``), or a :class:`geomtrace.replay.results.Trajectory`.
+            ``n_params``, ``rankme_se``, ``alpha_se``), or a :class:`geomtrace.replay.results.Trajectory`.
+            Where a run has standard errors (``MeasureConfig(uncertainty="jackknife")``: the
+            records' ``rankme_se``/``alpha_se``), each line gets a shaded band of
+            ``+- 1.96 se`` (:data:`BAND_Z`).
         x: ``"step"``, ``"tokens"`` or ``"flops"`` (``6 * n_params * tokens``).
         layer: which layer of multi-layer records (default: the deepest).
         phases: :class:`geomtrace.phases.PhaseSegment` list (in steps) to shade; mapped to
@@ -199,9 +235,11 @@ def trajectory_figure(
         xs.append(xv)
         if first is None:
             first = (cols["step"], xv)
-        ax_r.plot(xv[order], cols["rankme"][order], marker="o", ms=3, label=str(label))
+        (line,) = ax_r.plot(xv[order], cols["rankme"][order], marker="o", ms=3, label=str(label))
+        _band(ax_r, xv[order], cols["rankme"][order], cols["rankme_se"][order], line.get_color())
         if np.any(np.isfinite(cols["alpha"])):
-            ax_a.plot(xv[order], cols["alpha"][order], marker="o", ms=3, label=str(label))
+            (line,) = ax_a.plot(xv[order], cols["alpha"][order], marker="o", ms=3, label=str(label))
+            _band(ax_a, xv[order], cols["alpha"][order], cols["alpha_se"][order], line.get_color())
     assert first is not None  # runs is not empty (checked above)
     steps, xv = first
     ok = np.isfinite(steps) & np.isfinite(xv)

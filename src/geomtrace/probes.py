@@ -105,16 +105,21 @@ class ProbeSet:
         Shards cover every sequence exactly once; sizes differ by at most one and a shard is
         empty when there are fewer sequences than ranks (that rank still joins the reduce).
         """
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        n = len(self.sequences)
-        start, stop = rank * n // world_size, (rank + 1) * n // world_size
+        span = self.shard_range(rank, world_size)
+        start, stop = span.start, span.stop
         return ProbeSet(
             sequences=self.sequences[start:stop],
             description=f"{self.description} shard={rank}/{world_size}",
             pad_token_id=self.pad_token_id,
             texts=None if self.texts is None else self.texts[start:stop],
         )
+
+    def shard_range(self, rank: int, world_size: int) -> range:
+        """The positions in this set of the sequences of :meth:`shard` ``(rank, world_size)``."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        n = len(self.sequences)
+        return range(rank * n // world_size, (rank + 1) * n // world_size)
 
     def batches(
         self,

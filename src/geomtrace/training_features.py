@@ -45,6 +45,7 @@ from geomtrace.features import (
     last_hidden_state,
     num_hidden_layers,
     resolve_layers,
+    row_sequences,
     select_tokens,
 )
 from geomtrace.measure import (
@@ -102,6 +103,8 @@ class TrainingFeatures:
         self._rows: dict[int, Tensor] = {}
         self._warned: set[str] = set()
         self._pending: dict[int, list[Tensor]] = {}
+        # With uncertainty: each row's sequence number in the window (the jackknife's sampling unit).
+        self._pending_index: list[Tensor] = []
         self._pending_rows = 0
         self._failed: set[tuple[int, str]] = set()
         self._precision: str | None = None
@@ -242,6 +245,12 @@ class TrainingFeatures:
         first = rows[self._layers[0]]
         for layer in self._layers:
             self._pending[layer].append(rows[layer])
+        if self.config.uncertainty is not None and self._mask is not None:
+            # Sequence j of this rank's window is sampling unit j * world_size + rank: all rows of
+            # a sequence share a jackknife group, and the ranks' sequences interleave.
+            local = row_sequences(self._mask, self._spec.tokens, self._spec.skip_first_token).cpu() + self.sequences
+            rank = rank_and_world_size()[0] if self._world_size > 1 else 0
+            self._pending_index.append(local * self._world_size + rank)
         self.rows += first.shape[0]
         self._pending_rows += first.shape[0]
         self.sequences += int(self._mask.shape[0]) if self._mask is not None else 0
@@ -260,6 +269,7 @@ class TrainingFeatures:
 
     def _reset_window(self) -> None:
         self._pending = {layer: [] for layer in self._layers}
+        self._pending_index = []
         self._pending_rows = 0
         self._failed = set()
         self._precision = None
@@ -271,10 +281,12 @@ class TrainingFeatures:
             collection.reset()
 
     def _flush(self) -> None:
+        index = torch.cat(self._pending_index) if self._pending_index else None
         for layer, chunks in self._pending.items():
             if chunks:
-                update_layer(layer, self._collections[layer], torch.cat(chunks), self._failed)
+                update_layer(layer, self._collections[layer], torch.cat(chunks), self._failed, sample_index=index)
                 chunks.clear()
+        self._pending_index = []
         self._pending_rows = 0
 
     def measure_window(self, steps: tuple[int, int]) -> GeometryResult | None:

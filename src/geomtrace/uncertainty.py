@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from geomtrace.covariance import Moments
+from geomtrace.options import DEFAULT_UNCERTAINTY_GROUPS
 
 __all__ = [
     "DEFAULT_GROUPS",
@@ -63,7 +64,7 @@ __all__ = [
 UncertaintyMethod = Literal["jackknife"]
 
 #: Groups of the delete-a-group jackknife when ``uncertainty="jackknife"`` and no ``groups``.
-DEFAULT_GROUPS: int = 20
+DEFAULT_GROUPS: int = DEFAULT_UNCERTAINTY_GROUPS
 #: Largest memory the group moments may take (bytes): ``G * d^2 * 8`` must not exceed it.
 DEFAULT_MAX_GROUP_MEMORY: int = 2 * 2**30
 #: The metric states that hold the group moments (only registered with ``uncertainty=``).
@@ -159,7 +160,8 @@ def check_group_memory(groups: int, dim: int, cap: int | None, who: str) -> None
         return
     fits = max(cap // max(group_memory_bytes(1, dim), 1), 0)
     advice = (
-        f"use groups={fits} (the most that fit; >= 10 keeps the error bars usable)"
+        f"use groups={fits} (MeasureConfig: uncertainty_groups={fits}; the most that fit; >= 10 keeps the error "
+        "bars usable)"
         if fits >= 2
         else "even 2 groups do not fit"
     )

@@ -44,7 +44,8 @@ class GeometryMonitor(Callback):
 
     Logged keys (last layer; other tracked layers as ``geometry/layer{L}/...``):
     ``geometry/rankme``, ``geometry/alpha``, ``geometry/alpha_r2``, ``geometry/n_samples``,
-    ``geometry/seconds`` (the measurement's wall time), and with ``track_phases``
+    ``geometry/seconds`` (the measurement's wall time), with ``MeasureConfig(uncertainty="jackknife")``
+    ``geometry/rankme_se`` and ``geometry/alpha_se`` (standard errors), and with ``track_phases``
     ``geometry/phase`` (0 stable, 1 warmup, 2 entropy-seeking, 3 compression-seeking) and
     ``geometry/phase_transition``, which follow *the* trajectory: the deepest tracked layer
     (``geometry/layer{L}/phase`` when that is not the final layer).

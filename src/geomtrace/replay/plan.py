@@ -319,11 +319,13 @@ def check_replay_source(config: MeasureConfig) -> None:
 def measurement_identity(config: MeasureConfig, probes: ProbeSet, dtype: Any) -> dict[str, Any]:
     """What makes two measurements of one checkpoint comparable: the probe set
     (fingerprint), every option of ``config`` that changes the values or the precision (not
-    :meth:`~geomtrace.measure.MeasureConfig.speed_fields`) and the weights' dtype. An output
+    :meth:`~geomtrace.measure.MeasureConfig.speed_fields` nor ``output_fields``) and the weights' dtype. An output
     holds records of one identity only."""
-    speed = MeasureConfig.speed_fields()
-    # Replay always measures probes (check_replay_source): outputs written before the field existed match.
-    measure = {k: v for k, v in config.to_dict().items() if k not in speed and k != "source"}
+    # Neither the speed nor the output fields (error bars: the values stay as they are) change the
+    # identity, so its id stays that of outputs written before those fields existed; replay always
+    # measures probes (check_replay_source): likewise.
+    skip = {*MeasureConfig.speed_fields(), *MeasureConfig.output_fields(), "source"}
+    measure = {k: v for k, v in config.to_dict().items() if k not in skip}
     return {
         "probe_fingerprint": probes.fingerprint(),
         "n_probes": len(probes),

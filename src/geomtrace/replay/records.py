@@ -34,7 +34,7 @@ def build_records(
 ) -> list[dict[str, Any]]:
     """One store record per measured layer of ``result`` (fields of ``store.RECORD_FIELDS``
     plus ``precision``, ``n_params``, ``n_dropped``, ``num_layers``, ``spectrum``, ``kind``,
-    ``path`` and ``extra``).
+    ``path`` and ``extra``; with ``MeasureConfig.uncertainty`` also ``rankme_se`` and ``alpha_se``).
 
     The scalar values of the user's extra metrics (``LayerGeometry.extras``) are fields of
     the record under their names (``pr``; ``name/key`` for a metric returning a dict), listed
@@ -72,6 +72,11 @@ def build_records(
                 **(extra or {}),
             }
         )
+        # Jackknife standard errors (MeasureConfig.uncertainty): only in records that have them.
+        for name in ("rankme_se", "alpha_se"):
+            value = getattr(layer, name)
+            if value is not None:
+                records[-1][name] = value
         if layer.extras:
             records[-1].update(layer.extras)
             records[-1][EXTRA_METRICS_FIELD] = list(layer.extras)
@@ -109,6 +114,8 @@ RECORD_KEYS: frozenset[str] = frozenset(
         "config_id",
         "n_layers",
         "eigenspectrum",
+        "rankme_se",
+        "alpha_se",
         EXTRA_METRICS_FIELD,
     }
 )

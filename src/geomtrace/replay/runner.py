@@ -179,8 +179,11 @@ def _fmt(value: float, spec: str) -> str:
 def _summary_line(ckpt: Checkpoint, result: GeometryResult, load_seconds: float) -> str:
     last = result.last
     step = "-" if ckpt.step is None else str(ckpt.step)
+    se_r = "" if last.rankme_se is None else f" +- {_fmt(last.rankme_se, '.2f')}"  # MeasureConfig.uncertainty
+    se_a = "" if last.alpha_se is None else f" +- {_fmt(last.alpha_se, '.4f')}"
     return (
-        f"[geomtrace] {ckpt.key} (step {step}): RankMe {_fmt(last.rankme, '.2f')}  alpha {_fmt(last.alpha, '.4f')}"
+        f"[geomtrace] {ckpt.key} (step {step}): RankMe {_fmt(last.rankme, '.2f')}{se_r}  "
+        f"alpha {_fmt(last.alpha, '.4f')}{se_a}"
         f"  R2 {_fmt(last.r2, '.3f')}  N={last.n_samples} d={last.dim} {result.precision}  "
         f"load {load_seconds:.1f}s measure {result.seconds:.1f}s"
     )

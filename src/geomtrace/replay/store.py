@@ -87,7 +87,16 @@ RECORD_FIELDS: tuple[str, ...] = (
     "seconds",
 )
 #: Float fields whose JSON ``null`` reads back as ``nan``.
-METRIC_FIELDS: tuple[str, ...] = ("rankme", "alpha", "r2", "rankme_singular", "loss", "seconds")
+METRIC_FIELDS: tuple[str, ...] = (
+    "rankme",
+    "alpha",
+    "r2",
+    "rankme_singular",
+    "loss",
+    "seconds",
+    "rankme_se",
+    "alpha_se",
+)
 #: The record field that lists the names of the user's extra metrics
 #: (``run_replay(extra_metrics=...)``); each name is a float field of the record too (NaN
 #: reads back as ``nan``), and non-scalar values are arrays in the spectrum file
