@@ -229,3 +229,27 @@ def test_row_sequences_names_the_sequence_of_every_selected_row(tokens, skip_fir
     assert torch.equal(rows[:, 0].long(), owners)
     kept = {b for b, n in enumerate(lengths) if n > (1 if skip_first_token else 0)}
     assert set(owners.tolist()) == kept
+
+
+def test_the_live_phase_detector_gets_the_errors_and_the_spectrum(model, monkeypatch):
+    """The tracker hands the history's standard errors (and whether the values are centred) to the
+    detector, so a live phase change is named only beyond the noise."""
+    import geomtrace.phases as phases
+    from geomtrace.tracking import GeometryTracker
+
+    seen: list[dict] = []
+    real = phases.current_phase
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phases, "current_phase", spy)
+    tracker = GeometryTracker(probes=random_probes(), measure=jackknife(MeasureConfig(fit_range=FIT)), every_n_steps=1)
+    for step in (0, 1, 2):
+        tracker.measure(model, step)
+    assert seen, "the tracker never asked the detector"
+    last = seen[-1]
+    assert last["rankme_se"] == [r["geometry/rankme_se"] for r in tracker.history]
+    assert last["alpha_se"] == [r["geometry/alpha_se"] for r in tracker.history]
+    assert last["spectrum"] == "covariance"

@@ -628,6 +628,11 @@ class GeometryTracker:
                 [r[keys["rankme"]] for r in points],
                 [r.get(keys["alpha"], math.nan) for r in points],
                 self.detector,
+                # error bars (the value's tag + "_se") when measured: the detector names a trend only
+                # beyond its noise; the spectrum says whether the values were centred
+                rankme_se=[r.get(keys["rankme"] + "_se") for r in points],
+                alpha_se=[r.get(keys["alpha"] + "_se") for r in points],
+                spectrum=self.config.spectrum,
                 allow_warmup=self.detector.allow_warmup and not self.from_pretrained,
             )
         except Exception as err:  # phase detection is advisory: never stop tracking for it
