@@ -482,3 +482,19 @@ def test_a_ready_probe_set_records_the_options_that_rebuild_it(tmp_path, tokeniz
     rebuilt = ProbeOptions.from_dict(recorded).build(tokenizer)
     assert rebuilt.fingerprint() == probes.fingerprint()
     assert GeometryTracker(probes=PROBES).recorded_probe_options() is None  # a hand-made set: nothing to say
+
+
+@pytest.mark.parametrize("spectrum", ["covariance", "singular"])
+def test_a_live_history_says_whether_its_values_were_centred(tmp_path, spectrum):
+    """`geomtrace phases history.json` reads the spectrum from the history's provenance, so its
+    phase table can say centred (covariance) or uncentred (singular)."""
+    from geomtrace.replay.results import load_trajectory
+
+    model = build_tiny_model("gpt_neox", vocab_size=300, hidden_size=32)
+    probes = ProbeSet([[i % 290 + 3 for i in range(k, k + 9)] for k in range(12)], "twelve probes", 0)
+    path = tmp_path / "geometry.json"
+    tracker = GeometryTracker(probes=probes, measure=MeasureConfig(spectrum=spectrum), history_file=path)
+    for step in (0, 1):
+        tracker.measure(model, step)
+    tracker.autosave()
+    assert load_trajectory(path).spectrum == spectrum

@@ -50,11 +50,14 @@ def _read_history(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def _with_run_fields(rows: list[dict[str, Any]], run: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Fill ``tokens`` (``step * tokens_per_step``), ``n_params`` and the provenance's
-    fingerprint and precision into live rows that lack them."""
+    fingerprint, precision and spectrum into live rows that lack them."""
     tokens_per_step, n_params = run.get("tokens_per_step"), run.get("n_params")
     provenance = run.get("provenance")
     if not isinstance(provenance, dict):
         provenance = {}
+    measured = provenance.get("measure_config")
+    if not isinstance(measured, dict):
+        measured = {}
     out = []
     for r in rows:
         r = dict(r)
@@ -65,6 +68,9 @@ def _with_run_fields(rows: list[dict[str, Any]], run: Mapping[str, Any]) -> list
         for name in ("probe_fingerprint", "precision"):
             if r.get(name) is None and provenance.get(name):
                 r[name] = provenance[name]
+        # centred or not: the phase report says which (replay records carry it already)
+        if r.get("spectrum") is None and measured.get("spectrum"):
+            r["spectrum"] = measured["spectrum"]
         out.append(r)
     return out
 
