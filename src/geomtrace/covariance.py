@@ -257,8 +257,8 @@ def column_sum64(rows: Tensor) -> Tensor:
     """``rows.sum(0)`` accumulated in float64 (``torch.sum(rows, 0, dtype=torch.float64)``).
 
     Summed as groups of :data:`_SUM_GROUP` consecutive rows, then the group sums, both in
-    float64: the same precision, in another order, and about 30 % less time on CPU than the
-    one column reduction (measured, benchmarks/symmetric_update.py), which converts the whole
+    float64: the same precision, in another order, and about 20 % less time on CPU than the
+    one column reduction (benchmarks/symmetric_update.py --part p), which converts the whole
     batch to fp64 first.
     """
     n, d = rows.shape
