@@ -170,3 +170,16 @@ def test_a_state_saved_with_a_full_pending_matrix_folds_the_same(monkeypatch):
     new = Geometry()
     new.load_state_dict(saved)
     torch.testing.assert_close(new.compute()["eigenvalues"], old.compute()["eigenvalues"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 17, 63, 64, 1024, 1031])
+def test_column_sum64_sums_in_float64_whatever_the_grouping(n):
+    """Integers up to 2**24 plus ones: every partial sum is exact in fp64 and loses the ones in fp32."""
+    gen = torch.Generator().manual_seed(n)
+    rows = torch.randint(0, 2**24, (n, 7), generator=gen).float()
+    rows[::2] = 1.0  # 2**24 + 1 is not an fp32 number: an fp32 accumulation drops these
+    exact = torch.tensor([math.fsum(column) for column in rows.double().T.tolist()], dtype=torch.float64)
+    got = cov.column_sum64(rows)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, exact)
+    assert torch.equal(cov.column_sum64(rows[::3]), rows[::3].double().sum(0))  # strided rows

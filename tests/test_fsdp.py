@@ -1,4 +1,8 @@
-"""measure_geometry on an FSDP2-sharded model (2 CPU gloo ranks) equals the unsharded result."""
+"""measure_geometry on an FSDP2-sharded model (2 CPU gloo ranks) equals the unsharded result.
+
+``source="training"`` on FSDP2-sharded ranks: tests/test_training_source.py,
+``test_two_gloo_ranks_equal_one_process[fsdp]``.
+"""
 
 from __future__ import annotations
 

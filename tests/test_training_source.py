@@ -24,6 +24,7 @@ from geomtrace.options import MeasureConfig, Schedule
 from geomtrace.tiny import build_tiny_model
 from geomtrace.tracking import GeometryTracker
 from geomtrace.training_features import TrainingFeatures
+from timeouts import SUBPROCESS_TIMEOUT
 
 HIDDEN = 128
 BATCH = 32
@@ -410,13 +411,22 @@ def test_hf_trainer_logs_each_window_with_the_padded_batches_rows(tmp_path, toke
 
 
 # ----------------------------------------------------------------------------- two gloo ranks
-@pytest.mark.parametrize("split", ["even", "rank1-empty"])
+@pytest.mark.parametrize("split", ["even", "rank1-empty", "fsdp"])
 def test_two_gloo_ranks_equal_one_process(tmp_path, free_port, split):
+    """DDP-style ranks (each its own batches), one rank empty in a window, and FSDP2-sharded ranks."""
     from training_source_ddp import WINDOWS, batches_of
+
+    if split == "fsdp":
+        fsdp = pytest.importorskip("torch.distributed.fsdp", reason="needs torch FSDP")
+        if not hasattr(fsdp, "fully_shard"):
+            pytest.skip("this torch has no FSDP2 fully_shard")
 
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), split], capture_output=True, text=True, timeout=300
+        [sys.executable, str(WORKER), str(out), str(free_port), split],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = tiny()

@@ -3,9 +3,11 @@
 Each rank runs the training forwards of its share of each window's batches through a
 ``GeometryTracker(measure=MeasureConfig(source="training"))`` (the path the callbacks take);
 the windows' moments are summed over the ranks. ``rank1-empty``: rank 1 sees no batch in the
-second window and still joins its collectives.
+second window and still joins its collectives. ``fsdp``: as ``even``, with the model sharded by
+FSDP2 (``fully_shard`` on each decoder layer and the whole model): the hooks sit on the sharded
+modules, every forward all-gathers the parameters and every backward reduce-scatters the gradients.
 
-Usage: python training_source_ddp.py OUT_JSON PORT SPLIT   (SPLIT: even | rank1-empty)
+Usage: python training_source_ddp.py OUT_JSON PORT SPLIT   (SPLIT: even | rank1-empty | fsdp)
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def run(rank: int, world_size: int, port: int, split: str, out: str) -> None:
     from geomtrace.tracking import GeometryTracker
 
     model = build_tiny_model("gpt_neox", vocab_size=300, hidden_size=128)  # same seed: same weights on each rank
+    if split == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world_size,))
+        for layer in model.gpt_neox.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     tracker = GeometryTracker(schedule=Schedule(every_n_steps=1), measure=MeasureConfig(source="training"))
     tracker.prepare(None)
     tracker.attach(model)
@@ -48,6 +58,13 @@ def run(rank: int, world_size: int, port: int, split: str, out: str) -> None:
             mine = batches if rank == 0 else []
         else:
             mine = batches[rank::world_size]
+        if split == "fsdp" and len(mine) < len(batches[::world_size]):
+            # FSDP: every rank runs every forward and backward (their collectives pair up), so
+            # the rank with one batch fewer trains on a filler that the paused hook leaves out.
+            assert tracker.training_features is not None
+            tracker.training_features.enabled = False
+            model(input_ids=batches[0], labels=batches[0]).loss.backward()
+            tracker.training_features.enabled = True
         for ids in mine:
             model(input_ids=ids, labels=ids).loss.backward()
         measurement = tracker.measure(model, step)
