@@ -43,7 +43,7 @@ from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
-from geomtrace.replay.disk import HubDownloads, check_disk, estimate_disk
+from geomtrace.replay.disk import LEDGER_FILE, HubDownloads, check_disk, estimate_disk
 from geomtrace.replay.loading import loading_progress_bars
 from geomtrace.replay.plan import (
     ReplayPlan,
@@ -295,6 +295,23 @@ def _collect_downloads(downloads: HubDownloads, pending: Sequence[Checkpoint], *
         torch.distributed.barrier()  # nobody starts the next fetch while a rank deletes
 
 
+def _leftovers(downloads: HubDownloads, plan: ReplayPlan, verbose: bool) -> None:
+    """What an earlier run into this output downloaded and did not delete (it stopped first):
+    deleted once measured, those measured already at the first safe point."""
+    if not downloads.leftovers or not downloads.deleting:
+        return
+    todo = set(plan.todo)
+    for ckpt in downloads.leftovers:
+        if ckpt not in todo:
+            downloads.release(ckpt)
+    if verbose:
+        logger.info(
+            f"[geomtrace] {len(downloads.leftovers)} revision(s) in the hub cache were downloaded by an earlier run "
+            f"into this output that stopped before deleting them ({', '.join(c.key for c in downloads.leftovers)}): "
+            "deleted once measured (--keep-downloads keeps them)"
+        )
+
+
 def _check_disk(plan: ReplayPlan, downloads: HubDownloads, prefetch: bool) -> None:
     """Log the disk estimate; refuse (on every rank) a run that certainly does not fit."""
     error: Exception | None = None
@@ -344,6 +361,7 @@ def replay_loop(
                     f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {summary.output}; skipping them"
                 )
             if downloads is not None:
+                _leftovers(downloads, plan, verbose and rank == 0)
                 _check_disk(plan, downloads, prefetch)
             outputs = _CheckpointOutputs(
                 summary,
@@ -364,6 +382,7 @@ def replay_loop(
                 preloaded=plan.preloaded.take(),  # the loader holds it now
                 # Deleting the downloads measured so far while nothing is fetched.
                 idle=None if downloads is None else lambda index: _collect_downloads(downloads, plan.todo[index:]),
+                fetching=None if downloads is None else downloads.declare,
             )
             for index, ckpt in enumerate(plan.todo):
                 loaded = loader.take(index)  # starts loading the next checkpoint in the background
@@ -426,8 +445,8 @@ def _leave_downloads(downloads: HubDownloads, finished: bool, busy: bool) -> Non
         return
     if busy or rank_and_world_size()[1] > 1:
         logger.info(
-            "[geomtrace] stopped while a download was running: this run's downloads stay in the hub cache "
-            "(delete them with `hf cache delete`)"
+            "[geomtrace] stopped while a download was running: this run's last downloads stay in the hub cache "
+            f"(the next run into this output deletes them: they are noted in its {LEDGER_FILE})"
         )
         return
     with contextlib.suppress(Exception):  # housekeeping on the way out: never hide the error
@@ -529,6 +548,7 @@ def run_replay(
             tokens_per_step=tokens_per_step,
             reference=reference,
             memorization=memorization,
+            fetching=downloads.declare,
         )
         summary.probe_fingerprint, summary.n_probes = plan.probes.fingerprint(), len(plan.probes)
         summary.config_id, summary.skipped = plan.config_id, list(plan.skipped)
