@@ -463,15 +463,16 @@ class _Kill:
         )
 
 
-def test_a_killed_runs_last_download_is_deleted_by_the_next_run(tmp_path, monkeypatch):
-    repo = "EleutherAI/pythia-disk-killed"
+@pytest.mark.parametrize("prefetch_on", [False, True], ids=["sequential", "prefetch"])
+def test_a_killed_runs_last_download_is_deleted_by_the_next_run(tmp_path, monkeypatch, prefetch_on):
+    repo = f"EleutherAI/pythia-disk-killed-{prefetch_on}"
     make_fake_hub_model(os.environ["HF_HOME"], repo, ("step3",))  # cached before: never touched
     before = _commit(repo, "step3")
     fake = FakeDownloads(monkeypatch, repo, {"step3"})
     kill = _Kill(monkeypatch, at=3)  # while measuring step2, its download done
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        _replay(repo, out, prefetch=False)
+        _replay(repo, out, prefetch=prefetch_on)
     assert fake.downloads == ["step0", "step1", "step2"] and _present(repo, "step2")
     assert not _present(repo, "step0") and not _present(repo, "step1")  # deleted on the way
     ledger = _ledger(out)
@@ -481,9 +482,14 @@ def test_a_killed_runs_last_download_is_deleted_by_the_next_run(tmp_path, monkey
         ("fetching", "step2"),
     ]
     assert [e["commits"] for e in ledger if e["event"] == "cached"] == [[before]]
+    # A process that writes no ledger (a torchrun rank but the first) reads the same leftovers.
+    reader = HubDownloads.before(hub_checkpoints(repo, list(REVS)), keep=False, ledger=out / LEDGER_FILE)
+    assert [c.key for c in reader.leftovers] == ["step2"]
+    reader.declare(reader.leftovers[0])
+    assert _ledger(out) == ledger  # it writes nothing
 
     kill.on = False
-    summary = _replay(repo, out, prefetch=False)
+    summary = _replay(repo, out, prefetch=prefetch_on)
     assert summary.skipped == ["step0", "step1"] and summary.measured == ["step2", "step3", "step4"]
     assert "step2" in summary.deleted and "step4" in summary.deleted and "step3" not in summary.deleted
     assert fake.downloads.count("step2") == 1  # the leftover was measured from the cache, then deleted

@@ -169,15 +169,20 @@ class HubDownloads:
         deleter: bool = True,
         output: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        ledger: str | os.PathLike | None = None,
     ) -> HubDownloads:
         """Look at the cache now (before any fetch): the commits of each repo cached already,
-        less what an earlier run into ``output`` fetched and did not delete (its ledger)."""
+        less what an earlier run into the output fetched and did not delete, from the ledger
+        ``ledger`` (default ``output``'s :data:`LEDGER_FILE`; a process that records nothing,
+        under torchrun, still reads it). Only ``output``'s ledger is written."""
         hub = [c for c in checkpoints if _is_hub(c)]
         cache = Path(cache_dir) if cache_dir is not None else hub_cache_dir() if hub else Path()
         cached = {c.model: _snapshots(_repo_dir(cache, c.model)) for c in hub}
         left: dict[str, set[str]] = {}
-        if output is not None and hub and not keep:
-            left = _leftover_commits(Path(output) / LEDGER_FILE, cache)
+        if ledger is None and output is not None:
+            ledger = Path(output) / LEDGER_FILE
+        if ledger is not None and hub and not keep:
+            left = _leftover_commits(Path(ledger), cache)
             cached = {model: commits - left.get(model, set()) for model, commits in cached.items()}
         downloads = cls(hub, cached, cache_dir=cache, keep=keep, deleter=deleter, output=output)
         downloads.leftovers = [c for c in downloads.checkpoints if downloads.ours(c) in left.get(c.model, ())]

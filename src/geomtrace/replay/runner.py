@@ -94,8 +94,10 @@ class ReplaySummary:
         config_id: id of the whole measurement configuration (``run.json``'s ``config_id``).
         precisions: the dtypes the probe forwards ran in (``"fp32"``, ``"bf16"``...).
         seconds: wall time of the call.
-        deleted: keys of the hub revisions this call downloaded and then deleted from the hub
-            cache (``--keep-downloads`` keeps them; recorded in ``OUT/deleted_downloads.jsonl``).
+        deleted: keys of the hub revisions this call deleted from the hub cache: its own downloads,
+            and those an earlier run into the same output left when it stopped (its ledger,
+            ``OUT/downloads.jsonl``); ``--keep-downloads`` keeps them; recorded in
+            ``OUT/deleted_downloads.jsonl``.
     """
 
     output: Path
@@ -538,6 +540,7 @@ def run_replay(
             keep=options.load.keep_downloads,
             deleter=int(os.environ.get("LOCAL_RANK", "0")) == 0,
             output=output if rank_and_world_size()[0] == 0 else None,
+            ledger=Path(output) / LEDGER_FILE,  # every rank takes the same leftovers for its downloads
         )
         plan = plan_replay(
             checkpoints,
