@@ -544,3 +544,18 @@ def test_a_commit_cached_before_the_first_run_is_never_taken_for_a_leftover(tmp_
     assert first.ours(ckpts[0]) is None  # the same commit: not this run's
     later = HubDownloads.before(ckpts, keep=False, output=out)  # the first run was killed
     assert later.leftovers == [] and later.collect(sweep=True) == [] and _present(repo, "step1")
+
+
+def test_a_ledger_that_cannot_be_written_is_one_warning(tmp_path):
+    import warnings
+
+    repo = "EleutherAI/pythia-disk-no-ledger"
+    ckpts = hub_checkpoints(repo, ["step0", "step1"])
+    (tmp_path / "out").write_text("a file, not a folder")
+    with pytest.warns(UserWarning, match="could not read the downloads ledger"):
+        downloads = HubDownloads.before(ckpts, keep=False, output=tmp_path / "out")
+    with pytest.warns(UserWarning, match="could not write the downloads ledger"):
+        downloads.declare(ckpts[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        downloads.declare(ckpts[1])  # the run goes on, without a second warning

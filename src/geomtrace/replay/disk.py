@@ -213,7 +213,7 @@ class HubDownloads:
         """``ckpt``'s revision is about to be fetched: note it in the ledger first (once per
         revision and run), so that a later run deletes it if this one stops before it does.
         A revision cached before the run is not noted (it is never deleted)."""
-        if not self.deleting or self.output is None or not _is_hub(ckpt) or self._ledger_failed:
+        if not self.deleting or self.output is None or not _is_hub(ckpt):
             return
         name = (ckpt.model, ckpt.revision)
         if name in self._declared or self.cached_before(ckpt):
@@ -234,11 +234,12 @@ class HubDownloads:
             self.output.mkdir(parents=True, exist_ok=True)
             append_jsonl(self.output / LEDGER_FILE, lines)
         except OSError as err:
+            if not self._ledger_failed:  # one warning
+                warn(
+                    f"could not write the downloads ledger {self.output / LEDGER_FILE} ({err}): a run stopped before "
+                    "deleting its downloads leaves them in the hub cache (delete them with `hf cache delete`)"
+                )
             self._ledger_failed = True
-            warn(
-                f"could not write the downloads ledger {self.output / LEDGER_FILE} ({err}): a run stopped before "
-                "deleting its downloads leaves them in the hub cache (delete them with `hf cache delete`)"
-            )
             return False
         return True
 
@@ -314,6 +315,7 @@ class HubDownloads:
                 append_jsonl(self.output / DELETED_FILE, [record])
             except OSError as err:  # the deletion is done; its note must not take the run down
                 warn(f"deleted {keys} from the hub cache but could not note it in {self.output / DELETED_FILE}: {err}")
+            # Noted even after a failed declaration: a later run must not take it for a leftover.
             self._ledger(
                 [
                     {
@@ -344,6 +346,13 @@ def _leftover_commits(ledger: Path, cache: Path) -> dict[str, set[str]]:
         return {}
     protected: dict[str, set[str]] = {}
     pending: dict[tuple[str, str | None], None] = {}  # (repo, revision), in order
+    resolved: dict[tuple[str, str | None], str | None] = {}  # the cache does not change meanwhile
+
+    def commit_now(name: tuple[str, str | None]) -> str | None:
+        if name not in resolved:
+            resolved[name] = _commit(_repo_dir(cache, name[0]), name[1])
+        return resolved[name]
+
     for line in lines:
         event, model = line.get("event"), line.get("model")
         if not isinstance(model, str):
@@ -355,11 +364,11 @@ def _leftover_commits(ledger: Path, cache: Path) -> dict[str, set[str]]:
         elif event == "deleted":  # that commit went: every name of it is settled
             commit = line.get("commit")
             for name in [n for n in pending if n[0] == model]:
-                if str(name[1]) in (line.get("revisions") or ()) or _commit(_repo_dir(cache, model), name[1]) == commit:
+                if str(name[1]) in (line.get("revisions") or ()) or commit_now(name) == commit:
                     del pending[name]
     left: dict[str, set[str]] = {}
     for model, revision in pending:
-        commit = _commit(_repo_dir(cache, model), revision)
+        commit = commit_now((model, revision))
         if commit is not None and commit not in protected.get(model, set()):
             left.setdefault(model, set()).add(commit)
     return left
