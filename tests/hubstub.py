@@ -4,7 +4,9 @@ It answers, on ``127.0.0.1``, what ``huggingface_hub`` asks the real hub:
 
 * ``GET /api/models/{repo}/refs`` - the branch listing (``list_repo_refs``, ``list_hub_revisions``);
 * ``GET /api/models/{repo}[/revision/{rev}]`` - model info with the commit sha and the file list
-  (``repo_info`` / ``model_info``, ``snapshot_download``);
+  (``repo_info`` / ``model_info``, ``snapshot_download``); with ``?blobs=true``
+  (``model_info(files_metadata=True)``) each sibling also has, as on the hub, its ``size`` and
+  ``blobId`` (the git blob id), and the LFS files (weights) ``lfs: {size, sha256, pointerSize}``;
 * ``GET /api/models/{repo}/tree/{rev}[/{path}]`` - the file tree (``list_repo_tree``,
   ``snapshot_download``);
 * ``HEAD`` / ``GET /{repo}/resolve/{rev}/{file}`` - a file, with the headers ``hf_hub_download``
@@ -39,7 +41,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["HubStub", "point_hub_at"]
 
@@ -53,6 +55,22 @@ _LFS_SUFFIXES = (".bin", ".safetensors")
 
 def _sha(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _git_blob_id(data: bytes) -> str:
+    """The git object id of a file's bytes (the hub's ``blobId``)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _sibling(path: str, body: bytes) -> dict[str, Any]:
+    """A sibling as the hub's model info gives it with ``blobs=true``: an LFS file's ``size``
+    is the file's (not its pointer's), its ``blobId`` the pointer's."""
+    if not path.endswith(_LFS_SUFFIXES):
+        return {"rfilename": path, "size": len(body), "blobId": _git_blob_id(body)}
+    sha256 = hashlib.sha256(body).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(body)}\n".encode()
+    lfs = {"size": len(body), "sha256": sha256, "pointerSize": len(pointer)}
+    return {"rfilename": path, "size": len(body), "blobId": _git_blob_id(pointer), "lfs": lfs}
 
 
 class HubStub:
@@ -162,8 +180,9 @@ class HubStub:
                 return sha, files
         return "RevisionNotFound"
 
-    def answer(self, method: str, path: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
-        """``(status, headers, body)`` for one request (the handler's work, testable alone)."""
+    def answer(self, method: str, path: str, headers: Any, query: str = "") -> tuple[int, dict[str, str], bytes]:
+        """``(status, headers, body)`` for one request (the handler's work, testable alone);
+        ``query``: the URL's query string."""
         self.requests.append((method, path))
         status = self._scripted(method, path)
         if status is not None:
@@ -190,7 +209,8 @@ class HubStub:
             if isinstance(found, str):
                 return _not_found(found)
             sha, files = found
-            siblings = [{"rfilename": p} for p in sorted(files)]
+            blobs = parse_qs(query).get("blobs", [""])[-1].lower() == "true"  # files_metadata=True
+            siblings = [_sibling(p, files[p]) if blobs else {"rfilename": p} for p in sorted(files)]
             return _json({"id": m["repo"], "modelId": m["repo"], "sha": sha, "private": False, "siblings": siblings})
         if m := _CDN.match(path):
             for revisions in self.repos.values():
@@ -245,7 +265,8 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def _reply(self, with_body: bool) -> None:
-            status, headers, body = stub.answer(self.command, urlsplit(self.path).path, self.headers)
+            url = urlsplit(self.path)
+            status, headers, body = stub.answer(self.command, url.path, self.headers, url.query)
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

@@ -18,12 +18,21 @@ import pytest
 import geomtrace.replay.disk as disk
 import geomtrace.replay.plan as plan
 import geomtrace.replay.prefetch as prefetch
+import geomtrace.replay.runner as runner
 from fakehub import hub_repo_dir, make_fake_hub_model
 from geomtrace.cli import main
 from geomtrace.measure import MeasureConfig
 from geomtrace.options import LoadOptions
 from geomtrace.replay import ProbeOptions, ResultsStore, hub_checkpoints, local_checkpoints, run_replay
-from geomtrace.replay.disk import DELETED_FILE, DiskBudgetError, HubDownloads, check_disk, estimate_disk
+from geomtrace.replay.disk import (
+    DELETED_FILE,
+    LEDGER_FILE,
+    DiskBudgetError,
+    HubDownloads,
+    check_disk,
+    estimate_disk,
+    format_bytes,
+)
 
 # Twelve probes of a 64-wide model give no alpha fit: deletion is about the records, not their values.
 pytestmark = pytest.mark.filterwarnings("ignore:alpha-ReQ needs")
@@ -337,3 +346,216 @@ def test_replay_downloads_through_the_hub_and_deletes_what_it_downloaded(hub_stu
     assert not report.warnings  # the cache is consistent after the deletions
     (repo_info,) = report.repos
     assert [r.commit_hash for r in repo_info.revisions] == [kept.name]
+
+
+def _stub_repo(hub_stub, tmp_path, repo: str, revs=("step0", "step1", "step2")) -> dict[str, Path]:
+    """``revs`` of ``repo`` served by the stub (.bin-only, as Pythia's branches); their source folders."""
+    from fakehub import build_tiny_model, revision_seed, save_revision, tiny_tokenizer
+
+    tok, folders = tiny_tokenizer(), {}
+    for i, rev in enumerate(revs):
+        folders[rev] = tmp_path / "src" / rev
+        save_revision(build_tiny_model(seed=revision_seed(rev, i)), folders[rev], "bin", tok)
+        hub_stub.add_folder(repo, rev, folders[rev])
+    return folders
+
+
+def _load_size(folder: Path) -> int:
+    """What a load of a .bin-only revision downloads: its weights, config and tokenizer files."""
+    small = (".json", ".txt", ".model", ".py", ".tiktoken")
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name == "pytorch_model.bin" or p.name.endswith(small))
+
+
+def test_the_stub_gives_file_sizes_as_the_hub_does(hub_stub, tmp_path):
+    import hashlib
+
+    import huggingface_hub
+
+    folders = _stub_repo(hub_stub, tmp_path, "stub-org/pythia-sizes", ("step0",))
+    info = huggingface_hub.HfApi().model_info("stub-org/pythia-sizes", revision="step0", files_metadata=True)
+    siblings = {s.rfilename: s for s in info.siblings}
+    weights = (folders["step0"] / "pytorch_model.bin").read_bytes()
+    assert siblings["pytorch_model.bin"].size == len(weights)
+    assert siblings["pytorch_model.bin"].lfs.size == len(weights)
+    assert siblings["pytorch_model.bin"].lfs.sha256 == hashlib.sha256(weights).hexdigest()
+    assert siblings["config.json"].size == (folders["step0"] / "config.json").stat().st_size
+    assert siblings["config.json"].lfs is None and siblings["config.json"].blob_id
+    assert disk.hub_revision_bytes("stub-org/pythia-sizes", "step0") == _load_size(folders["step0"])
+    # Without files_metadata the hub (and the stub) gives names only.
+    plain = huggingface_hub.HfApi().model_info("stub-org/pythia-sizes", revision="step0")
+    assert all(s.size is None for s in plain.siblings)
+
+
+def test_replay_through_the_hub_logs_the_disk_estimate(hub_stub, tmp_path, monkeypatch, caplog):
+    import huggingface_hub
+
+    repo = "stub-org/pythia-estimate"
+    folders = _stub_repo(hub_stub, tmp_path, repo)
+    huggingface_hub.snapshot_download(repo, revision="step0")  # cached before: not counted
+    estimates = []
+    real_check = runner.check_disk
+    monkeypatch.setattr(runner, "check_disk", lambda estimate: estimates.append(estimate) or real_check(estimate))
+    with caplog.at_level(logging.INFO, logger="geomtrace.replay"):
+        summary = run_replay(
+            hub_checkpoints(repo, ["step0", "step1", "step2"]),
+            tmp_path / "out",
+            measure=MEASURE,
+            probes=PROBES,
+            prefetch=True,
+            progress=False,
+            verbose=False,
+        )
+    assert summary.measured == ["step0", "step1", "step2"]
+    (estimate,) = estimates
+    each = _load_size(folders["step1"])  # the first revision still to download stands for all
+    assert (estimate.to_download, estimate.at_once, estimate.per_revision) == (2, 2, each)
+    assert estimate.needed == 2 * each and estimate.fits
+    (line,) = [r.getMessage() for r in caplog.records if "[geomtrace] disk:" in r.getMessage()]
+    assert f"2 revision(s) to download, {format_bytes(each)} each" in line
+    assert f"about {format_bytes(2 * each)} on disk at once" in line
+
+
+def test_replay_through_the_hub_refuses_a_run_the_disk_cannot_hold(hub_stub, tmp_path, monkeypatch, capsys):
+    repo = "stub-org/pythia-no-room"
+    folders = _stub_repo(hub_stub, tmp_path, repo)
+    each = _load_size(folders["step0"])
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda path: _Usage(each // 2))  # not even one revision
+    out = tmp_path / "out"
+    argv = ["replay", "--model", repo, "--revisions", "step0,step1,step2", "--num-sequences", "12"]
+    code = main([*argv, "--max-tokens", "24", "--no-progress", "--quiet", "--output", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"replay needs about {format_bytes(2 * each)}" in err and f"{format_bytes(each // 2)} free" in err
+    assert "nothing was measured" in err and "HF_HOME" in err
+    assert ResultsStore(out).records() == []
+    assert len(hub_stub.downloads("pytorch_model.bin")) == 0  # refused before any weights came
+    # The tokenizer fetched to build the probe set was this run's: not left behind.
+    snapshots = hub_stub.cache / "models--stub-org--pythia-no-room" / "snapshots"
+    assert not snapshots.is_dir() or not list(snapshots.iterdir())
+
+
+# ----------------------------------------------------------------------------- the downloads ledger
+
+
+def _ledger(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / LEDGER_FILE).read_text().splitlines()]
+
+
+class _Kill:
+    """While ``on``, the ``at``-th measurement raises KeyboardInterrupt, the loop's way out
+    deletes nothing, and with ``collect=False`` no deletion happens at all: what a kill
+    (SIGKILL, a crashed node) leaves behind."""
+
+    def __init__(self, monkeypatch, at: int | None, collect: bool = True) -> None:
+        self.on, self.at, self.calls = True, at, 0
+        measure, leave, collect_now = runner.measure_geometry, runner._leave_downloads, runner._collect_downloads
+
+        def measure_or_die(*args, **kwargs):
+            self.calls += 1
+            if self.on and self.calls == self.at:
+                raise KeyboardInterrupt
+            return measure(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "measure_geometry", measure_or_die)
+        monkeypatch.setattr(runner, "_leave_downloads", lambda *a: None if self.on else leave(*a))
+        monkeypatch.setattr(
+            runner, "_collect_downloads", lambda *a, **k: None if self.on and not collect else collect_now(*a, **k)
+        )
+
+
+@pytest.mark.parametrize("prefetch_on", [False, True], ids=["sequential", "prefetch"])
+def test_a_killed_runs_last_download_is_deleted_by_the_next_run(tmp_path, monkeypatch, prefetch_on):
+    repo = f"EleutherAI/pythia-disk-killed-{prefetch_on}"
+    make_fake_hub_model(os.environ["HF_HOME"], repo, ("step3",))  # cached before: never touched
+    before = _commit(repo, "step3")
+    fake = FakeDownloads(monkeypatch, repo, {"step3"})
+    kill = _Kill(monkeypatch, at=3)  # while measuring step2, its download done
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        _replay(repo, out, prefetch=prefetch_on)
+    assert fake.downloads == ["step0", "step1", "step2"] and _present(repo, "step2")
+    assert not _present(repo, "step0") and not _present(repo, "step1")  # deleted on the way
+    ledger = _ledger(out)
+    assert [(e["event"], e.get("revision")) for e in ledger if e["event"] == "fetching"] == [
+        ("fetching", "step0"),
+        ("fetching", "step1"),
+        ("fetching", "step2"),
+    ]
+    assert [e["commits"] for e in ledger if e["event"] == "cached"] == [[before]]
+    # A process that writes no ledger (a torchrun rank but the first) reads the same leftovers.
+    reader = HubDownloads.before(hub_checkpoints(repo, list(REVS)), keep=False, ledger=out / LEDGER_FILE)
+    assert [c.key for c in reader.leftovers] == ["step2"]
+    reader.declare(reader.leftovers[0])
+    assert _ledger(out) == ledger  # it writes nothing
+
+    kill.on = False
+    summary = _replay(repo, out, prefetch=prefetch_on)
+    assert summary.skipped == ["step0", "step1"] and summary.measured == ["step2", "step3", "step4"]
+    assert "step2" in summary.deleted and "step4" in summary.deleted and "step3" not in summary.deleted
+    assert fake.downloads.count("step2") == 1  # the leftover was measured from the cache, then deleted
+    assert _snapshots(repo) == {before} and _present(repo, "step3")
+    # Settled: a third run finds nothing left over (and the revision cached before stays).
+    third = HubDownloads.before(hub_checkpoints(repo, list(REVS)), keep=False, output=out)
+    assert third.leftovers == [] and third.collect(sweep=True) == [] and _present(repo, "step3")
+
+
+def test_leftovers_are_kept_by_keep_downloads_and_deleted_by_the_next_run(tmp_path, monkeypatch):
+    repo = "EleutherAI/pythia-disk-measured"
+    fake = FakeDownloads(monkeypatch, repo, set())
+    kill = _Kill(monkeypatch, at=None, collect=False)  # killed after the records, before any deletion
+    out = tmp_path / "out"
+    first = _replay(repo, out, prefetch=False)
+    assert first.measured == list(REVS) and first.deleted == [] and all(_present(repo, r) for r in REVS)
+    kill.on = False
+    # With --keep-downloads a run deletes nothing, leftovers included.
+    kept = _replay(repo, out, load=LoadOptions(keep_downloads=True), prefetch=False)
+    assert kept.skipped == list(REVS) and kept.deleted == [] and all(_present(repo, r) for r in REVS)
+    # The next run deletes them all (measured already: at the first safe point).
+    again = _replay(repo, out, prefetch=False)
+    assert again.skipped == list(REVS) and sorted(again.deleted) == list(REVS) and not _snapshots(repo)
+    assert fake.downloads == list(REVS)  # nothing was downloaded twice
+
+
+def test_a_measured_leftover_goes_before_the_next_revision_is_downloaded(tmp_path, monkeypatch):
+    repo = "EleutherAI/pythia-disk-measured-first"
+    fake = FakeDownloads(monkeypatch, repo, set())
+    kill = _Kill(monkeypatch, at=None, collect=False)
+    out = tmp_path / "out"
+    run_replay(hub_checkpoints(repo, ["step0", "step1"]), out, probes=PROBES, progress=False, verbose=False)
+    assert _present(repo, "step0") and _present(repo, "step1")  # measured, not deleted
+    kill.on = False
+    summary = _replay(repo, out, prefetch=False)
+    assert summary.skipped == ["step0", "step1"] and sorted(summary.deleted) == list(REVS)
+    assert fake.downloads == list(REVS)
+    assert fake.on_disk[2] == {"step2"}  # step0 and step1 were gone before step2 came
+
+
+def test_a_commit_cached_before_the_first_run_is_never_taken_for_a_leftover(tmp_path):
+    # Pythia's main is step143000: a run that fetches `main` when the cache knows the commit by
+    # another name downloads nothing; a later run must not delete that commit.
+    repo = "EleutherAI/pythia-disk-first-run"
+    make_fake_hub_model(os.environ["HF_HOME"], repo, ("step1",))
+    (hub_repo_dir(os.environ["HF_HOME"], repo) / "refs" / "main").unlink()  # the cache knows it as step1 only
+    ckpts = hub_checkpoints(repo, ["main"])
+    out = tmp_path / "out"
+    first = HubDownloads.before(ckpts, keep=False, output=out)
+    first.declare(ckpts[0])  # not known as cached: noted, with the commits cached before
+    (hub_repo_dir(os.environ["HF_HOME"], repo) / "refs" / "main").write_text(_commit(repo, "step1"))  # "fetched"
+    assert first.ours(ckpts[0]) is None  # the same commit: not this run's
+    later = HubDownloads.before(ckpts, keep=False, output=out)  # the first run was killed
+    assert later.leftovers == [] and later.collect(sweep=True) == [] and _present(repo, "step1")
+
+
+def test_a_ledger_that_cannot_be_written_is_one_warning(tmp_path):
+    import warnings
+
+    repo = "EleutherAI/pythia-disk-no-ledger"
+    ckpts = hub_checkpoints(repo, ["step0", "step1"])
+    (tmp_path / "out").write_text("a file, not a folder")
+    with pytest.warns(UserWarning, match="could not read the downloads ledger"):
+        downloads = HubDownloads.before(ckpts, keep=False, output=tmp_path / "out")
+    with pytest.warns(UserWarning, match="could not write the downloads ledger"):
+        downloads.declare(ckpts[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        downloads.declare(ckpts[1])  # the run goes on, without a second warning

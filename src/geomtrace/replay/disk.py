@@ -15,7 +15,16 @@ fills any disk, after which every later checkpoint fails. So by default (``LoadO
   (``scan_cache_dir().delete_revisions``), which keeps blobs that another cached revision
   still links;
 * records each deletion in ``OUT/deleted_downloads.jsonl`` (``keys``, ``models``, ``commits``,
-  ``freed_bytes``, ``time``), so that an empty cache has an answer.
+  ``freed_bytes``, ``time``), so that an empty cache has an answer;
+* keeps a ledger, ``OUT/downloads.jsonl`` (:data:`LEDGER_FILE`), of the revisions it is about to
+  fetch (:meth:`~HubDownloads.declare`, before the fetch starts) and of those it deleted, so that
+  a run stopped in the middle (Ctrl-C, an error, a kill) does not leave its last downloads
+  behind for good: the next run into the same output reads the ledger and treats a revision
+  declared there and not deleted since as its own download (deleted once measured, or at once
+  when it is measured already). Each run also notes there, per repo, the commits that were in
+  the cache before it: those are never taken for a run's download, whatever the ledger says.
+  A revision a run declared but could not fetch, that the user then fetched by hand, cannot be
+  told apart from a leftover: it is deleted as one (``--keep-downloads`` deletes nothing).
 
 Local folders and Lightning files are never deleted. Deleting never raises: a revision that
 cannot be deleted is a warning naming it.
@@ -37,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from geomtrace._jsonio import append_jsonl
+from geomtrace._jsonio import append_jsonl, read_jsonl
 from geomtrace._optional import require
 from geomtrace._warnings import warn
 from geomtrace.replay.checkpoint import Checkpoint, CheckpointKind
@@ -47,6 +56,7 @@ __all__ = [
     "DiskBudgetError",
     "DiskEstimate",
     "HubDownloads",
+    "LEDGER_FILE",
     "check_disk",
     "estimate_disk",
     "format_bytes",
@@ -58,6 +68,9 @@ logger = logging.getLogger("geomtrace.replay")
 
 #: The output's record of the downloads a replay deleted from the hub cache.
 DELETED_FILE = "deleted_downloads.jsonl"
+#: The output's ledger of the hub revisions its runs fetched (and deleted), and of what was
+#: cached before each run: how a later run finds what a stopped one left behind.
+LEDGER_FILE = "downloads.jsonl"
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -95,6 +108,10 @@ def _snapshots(repo_dir: Path) -> frozenset[str]:
         return frozenset(p.name for p in (repo_dir / "snapshots").iterdir() if p.is_dir())
     except OSError:
         return frozenset()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _commit(repo_dir: Path, revision: str | None) -> str | None:
@@ -136,7 +153,12 @@ class HubDownloads:
         self.output = None if output is None else Path(output)
         self.verbose = False
         self.deleted: list[str] = []  # keys, in order
+        #: This run's checkpoints whose revision a stopped run into the same output left in the cache.
+        self.leftovers: list[Checkpoint] = []
         self._released: list[Checkpoint] = []
+        self._declared: set[tuple[str, str | None]] = set()
+        self._noted: set[str] = set()  # repos whose cached-before commits are in the ledger
+        self._ledger_failed = False
 
     @classmethod
     def before(
@@ -147,12 +169,24 @@ class HubDownloads:
         deleter: bool = True,
         output: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        ledger: str | os.PathLike | None = None,
     ) -> HubDownloads:
-        """Look at the cache now (before any fetch): the commits of each repo cached already."""
+        """Look at the cache now (before any fetch): the commits of each repo cached already,
+        less what an earlier run into the output fetched and did not delete, from the ledger
+        ``ledger`` (default ``output``'s :data:`LEDGER_FILE`; a process that records nothing,
+        under torchrun, still reads it). Only ``output``'s ledger is written."""
         hub = [c for c in checkpoints if _is_hub(c)]
         cache = Path(cache_dir) if cache_dir is not None else hub_cache_dir() if hub else Path()
         cached = {c.model: _snapshots(_repo_dir(cache, c.model)) for c in hub}
-        return cls(hub, cached, cache_dir=cache, keep=keep, deleter=deleter, output=output)
+        left: dict[str, set[str]] = {}
+        if ledger is None and output is not None:
+            ledger = Path(output) / LEDGER_FILE
+        if ledger is not None and hub and not keep:
+            left = _leftover_commits(Path(ledger), cache)
+            cached = {model: commits - left.get(model, set()) for model, commits in cached.items()}
+        downloads = cls(hub, cached, cache_dir=cache, keep=keep, deleter=deleter, output=output)
+        downloads.leftovers = [c for c in downloads.checkpoints if downloads.ours(c) in left.get(c.model, ())]
+        return downloads
 
     # ------------------------------------------------------------------ questions
 
@@ -174,6 +208,40 @@ class HubDownloads:
         return None if commit is None or commit in self.cached.get(ckpt.model, frozenset()) else commit
 
     # ------------------------------------------------------------------ the loop's side
+
+    def declare(self, ckpt: Checkpoint) -> None:
+        """``ckpt``'s revision is about to be fetched: note it in the ledger first (once per
+        revision and run), so that a later run deletes it if this one stops before it does.
+        A revision cached before the run is not noted (it is never deleted)."""
+        if not self.deleting or self.output is None or not _is_hub(ckpt):
+            return
+        name = (ckpt.model, ckpt.revision)
+        if name in self._declared or self.cached_before(ckpt):
+            return
+        lines: list[dict[str, object]] = []
+        if ckpt.model not in self._noted:  # what no run of this output may ever take for its download
+            commits = sorted(self.cached.get(ckpt.model, frozenset()))
+            lines.append({"event": "cached", "model": ckpt.model, "commits": commits, "time": _now()})
+        lines.append({"event": "fetching", "model": ckpt.model, "revision": ckpt.revision, "time": _now()})
+        if self._ledger(lines):
+            self._declared.add(name)
+            self._noted.add(ckpt.model)
+
+    def _ledger(self, lines: list[dict[str, object]]) -> bool:
+        """Append to the output's ledger; a failure is one warning (the run goes on)."""
+        assert self.output is not None
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+            append_jsonl(self.output / LEDGER_FILE, lines)
+        except OSError as err:
+            if not self._ledger_failed:  # one warning
+                warn(
+                    f"could not write the downloads ledger {self.output / LEDGER_FILE} ({err}): a run stopped before "
+                    "deleting its downloads leaves them in the hub cache (delete them with `hf cache delete`)"
+                )
+            self._ledger_failed = True
+            return False
+        return True
 
     def release(self, ckpt: Checkpoint) -> None:
         """``ckpt``'s outcome is written: its download may go at the next :meth:`collect`."""
@@ -247,12 +315,63 @@ class HubDownloads:
                 append_jsonl(self.output / DELETED_FILE, [record])
             except OSError as err:  # the deletion is done; its note must not take the run down
                 warn(f"deleted {keys} from the hub cache but could not note it in {self.output / DELETED_FILE}: {err}")
+            # Noted even after a failed declaration: a later run must not take it for a leftover.
+            self._ledger(
+                [
+                    {
+                        "event": "deleted",
+                        "model": model,
+                        "revisions": sorted({str(c.revision) for c in ckpts}),
+                        "commit": commit,
+                        "time": record["time"],
+                    }
+                    for (model, commit), ckpts in chosen.items()
+                ]
+            )
         if self.verbose:
             logger.info(
                 f"[geomtrace] {keys}: deleted this run's download from the hub cache ({format_bytes(freed)} freed; "
                 "--keep-downloads keeps them)"
             )
         return freed
+
+
+def _leftover_commits(ledger: Path, cache: Path) -> dict[str, set[str]]:
+    """``{repo: commits}`` that runs into this output declared (``fetching``), did not delete
+    since, and that are in the cache now; never a commit noted as cached before a run."""
+    try:
+        lines = read_jsonl(ledger)
+    except (OSError, ValueError) as err:
+        warn(f"could not read the downloads ledger {ledger} ({err}): what a stopped run left in the hub cache stays")
+        return {}
+    protected: dict[str, set[str]] = {}
+    pending: dict[tuple[str, str | None], None] = {}  # (repo, revision), in order
+    resolved: dict[tuple[str, str | None], str | None] = {}  # the cache does not change meanwhile
+
+    def commit_now(name: tuple[str, str | None]) -> str | None:
+        if name not in resolved:
+            resolved[name] = _commit(_repo_dir(cache, name[0]), name[1])
+        return resolved[name]
+
+    for line in lines:
+        event, model = line.get("event"), line.get("model")
+        if not isinstance(model, str):
+            continue
+        if event == "cached":
+            protected.setdefault(model, set()).update(str(c) for c in line.get("commits") or ())
+        elif event == "fetching":
+            pending[(model, line.get("revision"))] = None
+        elif event == "deleted":  # that commit went: every name of it is settled
+            commit = line.get("commit")
+            for name in [n for n in pending if n[0] == model]:
+                if str(name[1]) in (line.get("revisions") or ()) or commit_now(name) == commit:
+                    del pending[name]
+    left: dict[str, set[str]] = {}
+    for model, revision in pending:
+        commit = commit_now((model, revision))
+        if commit is not None and commit not in protected.get(model, set()):
+            left.setdefault(model, set()).add(commit)
+    return left
 
 
 # ----------------------------------------------------------------------------- the estimate

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ _TOKENIZER_TRIES = 3
 
 
 def _probe_tokenizer(
-    checkpoints: Sequence[Checkpoint], load: LoadOptions
+    checkpoints: Sequence[Checkpoint], load: LoadOptions, fetching: Callable[[Checkpoint], None] | None = None
 ) -> tuple[Any, tuple[Checkpoint, Any, float] | None, dict[str, str]]:
     """The tokenizer for the probe set: the first checkpoint's that loads.
 
@@ -203,11 +203,14 @@ def _probe_tokenizer(
     Raises CheckpointLoadError when none of the first few loads (e.g. a misspelt model id),
     ValueError when one loads but has no tokenizer (for hub revisions: when none of the first
     few that load has one; one revision without a tokenizer is measured all the same, and the
-    first model loaded is kept for its measurement).
+    first model loaded is kept for its measurement). ``fetching(ckpt)`` is called before a
+    checkpoint's files are fetched (the downloads ledger of :mod:`geomtrace.replay.disk`).
     """
     failures: dict[str, str] = {}
     kept: tuple[Checkpoint, Any, float] | None = None
     for ckpt in checkpoints[:_TOKENIZER_TRIES]:
+        if fetching is not None:
+            fetching(ckpt)
         tok = load_checkpoint_tokenizer(
             ckpt, trust_remote_code=load.trust_remote_code, base_model=load.base_model, retries=load.retries
         )
@@ -262,7 +265,12 @@ class _ProbeBootstrap:
 
 
 def _bootstrap_probes(
-    checkpoints: Sequence[Checkpoint], options: ReplayOptions, load: LoadOptions, tokenizer: Any, memorization: bool
+    checkpoints: Sequence[Checkpoint],
+    options: ReplayOptions,
+    load: LoadOptions,
+    tokenizer: Any,
+    memorization: bool,
+    fetching: Callable[[Checkpoint], None] | None = None,
 ) -> _ProbeBootstrap:
     """The probe set decides what counts as done, so it comes first. A model loaded only to
     get its tokenizer is kept for its own measurement."""
@@ -273,7 +281,7 @@ def _bootstrap_probes(
         if isinstance(tok, (str, os.PathLike)):
             tok = load_tokenizer(str(tok), trust_remote_code=load.trust_remote_code, retries=load.retries)
         if tok is None:
-            tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load)
+            tok, preloaded, known_failures = _probe_tokenizer(checkpoints, load, fetching)
         probe_options = options.probe_options or ProbeOptions()
         probes = build_probes(tok, probe_options)
         built: ProbeOptions | None = probe_options
@@ -473,18 +481,20 @@ def plan_replay(
     tokens_per_step: int | None = None,
     reference: Mapping[str, Any] | None = None,
     memorization: Any = None,
+    fetching: Callable[[Checkpoint], None] | None = None,
 ) -> ReplayPlan:
     """The :class:`ReplayPlan` of a replay of ``checkpoints`` (not empty) into ``output``.
 
     ``device``: the resolved load device, after :func:`init_distributed`. Every rank calls
     it at the same point: binding the output and preparing the memorization probes are agreed
     on by all ranks (all raise together), and a barrier makes every rank read the same done
-    set before rank 0 appends anything.
+    set before rank 0 appends anything. ``fetching(ckpt)``: called before a checkpoint's
+    files are fetched to build the probe set.
     """
     device = _rank_device(device)
     rank, _ = rank_and_world_size()
     load = options.load.replace(device=device)  # this rank's device, as run.json records it
-    boot = _bootstrap_probes(checkpoints, options, load, tokenizer, memorization is not None)
+    boot = _bootstrap_probes(checkpoints, options, load, tokenizer, memorization is not None, fetching)
     probes = boot.probes
     _check_reference(reference, probes)
     identity = measurement_identity(options.measure, probes, load.dtype)

@@ -80,6 +80,8 @@ class CheckpointLoader:
         preloaded: ``(checkpoint, model, start time)`` of a model already loaded.
         idle: ``idle(index)`` is called by :meth:`take` while nothing loads in the background
             (then checkpoints ``index`` and later are still to be handed out).
+        fetching: ``fetching(ckpt)`` is called, in the caller's thread, before a checkpoint's
+            load (or background fetch) starts (the downloads ledger).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class CheckpointLoader:
         known_failures: dict[str, str] | None = None,
         preloaded: tuple[Checkpoint, Any, float] | None = None,
         idle: Callable[[int], None] | None = None,
+        fetching: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         self.checkpoints = list(checkpoints)
         self.load = dict(load)
@@ -99,6 +102,7 @@ class CheckpointLoader:
         self.known_failures = dict(known_failures or {})
         self.preloaded = preloaded
         self.idle = idle
+        self.fetching = fetching
         self.build_in_background = background_build_is_safe(self.load)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomtrace-prefetch") if prefetch else None
         self._pending: dict[int, Future] = {}
@@ -149,6 +153,8 @@ class CheckpointLoader:
             _, model, t0 = self.preloaded
             self.preloaded = None
             return Loaded(model, None, time.perf_counter() - t0)
+        if self.fetching is not None:
+            self.fetching(ckpt)
         try:
             model, _ = load_checkpoint_model(ckpt, **self.load)
         except Exception as err:  # noqa: BLE001 - one bad checkpoint must not stop the replay
@@ -175,6 +181,8 @@ class CheckpointLoader:
         ckpt = self.checkpoints[index]
         if ckpt.key in self.known_failures or (self.preloaded is not None and self.preloaded[0] is ckpt):
             return
+        if self.fetching is not None:
+            self.fetching(ckpt)
         self._pending[index] = self._pool.submit(self._background, ckpt)
 
     # ------------------------------------------------------------------ the background thread

@@ -43,7 +43,7 @@ from geomtrace._warnings import warn
 from geomtrace.measure import GeometryResult, MeasureConfig, measure_geometry
 from geomtrace.options import LoadOptions
 from geomtrace.probes import ProbeOptions, ProbeSet
-from geomtrace.replay.disk import HubDownloads, check_disk, estimate_disk
+from geomtrace.replay.disk import LEDGER_FILE, HubDownloads, check_disk, estimate_disk
 from geomtrace.replay.loading import loading_progress_bars
 from geomtrace.replay.plan import (
     ReplayPlan,
@@ -94,8 +94,10 @@ class ReplaySummary:
         config_id: id of the whole measurement configuration (``run.json``'s ``config_id``).
         precisions: the dtypes the probe forwards ran in (``"fp32"``, ``"bf16"``...).
         seconds: wall time of the call.
-        deleted: keys of the hub revisions this call downloaded and then deleted from the hub
-            cache (``--keep-downloads`` keeps them; recorded in ``OUT/deleted_downloads.jsonl``).
+        deleted: keys of the hub revisions this call deleted from the hub cache: its own downloads,
+            and those an earlier run into the same output left when it stopped (its ledger,
+            ``OUT/downloads.jsonl``); ``--keep-downloads`` keeps them; recorded in
+            ``OUT/deleted_downloads.jsonl``.
     """
 
     output: Path
@@ -298,6 +300,23 @@ def _collect_downloads(downloads: HubDownloads, pending: Sequence[Checkpoint], *
         torch.distributed.barrier()  # nobody starts the next fetch while a rank deletes
 
 
+def _leftovers(downloads: HubDownloads, plan: ReplayPlan, verbose: bool) -> None:
+    """What an earlier run into this output downloaded and did not delete (it stopped first):
+    deleted once measured, those measured already at the first safe point."""
+    if not downloads.leftovers or not downloads.deleting:
+        return
+    todo = set(plan.todo)
+    for ckpt in downloads.leftovers:
+        if ckpt not in todo:
+            downloads.release(ckpt)
+    if verbose:
+        logger.info(
+            f"[geomtrace] {len(downloads.leftovers)} revision(s) in the hub cache were downloaded by an earlier run "
+            f"into this output that stopped before deleting them ({', '.join(c.key for c in downloads.leftovers)}): "
+            "deleted once measured (--keep-downloads keeps them)"
+        )
+
+
 def _check_disk(plan: ReplayPlan, downloads: HubDownloads, prefetch: bool) -> None:
     """Log the disk estimate; refuse (on every rank) a run that certainly does not fit."""
     error: Exception | None = None
@@ -347,6 +366,7 @@ def replay_loop(
                     f"[geomtrace] {len(summary.skipped)} checkpoint(s) already done in {summary.output}; skipping them"
                 )
             if downloads is not None:
+                _leftovers(downloads, plan, verbose and rank == 0)
                 _check_disk(plan, downloads, prefetch)
             outputs = _CheckpointOutputs(
                 summary,
@@ -367,6 +387,7 @@ def replay_loop(
                 preloaded=plan.preloaded.take(),  # the loader holds it now
                 # Deleting the downloads measured so far while nothing is fetched.
                 idle=None if downloads is None else lambda index: _collect_downloads(downloads, plan.todo[index:]),
+                fetching=None if downloads is None else downloads.declare,
             )
             for index, ckpt in enumerate(plan.todo):
                 loaded = loader.take(index)  # starts loading the next checkpoint in the background
@@ -429,8 +450,8 @@ def _leave_downloads(downloads: HubDownloads, finished: bool, busy: bool) -> Non
         return
     if busy or rank_and_world_size()[1] > 1:
         logger.info(
-            "[geomtrace] stopped while a download was running: this run's downloads stay in the hub cache "
-            "(delete them with `hf cache delete`)"
+            "[geomtrace] stopped while a download was running: this run's last downloads stay in the hub cache "
+            f"(the next run into this output deletes them: they are noted in its {LEDGER_FILE})"
         )
         return
     with contextlib.suppress(Exception):  # housekeeping on the way out: never hide the error
@@ -522,6 +543,7 @@ def run_replay(
             keep=options.load.keep_downloads,
             deleter=int(os.environ.get("LOCAL_RANK", "0")) == 0,
             output=output if rank_and_world_size()[0] == 0 else None,
+            ledger=Path(output) / LEDGER_FILE,  # every rank takes the same leftovers for its downloads
         )
         plan = plan_replay(
             checkpoints,
@@ -532,6 +554,7 @@ def run_replay(
             tokens_per_step=tokens_per_step,
             reference=reference,
             memorization=memorization,
+            fetching=downloads.declare,
         )
         summary.probe_fingerprint, summary.n_probes = plan.probes.fingerprint(), len(plan.probes)
         summary.config_id, summary.skipped = plan.config_id, list(plan.skipped)
