@@ -91,6 +91,15 @@ def main() -> None:
     p.add_argument("--decay-frac", type=float, default=0.25, help="wsd: fraction of progress spent in cooldown")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--every", type=int, default=50)
+    p.add_argument("--log-spaced", type=int, default=0, metavar="K",
+                   help="measure at ~K log-spaced points instead of --every: steps 0, 1, 2, 4, 8, 16, 20, then "
+                   "whenever the schedule's progress crosses one of K - 7 thresholds log-spaced from the "
+                   "progress at step 20 to 1 (progress is what the time budget drives, so the grid needs "
+                   "no estimate of the run's step count)")
+    p.add_argument("--uncertainty", choices=("jackknife",), default=None,
+                   help="MeasureConfig.uncertainty: jackknife standard errors of RankMe and alpha, and of the "
+                   "top-eigenvalue share (same groups: probe i in group i mod --uncertainty-groups)")
+    p.add_argument("--uncertainty-groups", type=int, default=20)
     p.add_argument("--num-probes", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -110,6 +119,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
+    from geomtrace.features import extract_features
     from geomtrace.measure import MeasureConfig, measure_geometry
     from geomtrace.probes import load_probes
     from geomtrace.tiny import tiny_pythia_config, train_bpe_tokenizer
@@ -157,8 +167,16 @@ def main() -> None:
         prog = min(1.0, max(0.0, (progress(step) - p0) / (1 - p0)))
         return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
 
-    measure_at = {0, 1, 2, 4, 8, 16, 32, 64} | set(range(0, args.max_steps + 1, args.every))
-    config = MeasureConfig(batch_size=64)
+    if args.log_spaced:
+        measure_at = {0, 1, 2, 4, 8, 16, 20}
+    else:
+        measure_at = {0, 1, 2, 4, 8, 16, 32, 64} | set(range(0, args.max_steps + 1, args.every))
+    thresholds: list[float] = []  # log-spaced progress thresholds, set at step 20 (--log-spaced)
+    if args.uncertainty:
+        config = MeasureConfig(batch_size=64, uncertainty=args.uncertainty,
+                               uncertainty_groups=args.uncertainty_groups)
+    else:
+        config = MeasureConfig(batch_size=64)
     history: list[dict] = []
     gen = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(blocks), generator=gen)
@@ -166,9 +184,37 @@ def main() -> None:
     log(f"model: {n_params / 1e6:.2f}M parameters, d={args.hidden_size}, {args.num_layers} layers; "
         f"{args.max_steps} steps x {args.batch_size * args.seq_len} tokens; args {vars(args)}")
 
+    def top_share_se() -> tuple[float, float]:
+        """Jackknife standard error of lambda_1 / sum(lambda) over the same groups as the library's,
+        and the share from these features (a check against the library's spectrum)."""
+        model.eval()
+        rows = []
+        with torch.no_grad():
+            for batch in probes.batches(64, padding_side=config.padding_side):
+                feats = extract_features(model, batch["input_ids"], batch["attention_mask"], config.feature_spec)
+                rows.append(next(iter(feats.values())).double())
+        model.train()
+        x = torch.cat(rows)
+        gid = torch.arange(x.shape[0]) % args.uncertainty_groups
+        shares = []
+        for g in range(args.uncertainty_groups):
+            xs = x[gid != g]
+            ev = torch.linalg.eigvalsh(torch.cov(xs.T))
+            shares.append(float(ev[-1] / ev.sum()))
+        s_arr = np.array(shares)
+        n = len(s_arr)
+        full = torch.linalg.eigvalsh(torch.cov(x.T))
+        return float(np.sqrt((n - 1) / n * np.sum((s_arr - s_arr.mean()) ** 2))), float(full[-1] / full.sum())
+
     def measure(step: int) -> None:
         res = measure_geometry(model, probes, config)
         g = res.last
+        ev = np.asarray(g.eigenvalues, dtype=np.float64)
+        extra = {"geometry/top_share": float(ev[0] / ev.sum())}
+        if args.uncertainty:
+            share_se, share_check = top_share_se()
+            extra |= {"geometry/rankme_se": g.rankme_se, "geometry/alpha_se": g.alpha_se,
+                      "geometry/top_share_se": share_se, "top_share_check": share_check}
         model.eval()
         with torch.no_grad():
             vloss = float(np.mean([model(input_ids=b, labels=b).loss.item() for b in vblocks.split(16)]))
@@ -177,11 +223,13 @@ def main() -> None:
                "geometry/alpha": g.alpha, "geometry/alpha_r2": g.r2, "train_loss": ema, "val_loss": vloss,
                "lr": lr_at(step), "progress": progress(step), "eig_top": [float(v) for v in g.eigenvalues[:8]],
                "eigenvalues": [float(v) for v in g.eigenvalues],
-               "eig_sum": float(np.sum(g.eigenvalues)), "seconds": time.perf_counter() - started}
+               "eig_sum": float(np.sum(g.eigenvalues)), "seconds": time.perf_counter() - started, **extra}
         history.append(row)
         write_json(out / "geometry.json", {"history": history, "n_params": n_params,
                                           "tokens_per_step": args.batch_size * args.seq_len, "args": vars(args)})
-        log(f"step {step:5d}  rankme {g.rankme:7.3f}  alpha {g.alpha:6.3f}  loss {ema if ema else float('nan'):.3f}"
+        se = (f" ± {g.rankme_se:.3f}", f" ± {g.alpha_se:.3f}") if args.uncertainty else ("", "")
+        log(f"step {step:5d}  rankme {g.rankme:7.3f}{se[0]}  alpha {g.alpha:6.3f}{se[1]}"
+            f"  top {extra['geometry/top_share']:.3f}  loss {ema if ema else float('nan'):.3f}"
             f"  val {vloss:.3f}  lr {lr_at(step):.2e}  t {row['seconds']:.0f}s (measure {res.seconds:.1f}s)")
 
     measure(0)
@@ -202,7 +250,14 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         train_seconds += time.perf_counter() - t_step
-        if step in measure_at or progress(step) >= 1.0:
+        if args.log_spaced and step == 20:
+            p20 = progress(step)
+            thresholds = [float(v) for v in np.geomspace(p20, 1.0, max(2, args.log_spaced - 7))[1:]]
+            log(f"log-spaced grid: progress at step 20 = {p20:.2e}; {len(thresholds)} thresholds up to 1")
+        crossed = bool(thresholds) and progress(step) >= thresholds[0]
+        while thresholds and progress(step) >= thresholds[0]:
+            thresholds.pop(0)
+        if step in measure_at or crossed or progress(step) >= 1.0:
             measure(step)
     log(f"done in {time.perf_counter() - t0:.0f}s; epochs seen: {step * args.batch_size / len(blocks):.2f}")
 
