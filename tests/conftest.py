@@ -57,12 +57,22 @@ def tokenizer(make_tokenizer):
     return make_tokenizer()
 
 
-@pytest.fixture
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now: the MASTER_PORT of a test's distributed subprocess."""
+def _pick_free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: the MASTER_PORT of a test's distributed subprocess."""
+    return _pick_free_port()
+
+
+@pytest.fixture(scope="session")
+def pick_free_port():
+    """``free_port`` as a function, for module-scoped fixtures that start one subprocess for many tests."""
+    return _pick_free_port
 
 
 @pytest.fixture

@@ -30,19 +30,26 @@ def single_process_reference() -> dict:
     return out
 
 
-@pytest.mark.parametrize("split", [700, 900], ids=["uneven", "rank1-empty"])
-def test_two_gloo_ranks_match_single_process(tmp_path, split, free_port):
-    out = tmp_path / "result.json"
+@pytest.fixture(scope="module")
+def gloo_results(tmp_path_factory, pick_free_port) -> dict[str, dict]:
+    """Each case's values on both ranks, from one 2-rank worker run (one start-up for all cases):
+    700 / 900 rows on rank 0 of 900, and 700 with the blocked update forced (blocks of 48)."""
+    out = tmp_path_factory.mktemp("gloo") / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), str(split)],
+        [sys.executable, str(WORKER), str(out), str(pick_free_port()), "700,900,700:48"],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return {f"rank{rank}": json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)}
+
+
+@pytest.mark.parametrize("split", [700, 900], ids=["uneven", "rank1-empty"])
+def test_two_gloo_ranks_match_single_process(gloo_results, split):
     reference = single_process_reference()
     for rank in (0, 1):
-        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        got = gloo_results[f"rank{rank}"][str(split)]
         assert got["rankme"] == pytest.approx(float(reference["rankme"]), rel=1e-6)
         assert got["alpha"] == pytest.approx(float(reference["alpha"]), rel=1e-6)
         assert got["r2"] == pytest.approx(float(reference["r2"]), rel=1e-6)
@@ -84,20 +91,12 @@ def test_ranks_agree_on_flags(tmp_path, free_port):
         assert got["collectives"] == [1, 1, 1, 1, 4]
 
 
-def test_two_gloo_ranks_with_the_blocked_update_match_single_process(tmp_path, free_port):
+def test_two_gloo_ranks_with_the_blocked_update_match_single_process(gloo_results):
     """The update that fills only the upper block triangle (forced at d = 128, blocks of 48 rows,
     not a divisor of d) syncs to the single-process result of the full GEMM (issue 18.2)."""
-    out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), "700", "48"],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     reference = single_process_reference()
     for rank in (0, 1):
-        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        got = gloo_results[f"rank{rank}"]["700:48"]
         assert got["upper_only"]  # the blocked update did run
         for key in ("rankme", "alpha", "r2"):
             assert got[key] == pytest.approx(float(reference[key]), rel=1e-6)

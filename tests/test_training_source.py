@@ -411,29 +411,41 @@ def test_hf_trainer_logs_each_window_with_the_padded_batches_rows(tmp_path, toke
 
 
 # ----------------------------------------------------------------------------- two gloo ranks
-@pytest.mark.parametrize("split", ["even", "rank1-empty", "fsdp"])
-def test_two_gloo_ranks_equal_one_process(tmp_path, free_port, split):
-    """DDP-style ranks (each its own batches), one rank empty in a window, and FSDP2-sharded ranks."""
-    from training_source_ddp import WINDOWS, batches_of
+def _has_fsdp2() -> bool:
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    if split == "fsdp":
-        fsdp = pytest.importorskip("torch.distributed.fsdp", reason="needs torch FSDP")
-        if not hasattr(fsdp, "fully_shard"):
-            pytest.skip("this torch has no FSDP2 fully_shard")
 
-    out = tmp_path / "result.json"
+@pytest.fixture(scope="module")
+def gloo_windows(tmp_path_factory, pick_free_port) -> dict[str, list[dict]]:
+    """Every split's windows on both ranks, from one 2-rank worker run (one start-up for all splits)."""
+    splits = ["even", "rank1-empty"] + (["fsdp"] if _has_fsdp2() else [])
+    out = tmp_path_factory.mktemp("gloo") / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), split],
+        [sys.executable, str(WORKER), str(out), str(pick_free_port()), ",".join(splits)],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return {f"rank{rank}": json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)}
+
+
+@pytest.mark.parametrize("split", ["even", "rank1-empty", "fsdp"])
+def test_two_gloo_ranks_equal_one_process(gloo_windows, split):
+    """DDP-style ranks (each its own batches), one rank empty in a window, and FSDP2-sharded ranks."""
+    from training_source_ddp import WINDOWS, batches_of
+
+    if split == "fsdp" and not _has_fsdp2():
+        pytest.skip("this torch has no FSDP2 fully_shard")
     model = tiny()
     for rank in (0, 1):
-        got = json.loads(Path(f"{out}.rank{rank}").read_text())
-        assert len(got["windows"]) == len(WINDOWS)
-        for window, values in zip(WINDOWS, got["windows"]):
+        got = gloo_windows[f"rank{rank}"][split]
+        assert len(got) == len(WINDOWS)
+        for window, values in zip(WINDOWS, got):
             expected = reference(model, batches_of(window))
             assert values["n"] == expected["n"] and values["rows"] == expected["n"]
             assert values["rankme"] == pytest.approx(expected["rankme"], rel=1e-6)

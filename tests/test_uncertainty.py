@@ -236,25 +236,31 @@ def test_memory_cap_names_the_memory_and_what_to_do():
 
 
 # ------------------------------------------------------------------------- distributed
-@pytest.mark.parametrize("split", [333, 900], ids=["uneven", "rank1-empty"])
-def test_two_gloo_ranks_equal_one_process(tmp_path, free_port, split):
-    from uncertainty_ddp import features  # tests/workers/ is on sys.path (pyproject's pythonpath)
-
-    out = tmp_path / "result.json"
+@pytest.fixture(scope="module")
+def gloo_results(tmp_path_factory, pick_free_port) -> dict[str, dict]:
+    """Both splits' values on both ranks, from one 2-rank worker run (one start-up for both)."""
+    out = tmp_path_factory.mktemp("gloo") / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(free_port), str(split)],
+        [sys.executable, str(WORKER), str(out), str(pick_free_port()), "333,900"],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return {f"rank{rank}": json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)}
+
+
+@pytest.mark.parametrize("split", [333, 900], ids=["uneven", "rank1-empty"])
+def test_two_gloo_ranks_equal_one_process(gloo_results, split):
+    from uncertainty_ddp import features  # tests/workers/ is on sys.path (pyproject's pythonpath)
+
     x = features()
     reference = Geometry(uncertainty="jackknife", groups=10, fit_range=(2, 20), eigenvalues=False)
     for batch in x.split(64):
         reference.update(batch)
     expected = reference.compute()
     for rank in (0, 1):
-        got = json.loads(Path(f"{out}.rank{rank}").read_text())
+        got = gloo_results[f"rank{rank}"][str(split)]
         assert got["local_n"] == got["local_groups"] == (split if rank == 0 else 900 - split)  # local states kept
         for key in ("rankme", "alpha"):
             assert got[key] == pytest.approx(float(expected[key]), rel=1e-6)

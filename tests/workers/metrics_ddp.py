@@ -1,7 +1,9 @@
 """Worker for tests/test_distributed.py: 2 gloo ranks, uneven shards, in-place all_reduce sync.
 
-Usage: python metrics_ddp.py OUT_JSON PORT SPLIT [BLOCK]   (SPLIT: rows of rank 0; the rest go to
-rank 1; BLOCK: force the upper-block-triangle update with blocks of BLOCK rows at every d)
+Usage: python metrics_ddp.py OUT_JSON PORT CASE[,CASE...]   (CASE: SPLIT or SPLIT:BLOCK; SPLIT: rows
+of rank 0, the rest go to rank 1; BLOCK: force the upper-block-triangle update with blocks of BLOCK
+rows at every d). The cases run one after the other in one process group; OUT_JSON.rank{r} maps
+each CASE to its results.
 """
 
 from __future__ import annotations
@@ -30,22 +32,32 @@ def extreme_features() -> torch.Tensor:
     return x
 
 
-def run(rank: int, world_size: int, port: int, split: int, out: str, block: int = 0) -> None:
-    if block:
-        import geomtrace.covariance as cov
-
-        cov.SYMMETRIC_MIN_DIM, cov.SYMMETRIC_BLOCK = 1, block
+def run(rank: int, world_size: int, port: int, cases: list[str], out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from torchmetrics import MetricCollection
-
-    from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("all_gather must not be used to sync covariance states")
 
     dist.all_gather = forbidden  # the sync must use all_reduce only
+    import geomtrace.covariance as cov
+
+    defaults = cov.SYMMETRIC_MIN_DIM, cov.SYMMETRIC_BLOCK
+    results = {}
+    for case in cases:
+        split, _, block = case.partition(":")
+        cov.SYMMETRIC_MIN_DIM, cov.SYMMETRIC_BLOCK = (1, int(block)) if block else defaults
+        results[case] = measure(rank, int(split))
+    finish_rank(out, rank, results)
+
+
+def measure(rank: int, split: int) -> dict:
+    """This rank's synced values with ``split`` rows on rank 0 and the rest on rank 1."""
+    from torchmetrics import MetricCollection
+
+    from geomtrace import AlphaReQ, EigenSpectrum, Geometry, RankMe
+
     x = features()
     shard = x[:split] if rank == 0 else x[split:]
     metrics = MetricCollection({"rankme": RankMe(), "alpha": AlphaReQ(), "spectrum": EigenSpectrum()})
@@ -79,10 +91,9 @@ def run(rank: int, world_size: int, port: int, split: int, out: str, block: int 
         "accumulator_n": float(accumulator.n),
         "accumulator_diag": accumulator.covariance().diagonal()[:20].tolist(),
     }
-    finish_rank(out, rank, result)
+    return result
 
 
 if __name__ == "__main__":
-    out_path, port, split = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    block = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-    mp.spawn(run, args=(2, port, split, out_path, block), nprocs=2, join=True)
+    out_path, port, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+    mp.spawn(run, args=(2, port, cases, out_path), nprocs=2, join=True)

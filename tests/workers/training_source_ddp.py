@@ -7,7 +7,9 @@ second window and still joins its collectives. ``fsdp``: as ``even``, with the m
 FSDP2 (``fully_shard`` on each decoder layer and the whole model): the hooks sit on the sharded
 modules, every forward all-gathers the parameters and every backward reduce-scatters the gradients.
 
-Usage: python training_source_ddp.py OUT_JSON PORT SPLIT   (SPLIT: even | rank1-empty | fsdp)
+The splits given run one after the other in one process group (one start-up for them all).
+
+Usage: python training_source_ddp.py OUT_JSON PORT SPLIT[,SPLIT...]   (SPLIT: even | rank1-empty | fsdp)
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ def batches_of(window: list[int]) -> list[torch.Tensor]:
     return [torch.randint(3, 300, (32, 16), generator=torch.Generator().manual_seed(seed)) for seed in window]
 
 
-def run(rank: int, world_size: int, port: int, split: str, out: str) -> None:
+def run(rank: int, world_size: int, port: int, splits: list[str], out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
+    finish_rank(out, rank, {split: windows_of(rank, world_size, split) for split in splits})
+
+
+def windows_of(rank: int, world_size: int, split: str) -> list[dict[str, float]]:
+    """This rank's values of each window of ``WINDOWS``, the batches shared out as ``split`` says."""
     from geomtrace.options import MeasureConfig, Schedule
     from geomtrace.tiny import build_tiny_model
     from geomtrace.tracking import GeometryTracker
@@ -79,9 +86,9 @@ def run(rank: int, world_size: int, port: int, split: str, out: str) -> None:
             }
         )
     tracker.detach()
-    finish_rank(out, rank, {"windows": windows})
+    return windows
 
 
 if __name__ == "__main__":
-    out_path, port, split = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    mp.spawn(run, args=(2, port, split, out_path), nprocs=2, join=True)
+    out_path, port, splits = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+    mp.spawn(run, args=(2, port, splits, out_path), nprocs=2, join=True)

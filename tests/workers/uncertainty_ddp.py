@@ -1,6 +1,7 @@
 """Worker for tests/test_uncertainty.py: jackknife groups summed over 2 gloo ranks.
 
-Usage: python uncertainty_ddp.py OUT_JSON PORT SPLIT   (SPLIT: rows of rank 0; the rest go to rank 1)
+Usage: python uncertainty_ddp.py OUT_JSON PORT SPLIT[,SPLIT...]   (SPLIT: rows of rank 0; the rest go
+to rank 1; the splits run one after the other in one process group, OUT_JSON.rank{r} maps each to its results)
 Each rank passes the rows' global positions as ``sample_index``, so the groups are those of one
 process; rank 1 also feeds its shard in reverse order (the groups must not care).
 """
@@ -21,10 +22,15 @@ def features() -> torch.Tensor:
     return (torch.randn(900, 48, generator=gen) * torch.arange(1, 49) ** -0.5 + 5.0).float()
 
 
-def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
+def run(rank: int, world_size: int, port: int, splits: list[int], out: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    finish_rank(out, rank, {str(split): measure(rank, split) for split in splits})
+
+
+def measure(rank: int, split: int) -> dict[str, float]:
+    """This rank's synced values with ``split`` rows on rank 0 and the rest on rank 1."""
     from geomtrace import Geometry
 
     x = features()
@@ -37,9 +43,9 @@ def run(rank: int, world_size: int, port: int, split: int, out: str) -> None:
     result = {key: float(value) for key, value in out_values.items()}
     result["local_n"] = float(metric.n_samples)
     result["local_groups"] = float(metric.group_count.sum())
-    finish_rank(out, rank, result)
+    return result
 
 
 if __name__ == "__main__":
-    out_path, port, split = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    mp.spawn(run, args=(2, port, split, out_path), nprocs=2, join=True)
+    out_path, port, splits = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")]
+    mp.spawn(run, args=(2, port, splits, out_path), nprocs=2, join=True)
