@@ -12,7 +12,7 @@ from typing import Any
 
 from geomtrace.measure import GeometryResult, validate_extra_metrics
 from geomtrace.replay.sources import Checkpoint
-from geomtrace.replay.store import EXTRA_METRICS_FIELD
+from geomtrace.replay.store import EXTRA_METRICS_FIELD, RECORD_FIELDS
 
 __all__ = ["RECORD_KEYS", "build_records", "check_extra_metrics", "checkpoint_tokens"]
 
@@ -87,21 +87,7 @@ def build_records(
 #: fields run_replay and the store add, and those of the geometry itself).
 RECORD_KEYS: frozenset[str] = frozenset(
     {
-        "key",
-        "step",
-        "revision",
-        "tokens",
-        "stage",
-        "layer",
-        "rankme",
-        "alpha",
-        "r2",
-        "n_samples",
-        "dim",
-        "model",
-        "probe",
-        "probe_fingerprint",
-        "seconds",
+        *RECORD_FIELDS,
         "precision",
         "n_params",
         "n_dropped",
