@@ -26,6 +26,14 @@
       model shaped like Pythia-70m (d = 512, 6 layers) on 1024 probes of the embedded corpus,
       plain vs ``MeasureConfig(uncertainty="jackknife")`` with G = 10 and 20.
 
+(v)   ``--paired``: the standard error of a *change* on the same rows. Each draw's features X and
+      ``X M`` with one fixed "post-training" map ``M = I + eps R / sqrt(d)`` (R Gaussian, the same
+      for every draw), both measured with the same groups (row i in group i mod G); the change
+      ``theta(X M) - theta(X)`` across draws against the paired error
+      (``phases.paired_jackknife_se``: the jackknife of the replicate differences) and the
+      independent ``sqrt(se_X^2 + se_XM^2)``. Columns: ``sd`` of the change across draws, each
+      error's root-mean-square over it, and how often ``change +- t se`` covers the mean change.
+
 Usage: python benchmarks/uncertainty_calibration.py [--draws 200] [--quick]
 (``--quick``: 20 draws, d = 64 and 512, no bootstrap; a smoke run, not a calibration).
 """
@@ -37,6 +45,7 @@ import math
 import platform
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,6 +176,52 @@ def calibration(args: argparse.Namespace) -> None:
             print(f"{'':>9} ({args.bootstrap_draws} draws, {time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def paired_calibration(args: argparse.Namespace) -> None:
+    from geomtrace.phases import paired_jackknife_se
+
+    t_jack = t_quantile(0.975, args.groups - 1)
+    print(
+        f"\n(v) the error of a change on the same rows: X vs X (I + {args.paired_eps} R / sqrt(d)), G = {args.groups}, "
+        f"95% intervals change +- {t_jack:.3f} se"
+    )
+    print(
+        f"{'d':>5} {'N':>5} {'stat':>6} {'mean change':>11} {'sd':>8} {'paired se/sd':>12} {'cov':>6} "
+        f"{'indep. se/sd':>12} {'cov':>6}"
+    )
+
+    def replicates(x: torch.Tensor) -> Any:
+        metric = Geometry(uncertainty="jackknife", groups=args.groups, eigenvalues=False)
+        for batch in x.split(2048):
+            metric.update(batch)
+        return metric.compute_uncertainty()
+
+    for d, n in args.paired_cases:
+        gen = torch.Generator().manual_seed(12345)
+        transform = torch.eye(d) + args.paired_eps * torch.randn(d, d, generator=gen) / math.sqrt(d)
+        start = time.perf_counter()
+        rows: dict[str, list[tuple[float, float, float]]] = {"rankme": [], "alpha": []}
+        for seed in range(args.draws):
+            x = draw(n, d, args.decay, 7000 * n + seed)
+            before, after = replicates(x), replicates(x @ transform)
+            for name in rows:
+                change = float(getattr(after, name)) - float(getattr(before, name))
+                paired = paired_jackknife_se(
+                    getattr(before, f"{name}_replicates").tolist(), getattr(after, f"{name}_replicates").tolist()
+                )
+                independent = math.hypot(float(getattr(before, f"{name}_se")), float(getattr(after, f"{name}_se")))
+                rows[name].append((change, math.nan if paired is None else paired, independent))
+        for name, values in rows.items():
+            change, paired, independent = (np.array(column) for column in zip(*values, strict=True))
+            sd, mean = change.std(ddof=1), change.mean()
+            ratio_p, ratio_i = (math.sqrt(np.mean(se**2)) / sd for se in (paired, independent))
+            cover_p, cover_i = (np.mean(np.abs(change - mean) <= t_jack * se) for se in (paired, independent))
+            print(
+                f"{d:>5} {n:>5} {name:>6} {mean:11.4f} {sd:8.4f} "
+                f"{ratio_p:12.2f} {cover_p:6.1%} {ratio_i:12.2f} {cover_i:6.1%}"
+            )
+        print(f"      ({args.draws} draws, {time.perf_counter() - start:.0f} s)", flush=True)
+
+
 def best_of(repeats: int, fn) -> float:
     times = []
     for _ in range(repeats):
@@ -251,6 +306,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--end-to-end", action="store_true", help="also (iv): measure_geometry of a 70m-shaped model")
+    parser.add_argument("--paired", action="store_true", help="also (v): the error of a change on the same rows")
+    parser.add_argument("--paired-eps", type=float, default=0.5, help="(v): the size of the map's perturbation")
+    parser.add_argument(
+        "--paired-cases", nargs="+", default=["64:256", "64:1024", "512:1024"], help="d:N pairs for (v)"
+    )
     parser.add_argument(
         "--cost-cases",
         nargs="+",
@@ -259,6 +319,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.cost_cases = [tuple(int(v) for v in case.split(":")) for case in args.cost_cases]
+    args.paired_cases = [tuple(int(v) for v in case.split(":")) for case in args.paired_cases]
     if args.quick:
         args.draws, args.bootstrap_draws, args.repeats = 20, 0, 1
         args.cost_cases = [(64, 8192), (512, 1024)]
@@ -273,6 +334,8 @@ def main() -> None:
         cost(args)
     if args.end_to_end:
         end_to_end(args)
+    if args.paired:
+        paired_calibration(args)
 
 
 if __name__ == "__main__":

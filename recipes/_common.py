@@ -50,6 +50,11 @@ def build_parser(doc: str, *, output: str, max_steps: int, lr: float, batch_size
     geometry.add_argument("--layers", default="last", help="'last', 'all' or comma-separated indices")
     geometry.add_argument("--plain-probes", action="store_true",
                           help="probe with raw text instead of chat-formatted probes")
+    geometry.add_argument("--uncertainty", default="none", choices=("none", "jackknife"),
+                          help="jackknife: standard errors of RankMe and alpha from the probe sample "
+                          "(geometry/rankme_se, ...); the printed shift then says whether it exceeds them")
+    geometry.add_argument("--uncertainty-groups", type=int, default=None,
+                          help="the jackknife's groups (default: geomtrace's, 20)")
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=output, help="checkpoints, TensorBoard logs and the final model go here")
     out.add_argument("--no-save", action="store_true", help="do not save the final model")
@@ -153,10 +158,22 @@ def geometry_callback(args: argparse.Namespace, from_pretrained: bool):
         history_file=str(Path(args.output) / "geometry.json"),
         schedule=Schedule(every_n_steps=args.every_n_steps),
         measure=MeasureConfig(layers=parse_layers(args.layers), batch_size=args.probe_batch_size,
-                              autocast=args.probe_autocast),
+                              autocast=args.probe_autocast, **uncertainty_options(args)),
         # post-trained models answer chat turns
         probes=ProbeOptions(num_sequences=args.num_probes, chat_template=not args.plain_probes, seed=args.seed),
     )
+
+
+def uncertainty_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``MeasureConfig`` keywords for ``--uncertainty`` / ``--uncertainty-groups``."""
+    if args.uncertainty == "none":
+        if args.uncertainty_groups is not None:
+            raise SystemExit("--uncertainty-groups needs --uncertainty jackknife")
+        return {}
+    options: dict[str, Any] = {"uncertainty": args.uncertainty}
+    if args.uncertainty_groups is not None:
+        options["uncertainty_groups"] = args.uncertainty_groups
+    return options
 
 
 def config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,5 +234,12 @@ def run(trainer: Any, callback: Any, args: argparse.Namespace, name: str) -> dic
     return summary
 
 
-def _point(record: dict[str, Any], keys: dict[str, str]) -> dict[str, float]:
-    return {"rankme": record[keys["rankme"]], "alpha": record[keys["alpha"]]}
+def _point(record: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    # the standard errors and the jackknife replicates are there when --uncertainty measured
+    # them; shift() then names a direction only where the change exceeds its (paired: the
+    # same probes at both ends) standard error
+    return {
+        name + suffix: record.get(keys[name] + suffix)
+        for name in ("rankme", "alpha")
+        for suffix in ("", "_se", "_replicates")
+    }

@@ -651,7 +651,18 @@ def test_detector_options_are_the_keywords_of_detect_phases():
         "require_signature": True,
     }
     params = inspect.signature(detect_phases).parameters
-    assert list(params) == ["steps", "rankme", "alpha", "options", "rankme_se", "alpha_se", "spectrum", "overrides"]
+    assert list(params) == [
+        "steps",
+        "rankme",
+        "alpha",
+        "options",
+        "rankme_se",
+        "alpha_se",
+        "spectrum",
+        "rankme_replicates",
+        "alpha_replicates",
+        "overrides",
+    ]
     # Every field is documented once, on the class.
     doc = inspect.getdoc(DetectorOptions)
     assert all(f"    {name}: " in doc for name in names)

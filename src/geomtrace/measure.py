@@ -52,6 +52,7 @@ __all__ = [
     "measure_geometry",
     "MeasureConfig",
     "metric_key",
+    "REPLICATE_FIELDS",
     "probe_autocast",
     "progress_bar",
     "summarize_layers",
@@ -62,8 +63,13 @@ __all__ = [
 
 #: Names an extra metric cannot take: the built-in values of a layer (and the tags the
 #: callbacks log beside them).
+#: The :class:`LayerGeometry` fields holding the jackknife replicates (``MeasureConfig.uncertainty``):
+#: kept in the live history (``<tag>_replicates``) and in replay records, never logged as scalars.
+REPLICATE_FIELDS: tuple[str, ...] = ("rankme_replicates", "alpha_replicates")
+
 RESERVED_NAMES: frozenset[str] = frozenset(
     {
+        *REPLICATE_FIELDS,
         "geometry",
         "rankme",
         "alpha",
@@ -112,6 +118,12 @@ class LayerGeometry:
     #: (``MeasureConfig(uncertainty="jackknife")``); None without uncertainty, NaN when undefined.
     rankme_se: float | None = None
     alpha_se: float | None = None
+    #: The jackknife's delete-one-group values behind :attr:`rankme_se` / :attr:`alpha_se`, group
+    #: ``g`` = the probes ``i`` with ``i mod G == g``: two measurements on the same probes pair
+    #: them, so that the standard error of a change is the jackknife of the differences
+    #: (:func:`geomtrace.phases.shift`). Not logged as scalars.
+    rankme_replicates: tuple[float, ...] | None = None
+    alpha_replicates: tuple[float, ...] | None = None
 
     def scalars(self) -> dict[str, float]:
         """The logged numbers: rankme, alpha, alpha_r2, n_samples, rankme_se and alpha_se (when
@@ -173,6 +185,23 @@ class GeometryResult:
         for index, layer in self.layers.items():
             for name, value in layer.scalars().items():
                 out[metric_key(name, index, self.num_layers, prefix)] = value
+        return out
+
+    def replicates(self, prefix: str = "geometry") -> dict[str, list[float]]:
+        """``{tag + "_replicates": [theta_(g), ...]}`` of each layer's jackknife, for the history.
+
+        Only for a probe measurement: the probes are the same at every step, so two steps'
+        replicates pair group by group (:func:`geomtrace.phases.shift`). The training
+        batches (``source="training"``) differ from window to window, so they give none.
+        """
+        if self.window is not None:
+            return {}
+        out: dict[str, list[float]] = {}
+        for index, layer in self.layers.items():
+            for name in REPLICATE_FIELDS:
+                values = getattr(layer, name)
+                if values is not None:
+                    out[metric_key(name, index, self.num_layers, prefix)] = list(values)
         return out
 
     @property
@@ -615,4 +644,10 @@ def _layer_geometry(layer: int, summary: GeometrySummary) -> LayerGeometry:
         fit_values=summary.fit.fitted.cpu().numpy(),
         rankme_se=None if summary.rankme_se is None else float(summary.rankme_se),
         alpha_se=None if summary.alpha_se is None else float(summary.alpha_se),
+        rankme_replicates=_floats(summary.rankme_replicates),
+        alpha_replicates=_floats(summary.alpha_replicates),
     )
+
+
+def _floats(values: Tensor | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values.detach().cpu().double())

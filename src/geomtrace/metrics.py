@@ -171,6 +171,10 @@ class GeometrySummary(NamedTuple):
     #: Jackknife standard errors (``uncertainty="jackknife"``); None without ``uncertainty=``.
     rankme_se: Tensor | None = None
     alpha_se: Tensor | None = None
+    #: The delete-one-group values behind them (``(G,)``): two measurements of the same rows'
+    #: groups (the same probes) pair them for the standard error of a change.
+    rankme_replicates: Tensor | None = None
+    alpha_replicates: Tensor | None = None
 
 
 def _to_device(value: Tensor, device: torch.device) -> Tensor:
@@ -657,6 +661,8 @@ class Geometry(_CovarianceMetric):
             n_dropped=moments.n_dropped,
             rankme_se=None if errors is None else errors.rankme_se,
             alpha_se=None if errors is None else errors.alpha_se,
+            rankme_replicates=None if errors is None else errors.rankme_replicates,
+            alpha_replicates=None if errors is None else errors.alpha_replicates,
         )
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "detect_phases",
     "format_segments",
     "log_step",
+    "paired_jackknife_se",
     "resolve_options",
     "shift",
     "trajectory_phases",
@@ -132,9 +133,11 @@ class PhaseSegment:
     segment of too few points (``min_points``) both are the measured change from the first
     to the last point. ``confidence`` is in [0, 1].
 
-    ``rankme_change_se``/``alpha_change_se``: the combined standard error of those changes,
-    ``sqrt(se_start^2 + se_end^2)`` from the measurements' own standard errors (for RankMe in
-    log units, like ``rankme_change``); None where the measurements carry none. ``note``
+    ``rankme_change_se``/``alpha_change_se``: the standard error of those changes (for RankMe in
+    log units, like ``rankme_change``): ``paired`` (the segment's ends carry jackknife replicates
+    of the same probes) the jackknife of the replicate differences, else the combined
+    ``sqrt(se_start^2 + se_end^2)`` of the measurements' own standard errors; None where the
+    measurements carry none. ``note``
     qualifies the name: "within noise" with the numbers, a compression signature that is
     missing or unconfirmed, or that no error bars were available. ``spectrum`` is how the
     values were measured, where known: ``"covariance"`` (centred: the paper's code, which
@@ -154,6 +157,7 @@ class PhaseSegment:
     alpha_change_se: float | None = None
     note: str = ""
     spectrum: str | None = None
+    paired: bool = False
 
     def __post_init__(self) -> None:
         # Phase(...) refuses a name outside the closed set; the plain value keeps pickles and
@@ -270,6 +274,48 @@ def _to_se(value: Any) -> float:
     except (TypeError, ValueError):
         return math.nan
     return v if v >= 0 else math.nan
+
+
+def _prepare_replicates(name: str, values: Any, n: int, idx: np.ndarray) -> np.ndarray | None:
+    """Jackknife replicates at the kept points as an ``(n, G)`` array (a NaN row: unknown), or
+    None when no point has them or their ``G`` differ (then nothing pairs)."""
+    if values is None:
+        return None
+    rows = list(values)
+    if len(rows) != n:
+        raise ValueError(f"steps and {name} lengths differ: {n} != {len(rows)}")
+    known = [np.asarray(v, dtype=np.float64).ravel() if v is not None else None for v in rows]
+    sizes = {len(v) for v in known if v is not None and len(v)}
+    if len(sizes) != 1:
+        return None
+    (groups,) = sizes
+    out = np.full((n, groups), np.nan)
+    for i, v in enumerate(known):
+        if v is not None and len(v) == groups:
+            out[i] = v
+    out = out[idx]
+    return out if np.isfinite(out).all(axis=1).any() else None
+
+
+def paired_jackknife_se(before: Any, after: Any) -> float | None:
+    """The jackknife standard error of a change measured twice on the same probes.
+
+    ``before``/``after`` are the two measurements' delete-one-group replicates ``theta_(g)``
+    (group ``g`` deleted from both: the same probes, as geomtrace groups them). The change's
+    replicates are their differences, and its error is theirs:
+    ``sqrt((G - 1) / G * sum_g (d_g - mean d)^2)`` (the formula of
+    :func:`geomtrace.uncertainty.jackknife_se`). Unlike ``sqrt(se_before^2 + se_after^2)`` it
+    does not count the probe sample's noise that both values share. None unless both have the
+    same number of finite replicates.
+    """
+    if before is None or after is None:
+        return None
+    b, a = np.asarray(before, dtype=np.float64).ravel(), np.asarray(after, dtype=np.float64).ravel()
+    if len(b) != len(a) or len(b) < 2 or not (np.isfinite(b).all() and np.isfinite(a).all()):
+        return None
+    diff = a - b
+    groups = len(diff)
+    return float(math.sqrt((groups - 1) / groups * float(((diff - diff.mean()) ** 2).sum())))
 
 
 def resolve_options(
@@ -563,6 +609,8 @@ def detect_phases(
     rankme_se: Sequence[float | None] | np.ndarray | None = None,
     alpha_se: Sequence[float | None] | np.ndarray | None = None,
     spectrum: str | None = None,
+    rankme_replicates: Sequence[Sequence[float] | None] | np.ndarray | None = None,
+    alpha_replicates: Sequence[Sequence[float] | None] | np.ndarray | None = None,
     **overrides: Any,
 ) -> list[PhaseSegment]:
     """Segment a RankMe (and optionally alpha-ReQ) trajectory into geometric phases.
@@ -582,6 +630,12 @@ def detect_phases(
             were available.
         spectrum: the measure config's ``spectrum`` ("covariance" = centred, "singular" =
             uncentred), recorded on every segment; None: unknown.
+        rankme_replicates, alpha_replicates: each measurement's jackknife replicates
+            (``G`` values; None for a point without), optional. Only for measurements on the
+            *same probes* (a live run's history, a replay on one probe set): the error of a
+            change between two points is then the jackknife of the replicate differences
+            (:func:`paired_jackknife_se`), which leaves out the noise both share, instead of
+            ``sqrt(se_start^2 + se_end^2)``.
         **overrides: any :class:`DetectorOptions` field by name (``min_points=4``,
             ``allow_warmup=False``), applied over ``options``.
 
@@ -605,6 +659,8 @@ def detect_phases(
     s, r, a, idx = _prepare(steps, rankme, alpha)
     se_r = _prepare_se("rankme_se", rankme_se, n_in, idx)
     se_a = None if a is None else _prepare_se("alpha_se", alpha_se, n_in, idx)
+    rep_r = _prepare_replicates("rankme_replicates", rankme_replicates, n_in, idx)
+    rep_a = None if a is None else _prepare_replicates("alpha_replicates", alpha_replicates, n_in, idx)
     n = len(s)
     if n == 0:
         return []
@@ -631,6 +687,8 @@ def detect_phases(
             a = a[keep] if a is not None else None
             se_r = se_r[keep] if se_r is not None else None
             se_a = se_a[keep] if se_a is not None else None
+            rep_r = rep_r[keep] if rep_r is not None else None
+            rep_a = rep_a[keep] if rep_a is not None else None
             n = len(s)
             w = min(int(smoothing), n)
 
@@ -670,7 +728,14 @@ def detect_phases(
             break
         labs, knots = new_labs, new_knots
     # Standard errors in the detector's units: log RankMe (se / RankMe) and alpha.
-    errors = _Errors(None if se_r is None else se_r / np.exp(y), se_a, o.noise_factor, ctx.min_effect)
+    errors = _Errors(
+        None if se_r is None else se_r / np.exp(y),
+        se_a,
+        o.noise_factor,
+        ctx.min_effect,
+        rep_y=None if rep_r is None else np.log(np.where(rep_r > 0, rep_r, np.nan)),
+        rep_a=rep_a,
+    )
     warmup_limit = o.warmup_steps if o.warmup_steps is not None else o.warmup_fraction * float(s[-1])
     lead_end = int(np.searchsorted(s, warmup_limit, side="right")) - 1 if o.allow_warmup else -1
     labs, knots, transients = _merge_transients(ctx, labs, knots, o.transient_points, lead_end)
@@ -744,7 +809,14 @@ def detect_phases(
             conf = _trend_confidence(lab, t_eff, t_a if a is not None else None, enter_threshold)
         seg = _make(name, s, idx, i0, i1, conf, dy, da)
         out.append(
-            replace(seg, rankme_change_se=se_dy, alpha_change_se=se_da, note="; ".join(notes), spectrum=spectrum)
+            replace(
+                seg,
+                rankme_change_se=se_dy,
+                alpha_change_se=se_da,
+                note="; ".join(notes),
+                spectrum=spectrum,
+                paired=errors.pairs(i0, i1),
+            )
         )
     _warn_if_noisy(out, ctx.sig_point if _alternates(x, y) else 0.0)
     return out
@@ -758,21 +830,39 @@ class _Errors:
     """The measurements' standard errors (log RankMe, alpha) and the noise rule on them."""
 
     def __init__(
-        self, se_y: np.ndarray | None, se_a: np.ndarray | None, factor: float, min_effect: tuple[float, float]
+        self,
+        se_y: np.ndarray | None,
+        se_a: np.ndarray | None,
+        factor: float,
+        min_effect: tuple[float, float],
+        *,
+        rep_y: np.ndarray | None = None,
+        rep_a: np.ndarray | None = None,
     ) -> None:
         self.se_y, self.se_a, self.factor = se_y, se_a, factor
+        self.rep_y, self.rep_a = rep_y, rep_a
         self.min_effect = min_effect
-        self.known = se_y is not None or se_a is not None
+        self.known = any(v is not None for v in (se_y, se_a, rep_y, rep_a))
 
-    @staticmethod
-    def _combined(se: np.ndarray | None, i0: int, i1: int) -> float | None:
+    def pairs(self, i0: int, i1: int) -> bool:
+        """Do both ends of ``i0..i1`` carry replicates (for RankMe or alpha)?"""
+        return any(
+            rep is not None and bool(np.isfinite(rep[i0]).all() and np.isfinite(rep[i1]).all())
+            for rep in (self.rep_y, self.rep_a)
+        )
+
+    def _combined(self, se: np.ndarray | None, rep: np.ndarray | None, i0: int, i1: int) -> float | None:
+        paired = None if rep is None else paired_jackknife_se(rep[i0], rep[i1])
+        if paired is not None:
+            return paired
         if se is None or not (math.isfinite(se[i0]) and math.isfinite(se[i1])):
             return None
         return float(math.hypot(se[i0], se[i1]))
 
     def change_se(self, i0: int, i1: int) -> tuple[float | None, float | None]:
-        """Combined standard errors ``sqrt(se_start^2 + se_end^2)`` of the change over a segment."""
-        return self._combined(self.se_y, i0, i1), self._combined(self.se_a, i0, i1)
+        """Standard errors of the change over a segment: paired over the replicates where both
+        ends have them (the same probes), else ``sqrt(se_start^2 + se_end^2)``."""
+        return self._combined(self.se_y, self.rep_y, i0, i1), self._combined(self.se_a, self.rep_a, i0, i1)
 
     def beyond(self, lab: int, dy: float, da: float | None, i0: int, i1: int) -> bool:
         """Does RankMe or alpha move in direction ``lab`` by more than ``factor`` combined
@@ -1205,7 +1295,7 @@ def _step_value(v: float) -> float:
 
 def trajectory_phases(trajectory: Any, options: DetectorOptions | None = None, **overrides: Any) -> list[PhaseSegment]:
     """:func:`detect_phases` on a :class:`geomtrace.trajectory.Trajectory`: its steps, RankMe,
-    alpha (when it has any), standard errors and spectrum (centred or not)."""
+    alpha (when it has any), standard errors, jackknife replicates and spectrum (centred or not)."""
     alpha = trajectory.alpha
     has_alpha = alpha is not None and len(alpha) and bool(np.isfinite(alpha).any())
     return detect_phases(
@@ -1216,6 +1306,8 @@ def trajectory_phases(trajectory: Any, options: DetectorOptions | None = None, *
         rankme_se=getattr(trajectory, "rankme_se", None),
         alpha_se=getattr(trajectory, "alpha_se", None) if has_alpha else None,
         spectrum=getattr(trajectory, "spectrum", None),
+        rankme_replicates=getattr(trajectory, "rankme_replicates", None),
+        alpha_replicates=getattr(trajectory, "alpha_replicates", None) if has_alpha else None,
         **overrides,
     )
 
@@ -1229,17 +1321,29 @@ def current_phase(
     rankme_se: Sequence[float | None] | np.ndarray | None = None,
     alpha_se: Sequence[float | None] | np.ndarray | None = None,
     spectrum: str | None = None,
+    rankme_replicates: Sequence[Sequence[float] | None] | np.ndarray | None = None,
+    alpha_replicates: Sequence[Sequence[float] | None] | np.ndarray | None = None,
     **overrides: Any,
 ) -> PhaseSegment | None:
     """The latest phase (last segment of :func:`detect_phases`), for live logging.
 
-    Takes the options, standard errors and spectrum as :func:`detect_phases` does. Returns
+    Takes the options, standard errors, replicates and spectrum as :func:`detect_phases` does. Returns
     None while fewer than ``min_points`` (default 5) valid measurements exist. Note the last
     boundary is only as recent as the evidence: a new trend shows up after about
     ``smoothing / 2`` measurements.
     """
     o = resolve_options(options, overrides)
-    segs = detect_phases(steps, rankme, alpha, o, rankme_se=rankme_se, alpha_se=alpha_se, spectrum=spectrum)
+    segs = detect_phases(
+        steps,
+        rankme,
+        alpha,
+        o,
+        rankme_se=rankme_se,
+        alpha_se=alpha_se,
+        spectrum=spectrum,
+        rankme_replicates=rankme_replicates,
+        alpha_replicates=alpha_replicates,
+    )
     return None if not segs or _too_few(segs, o) else segs[-1]
 
 
@@ -1297,10 +1401,12 @@ def format_segments(segments: Sequence[PhaseSegment], options: DetectorOptions |
 def _errors_text(segments: Sequence[PhaseSegment], options: DetectorOptions) -> str:
     """What the table says about error bars: the rule with them, or that there were none."""
     if any(seg.rankme_change_se is not None or seg.alpha_change_se is not None for seg in segments):
-        return (
-            f"± = combined standard error of the change; a trend needs a change beyond "
-            f"{options.noise_factor:g} x its standard error"
+        kind = (
+            "paired standard error of the change (the jackknife of the replicate differences: the same probes)"
+            if any(seg.paired for seg in segments)
+            else "combined standard error of the change (sqrt(se_start^2 + se_end^2))"
         )
+        return f"± = {kind}; a trend needs a change beyond {options.noise_factor:g} x its standard error"
     return NO_ERROR_BARS
 
 
@@ -1313,8 +1419,9 @@ class GeometryShift:
 
     ``rankme_change`` is absolute, ``rankme_rel_change`` relative (0.163 = +16.3%),
     ``alpha_change`` absolute. Alpha fields are None when either side has no alpha.
-    ``rankme_change_se``/``alpha_change_se``: the combined standard errors of the changes
-    (``sqrt(se_before^2 + se_after^2)``, absolute), None without error bars;
+    ``rankme_change_se``/``alpha_change_se``: the standard errors of the changes (absolute):
+    paired (:func:`paired_jackknife_se`) where both sides carry their jackknife replicates,
+    else ``sqrt(se_before^2 + se_after^2)``; None without error bars; ``paired`` says which;
     ``noise_factor`` the factor a change had to exceed them by; ``note`` says what was
     within noise, or that no error bars were available. ``direction`` is
     ``"within-noise"`` when error bars were given and every change was within them.
@@ -1332,11 +1439,13 @@ class GeometryShift:
     alpha_change_se: float | None = None
     noise_factor: float | None = None
     note: str = ""
+    paired: bool = False
 
     def summary(self) -> str:
         """One line, e.g. ``entropy-seeking: RankMe 44.1 -> 51.3 (+16.3%), alpha 0.91 -> 0.84 (-0.07)``,
-        with the standard errors (``± se``) and the note where there are any."""
-        rank_se = "" if self.rankme_change_se is None else f" ± {self.rankme_change_se:.2f}"
+        with the standard errors of the absolute changes (``+7.20 ± 0.52``; "paired" when they
+        are) and the note where there are any."""
+        rank_se = "" if self.rankme_change_se is None else f", {self.rankme_change:+.2f} ± {self.rankme_change_se:.2f}"
         text = (
             f"{self.direction}: RankMe {self.rankme_before:.1f} -> {self.rankme_after:.1f} "
             f"({self.rankme_rel_change * 100:+.1f}%{rank_se})"
@@ -1344,6 +1453,8 @@ class GeometryShift:
         if self.alpha_change is not None:
             alpha_se = "" if self.alpha_change_se is None else f" ± {self.alpha_change_se:.3f}"
             text += f", alpha {self.alpha_before:.2f} -> {self.alpha_after:.2f} ({self.alpha_change:+.2f}{alpha_se})"
+        if self.paired:
+            text += " (paired se: the same probes)"
         return f"{text} [{self.note}]" if self.note else text
 
     def to_dict(self) -> dict[str, Any]:
@@ -1377,7 +1488,10 @@ def shift(
     ``before``/``after`` are mappings or objects with ``rankme`` and (optionally) ``alpha``,
     e.g. ``{"rankme": 44.0, "alpha": 0.8}``, and optionally their standard errors
     ``rankme_se``/``alpha_se`` (as a measurement with ``uncertainty=`` records them; None or
-    absent: unknown). For a trajectory use :func:`trajectory_shift`.
+    absent: unknown) and jackknife replicates ``rankme_replicates``/``alpha_replicates`` (a live
+    history row's ``<tag>_replicates``; :attr:`geomtrace.measure.LayerGeometry.rankme_replicates`).
+    Pass replicates only for two measurements on the *same probes*: the change's error is then
+    paired (:func:`paired_jackknife_se`). For a trajectory use :func:`trajectory_shift`.
 
     Rules (RankMe relative change vs ``tolerance``, default 1%; alpha absolute change vs
     ``alpha_tolerance``, default = ``tolerance``):
@@ -1388,8 +1502,9 @@ def shift(
     - RankMe and alpha both up, or both down -> ``"mixed"``.
 
     With standard errors on both sides a change also has to exceed ``noise_factor`` (default:
-    :attr:`DetectorOptions.noise_factor`, 2.0) times its combined standard error
-    ``sqrt(se_before^2 + se_after^2)`` to count; where it does not it counts as flat, and if
+    :attr:`DetectorOptions.noise_factor`, 2.0) times its standard error (paired over the
+    replicates where both sides have them, else ``sqrt(se_before^2 + se_after^2)``, which
+    overstates it for the same probes) to count; where it does not it counts as flat, and if
     nothing is left the direction is ``"within-noise"``, the note giving the numbers. Without
     them the rules above apply as they are, and the note says no error bars were available.
     """
@@ -1409,8 +1524,10 @@ def shift(
     a0, a1 = _finite_or_none(_get(before, "alpha")), _finite_or_none(_get(after, "alpha"))
     if a0 is None or a1 is None:
         a0 = a1 = None
-    se_r = _combined_se(before, after, "rankme_se")
-    se_a = None if a0 is None else _combined_se(before, after, "alpha_se")
+    paired_r = _paired_se(before, after, "rankme_replicates")
+    paired_a = None if a0 is None else _paired_se(before, after, "alpha_replicates")
+    se_r = paired_r if paired_r is not None else _combined_se(before, after, "rankme_se")
+    se_a = paired_a if paired_a is not None else (None if a0 is None else _combined_se(before, after, "alpha_se"))
 
     rel = (r1 - r0) / r0
     da_val = None if a0 is None or a1 is None else a1 - a0
@@ -1419,10 +1536,10 @@ def shift(
     within = []
     if se_r is not None and dr != 0 and abs(r1 - r0) <= factor * se_r:
         dr = 0
-        within.append(f"RankMe {r1 - r0:+.3g} (se {se_r:.3g})")
+        within.append(f"RankMe {r1 - r0:+.3g} ({'paired ' if paired_r is not None else ''}se {se_r:.3g})")
     if se_a is not None and da_val is not None and da != 0 and abs(da_val) <= factor * se_a:
         da = 0
-        within.append(f"alpha {da_val:+.3g} (se {se_a:.3g})")
+        within.append(f"alpha {da_val:+.3g} ({'paired ' if paired_a is not None else ''}se {se_a:.3g})")
     if dr == 0 and da == 0:
         direction = "within-noise" if within else "none"
     elif (dr == 1 and da <= 0) or (dr == 0 and da == -1):
@@ -1449,8 +1566,13 @@ def shift(
         rankme_change_se=se_r,
         alpha_change_se=se_a,
         noise_factor=factor if (se_r is not None or se_a is not None) else None,
+        paired=paired_r is not None or paired_a is not None,
         note=note,
     )
+
+
+def _paired_se(before: Any, after: Any, key: str) -> float | None:
+    return paired_jackknife_se(_get(before, key), _get(after, key))
 
 
 def _combined_se(before: Any, after: Any, key: str) -> float | None:

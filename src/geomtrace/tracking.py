@@ -555,7 +555,9 @@ class GeometryTracker:
             # later records no longer describe this run, and phases need increasing steps.
             self.history = [r for r in self.history if r["step"] < step]
         scalars = result.scalars(self.prefix)
-        record: dict[str, Any] = {"step": int(step), **scalars}
+        # the jackknife replicates (with uncertainty=, on probes) go to the history only: they
+        # pair two steps' errors (phases), they are not scalars to log
+        record: dict[str, Any] = {"step": int(step), **scalars, **result.replicates(self.prefix)}
         measurement = Measurement(step=int(step), scalars=scalars, result=result)
         self._check_provenance(result, int(step), measurement.notes)
         self.num_measurements += 1
@@ -632,6 +634,9 @@ class GeometryTracker:
                 # beyond its noise; the spectrum says whether the values were centred
                 rankme_se=[r.get(keys["rankme"] + "_se") for r in points],
                 alpha_se=[r.get(keys["alpha"] + "_se") for r in points],
+                # the same probes at every comparable step: changes pair over the replicates
+                rankme_replicates=[r.get(keys["rankme"] + "_replicates") for r in points],
+                alpha_replicates=[r.get(keys["alpha"] + "_replicates") for r in points],
                 spectrum=self.config.spectrum,
                 allow_warmup=self.detector.allow_warmup and not self.from_pretrained,
             )

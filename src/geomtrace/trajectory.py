@@ -50,7 +50,10 @@ class Trajectory:
     run does not record it), so that comparisons can tell runs measured differently apart.
     ``rankme_se``/``alpha_se`` are the measurements' standard errors (``rankme_se`` beside
     ``rankme`` in a record, ``geometry/rankme_se`` in a live row; NaN where a value has none),
-    None when no value has one. ``spectrum`` is the measure config's ``spectrum``
+    None when no value has one. ``rankme_replicates``/``alpha_replicates`` (``(n, G)``, a NaN row
+    where a value has none) are their jackknife replicates (a live row's ``geometry/rankme_replicates``),
+    None when no value has them, their ``G`` differ, or the values come from different probe sets
+    (only replicates on the same probes pair). ``spectrum`` is the measure config's ``spectrum``
     (``"covariance"``: centred, ``"singular"``: uncentred) where the records say it, else None.
     """
 
@@ -68,6 +71,8 @@ class Trajectory:
     rankme_se: np.ndarray | None = None
     alpha_se: np.ndarray | None = None
     spectrum: str | None = None
+    rankme_replicates: np.ndarray | None = None
+    alpha_replicates: np.ndarray | None = None
 
     @property
     def flops(self) -> np.ndarray:
@@ -179,6 +184,22 @@ def trajectory_from_rows(
         se = column(name)
         return se if np.isfinite(se).any() else None
 
+    fingerprints = _distinct(r.get("probe_fingerprint") for r in rows)
+
+    def replicates(name: str) -> np.ndarray | None:
+        if len(fingerprints) > 1:
+            return None  # different probes: their jackknife groups do not pair
+        raw = [value(r, name) for r in rows]
+        sizes = {len(v) for v in raw if isinstance(v, (list, tuple)) and len(v)}
+        if len(sizes) != 1:
+            return None
+        (groups,) = sizes
+        out = np.full((len(rows), groups), np.nan)
+        for i, v in enumerate(raw):
+            if isinstance(v, (list, tuple)) and len(v) == groups:
+                out[i] = [to_float(x) for x in v]
+        return out if np.isfinite(out).all(axis=1).any() else None
+
     spectra = _distinct(r.get("spectrum") for r in rows)
     if len(spectra) > 1:
         warn(f"{label}: values measured with different spectra ({', '.join(spectra)}): centred and uncentred mixed")
@@ -193,11 +214,13 @@ def trajectory_from_rows(
         tokens=column("tokens"),
         n_params=column("n_params"),
         records=rows,
-        fingerprints=_distinct(r.get("probe_fingerprint") for r in rows),
+        fingerprints=fingerprints,
         precisions=_distinct(r.get("precision") for r in rows),
         rankme_se=errors("rankme_se"),
         alpha_se=errors("alpha_se"),
         spectrum=spectra[0] if len(spectra) == 1 else None,
+        rankme_replicates=replicates("rankme_replicates"),
+        alpha_replicates=replicates("alpha_replicates"),
     )
 
 

@@ -382,7 +382,10 @@ def replicate_moments(moments: Moments, count: Tensor, total: Tensor, second: Te
 
 
 def jackknife_se(replicates: Tensor) -> Tensor:
-    """``sqrt((G - 1) / G * sum (theta_(g) - mean)^2)``; NaN if any replicate is NaN."""
+    """``sqrt((G - 1) / G * sum (theta_(g) - mean)^2)``; NaN if any replicate is NaN.
+
+    Its numpy twin for the error of a change on the same probes (the replicate differences) is
+    :func:`geomtrace.phases.paired_jackknife_se` (phases stays free of torch)."""
     values = replicates.to(torch.float64)
     groups = values.numel()
     if groups < 2 or not bool(torch.isfinite(values).all()):

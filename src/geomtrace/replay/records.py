@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from geomtrace.measure import GeometryResult, validate_extra_metrics
+from geomtrace.measure import REPLICATE_FIELDS, GeometryResult, validate_extra_metrics
 from geomtrace.replay.sources import Checkpoint
 from geomtrace.replay.store import EXTRA_METRICS_FIELD, RECORD_FIELDS
 
@@ -34,7 +34,8 @@ def build_records(
 ) -> list[dict[str, Any]]:
     """One store record per measured layer of ``result`` (fields of ``store.RECORD_FIELDS``
     plus ``precision``, ``n_params``, ``n_dropped``, ``num_layers``, ``spectrum``, ``kind``,
-    ``path`` and ``extra``; with ``MeasureConfig.uncertainty`` also ``rankme_se`` and ``alpha_se``).
+    ``path`` and ``extra``; with ``MeasureConfig.uncertainty`` also ``rankme_se`` and ``alpha_se``
+    and the jackknife replicates ``rankme_replicates``, ``alpha_replicates`` (lists)).
 
     The scalar values of the user's extra metrics (``LayerGeometry.extras``) are fields of
     the record under their names (``pr``; ``name/key`` for a metric returning a dict), listed
@@ -72,11 +73,12 @@ def build_records(
                 **(extra or {}),
             }
         )
-        # Jackknife standard errors (MeasureConfig.uncertainty): only in records that have them.
-        for name in ("rankme_se", "alpha_se"):
+        # Jackknife standard errors (MeasureConfig.uncertainty) and their replicates (which pair
+        # two checkpoints' errors on this probe set): only in records that have them.
+        for name in ("rankme_se", "alpha_se", *REPLICATE_FIELDS):
             value = getattr(layer, name)
             if value is not None:
-                records[-1][name] = value
+                records[-1][name] = list(value) if name in REPLICATE_FIELDS else value
         if layer.extras:
             records[-1].update(layer.extras)
             records[-1][EXTRA_METRICS_FIELD] = list(layer.extras)
@@ -102,6 +104,7 @@ RECORD_KEYS: frozenset[str] = frozenset(
         "eigenspectrum",
         "rankme_se",
         "alpha_se",
+        *REPLICATE_FIELDS,
         EXTRA_METRICS_FIELD,
     }
 )
