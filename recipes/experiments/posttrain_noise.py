@@ -20,8 +20,8 @@ Two standard errors of the change are printed:
   sample's own noise in the change, the right error for "did this checkpoint move geometry on
   these probes?", and what ``shift()`` uses when both sides carry their replicates.
 
-The values and their standard errors are checked against ``measure_geometry`` (the callbacks'
-measuring path) on the same probes, so the numbers are those the recipes log.
+Both are measured through ``measure_geometry`` (the callbacks' measuring path), so the values and
+standard errors are those the recipes log; its ``LayerGeometry`` carries the replicates.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def parse_pair(text: str) -> tuple[str, str, str]:
@@ -57,53 +55,16 @@ def chat_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def last_token_rows(model: torch.nn.Module, probes: Any, batch_size: int) -> torch.Tensor:
-    """The last layer's last-token rows of every probe, in probe order (row i = probe i)."""
-    from geomtrace.features import FeatureSpec, extract_features
-
-    rows = []
-    spec = FeatureSpec(layers="last", tokens="last")
-    with torch.no_grad():
-        for start in range(0, len(probes), batch_size):
-            batch = probes.sequences[start : start + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), probes.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, seq in enumerate(batch):
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            (features,) = extract_features(model, ids, mask, spec).values()
-            rows.append(features.float())
-    return torch.cat(rows)
-
-
-def jackknife(rows: torch.Tensor, groups: int) -> Any:
-    from geomtrace import Geometry
-
-    metric = Geometry(uncertainty="jackknife", groups=groups)
-    metric.update(rows, sample_index=torch.arange(rows.shape[0]))
-    return metric.compute_uncertainty()
-
-
-def measure(path: str, probes: Any, groups: int, batch_size: int) -> dict[str, Any]:
+def measure(path: str, probes: Any, groups: int, batch_size: int) -> Any:
+    """The last layer's :class:`~geomtrace.measure.LayerGeometry` of the model at ``path`` on
+    ``probes``, through the callbacks' measuring path (values, standard errors, replicates)."""
     from transformers import AutoModelForCausalLM
 
     from geomtrace.measure import MeasureConfig, measure_geometry
 
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    result = jackknife(last_token_rows(model, probes, batch_size), groups)
-    # the same probes through the callbacks' measuring path: the numbers must be those logged
-    logged = measure_geometry(
-        model, probes, MeasureConfig(uncertainty="jackknife", uncertainty_groups=groups, batch_size=batch_size)
-    ).layers
-    logged = logged[max(logged)]
-    # batching and padding differ, so the values agree to round-off (~1e-6), the standard errors,
-    # differences of nearby replicates, less tightly; another grouping would move them by ~10 %
-    for name, tolerance in (("rankme", 1e-3), ("alpha", 1e-3), ("rankme_se", 1e-2), ("alpha_se", 1e-2)):
-        mine, theirs = float(getattr(result, name)), float(getattr(logged, name))
-        if not math.isclose(mine, theirs, rel_tol=tolerance, abs_tol=1e-9):
-            raise SystemExit(f"{path}: {name} {mine} here but {theirs} from measure_geometry; the grouping differs")
-    return {"path": path, "result": result}
+    config = MeasureConfig(uncertainty="jackknife", uncertainty_groups=groups, batch_size=batch_size)
+    return measure_geometry(model, probes, config).last
 
 
 def change(before: Any, after: Any, name: str) -> dict[str, float]:
@@ -113,7 +74,7 @@ def change(before: Any, after: Any, name: str) -> dict[str, float]:
     se_b, se_a = float(getattr(before, f"{name}_se")), float(getattr(after, f"{name}_se"))
     reps_b, reps_a = getattr(before, f"{name}_replicates"), getattr(after, f"{name}_replicates")
     independent = math.hypot(se_b, se_a)
-    paired = paired_jackknife_se(reps_b.tolist(), reps_a.tolist())
+    paired = paired_jackknife_se(reps_b, reps_a)
     assert paired is not None, "both measurements have G finite replicates"
     delta = a - b
     return {
@@ -131,12 +92,12 @@ def change(before: Any, after: Any, name: str) -> dict[str, float]:
 
 def one_side(rows: dict[str, dict[str, float]], side: str, result: Any = None) -> dict[str, Any]:
     """``{"rankme", "rankme_se", "alpha", "alpha_se"}`` of the ``"before"`` or ``"after"`` model, and
-    the replicates when ``result`` (its :class:`~geomtrace.uncertainty.Uncertainty`) is given."""
+    the replicates when ``result`` (its :class:`~geomtrace.measure.LayerGeometry`) is given."""
     out: dict[str, Any] = {
         key: rows[q][side + suffix] for q in ("rankme", "alpha") for key, suffix in ((q, ""), (q + "_se", "_se"))
     }
     if result is not None:
-        out.update({f"{q}_replicates": getattr(result, f"{q}_replicates").tolist() for q in ("rankme", "alpha")})
+        out.update({f"{q}_replicates": getattr(result, f"{q}_replicates") for q in ("rankme", "alpha")})
     return out
 
 
@@ -153,15 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     from geomtrace.phases import shift
     from geomtrace.probes import load_probes
 
-    torch.manual_seed(0)
     report: dict[str, Any] = {"num_probes": args.num_probes, "groups": args.groups, "pairs": {}}
     print("| run | | before ± se | after ± se | change | se indep. | z indep. | se paired | z paired |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, before_path, after_path in args.pairs:
         tokenizer = chat_tokenizer(before_path)
         probes = load_probes(tokenizer, num_sequences=args.num_probes, chat_template=True, seed=args.seed)
-        before = measure(before_path, probes, args.groups, args.batch_size)["result"]
-        after = measure(after_path, probes, args.groups, args.batch_size)["result"]
+        before = measure(before_path, probes, args.groups, args.batch_size)
+        after = measure(after_path, probes, args.groups, args.batch_size)
         rows = {quantity: change(before, after, quantity) for quantity in ("rankme", "alpha")}
         # shift()'s verdicts: from the values and their standard errors alone (independent), and
         # with the replicates (paired, what the recipes' callbacks now record)
