@@ -61,12 +61,12 @@ __all__ = [
     "value_fields",
 ]
 
-#: Names an extra metric cannot take: the built-in values of a layer (and the tags the
-#: callbacks log beside them).
 #: The :class:`LayerGeometry` fields holding the jackknife replicates (``MeasureConfig.uncertainty``):
 #: kept in the live history (``<tag>_replicates``) and in replay records, never logged as scalars.
 REPLICATE_FIELDS: tuple[str, ...] = ("rankme_replicates", "alpha_replicates")
 
+#: Names an extra metric cannot take: the built-in values of a layer (and the tags the
+#: callbacks log beside them).
 RESERVED_NAMES: frozenset[str] = frozenset(
     {
         *REPLICATE_FIELDS,

@@ -276,25 +276,34 @@ def _to_se(value: Any) -> float:
     return v if v >= 0 else math.nan
 
 
+def replicate_matrix(values: Sequence[Any]) -> np.ndarray | None:
+    """Each measurement's jackknife replicates (a sequence of G values, or None) as one
+    ``(n, G)`` array, a NaN row where a measurement has none (None inside a row reads as NaN);
+    None when no row has replicates or their ``G`` differ (then nothing pairs)."""
+    known = [None if v is None else np.asarray(v, dtype=np.float64).ravel() for v in values]
+    sizes = {len(v) for v in known if v is not None and len(v)}
+    if len(sizes) != 1:
+        return None
+    (groups,) = sizes
+    out = np.full((len(known), groups), np.nan)
+    for i, v in enumerate(known):
+        if v is not None and len(v) == groups:
+            out[i] = v
+    return out if np.isfinite(out).all(axis=1).any() else None
+
+
 def _prepare_replicates(name: str, values: Any, n: int, idx: np.ndarray) -> np.ndarray | None:
-    """Jackknife replicates at the kept points as an ``(n, G)`` array (a NaN row: unknown), or
-    None when no point has them or their ``G`` differ (then nothing pairs)."""
+    """:func:`replicate_matrix` at the kept points, or None when none of them has replicates."""
     if values is None:
         return None
     rows = list(values)
     if len(rows) != n:
         raise ValueError(f"steps and {name} lengths differ: {n} != {len(rows)}")
-    known = [np.asarray(v, dtype=np.float64).ravel() if v is not None else None for v in rows]
-    sizes = {len(v) for v in known if v is not None and len(v)}
-    if len(sizes) != 1:
+    matrix = replicate_matrix(rows)
+    if matrix is None:
         return None
-    (groups,) = sizes
-    out = np.full((n, groups), np.nan)
-    for i, v in enumerate(known):
-        if v is not None and len(v) == groups:
-            out[i] = v
-    out = out[idx]
-    return out if np.isfinite(out).all(axis=1).any() else None
+    kept = matrix[idx]
+    return kept if np.isfinite(kept).all(axis=1).any() else None
 
 
 def paired_jackknife_se(before: Any, after: Any) -> float | None:

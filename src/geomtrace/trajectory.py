@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from geomtrace._warnings import warn
+from geomtrace.phases import replicate_matrix
 
 __all__ = [
     "Trajectory",
@@ -189,16 +190,7 @@ def trajectory_from_rows(
     def replicates(name: str) -> np.ndarray | None:
         if len(fingerprints) > 1:
             return None  # different probes: their jackknife groups do not pair
-        raw = [value(r, name) for r in rows]
-        sizes = {len(v) for v in raw if isinstance(v, (list, tuple)) and len(v)}
-        if len(sizes) != 1:
-            return None
-        (groups,) = sizes
-        out = np.full((len(rows), groups), np.nan)
-        for i, v in enumerate(raw):
-            if isinstance(v, (list, tuple)) and len(v) == groups:
-                out[i] = [to_float(x) for x in v]
-        return out if np.isfinite(out).all(axis=1).any() else None
+        return replicate_matrix([v if isinstance(v, (list, tuple)) else None for v in (value(r, name) for r in rows)])
 
     spectra = _distinct(r.get("spectrum") for r in rows)
     if len(spectra) > 1:
