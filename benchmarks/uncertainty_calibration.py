@@ -66,11 +66,16 @@ def draw(n: int, d: int, decay: float, seed: int) -> torch.Tensor:
     return torch.randn(n, d, generator=gen) * scale
 
 
-def jackknife_draw(x: torch.Tensor, groups: int) -> dict[str, float]:
+def jackknife(x: torch.Tensor, groups: int) -> Any:
+    """``Geometry(uncertainty="jackknife")`` over ``x`` in batches of 2048 rows (round-robin groups)."""
     metric = Geometry(uncertainty="jackknife", groups=groups, eigenvalues=False)
     for batch in x.split(2048):
         metric.update(batch)
-    u = metric.compute_uncertainty()
+    return metric.compute_uncertainty()
+
+
+def jackknife_draw(x: torch.Tensor, groups: int) -> dict[str, float]:
+    u = jackknife(x, groups)
     out = {}
     for name in ("rankme", "alpha"):
         value, se, reps = float(getattr(u, name)), float(getattr(u, f"{name}_se")), getattr(u, f"{name}_replicates")
@@ -189,12 +194,6 @@ def paired_calibration(args: argparse.Namespace) -> None:
         f"{'indep. se/sd':>12} {'cov':>6}"
     )
 
-    def replicates(x: torch.Tensor) -> Any:
-        metric = Geometry(uncertainty="jackknife", groups=args.groups, eigenvalues=False)
-        for batch in x.split(2048):
-            metric.update(batch)
-        return metric.compute_uncertainty()
-
     for d, n in args.paired_cases:
         gen = torch.Generator().manual_seed(12345)
         transform = torch.eye(d) + args.paired_eps * torch.randn(d, d, generator=gen) / math.sqrt(d)
@@ -202,7 +201,7 @@ def paired_calibration(args: argparse.Namespace) -> None:
         rows: dict[str, list[tuple[float, float, float]]] = {"rankme": [], "alpha": []}
         for seed in range(args.draws):
             x = draw(n, d, args.decay, 7000 * n + seed)
-            before, after = replicates(x), replicates(x @ transform)
+            before, after = jackknife(x, args.groups), jackknife(x @ transform, args.groups)
             for name in rows:
                 change = float(getattr(after, name)) - float(getattr(before, name))
                 paired = paired_jackknife_se(
